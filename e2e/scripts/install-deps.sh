@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Installs everything the e2e suite needs on a Debian bookworm machine, idempotently:
+#   - apt packages (etcd-server, docker-registry, skopeo, golang-1.19, dpkg-dev, rsync, ...);
+#   - the wasm32 rustup targets;
+#   - kube-apiserver, kube-controller-manager and kube-scheduler built from Debian's
+#     `kubernetes` source package, cached outside the checkout and keyed by version, so
+#     the (slow) Go build happens once per machine.
+# Prints the directory that holds the three binaries on its last line.
+set -euo pipefail
+
+cache_root="${WASMLET_CACHE:-$HOME/.cache/wasmlet}"
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+apt_packages=(dpkg-dev golang-1.19-go rsync etcd-server docker-registry skopeo apache2-utils openssl curl jq)
+
+ensure_deb_src() {
+    # `apt-get source` needs a deb-src line for the same suites as the binary sources.
+    local src=/etc/apt/sources.list.d/wasmlet-deb-src.sources
+    if [ ! -f "$src" ]; then
+        if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+            sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > "$src"
+        else
+            grep -E '^deb ' /etc/apt/sources.list | sed 's/^deb /deb-src /' > /etc/apt/sources.list.d/wasmlet-deb-src.list
+        fi
+        apt-get update -qq
+    fi
+}
+
+ensure_apt_packages() {
+    local missing=()
+    for p in "${apt_packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing apt packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # The packaged services are not wanted: each test starts its own on free ports.
+    for svc in etcd docker-registry; do
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+            systemctl stop "$svc" || true
+        fi
+        pkill -x "$svc" 2>/dev/null || true
+    done
+}
+
+ensure_rust_targets() {
+    rustup target add wasm32-wasip1 wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip1 wasm32-wasip2
+}
+
+build_control_plane() {
+    local version
+    version=$(apt-cache showsrc kubernetes | awk '/^Version:/ {print $2; exit}')
+    [ -n "$version" ] || { log "no source version for kubernetes (is deb-src configured?)"; exit 1; }
+    local out="$cache_root/kubernetes-$version"
+    local bin="$out/bin"
+    if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/kube-scheduler" ]; then
+        echo "$bin"
+        return
+    fi
+    log "building kubernetes $version control plane into $out (once per machine)"
+    local work="$out/src"
+    rm -rf "$work" && mkdir -p "$work"
+    (cd "$work" && apt-get source -qq kubernetes >/dev/null 2>&1 || apt-get source kubernetes)
+    local tree
+    tree=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)
+    [ -n "$tree" ] || { log "apt-get source produced no kubernetes-* tree"; exit 1; }
+    # As debian/rules does: a GOPATH whose k8s.io/kubernetes points at the source tree,
+    # then the tree's own make, which runs the code generators the tarball lacks.
+    local gopath="$work/gopath"
+    mkdir -p "$gopath/src/k8s.io"
+    ln -sfn "$tree" "$gopath/src/k8s.io/kubernetes"
+    local start=$SECONDS
+    (
+        cd "$gopath/src/k8s.io/kubernetes"
+        export GOPATH="$gopath" GO111MODULE=off GOFLAGS=-mod=vendor GOCACHE="$work/gocache"
+        export PATH="/usr/lib/go-1.19/bin:$PATH"
+        export KUBE_GIT_TREE_STATE=clean KUBE_GIT_VERSION="v1.20.2" KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20
+        make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" > "$work/build.log" 2>&1 \
+            || { tail -n 40 "$work/build.log" >&2; exit 1; }
+    )
+    mkdir -p "$bin"
+    for b in kube-apiserver kube-controller-manager kube-scheduler; do
+        local built
+        built=$(find "$tree/_output" -type f -name "$b" -perm -u+x | head -n1)
+        [ -n "$built" ] || { log "build produced no $b"; exit 1; }
+        install -m 0755 "$built" "$bin/$b"
+    done
+    echo "$((SECONDS - start))" > "$out/build-seconds"
+    log "built in $((SECONDS - start)) s"
+    # Keep the binaries, drop the multi-GB source tree and Go cache.
+    rm -rf "$work"
+    echo "$bin"
+}
+
+ensure_deb_src
+ensure_apt_packages
+ensure_rust_targets
+build_control_plane

@@ -1,0 +1,148 @@
+//! The node agent: wires registration, the Lease, status reporting and the API server
+//! together, and keeps each of them going through API server outages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::{Backoff, sleep_unless_cancelled};
+use crate::config::NodeConfig;
+use crate::data_dir::DataDir;
+use crate::host::HostFacts;
+use crate::node::lease::LeaseKeeper;
+use crate::node::status::StatusReporter;
+use crate::node::{LEASE_RENEW_INTERVAL, STATUS_UPDATE_INTERVAL, object, registration};
+use crate::provider::Provider;
+use crate::server;
+
+/// Retries against the API server start here and double up to the loop's own period, so an
+/// outage costs one request per period at most and recovery is noticed within one period.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+
+/// A wasmlet node: one Node object, its Lease and its API.
+pub struct Kubelet<P> {
+    client: kube::Client,
+    config: NodeConfig,
+    provider: Arc<P>,
+    data_dir: Arc<DataDir>,
+}
+
+impl<P: Provider> Kubelet<P> {
+    /// An agent for `config`, talking to the cluster through `client`.
+    pub fn new(client: kube::Client, config: NodeConfig, provider: P, data_dir: DataDir) -> Self {
+        Self {
+            client,
+            config,
+            provider: Arc::new(provider),
+            data_dir: Arc::new(data_dir),
+        }
+    }
+
+    /// Runs until `cancel` fires. It never gives up on the API server: every loop retries
+    /// with backoff, so the node recovers by itself when the control plane comes back.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        tls: Arc<ServerConfig>,
+        cancel: CancellationToken,
+    ) {
+        let server = tokio::spawn(server::serve(
+            listener,
+            tls,
+            server::router(),
+            cancel.clone(),
+        ));
+        let mut reporter = StatusReporter::new(
+            self.client.clone(),
+            self.config.clone(),
+            HostFacts::read(),
+            self.provider.clone(),
+            self.data_dir.clone(),
+        );
+        let desired = object::new_node(&self.config, reporter.current_status());
+        let Some(node) =
+            register_until_done(&Api::all(self.client.clone()), &desired, &cancel).await
+        else {
+            return shutdown(server).await;
+        };
+        let lease = LeaseKeeper::new(self.client.clone(), &node);
+        tokio::join!(
+            keep_lease(lease, &cancel),
+            keep_status(&mut reporter, &cancel)
+        );
+        shutdown(server).await
+    }
+}
+
+async fn shutdown(server: tokio::task::JoinHandle<()>) {
+    if let Err(err) = server.await {
+        warn!(%err, "kubelet API server task failed");
+    }
+    info!("node agent stopped");
+}
+
+async fn register_until_done(
+    api: &Api<Node>,
+    desired: &Node,
+    cancel: &CancellationToken,
+) -> Option<Node> {
+    let mut backoff = Backoff::new(FIRST_RETRY, Duration::from_secs(7));
+    loop {
+        match registration::register(api, desired).await {
+            Ok(node) => return Some(node),
+            Err(err) => {
+                let delay = backoff.next_delay();
+                warn!(error = %err, retry_in = ?delay, "node registration failed");
+                if !sleep_unless_cancelled(delay, cancel).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+async fn keep_lease(mut lease: LeaseKeeper, cancel: &CancellationToken) {
+    let mut backoff = Backoff::new(FIRST_RETRY, LEASE_RENEW_INTERVAL);
+    loop {
+        let delay = match lease.renew().await {
+            Ok(()) => {
+                backoff.reset();
+                LEASE_RENEW_INTERVAL
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                warn!(error = %err, retry_in = ?delay, "lease renewal failed");
+                delay
+            }
+        };
+        if !sleep_unless_cancelled(delay, cancel).await {
+            return;
+        }
+    }
+}
+
+async fn keep_status<P: Provider>(reporter: &mut StatusReporter<P>, cancel: &CancellationToken) {
+    let mut backoff = Backoff::new(FIRST_RETRY, STATUS_UPDATE_INTERVAL);
+    loop {
+        let delay = match reporter.report().await {
+            Ok(_) => {
+                backoff.reset();
+                STATUS_UPDATE_INTERVAL
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                warn!(error = %err, retry_in = ?delay, "node status update failed");
+                delay
+            }
+        };
+        if !sleep_unless_cancelled(delay, cancel).await {
+            return;
+        }
+    }
+}

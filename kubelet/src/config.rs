@@ -1,0 +1,124 @@
+//! What the operator told the agent about this node.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::{Error, Result};
+
+/// The node's identity and limits, as given on the command line.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The Node object's name.
+    pub node_name: String,
+    /// The address reported as InternalIP and used for the serving certificate.
+    pub node_ip: IpAddr,
+    /// The host name reported as the Hostname address and `kubernetes.io/hostname`.
+    pub hostname: String,
+    /// The port of the kubelet HTTPS API, advertised in `daemonEndpoints`.
+    pub port: u16,
+    /// Where the agent keeps its state.
+    pub data_dir: PathBuf,
+    /// The most pods this node accepts; reported as the `pods` capacity.
+    pub max_pods: u32,
+    /// Labels added to the node besides the ones wasmlet always sets.
+    pub extra_labels: BTreeMap<String, String>,
+}
+
+/// Parses `k=v,k2=v2` as `--node-labels` takes it, checking each key and value the way the
+/// API server will, so a typo fails at start-up rather than in a retry loop.
+pub fn parse_labels(spec: &str) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let invalid = |reason: &str| Error::InvalidLabel {
+            label: pair.to_string(),
+            reason: reason.to_string(),
+        };
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| invalid("expected key=value"))?;
+        validate_label_key(key).map_err(|r| invalid(&r))?;
+        validate_label_value(value).map_err(|r| invalid(&r))?;
+        labels.insert(key.to_string(), value.to_string());
+    }
+    Ok(labels)
+}
+
+fn validate_label_key(key: &str) -> std::result::Result<(), String> {
+    let name = match key.split_once('/') {
+        Some((prefix, name)) => {
+            let dns_ok = !prefix.is_empty()
+                && prefix.len() <= 253
+                && prefix.split('.').all(|part| {
+                    !part.is_empty()
+                        && part.len() <= 63
+                        && part
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                        && !part.starts_with('-')
+                        && !part.ends_with('-')
+                });
+            if !dns_ok {
+                return Err(format!("prefix {prefix:?} is not a DNS subdomain"));
+            }
+            name
+        }
+        None => key,
+    };
+    if name.is_empty() {
+        return Err("the name part is empty".into());
+    }
+    validate_label_value(name)
+}
+
+fn validate_label_value(value: &str) -> std::result::Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if value.len() > 63 {
+        return Err(format!("{value:?} is longer than 63 characters"));
+    }
+    if !value.chars().all(ok_char) {
+        return Err(format!(
+            "{value:?} may hold only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    let edges_ok = value
+        .chars()
+        .next()
+        .zip(value.chars().last())
+        .is_none_or(|(first, last)| first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric());
+    if !edges_ok {
+        return Err(format!(
+            "{value:?} must start and end with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_with_prefixes_and_spaces() {
+        let labels = parse_labels("site=lab, example.com/tier=edge,empty=").unwrap();
+        assert_eq!(labels["site"], "lab");
+        assert_eq!(labels["example.com/tier"], "edge");
+        assert_eq!(labels["empty"], "");
+    }
+
+    #[test]
+    fn malformed_labels_are_rejected_with_the_offending_pair() {
+        for bad in [
+            "novalue",
+            "a b=c",
+            "-x=1",
+            "x=-1",
+            "Bad_Prefix/x=1",
+            "/x=1",
+            "x=a/b",
+        ] {
+            let err = parse_labels(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+}

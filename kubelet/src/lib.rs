@@ -1,0 +1,24 @@
+//! The provider-agnostic node agent of wasmlet.
+//!
+//! A [`Kubelet`] registers a Node for this host, holds the node's Lease, reports honest
+//! status and serves the kubelet HTTPS API. Everything that is specific to how workloads run
+//! sits behind the [`Provider`] trait, so this crate never names a runtime.
+#![deny(missing_docs)]
+
+mod agent;
+mod backoff;
+pub mod config;
+pub mod data_dir;
+mod error;
+pub mod host;
+pub mod node;
+pub mod provider;
+pub mod server;
+
+pub use agent::Kubelet;
+pub use config::NodeConfig;
+pub use error::Error;
+pub use provider::{NodeContribution, Provider};
+
+/// A result whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

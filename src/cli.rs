@@ -1,0 +1,145 @@
+//! The command-line contract (see MISSION.md) and turning it into the agent's configuration.
+
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kubelet::NodeConfig;
+
+/// A kubelet that runs WebAssembly pods.
+#[derive(Debug, Parser)]
+#[command(name = "wasmlet", version)]
+pub struct Cli {
+    /// The kubeconfig the node uses to reach the API server [default: $KUBECONFIG, then ~/.kube/config]
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The Node's name [default: the host name, lower-cased]
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// The address reported as InternalIP [default: the address of the default route]
+    #[arg(long, value_name = "IP")]
+    pub node_ip: Option<IpAddr>,
+    /// The port of the kubelet HTTPS API
+    #[arg(long, default_value_t = 10250)]
+    pub port: u16,
+    /// The address the kubelet HTTPS API listens on
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub address: IpAddr,
+    /// Where wasmlet keeps its state [default: ~/.wasmlet]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The most pods this node runs
+    #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pods: u32,
+    /// Extra node labels, k=v,k2=v2
+    #[arg(long, value_name = "K=V,...", default_value = "")]
+    pub node_labels: String,
+}
+
+impl Cli {
+    /// The node's configuration, with defaults filled in from the host.
+    pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
+        let host = kubelet::host::HostFacts::read();
+        let hostname = host.hostname.to_lowercase();
+        let node_name = self.node_name.clone().unwrap_or_else(|| hostname.clone());
+        if node_name.is_empty() {
+            bail!("the host name is empty; pass --node-name");
+        }
+        Ok(NodeConfig {
+            node_name,
+            node_ip: self.node_ip.unwrap_or_else(default_node_ip),
+            hostname,
+            port: self.port,
+            data_dir: match &self.data_dir {
+                Some(dir) => dir.clone(),
+                None => home_dir()?.join(".wasmlet"),
+            },
+            max_pods: self.max_pods,
+            extra_labels: kubelet::config::parse_labels(&self.node_labels)?,
+        })
+    }
+
+    /// The kubeconfig to use: the flag, then `$KUBECONFIG`, then `~/.kube/config`.
+    pub fn kubeconfig_path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.kubeconfig {
+            return Ok(path.clone());
+        }
+        if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(path));
+        }
+        Ok(home_dir()?.join(".kube").join("config"))
+    }
+}
+
+/// A client for the cluster in `path`. Reading and validating the file happens here, before
+/// any network traffic, so a bad kubeconfig fails at start-up with its path in the message.
+pub async fn kube_client(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("invalid kubeconfig {}", path.display()))?;
+    kube::Client::try_from(config)
+        .with_context(|| format!("cannot build a client from kubeconfig {}", path.display()))
+}
+
+fn home_dir() -> anyhow::Result<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .context("HOME is not set; pass the path explicitly")
+}
+
+/// The source address the kernel would pick for outbound traffic. Connecting a UDP socket
+/// sends nothing; it only asks the routing table. Falls back to loopback on an offline host.
+fn default_node_ip() -> IpAddr {
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|socket| {
+            socket.connect((Ipv4Addr::new(192, 0, 2, 1), 9))?;
+            socket.local_addr()
+        })
+        .map(|addr| addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_of_the_contract_parse() {
+        let cli = Cli::try_parse_from([
+            "wasmlet",
+            "--kubeconfig",
+            "/k",
+            "--node-name",
+            "edge-1",
+            "--node-ip",
+            "10.0.0.7",
+            "--port",
+            "11250",
+            "--data-dir",
+            "/d",
+            "--max-pods",
+            "5",
+            "--node-labels",
+            "site=lab",
+        ])
+        .unwrap();
+        let node = cli.node_config().unwrap();
+        assert_eq!(node.node_name, "edge-1");
+        assert_eq!(node.node_ip.to_string(), "10.0.0.7");
+        assert_eq!(node.port, 11250);
+        assert_eq!(node.max_pods, 5);
+        assert_eq!(node.data_dir, PathBuf::from("/d"));
+        assert_eq!(node.extra_labels["site"], "lab");
+        assert_eq!(cli.kubeconfig_path().unwrap(), PathBuf::from("/k"));
+    }
+
+    #[test]
+    fn zero_max_pods_is_rejected() {
+        assert!(Cli::try_parse_from(["wasmlet", "--max-pods", "0"]).is_err());
+    }
+}

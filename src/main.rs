@@ -1,0 +1,102 @@
+//! `wasmlet`: a kubelet that runs WebAssembly pods.
+//!
+//! This is the binary edge: it parses the command line, checks everything an operator can get
+//! wrong before touching the cluster (kubeconfig, data dir, port), then hands over to the
+//! node agent until SIGTERM or SIGINT.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_client=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("wasmlet: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wasmlet: {}", one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The cause chain on one line, so a supervisor's log says what to fix. Some causes (YAML
+/// parse errors) render a multi-line snippet; their first line is the message.
+fn one_line(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|cause| {
+            cause
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let node = cli.node_config()?;
+    let client = cli::kube_client(&cli.kubeconfig_path()?).await?;
+    let data_dir = kubelet::data_dir::DataDir::open(&node.data_dir)?;
+    let listener = kubelet::server::bind((cli.address, node.port).into()).await?;
+    let serving = certs::serving::load_or_create_self_signed(
+        &data_dir.pki_dir(),
+        &node.hostname,
+        &[node.node_ip],
+    )
+    .map_err(kubelet::Error::ServingCert)?;
+    let tls = certs::tls::server_config(&serving.cert_pem, &serving.key_pem)
+        .map_err(kubelet::Error::ServingCert)?;
+    let provider = wasi_provider::WasiProvider::new(&wasi_provider::WasiProviderConfig {
+        cache_dir: data_dir.path().join("cache"),
+        max_pods: node.max_pods,
+    })
+    .context("cannot start the WASI provider")?;
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    info!(node = %node.node_name, ip = %node.node_ip, port = node.port, data_dir = %node.data_dir.display(), "starting wasmlet");
+    kubelet::Kubelet::new(client, node, provider, data_dir)
+        .run(listener, tls, cancel)
+        .await;
+    Ok(())
+}
+
+async fn cancel_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop wasmlet with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = name, "shutting down");
+    cancel.cancel();
+}

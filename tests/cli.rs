@@ -1,0 +1,128 @@
+//! Bad input at the command line: each case exits non-zero with one line naming the problem,
+//! before wasmlet touches the cluster.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn wasmlet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wasmlet"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run wasmlet")
+}
+
+/// A well-formed kubeconfig for a server that is never contacted: every failure below must
+/// happen before the first request.
+fn unreachable_kubeconfig(dir: &Path) -> String {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn assert_one_line_error(output: &Output, expected: &[&str]) {
+    assert!(!output.status.success(), "must fail: {output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+    assert!(lines[0].starts_with("wasmlet: "), "{stderr}");
+    for part in expected {
+        assert!(lines[0].contains(part), "{part:?} not in: {stderr}");
+    }
+}
+
+#[test]
+fn missing_kubeconfig_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope").display().to_string();
+    let out = wasmlet(&[
+        "--kubeconfig",
+        &missing,
+        "--data-dir",
+        &dir.path().display().to_string(),
+    ]);
+    assert_one_line_error(&out, &["cannot read kubeconfig", &missing]);
+}
+
+#[test]
+fn malformed_kubeconfig_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, "clusters: [this is: not: a kubeconfig").unwrap();
+    let path = path.display().to_string();
+    let out = wasmlet(&[
+        "--kubeconfig",
+        &path,
+        "--data-dir",
+        &dir.path().display().to_string(),
+    ]);
+    assert_one_line_error(&out, &["kubeconfig", &path]);
+}
+
+#[test]
+fn kubeconfig_without_a_server_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\ncurrent-context: none\n",
+    )
+    .unwrap();
+    let path = path.display().to_string();
+    let out = wasmlet(&[
+        "--kubeconfig",
+        &path,
+        "--data-dir",
+        &dir.path().display().to_string(),
+    ]);
+    assert_one_line_error(&out, &["invalid kubeconfig", &path]);
+}
+
+#[test]
+fn unwritable_data_dir_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = unreachable_kubeconfig(dir.path());
+    // A path below a regular file cannot be created, even by root.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let data_dir = file.join("data").display().to_string();
+    let out = wasmlet(&["--kubeconfig", &kubeconfig, "--data-dir", &data_dir]);
+    assert_one_line_error(&out, &["data dir", &data_dir, "cannot create it"]);
+}
+
+#[test]
+fn port_in_use_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = unreachable_kubeconfig(dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let data_dir = dir.path().join("data").display().to_string();
+    let out = wasmlet(&[
+        "--kubeconfig",
+        &kubeconfig,
+        "--data-dir",
+        &data_dir,
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ]);
+    assert_one_line_error(&out, &[&port, "already in use"]);
+}
+
+#[test]
+fn malformed_node_label_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = unreachable_kubeconfig(dir.path());
+    let out = wasmlet(&[
+        "--kubeconfig",
+        &kubeconfig,
+        "--node-labels",
+        "site=lab,oops",
+    ]);
+    assert_one_line_error(&out, &["invalid node label", "oops"]);
+}
