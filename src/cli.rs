@@ -4,14 +4,17 @@ use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubelet::NodeConfig;
 
 /// A kubelet that runs WebAssembly pods.
 #[derive(Debug, Parser)]
-#[command(name = "wasmlet", version)]
+#[command(name = "wasmlet", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Run a tool instead of the node agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// The kubeconfig the node uses to reach the API server [default: $KUBECONFIG, then ~/.kube/config]
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
@@ -36,6 +39,68 @@ pub struct Cli {
     /// Extra node labels, k=v,k2=v2
     #[arg(long, value_name = "K=V,...", default_value = "")]
     pub node_labels: String,
+}
+
+/// Tools that share the binary with the agent.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish a .wasm file as an OCI artifact.
+    Push(PushArgs),
+}
+
+/// `wasmlet push FILE.wasm REGISTRY/REPO:TAG`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The module or component to publish.
+    pub file: PathBuf,
+    /// Where to publish it, e.g. 127.0.0.1:5000/demo/hello:v1.
+    pub image: String,
+    /// Speak plain HTTP to the registry.
+    #[arg(long)]
+    pub insecure: bool,
+    /// The artifact shape.
+    #[arg(long, value_enum, default_value_t = PushFormatArg::Cncf)]
+    pub format: PushFormatArg,
+    /// Registry user name.
+    #[arg(long, env = "WASMLET_REGISTRY_USERNAME")]
+    pub username: Option<String>,
+    /// Registry password (prefer the environment variable).
+    #[arg(long, env = "WASMLET_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+/// `--format`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PushFormatArg {
+    /// CNCF Wasm artifact (components use the component layer type).
+    Cncf,
+    /// The older wasm-to-oci shape.
+    WasmToOci,
+}
+
+impl PushArgs {
+    /// Publishes the file and returns a one-line summary.
+    pub async fn run(&self) -> anyhow::Result<String> {
+        let auth = match (&self.username, &self.password) {
+            (Some(user), Some(password)) => {
+                oci::RegistryAuth::Basic(user.clone(), password.clone())
+            }
+            (None, None) => oci::RegistryAuth::Anonymous,
+            _ => bail!("--username and --password go together"),
+        };
+        let format = match self.format {
+            PushFormatArg::Cncf => oci::push::PushFormat::Cncf,
+            PushFormatArg::WasmToOci => oci::push::PushFormat::WasmToOci,
+        };
+        let pushed = oci::push::push(&self.file, &self.image, format, &auth, self.insecure).await?;
+        Ok(format!(
+            "pushed {} ({:?}, layer {}) to {}",
+            self.file.display(),
+            pushed.kind,
+            pushed.layer_digest,
+            pushed.manifest_url
+        ))
+    }
 }
 
 impl Cli {

@@ -17,6 +17,9 @@ use crate::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // kube and oci-client both build rustls configs from the process default; pinning it here
+    // means a dependency that enables a second backend cannot make that choice ambiguous.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -57,6 +60,10 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(cli::Command::Push(push)) = &cli.command {
+        println!("{}", push.run().await?);
+        return Ok(());
+    }
     let node = cli.node_config()?;
     let client = cli::kube_client(&cli.kubeconfig_path()?).await?;
     let data_dir = kubelet::data_dir::DataDir::open(&node.data_dir)?;

@@ -5,17 +5,22 @@
 //! and free ports, with a fresh PKI in a private temp dir. [`WasmletNode`] runs the wasmlet
 //! binary against it, and [`Kubectl`] drives it the way a person would. Every type stops what
 //! it started when dropped, so planes can run side by side and never outlive their test.
+//! [`Registry`] runs Debian's `docker-registry` the same way, and [`oci_layout`] builds
+//! images by hand and publishes them with skopeo.
 
 mod control_plane;
 mod kubeconfig;
 mod kubectl;
+pub mod oci_layout;
 mod pki;
 mod ports;
 mod process;
+mod registry;
 mod wait;
 mod wasmlet;
 
 pub use control_plane::ControlPlane;
 pub use kubectl::Kubectl;
+pub use registry::{REGISTRY_PASSWORD, REGISTRY_USER, Registry};
 pub use wait::wait_for;
-pub use wasmlet::{WasmletNode, WasmletOptions};
+pub use wasmlet::{WasmletNode, WasmletOptions, wasmlet_binary};

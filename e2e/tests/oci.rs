@@ -1,0 +1,516 @@
+//! Pulling every shape of Wasm OCI artifact from a real registry (Debian's docker-registry),
+//! pushing with `wasmlet push`, and each bad input the pull path must survive.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use e2e::oci_layout::{
+    Blob, Image, empty_component, image_config, publish_image, publish_with_skopeo, tar_gz,
+    wasm_module_of_size,
+};
+use e2e::{REGISTRY_PASSWORD, REGISTRY_USER, Registry, wasmlet_binary};
+use oci::{
+    Error, PullPolicy, PullRequest, Puller, PullerConfig, RegistryAuth, RegistryCredentials, Shape,
+    Store, WasmKind,
+};
+
+fn puller(dir: &Path, registry: &str, max_layer_bytes: u64) -> Puller {
+    let store = Arc::new(Store::open(&dir.join("store")).unwrap());
+    Puller::new(
+        store,
+        PullerConfig {
+            insecure_registries: vec![registry.to_string()],
+            max_layer_bytes,
+        },
+    )
+}
+
+fn request(image: &str, policy: PullPolicy) -> PullRequest<'_> {
+    PullRequest {
+        image,
+        policy,
+        auth: RegistryAuth::Anonymous,
+        entry: None,
+    }
+}
+
+/// `wasmlet push` as a person runs it.
+fn push(dir: &Path, bytes: &[u8], image: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let file = dir.join(format!(
+        "{}.wasm",
+        oci::store::digest_of(bytes).trim_start_matches("sha256:")
+    ));
+    std::fs::write(&file, bytes).unwrap();
+    let out = Command::new(wasmlet_binary().unwrap())
+        .arg("push")
+        .arg(&file)
+        .arg(image)
+        .arg("--insecure")
+        .args(extra)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn module(tag: u8) -> Vec<u8> {
+    let mut bytes = wasm_module_of_size(64);
+    let last = bytes.len() - 1;
+    bytes[last] = tag;
+    bytes
+}
+
+#[tokio::test]
+async fn pushed_modules_and_components_round_trip_in_every_push_format() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = registry.host();
+    let cases = [
+        (module(1), "cncf", Shape::CncfArtifact, WasmKind::Module),
+        (module(2), "wasm-to-oci", Shape::WasmToOci, WasmKind::Module),
+        (
+            empty_component(),
+            "cncf",
+            Shape::ComponentLayer,
+            WasmKind::Component,
+        ),
+    ];
+    let puller = puller(dir.path(), &host, 1 << 20);
+    for (i, (bytes, format, shape, kind)) in cases.into_iter().enumerate() {
+        let image = format!("{host}/demo/round-trip-{i}:v1");
+        let said = push(dir.path(), &bytes, &image, &["--format", format], &[]);
+        assert!(said.contains("pushed"), "{said}");
+        let artifact = puller
+            .pull(&request(&image, PullPolicy::IfNotPresent))
+            .await
+            .unwrap();
+        assert_eq!((artifact.shape, artifact.kind), (shape, kind), "{format}");
+        assert_eq!(std::fs::read(&artifact.wasm_path).unwrap(), bytes);
+        assert_eq!(artifact.wasm_digest, oci::store::digest_of(&bytes));
+    }
+}
+
+#[tokio::test]
+async fn compat_image_yields_the_wasm_its_entrypoint_names_through_layers_and_symlinks() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = module(7);
+    let image = format!("{}/demo/compat:v1", registry.host());
+    let layers = vec![
+        Blob::new(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            tar_gz(&[("app/main.wasm", b"stale")], &[]).unwrap(),
+        ),
+        Blob::new(
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            tar_gz(
+                &[("app/main.wasm", &wasm)],
+                &[("wasi_example_main.wasm", "/app/main.wasm")],
+            )
+            .unwrap(),
+        ),
+    ];
+    publish_image(
+        &dir.path().join("layout"),
+        image_config(&["/wasi_example_main.wasm"], &["--flag"]).unwrap(),
+        layers,
+        &image,
+    )
+    .unwrap();
+    let puller = puller(dir.path(), &registry.host(), 1 << 20);
+    let artifact = puller
+        .pull(&request(&image, PullPolicy::IfNotPresent))
+        .await
+        .unwrap();
+    assert_eq!(artifact.shape, Shape::Compat);
+    assert_eq!(
+        std::fs::read(&artifact.wasm_path).unwrap(),
+        wasm,
+        "the later layer wins"
+    );
+    assert_eq!(artifact.entrypoint, ["/wasi_example_main.wasm"]);
+    assert_eq!(artifact.args, ["--flag"]);
+    assert!(artifact.env.contains(&"GREETING=hello".to_string()));
+
+    // The container's command overrides the image's entrypoint.
+    let overridden = puller
+        .pull(&PullRequest {
+            entry: Some("/app/main.wasm"),
+            ..request(&image, PullPolicy::IfNotPresent)
+        })
+        .await
+        .unwrap();
+    assert_eq!(overridden.wasm_digest, artifact.wasm_digest);
+}
+
+#[tokio::test]
+async fn image_index_resolves_to_its_wasm_platform_or_says_which_platforms_it_has() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = module(9);
+    let linux = || Image {
+        config: image_config(&["/bin/hello"], &[]).unwrap(),
+        layers: vec![Blob::new(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            tar_gz(&[("bin/hello", b"\x7fELF\x02\x01\x01\0")], &[]).unwrap(),
+        )],
+        platform: Some(("linux".into(), "amd64".into())),
+    };
+    let wasi = Image {
+        config: Blob::new(
+            "application/vnd.wasm.config.v0+json",
+            br#"{"architecture":"wasm","os":"wasip1"}"#.to_vec(),
+        ),
+        layers: vec![Blob::new("application/wasm", wasm.clone())],
+        platform: Some(("wasip1".into(), "wasm".into())),
+    };
+    let multi = format!("{}/demo/multi:v1", registry.host());
+    publish_with_skopeo(&dir.path().join("multi"), &[linux(), wasi], &multi).unwrap();
+    let arm = Image {
+        platform: Some(("linux".into(), "arm64".into())),
+        ..linux()
+    };
+    let linux_only = format!("{}/demo/linux-only:v1", registry.host());
+    publish_with_skopeo(&dir.path().join("linux"), &[linux(), arm], &linux_only).unwrap();
+
+    let puller = puller(dir.path(), &registry.host(), 1 << 20);
+    let artifact = puller
+        .pull(&request(&multi, PullPolicy::IfNotPresent))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&artifact.wasm_path).unwrap(), wasm);
+    let err = puller
+        .pull(&request(&linux_only, PullPolicy::IfNotPresent))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoWasmPlatform { .. }), "{err}");
+    assert!(
+        err.to_string().contains("linux/amd64") && err.to_string().contains("linux/arm64"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn linux_image_is_not_wasm_and_the_error_names_the_media_types() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("{}/library/busybox:1", registry.host());
+    publish_image(
+        &dir.path().join("layout"),
+        image_config(&["/bin/sh"], &[]).unwrap(),
+        vec![Blob::new(
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            tar_gz(&[("bin/sh", b"\x7fELF\x02\x01\x01\0\0\0\0\0")], &[]).unwrap(),
+        )],
+        &image,
+    )
+    .unwrap();
+    let err = puller(dir.path(), &registry.host(), 1 << 20)
+        .pull(&request(&image, PullPolicy::IfNotPresent))
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::NotWasm { .. }), "{message}");
+    assert!(message.contains("not a Wasm image"), "{message}");
+    assert!(message.contains("ELF"), "{message}");
+    assert!(
+        message.contains("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_repository_or_tag_is_not_found_and_a_dead_registry_is_unreachable() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = registry.host();
+    push(
+        dir.path(),
+        &module(3),
+        &format!("{host}/demo/known:v1"),
+        &[],
+        &[],
+    );
+    let puller = puller(dir.path(), &host, 1 << 20);
+    for image in [
+        format!("{host}/demo/unknown:v1"),
+        format!("{host}/demo/known:nope"),
+    ] {
+        let err = puller
+            .pull(&request(&image, PullPolicy::IfNotPresent))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{image}: {err}");
+        assert_eq!(err.kubelet_reason(), "ErrImagePull");
+    }
+    drop(registry);
+    let err = puller
+        .pull(&request(
+            &format!("{host}/demo/known:v1"),
+            PullPolicy::IfNotPresent,
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::RegistryUnreachable { .. }), "{err}");
+    assert!(err.is_transient());
+    let err = puller
+        .pull(&request("Not A Reference!", PullPolicy::IfNotPresent))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kubelet_reason(), "InvalidImageName");
+}
+
+#[tokio::test]
+async fn private_registry_takes_the_pull_secret_and_refuses_anyone_else() {
+    let registry = Registry::start_with_auth().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = registry.host();
+    let image = format!("{host}/private/app:v1");
+    let wasm = module(4);
+    push(
+        dir.path(),
+        &wasm,
+        &image,
+        &[],
+        &[
+            ("WASMLET_REGISTRY_USERNAME", REGISTRY_USER),
+            ("WASMLET_REGISTRY_PASSWORD", REGISTRY_PASSWORD),
+        ],
+    );
+    let puller = puller(dir.path(), &host, 1 << 20);
+    let anonymous = puller
+        .pull(&request(&image, PullPolicy::IfNotPresent))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(anonymous, Error::Unauthorized { .. }),
+        "{anonymous}"
+    );
+    let wrong = PullRequest {
+        auth: RegistryAuth::Basic(REGISTRY_USER.into(), "wrong".into()),
+        ..request(&image, PullPolicy::IfNotPresent)
+    };
+    let err = puller.pull(&wrong).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("imagePullSecrets"), "{err}");
+
+    let mut creds = RegistryCredentials::default();
+    let secret = format!(
+        r#"{{"auths":{{"{host}":{{"username":"{REGISTRY_USER}","password":"{REGISTRY_PASSWORD}"}}}}}}"#
+    );
+    creds
+        .add_secret(
+            oci::auth::DOCKER_CONFIG_JSON,
+            &BTreeMap::from([(".dockerconfigjson".to_string(), secret.into_bytes())]),
+        )
+        .unwrap();
+    let artifact = puller
+        .pull(&PullRequest {
+            auth: creds.for_registry(&host),
+            ..request(&image, PullPolicy::IfNotPresent)
+        })
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&artifact.wasm_path).unwrap(), wasm);
+}
+
+#[tokio::test]
+async fn tampered_blob_fails_verification_and_nothing_is_stored() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("{}/demo/tampered:v1", registry.host());
+    let wasm = module(5);
+    push(dir.path(), &wasm, &image, &[], &[]);
+    let digest = oci::store::digest_of(&wasm);
+    let mut evil = wasm.clone();
+    let last = evil.len() - 1;
+    evil[last] ^= 0xff;
+    std::fs::write(registry.blob_data_path(&digest), &evil).unwrap();
+
+    let puller = puller(dir.path(), &registry.host(), 1 << 20);
+    let err = puller
+        .pull(&request(&image, PullPolicy::IfNotPresent))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert!(
+        !puller.store().has_blob(&digest),
+        "unverified content never enters the store"
+    );
+    assert!(
+        std::fs::read_dir(dir.path().join("store/tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no leftovers"
+    );
+}
+
+#[tokio::test]
+async fn layer_over_the_size_limit_is_refused_before_it_fills_the_disk() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("{}/demo/big:v1", registry.host());
+    let wasm = wasm_module_of_size(64 * 1024);
+    push(dir.path(), &wasm, &image, &[], &[]);
+    let puller = puller(dir.path(), &registry.host(), 16 * 1024);
+    let err = puller
+        .pull(&request(&image, PullPolicy::IfNotPresent))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LayerTooLarge { .. }), "{err}");
+    assert!(!puller.store().has_blob(&oci::store::digest_of(&wasm)));
+}
+
+#[tokio::test]
+async fn compat_layers_that_escape_the_root_and_invalid_wasm_are_refused() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = registry.host();
+    let wasm = module(6);
+    let escapes: [(&str, Vec<u8>); 3] = [
+        ("dotdot", tar_gz(&[("../evil.wasm", &wasm)], &[]).unwrap()),
+        ("absolute", tar_gz(&[("/evil.wasm", &wasm)], &[]).unwrap()),
+        (
+            "symlink",
+            tar_gz(&[], &[("evil.wasm", "../../../etc/passwd")]).unwrap(),
+        ),
+    ];
+    let puller = puller(dir.path(), &host, 1 << 20);
+    for (name, layer) in escapes {
+        let image = format!("{host}/demo/escape-{name}:v1");
+        publish_image(
+            &dir.path().join(name),
+            image_config(&["/evil.wasm"], &[]).unwrap(),
+            vec![Blob::new(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                layer,
+            )],
+            &image,
+        )
+        .unwrap();
+        let err = puller
+            .pull(&request(&image, PullPolicy::IfNotPresent))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::PathEscape { .. }), "{name}: {err}");
+    }
+
+    let image = format!("{host}/demo/garbage:v1");
+    publish_image(
+        &dir.path().join("garbage"),
+        Blob::new("application/vnd.wasm.config.v0+json", b"{}".to_vec()),
+        vec![Blob::new("application/wasm", b"this is not wasm".to_vec())],
+        &image,
+    )
+    .unwrap();
+    let err = puller
+        .pull(&request(&image, PullPolicy::IfNotPresent))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidWasm { .. }), "{err}");
+    assert!(err.to_string().contains("not the Wasm magic"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_pulls_of_one_reference_download_it_once() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("{}/demo/popular:v1", registry.host());
+    let wasm = wasm_module_of_size(256 * 1024);
+    push(dir.path(), &wasm, &image, &[], &[]);
+    let puller = Arc::new(puller(dir.path(), &registry.host(), 1 << 20));
+    let mut pulls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let puller = puller.clone();
+        let image = image.clone();
+        pulls.spawn(async move {
+            puller
+                .pull(&request(&image, PullPolicy::IfNotPresent))
+                .await
+        });
+    }
+    let digests: Vec<String> = pulls
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().wasm_digest)
+        .collect();
+    assert!(digests.iter().all(|d| *d == oci::store::digest_of(&wasm)));
+    assert_eq!(
+        registry.blob_gets(&oci::store::digest_of(&wasm)),
+        1,
+        "{}",
+        registry.log()
+    );
+}
+
+#[tokio::test]
+async fn pull_policies_behave_as_the_kubelets() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("{}/demo/moving:latest", registry.host());
+    let puller = puller(dir.path(), &registry.host(), 1 << 20);
+
+    let err = puller
+        .pull(&request(&image, PullPolicy::Never))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NeverPull { .. }), "{err}");
+    assert_eq!(err.kubelet_reason(), "ErrImageNeverPull");
+
+    let (first, second) = (module(10), module(11));
+    push(dir.path(), &first, &image, &[], &[]);
+    let a = puller
+        .pull(&request(&image, PullPolicy::Always))
+        .await
+        .unwrap();
+    assert_eq!(a.wasm_digest, oci::store::digest_of(&first));
+
+    push(dir.path(), &second, &image, &[], &[]);
+    let cached = puller
+        .pull(&request(&image, PullPolicy::IfNotPresent))
+        .await
+        .unwrap();
+    assert_eq!(
+        cached.wasm_digest, a.wasm_digest,
+        "IfNotPresent keeps the local artifact"
+    );
+    let moved = puller
+        .pull(&request(&image, PullPolicy::Always))
+        .await
+        .unwrap();
+    assert_eq!(
+        moved.wasm_digest,
+        oci::store::digest_of(&second),
+        "Always follows the tag"
+    );
+
+    drop(registry);
+    let offline = puller
+        .pull(&request(&image, PullPolicy::IfNotPresent))
+        .await
+        .unwrap();
+    assert_eq!(
+        offline.wasm_digest, moved.wasm_digest,
+        "a cached artifact needs no registry"
+    );
+    assert!(
+        puller
+            .pull(&request(&image, PullPolicy::Never))
+            .await
+            .is_ok()
+    );
+    let err = puller
+        .pull(&request(&image, PullPolicy::Always))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::RegistryUnreachable { .. }), "{err}");
+}

@@ -1,0 +1,448 @@
+//! "Compat" images: ordinary tar layers holding the `.wasm` that the entrypoint names, as
+//! crun and WasmEdge run them.
+//!
+//! Layers are indexed in order (later entries replace earlier ones, whiteouts delete), every
+//! path and link target is confined to the image root, and only the one file the entrypoint
+//! resolves to is read. Nothing is unpacked to disk.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use flate2::read::GzDecoder;
+use tar::EntryType;
+
+use crate::media::TarCompression;
+use crate::{Error, Result};
+
+/// One layer blob, in manifest order.
+pub(crate) struct Layer {
+    pub(crate) path: PathBuf,
+    pub(crate) digest: String,
+    pub(crate) compression: TarCompression,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Node {
+    File {
+        layer: usize,
+    },
+    Dir,
+    /// Target, already made absolute within the root.
+    Symlink(String),
+    /// Target path within the root.
+    Hardlink(String),
+}
+
+/// Symlink hops before resolution gives up, as Linux's ELOOP limit.
+const MAX_LINK_HOPS: usize = 40;
+const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+
+/// Reads the file that `entry` (absolute, or relative to `working_dir`) names in the merged
+/// layers. `None` when no such regular file exists.
+pub(crate) fn read_entry(
+    reference: &str,
+    layers: &[Layer],
+    entry: &str,
+    working_dir: &str,
+    max_bytes: u64,
+) -> Result<Option<Vec<u8>>> {
+    let tree = index(reference, layers)?;
+    let start = if entry.starts_with('/') {
+        entry.to_string()
+    } else {
+        format!("{}/{entry}", working_dir.trim_end_matches('/'))
+    };
+    let Some((path, layer)) = resolve(reference, &tree, &start)? else {
+        return Ok(None);
+    };
+    read_file(reference, &layers[layer], &path, max_bytes).map(Some)
+}
+
+fn open(reference: &str, layer: &Layer) -> Result<tar::Archive<Box<dyn Read>>> {
+    let file = std::fs::File::open(&layer.path).map_err(|source| Error::BadLayer {
+        reference: reference.to_string(),
+        digest: layer.digest.clone(),
+        source,
+    })?;
+    let reader: Box<dyn Read> = match layer.compression {
+        TarCompression::None => Box::new(std::io::BufReader::new(file)),
+        TarCompression::Gzip => Box::new(GzDecoder::new(std::io::BufReader::new(file))),
+    };
+    Ok(tar::Archive::new(reader))
+}
+
+fn index(reference: &str, layers: &[Layer]) -> Result<BTreeMap<String, Node>> {
+    let mut tree = BTreeMap::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let bad = |source| Error::BadLayer {
+            reference: reference.to_string(),
+            digest: layer.digest.clone(),
+            source,
+        };
+        let mut archive = open(reference, layer)?;
+        for entry in archive.entries().map_err(bad)? {
+            let entry = entry.map_err(bad)?;
+            let raw = entry.path().map_err(bad)?.into_owned();
+            let path = confine(reference, &raw, Path::new("/"), false)?;
+            let name = path.rsplit('/').next().unwrap_or_default();
+            let parent = parent_of(&path);
+            if name == OPAQUE_WHITEOUT {
+                remove_below(&mut tree, parent, false);
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(".wh.") {
+                remove_below(&mut tree, &join(parent, hidden), true);
+                continue;
+            }
+            let node = match entry.header().entry_type() {
+                EntryType::Regular | EntryType::Continuous => Node::File { layer: i },
+                EntryType::Directory => Node::Dir,
+                EntryType::Symlink => {
+                    let target = link_target(&entry).map_err(bad)?;
+                    Node::Symlink(confine(
+                        reference,
+                        Path::new(&target),
+                        Path::new(parent),
+                        true,
+                    )?)
+                }
+                EntryType::Link => {
+                    let target = link_target(&entry).map_err(bad)?;
+                    Node::Hardlink(confine(
+                        reference,
+                        Path::new(&target),
+                        Path::new("/"),
+                        false,
+                    )?)
+                }
+                _ => continue,
+            };
+            // A new entry replaces whatever was at that path, and a non-directory hides
+            // everything that was below it.
+            if node != Node::Dir {
+                remove_below(&mut tree, &path, false);
+            }
+            tree.insert(path, node);
+        }
+    }
+    Ok(tree)
+}
+
+fn link_target<R: Read>(entry: &tar::Entry<R>) -> std::io::Result<String> {
+    Ok(entry
+        .link_name()?
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default())
+}
+
+/// Normalizes `raw` (taken relative to `base`) into an absolute path inside the root, or fails
+/// if it climbs out. Absolute entry names and hardlink targets are refused (layer paths are
+/// relative by spec); absolute symlink targets (`absolute_ok`) resolve against the root.
+fn confine(reference: &str, raw: &Path, base: &Path, absolute_ok: bool) -> Result<String> {
+    let escape = |how: &str| Error::PathEscape {
+        reference: reference.to_string(),
+        path: raw.display().to_string(),
+        how: how.to_string(),
+    };
+    let mut parts: Vec<String> = base
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    for component in raw.components() {
+        match component {
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return Err(escape("`..` above the root"));
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                if !absolute_ok {
+                    return Err(escape("absolute path"));
+                }
+                parts.clear();
+            }
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+fn parent_of(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn remove_below(tree: &mut BTreeMap<String, Node>, path: &str, including_self: bool) {
+    if including_self {
+        tree.remove(path);
+    }
+    let prefix = if path == "/" {
+        "/".to_string()
+    } else {
+        format!("{path}/")
+    };
+    let doomed: Vec<String> = tree
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in doomed {
+        tree.remove(&key);
+    }
+}
+
+/// Follows symlinks component by component, never leaving the root.
+fn resolve(
+    reference: &str,
+    tree: &BTreeMap<String, Node>,
+    start: &str,
+) -> Result<Option<(String, usize)>> {
+    let mut pending: Vec<String> = split(start);
+    pending.reverse();
+    let mut current: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                if current.pop().is_none() {
+                    return Err(Error::PathEscape {
+                        reference: reference.into(),
+                        path: start.into(),
+                        how: "`..` above the root".into(),
+                    });
+                }
+                continue;
+            }
+            _ => current.push(part),
+        }
+        let path = format!("/{}", current.join("/"));
+        let target = match tree.get(&path) {
+            Some(Node::Symlink(target)) | Some(Node::Hardlink(target)) => target.clone(),
+            _ => continue,
+        };
+        hops += 1;
+        if hops > MAX_LINK_HOPS {
+            return Ok(None);
+        }
+        current.clear();
+        let mut rest = split(&target);
+        rest.reverse();
+        pending.extend(rest);
+    }
+    let path = format!("/{}", current.join("/"));
+    Ok(match tree.get(&path) {
+        Some(Node::File { layer }) => Some((path, *layer)),
+        _ => None,
+    })
+}
+
+fn split(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn read_file(reference: &str, layer: &Layer, wanted: &str, max_bytes: u64) -> Result<Vec<u8>> {
+    let bad = |source| Error::BadLayer {
+        reference: reference.to_string(),
+        digest: layer.digest.clone(),
+        source,
+    };
+    let mut archive = open(reference, layer)?;
+    let mut found = None;
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw = entry.path().map_err(bad)?.into_owned();
+        if confine(reference, &raw, Path::new("/"), false)? != wanted
+            || !matches!(
+                entry.header().entry_type(),
+                EntryType::Regular | EntryType::Continuous
+            )
+        {
+            continue;
+        }
+        let size = entry.header().size().map_err(bad)?;
+        if size > max_bytes {
+            return Err(Error::LayerTooLarge {
+                reference: reference.to_string(),
+                digest: format!("{}:{wanted}", layer.digest),
+                size,
+                limit: max_bytes,
+            });
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        entry.read_to_end(&mut bytes).map_err(bad)?;
+        // The last copy in the layer wins, as it would on disk.
+        found = Some(bytes);
+    }
+    found.ok_or_else(|| {
+        bad(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{wanted} vanished between reads"),
+        ))
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// What a test layer holds.
+    pub(crate) enum Item<'a> {
+        File(&'a str, &'a [u8]),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+    }
+
+    /// Builds an uncompressed tar with raw (unchecked) entry names, so tests can write the
+    /// hostile ones that `tar::Builder` would refuse.
+    pub(crate) fn tar_bytes(items: &[Item]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for item in items {
+            let mut header = tar::Header::new_gnu();
+            let (name, data): (&str, &[u8]) = match item {
+                Item::File(name, data) => {
+                    header.set_entry_type(EntryType::Regular);
+                    (name, data)
+                }
+                Item::Dir(name) => {
+                    header.set_entry_type(EntryType::Directory);
+                    (name, &[])
+                }
+                Item::Symlink(name, target) => {
+                    header.set_entry_type(EntryType::Symlink);
+                    header.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+                    (name, &[])
+                }
+            };
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_size(data.len() as u64);
+            header.set_mode(0o755);
+            header.set_cksum();
+            builder.append(&header, data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn layers(dir: &Path, layers: &[Vec<u8>]) -> Vec<Layer> {
+        layers
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let path = dir.join(format!("layer{i}"));
+                std::fs::write(&path, bytes).unwrap();
+                Layer {
+                    path,
+                    digest: format!("layer{i}"),
+                    compression: TarCompression::None,
+                }
+            })
+            .collect()
+    }
+
+    const WASM: &[u8] = b"\0asm\x01\0\0\0";
+
+    #[test]
+    fn entrypoint_is_found_through_later_layers_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layers(
+            dir.path(),
+            &[
+                tar_bytes(&[Item::Dir("app"), Item::File("app/old.wasm", b"old")]),
+                tar_bytes(&[
+                    Item::File("app/old.wasm", WASM),
+                    Item::Symlink("entry.wasm", "/app/old.wasm"),
+                ]),
+            ],
+        );
+        let bytes = read_entry("img", &l, "/entry.wasm", "/", 1 << 20).unwrap();
+        assert_eq!(bytes.as_deref(), Some(WASM));
+        let relative = read_entry("img", &l, "old.wasm", "/app", 1 << 20).unwrap();
+        assert_eq!(relative.as_deref(), Some(WASM));
+    }
+
+    #[test]
+    fn whiteouts_delete_files_and_opaque_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layers(
+            dir.path(),
+            &[
+                tar_bytes(&[Item::File("a.wasm", WASM), Item::File("d/b.wasm", WASM)]),
+                tar_bytes(&[
+                    Item::File(".wh.a.wasm", b""),
+                    Item::File("d/.wh..wh..opq", b""),
+                ]),
+            ],
+        );
+        assert_eq!(
+            read_entry("img", &l, "/a.wasm", "/", 1 << 20).unwrap(),
+            None
+        );
+        assert_eq!(
+            read_entry("img", &l, "/d/b.wasm", "/", 1 << 20).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn dotdot_entries_absolute_entries_and_escaping_links_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (items, how) in [
+            (vec![Item::File("../evil.wasm", WASM)], ".."),
+            (vec![Item::File("/etc/evil.wasm", WASM)], "absolute"),
+            (
+                vec![Item::Dir("a"), Item::Symlink("a/link", "../../etc/passwd")],
+                "..",
+            ),
+        ] {
+            let l = layers(dir.path(), &[tar_bytes(&items)]);
+            let err = read_entry("img", &l, "/x.wasm", "/", 1 << 20).unwrap_err();
+            assert!(matches!(err, Error::PathEscape { .. }), "{err}");
+            assert!(err.to_string().contains(how), "{err}");
+        }
+    }
+
+    #[test]
+    fn absolute_symlink_targets_stay_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layers(
+            dir.path(),
+            &[tar_bytes(&[
+                Item::File("real.wasm", WASM),
+                Item::Symlink("link.wasm", "/real.wasm"),
+            ])],
+        );
+        assert_eq!(
+            read_entry("img", &l, "/link.wasm", "/", 1 << 20)
+                .unwrap()
+                .as_deref(),
+            Some(WASM)
+        );
+    }
+
+    #[test]
+    fn oversized_entry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![0u8; 2048];
+        let l = layers(dir.path(), &[tar_bytes(&[Item::File("big.wasm", &big)])]);
+        let err = read_entry("img", &l, "/big.wasm", "/", 1024).unwrap_err();
+        assert!(matches!(err, Error::LayerTooLarge { .. }), "{err}");
+    }
+}

@@ -1,0 +1,185 @@
+//! Garbage collection of artifacts no pod uses, with the kubelet's image-GC thresholds: when
+//! the filesystem is fuller than `high_percent`, free least-recently-used artifacts until it
+//! is at most `low_percent` full.
+
+use std::collections::HashSet;
+
+use crate::{Puller, Result};
+
+/// When to collect and how far.
+#[derive(Clone, Copy, Debug)]
+pub struct GcPolicy {
+    /// Start collecting at this disk usage.
+    pub high_percent: u64,
+    /// Stop once usage is at or below this.
+    pub low_percent: u64,
+}
+
+impl Default for GcPolicy {
+    /// The kubelet's defaults.
+    fn default() -> Self {
+        Self {
+            high_percent: 85,
+            low_percent: 80,
+        }
+    }
+}
+
+/// The filesystem holding the store.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskUsage {
+    /// Total bytes.
+    pub capacity_bytes: u64,
+    /// Free bytes.
+    pub available_bytes: u64,
+}
+
+/// What a collection did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GcReport {
+    /// The references whose artifacts were removed, oldest use first.
+    pub removed: Vec<String>,
+    /// Bytes of blobs deleted.
+    pub freed_bytes: u64,
+}
+
+impl Puller {
+    /// Frees unused artifacts if `usage` is over the policy's high mark. `in_use` holds the
+    /// Wasm digests that running pods use; those and everything they need are kept.
+    pub async fn collect_garbage(
+        &self,
+        in_use: &HashSet<String>,
+        usage: DiskUsage,
+        policy: GcPolicy,
+    ) -> Result<GcReport> {
+        let capacity = usage.capacity_bytes.max(1);
+        let used_percent = 100 - usage.available_bytes.min(capacity) * 100 / capacity;
+        if used_percent < policy.high_percent {
+            return Ok(GcReport::default());
+        }
+        let target_free = capacity * (100 - policy.low_percent.min(100)) / 100;
+        let to_free = target_free.saturating_sub(usage.available_bytes);
+
+        let _exclusive = self.exclusive().await;
+        let store = self.store();
+        let mut records = store.records().await?;
+        records.sort_by_key(|r| r.last_used);
+        let mut report = GcReport::default();
+        // Orphans (blobs of a pull that failed halfway) go first: nothing needs them.
+        report.freed_bytes += sweep(self, &records, in_use).await?;
+        let mut remaining = records.clone();
+        for record in records
+            .iter()
+            .filter(|r| !in_use.contains(&r.artifact.wasm_digest))
+        {
+            if report.freed_bytes >= to_free {
+                break;
+            }
+            store.remove_record(&record.key).await?;
+            remaining.retain(|r| r.key != record.key);
+            report.removed.push(record.key.clone());
+            report.freed_bytes += sweep(self, &remaining, in_use).await?;
+        }
+        Ok(report)
+    }
+}
+
+/// Deletes blobs no record needs and no running pod uses; returns the bytes freed.
+async fn sweep(
+    puller: &Puller,
+    records: &[crate::store::ArtifactRecord],
+    in_use: &HashSet<String>,
+) -> Result<u64> {
+    let needed: HashSet<&String> = records
+        .iter()
+        .flat_map(|r| r.blobs.iter())
+        .chain(in_use.iter())
+        .collect();
+    let mut freed = 0;
+    for (digest, size) in puller.store().blobs().await? {
+        if !needed.contains(&digest) {
+            puller.store().remove_blob(&digest).await?;
+            freed += size;
+        }
+    }
+    Ok(freed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ArtifactRecord, Store};
+    use crate::{PullerConfig, Shape, WasmArtifact, WasmKind};
+    use std::sync::Arc;
+
+    async fn artifact(store: &Store, name: &str, last_used: u64, size: usize) -> String {
+        let (digest, path) = store
+            .put_bytes(&vec![name.as_bytes()[0]; size])
+            .await
+            .unwrap();
+        store
+            .save_record(&ArtifactRecord {
+                key: name.into(),
+                artifact: WasmArtifact {
+                    reference: name.into(),
+                    manifest_digest: digest.clone(),
+                    wasm_digest: digest.clone(),
+                    wasm_path: path,
+                    kind: WasmKind::Module,
+                    shape: Shape::CncfArtifact,
+                    entrypoint: vec![],
+                    args: vec![],
+                    env: vec![],
+                },
+                blobs: vec![digest.clone()],
+                last_used,
+            })
+            .await
+            .unwrap();
+        digest
+    }
+
+    #[tokio::test]
+    async fn below_the_high_mark_nothing_is_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        artifact(&store, "a", 1, 100).await;
+        let puller = Puller::new(store.clone(), PullerConfig::default());
+        let usage = DiskUsage {
+            capacity_bytes: 1000,
+            available_bytes: 500,
+        };
+        let report = puller
+            .collect_garbage(&HashSet::new(), usage, GcPolicy::default())
+            .await
+            .unwrap();
+        assert_eq!(report, GcReport::default());
+        assert!(store.record("a").await.is_some());
+    }
+
+    #[tokio::test]
+    async fn over_the_high_mark_unused_artifacts_go_oldest_first_until_the_low_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let old = artifact(&store, "old", 1, 100).await;
+        let used = artifact(&store, "used", 0, 100).await;
+        let newer = artifact(&store, "newer", 2, 100).await;
+        let recent = artifact(&store, "recent", 3, 100).await;
+        let puller = Puller::new(store.clone(), PullerConfig::default());
+        // 90% full; reaching 80% needs 100 bytes freed.
+        let usage = DiskUsage {
+            capacity_bytes: 1000,
+            available_bytes: 100,
+        };
+        let in_use: HashSet<String> = [used.clone()].into();
+        let report = puller
+            .collect_garbage(&in_use, usage, GcPolicy::default())
+            .await
+            .unwrap();
+        assert_eq!(report.removed, vec!["old".to_string()]);
+        assert_eq!(report.freed_bytes, 100);
+        assert!(!store.has_blob(&old));
+        assert!(store.has_blob(&used) && store.has_blob(&newer) && store.has_blob(&recent));
+        assert!(store.record("newer").await.is_some());
+    }
+}

@@ -1,0 +1,561 @@
+//! Turning a reference into a verified [`WasmArtifact`] in the store.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use oci_client::client::ClientProtocol;
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+use tokio::io::AsyncWrite;
+use tokio::sync::RwLock;
+use tracing::info;
+
+use crate::client::new_client;
+use crate::compat::{self, Layer};
+use crate::media::{self, Shape};
+use crate::store::{ArtifactRecord, now_secs};
+use crate::wasm::describe_non_wasm;
+use crate::{Error, PullPolicy, Result, Store, WasmArtifact, WasmKind};
+
+/// How the puller reaches registries.
+#[derive(Clone, Debug)]
+pub struct PullerConfig {
+    /// `host:port` of registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// The largest layer (and extracted `.wasm`) accepted.
+    pub max_layer_bytes: u64,
+}
+
+impl Default for PullerConfig {
+    fn default() -> Self {
+        Self {
+            insecure_registries: Vec::new(),
+            max_layer_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// One pull.
+#[derive(Clone, Debug)]
+pub struct PullRequest<'a> {
+    /// The image reference, as in the pod spec.
+    pub image: &'a str,
+    /// When to contact the registry.
+    pub policy: PullPolicy,
+    /// Credentials for the image's registry.
+    pub auth: RegistryAuth,
+    /// For compat images: the file the container's command names, overriding the image's
+    /// entrypoint. Ignored by the single-layer shapes, which hold exactly one Wasm.
+    pub entry: Option<&'a str>,
+}
+
+/// Pulls artifacts into a [`Store`]. Concurrent pulls of one reference collapse into one
+/// download: the second waits for the first and then finds the artifact in the store.
+pub struct Puller {
+    protocol: ClientProtocol,
+    /// One client per credential: an oci-client `Client` remembers the first credential it
+    /// sees for a registry, and pods with different pull secrets may share a registry.
+    clients: Mutex<HashMap<String, Client>>,
+    store: Arc<Store>,
+    max_layer_bytes: u64,
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pulls hold it shared, garbage collection exclusively, so GC never sweeps blobs of a
+    /// pull whose record is not written yet.
+    gc_gate: RwLock<()>,
+}
+
+impl Puller {
+    /// A puller for `store`.
+    pub fn new(store: Arc<Store>, config: PullerConfig) -> Self {
+        Self {
+            protocol: ClientProtocol::HttpsExcept(config.insecure_registries),
+            clients: Mutex::new(HashMap::new()),
+            store,
+            max_layer_bytes: config.max_layer_bytes,
+            in_flight: Mutex::new(HashMap::new()),
+            gc_gate: RwLock::new(()),
+        }
+    }
+
+    /// The store it pulls into.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn client_for(&self, auth: &RegistryAuth) -> Client {
+        let key = match auth {
+            RegistryAuth::Anonymous => "anonymous".to_string(),
+            RegistryAuth::Basic(user, password) => {
+                format!(
+                    "basic:{user}:{}",
+                    crate::store::digest_of(password.as_bytes())
+                )
+            }
+            RegistryAuth::Bearer(token) => {
+                format!("bearer:{}", crate::store::digest_of(token.as_bytes()))
+            }
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(key)
+            .or_insert_with(|| new_client(self.protocol.clone()))
+            .clone()
+    }
+
+    pub(crate) async fn exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.gc_gate.write().await
+    }
+
+    /// Pulls `request.image` as its policy says and returns the artifact.
+    pub async fn pull(&self, request: &PullRequest<'_>) -> Result<WasmArtifact> {
+        let reference: Reference =
+            request
+                .image
+                .parse()
+                .map_err(|e: oci_client::ParseError| Error::InvalidReference {
+                    reference: request.image.to_string(),
+                    reason: e.to_string(),
+                })?;
+        let key = match request.entry {
+            Some(entry) => format!("{}#{entry}", request.image),
+            None => request.image.to_string(),
+        };
+        let _shared = self.gc_gate.read().await;
+        let lock = self.lock_for(&key);
+        let result = {
+            let _one_at_a_time = lock.lock().await;
+            self.pull_locked(&reference, &key, request).await
+        };
+        self.release(&key, lock);
+        result
+    }
+
+    async fn pull_locked(
+        &self,
+        reference: &Reference,
+        key: &str,
+        request: &PullRequest<'_>,
+    ) -> Result<WasmArtifact> {
+        let cached = self.store.record(key).await;
+        match (request.policy, cached) {
+            (PullPolicy::Never | PullPolicy::IfNotPresent, Some(record)) => {
+                return self.touch(record).await;
+            }
+            (PullPolicy::Never, None) => {
+                return Err(Error::NeverPull {
+                    reference: request.image.to_string(),
+                });
+            }
+            (PullPolicy::Always, Some(record)) => {
+                let remote = self
+                    .client_for(&request.auth)
+                    .fetch_manifest_digest(reference, &request.auth)
+                    .await
+                    .map_err(|e| map_client_error(reference, e))?;
+                if remote == record.artifact.manifest_digest {
+                    return self.touch(record).await;
+                }
+            }
+            (_, None) => {}
+        }
+        let started = std::time::Instant::now();
+        let record = self.fetch(reference, key, request).await?;
+        self.store.save_record(&record).await?;
+        info!(image = request.image, digest = %record.artifact.wasm_digest, shape = ?record.artifact.shape,
+              elapsed_ms = started.elapsed().as_millis() as u64, "pulled");
+        Ok(record.artifact)
+    }
+
+    async fn touch(&self, mut record: ArtifactRecord) -> Result<WasmArtifact> {
+        record.last_used = now_secs();
+        self.store.save_record(&record).await?;
+        Ok(record.artifact)
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.to_string()).or_default().clone()
+    }
+
+    fn release(&self, key: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        // Two holders: the map and us. Anyone else waiting keeps the entry alive.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(key);
+        }
+    }
+
+    async fn fetch(
+        &self,
+        reference: &Reference,
+        key: &str,
+        request: &PullRequest<'_>,
+    ) -> Result<ArtifactRecord> {
+        let auth = &request.auth;
+        let (mut manifest_digest, mut manifest) =
+            self.manifest(reference, auth, reference.digest()).await?;
+        if let OciManifest::ImageIndex(index) = &manifest {
+            let entry = pick_wasm_platform(reference, index)?;
+            let child = reference.clone_with_digest(entry.clone());
+            (manifest_digest, manifest) = self.manifest(&child, auth, Some(&entry)).await?;
+        }
+        let OciManifest::Image(image) = manifest else {
+            return Err(Error::Registry {
+                reference: reference.whole(),
+                message: "an image index points at another index".into(),
+            });
+        };
+        let media_types: Vec<&str> = image.layers.iter().map(|l| l.media_type.as_str()).collect();
+        let not_wasm = |detail: String| Error::NotWasm {
+            reference: reference.whole(),
+            media_types: media_types.iter().map(|m| m.to_string()).collect(),
+            detail,
+        };
+        let Some((shape, wasm_layer)) = media::classify(&media_types) else {
+            return Err(not_wasm("no Wasm layer and no tar layers".into()));
+        };
+        let mut blobs = vec![manifest_digest.clone()];
+        let base = |wasm_digest: String, wasm_path, kind| WasmArtifact {
+            reference: request.image.to_string(),
+            manifest_digest: manifest_digest.clone(),
+            wasm_digest,
+            wasm_path,
+            kind,
+            shape,
+            entrypoint: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+        };
+        let artifact = match (shape, wasm_layer) {
+            (Shape::Compat, _) => {
+                let config = self
+                    .image_config(reference, &image, auth, &mut blobs)
+                    .await?;
+                let mut layers = Vec::new();
+                for layer in &image.layers {
+                    let path = self.download(reference, layer, auth).await?;
+                    blobs.push(layer.digest.clone());
+                    layers.push(Layer {
+                        path,
+                        digest: layer.digest.clone(),
+                        compression: media::tar_compression(&layer.media_type)
+                            .unwrap_or(media::TarCompression::None),
+                    });
+                }
+                let entry = request
+                    .entry
+                    .map(str::to_string)
+                    .or_else(|| config.entrypoint.first().cloned())
+                    .or_else(|| config.cmd.first().cloned())
+                    .ok_or_else(|| {
+                        not_wasm("the image has no entrypoint or cmd naming a .wasm".into())
+                    })?;
+                let (reference_text, limit, working_dir) = (
+                    reference.whole(),
+                    self.max_layer_bytes,
+                    config.working_dir.clone(),
+                );
+                let entry_for_read = entry.clone();
+                let bytes = tokio::task::spawn_blocking(move || {
+                    compat::read_entry(
+                        &reference_text,
+                        &layers,
+                        &entry_for_read,
+                        &working_dir,
+                        limit,
+                    )
+                })
+                .await
+                .map_err(|e| Error::Registry {
+                    reference: reference.whole(),
+                    message: format!("layer reader failed: {e}"),
+                })??
+                .ok_or_else(|| {
+                    not_wasm(format!("the entrypoint {entry} is not a file in the image"))
+                })?;
+                let kind = WasmKind::detect(&bytes).ok_or_else(|| {
+                    not_wasm(format!(
+                        "the entrypoint {entry} is {}",
+                        describe_non_wasm(&bytes)
+                    ))
+                })?;
+                let (digest, path) = self.store.put_bytes(&bytes).await?;
+                blobs.push(digest.clone());
+                WasmArtifact {
+                    entrypoint: config.entrypoint,
+                    args: config.cmd,
+                    env: config.env,
+                    ..base(digest, path, kind)
+                }
+            }
+            (_, Some(i)) => {
+                let layer = &image.layers[i];
+                let path = self.download(reference, layer, auth).await?;
+                blobs.push(layer.digest.clone());
+                let header = read_header(&path).await?;
+                let kind = WasmKind::detect(&header).ok_or_else(|| Error::InvalidWasm {
+                    reference: reference.whole(),
+                    detail: format!("layer {} is {}", layer.digest, describe_non_wasm(&header)),
+                })?;
+                base(layer.digest.clone(), path, kind)
+            }
+            (_, None) => return Err(not_wasm("no Wasm layer".into())),
+        };
+        Ok(ArtifactRecord {
+            key: key.to_string(),
+            artifact,
+            blobs,
+            last_used: now_secs(),
+        })
+    }
+
+    /// Fetches a manifest, stores its bytes, and checks them against `expected` if given.
+    async fn manifest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        expected: Option<&str>,
+    ) -> Result<(String, OciManifest)> {
+        let (bytes, _) = self
+            .client_for(auth)
+            .pull_manifest_raw(reference, auth, &media::ACCEPTED_MANIFESTS)
+            .await
+            .map_err(|e| map_client_error(reference, e))?;
+        let (digest, _) = self.store.put_bytes(&bytes).await?;
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(Error::DigestMismatch {
+                expected: expected.to_string(),
+                actual: digest,
+            });
+        }
+        let manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
+            reference: reference.whole(),
+            message: format!("unreadable manifest: {e}"),
+        })?;
+        Ok((digest, manifest))
+    }
+
+    async fn image_config(
+        &self,
+        reference: &Reference,
+        image: &OciImageManifest,
+        auth: &RegistryAuth,
+        blobs: &mut Vec<String>,
+    ) -> Result<ContainerConfig> {
+        let path = self.download(reference, &image.config, auth).await?;
+        blobs.push(image.config.digest.clone());
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(Error::store("read", &path))?;
+        let config: ImageConfig = serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
+            reference: reference.whole(),
+            message: format!("unreadable image config: {e}"),
+        })?;
+        Ok(config.config.unwrap_or_default())
+    }
+
+    /// Downloads one blob into the store (unless present), bounded by the size limit and
+    /// verified against its digest twice: by the client while streaming, by the store on commit.
+    async fn download(
+        &self,
+        reference: &Reference,
+        layer: &OciDescriptor,
+        auth: &RegistryAuth,
+    ) -> Result<std::path::PathBuf> {
+        if self.store.has_blob(&layer.digest) {
+            return self.store.blob_path(&layer.digest);
+        }
+        let too_large = |size| Error::LayerTooLarge {
+            reference: reference.whole(),
+            digest: layer.digest.clone(),
+            size,
+            limit: self.max_layer_bytes,
+        };
+        if u64::try_from(layer.size).unwrap_or(u64::MAX) > self.max_layer_bytes {
+            return Err(too_large(layer.size.max(0) as u64));
+        }
+        let client = self.client_for(auth);
+        // Authenticate for this registry before the blob request (a no-op once done).
+        client
+            .store_auth_if_needed(reference.resolve_registry(), auth)
+            .await;
+        let pending = self.store.begin_blob();
+        let file = tokio::fs::File::create(pending.path())
+            .await
+            .map_err(Error::store("create", pending.path()))?;
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let writer = LimitedWriter {
+            inner: file,
+            remaining: self.max_layer_bytes,
+            exceeded: exceeded.clone(),
+        };
+        if let Err(err) = client.pull_blob(reference, layer, writer).await {
+            if exceeded.load(Ordering::Relaxed) {
+                return Err(too_large(self.max_layer_bytes + 1));
+            }
+            return Err(map_client_error(reference, err));
+        }
+        self.store.commit_blob(pending, &layer.digest).await
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ImageConfig {
+    config: Option<ContainerConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ContainerConfig {
+    #[serde(default)]
+    entrypoint: Vec<String>,
+    #[serde(default)]
+    cmd: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    working_dir: String,
+}
+
+fn pick_wasm_platform(
+    reference: &Reference,
+    index: &oci_client::manifest::OciImageIndex,
+) -> Result<String> {
+    let is_wasm =
+        |os: &str, arch: &str| matches!(os, "wasip1" | "wasip2" | "wasi") || arch == "wasm";
+    let mut seen = Vec::new();
+    for entry in &index.manifests {
+        if let Some(platform) = &entry.platform {
+            let (os, arch) = (platform.os.to_string(), platform.architecture.to_string());
+            if is_wasm(&os, &arch) {
+                return Ok(entry.digest.clone());
+            }
+            seen.push(format!("{os}/{arch}"));
+        }
+    }
+    Err(Error::NoWasmPlatform {
+        reference: reference.whole(),
+        platforms: seen,
+    })
+}
+
+async fn read_header(path: &std::path::Path) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(Error::store("open", path))?;
+    let mut header = vec![0u8; 8];
+    let mut filled = 0;
+    while filled < header.len() {
+        let n = file
+            .read(&mut header[filled..])
+            .await
+            .map_err(Error::store("read", path))?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    header.truncate(filled);
+    Ok(header)
+}
+
+fn map_client_error(reference: &Reference, err: OciDistributionError) -> Error {
+    let whole = reference.whole();
+    let registry = reference.resolve_registry().to_string();
+    let not_found = || Error::NotFound {
+        reference: whole.clone(),
+    };
+    let unauthorized = || Error::Unauthorized {
+        reference: whole.clone(),
+        registry: registry.clone(),
+    };
+    match err {
+        OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => unauthorized(),
+        OciDistributionError::ServerError { code: 404, .. } => not_found(),
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => unauthorized(),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                unauthorized()
+            } else if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
+                        | OciErrorCode::BlobUnknown
+                )
+            }) {
+                not_found()
+            } else {
+                Error::Registry {
+                    reference: whole,
+                    message: envelope.to_string(),
+                }
+            }
+        }
+        OciDistributionError::DigestError(e) => Error::DigestMismatch {
+            expected: "the digest in the manifest".into(),
+            actual: e.to_string(),
+        },
+        OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
+            Error::RegistryUnreachable {
+                registry,
+                source: Box::new(e),
+            }
+        }
+        other => Error::Registry {
+            reference: whole,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Forwards writes until `remaining` bytes are used up, then fails and raises `exceeded`, so
+/// a registry cannot fill the disk with a blob larger than the limit.
+struct LimitedWriter<W> {
+    inner: W,
+    remaining: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for LimitedWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.remaining {
+            self.exceeded.store(true, Ordering::Relaxed);
+            return Poll::Ready(Err(std::io::Error::other("blob exceeds the size limit")));
+        }
+        let this = &mut *self;
+        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.remaining -= written as u64;
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
