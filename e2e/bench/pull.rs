@@ -23,7 +23,11 @@ async fn main() -> anyhow::Result<()> {
         let file = work.path().join(format!("{label}.wasm"));
         let wasm = wasm_module_of_size(size);
         std::fs::write(&file, &wasm)?;
-        let image = format!("{}/bench/module-{label}:v1", registry.host());
+        let image = format!(
+            "{}/bench/module-{}:v1",
+            registry.host(),
+            label.to_lowercase()
+        );
         push(
             &file,
             &image,
