@@ -39,6 +39,9 @@ pub struct Cli {
     /// Extra node labels, k=v,k2=v2
     #[arg(long, value_name = "K=V,...", default_value = "")]
     pub node_labels: String,
+    /// Registries (host:port) to pull from over plain HTTP
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
 }
 
 /// Tools that share the binary with the agent.

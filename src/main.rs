@@ -78,7 +78,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(kubelet::Error::ServingCert)?;
     let provider = wasi_provider::WasiProvider::new(&wasi_provider::WasiProviderConfig {
         cache_dir: data_dir.path().join("cache"),
+        store_dir: data_dir.path().join("oci"),
         max_pods: node.max_pods,
+        insecure_registries: cli.insecure_registries.clone(),
     })
     .context("cannot start the WASI provider")?;
 

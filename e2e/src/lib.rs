@@ -8,7 +8,9 @@
 //! [`Registry`] runs Debian's `docker-registry` the same way, and [`oci_layout`] builds
 //! images by hand and publishes them with skopeo.
 
+mod cluster;
 mod control_plane;
+pub mod demos;
 mod kubeconfig;
 mod kubectl;
 pub mod oci_layout;
@@ -19,6 +21,7 @@ mod registry;
 mod wait;
 mod wasmlet;
 
+pub use cluster::{WasmCluster, status_summary, wasm_pod};
 pub use control_plane::ControlPlane;
 pub use kubectl::Kubectl;
 pub use registry::{REGISTRY_PASSWORD, REGISTRY_USER, Registry};

@@ -18,6 +18,8 @@ pub struct WasmletOptions {
     pub node_labels: String,
     /// `--max-pods`.
     pub max_pods: u32,
+    /// `--insecure-registries`.
+    pub insecure_registries: Vec<String>,
 }
 
 impl WasmletOptions {
@@ -27,6 +29,7 @@ impl WasmletOptions {
             node_name: name.to_string(),
             node_labels: String::new(),
             max_pods: 110,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -39,6 +42,7 @@ pub struct WasmletNode {
     pub port: u16,
     /// The node's name.
     pub name: String,
+    data_dir: PathBuf,
 }
 
 impl WasmletNode {
@@ -68,6 +72,10 @@ impl WasmletNode {
             .arg(options.max_pods.to_string())
             .arg("--node-labels")
             .arg(&options.node_labels)
+            .arg(format!(
+                "--insecure-registries={}",
+                options.insecure_registries.join(",")
+            ))
             .env("RUST_LOG", "info,kubelet=debug");
         let log = plane.dir().join(format!("wasmlet-{name}-{port}.log"));
         let process = Supervised::spawn("wasmlet", cmd, &log)?;
@@ -75,6 +83,7 @@ impl WasmletNode {
             process,
             port,
             name: name.clone(),
+            data_dir,
         })
     }
 
@@ -105,6 +114,21 @@ impl WasmletNode {
     /// Its PID.
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// The log file of one container instance of pod `uid`, as wasmlet writes it.
+    pub fn container_log_path(&self, uid: &str, container: &str, restart: u32) -> PathBuf {
+        self.data_dir
+            .join("pods")
+            .join(uid)
+            .join("logs")
+            .join(container)
+            .join(format!("{restart}.log"))
+    }
+
+    /// The directory holding all of pod `uid`'s logs.
+    pub fn pod_logs_dir(&self, uid: &str) -> PathBuf {
+        self.data_dir.join("pods").join(uid).join("logs")
     }
 }
 

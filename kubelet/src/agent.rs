@@ -18,6 +18,8 @@ use crate::host::HostFacts;
 use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
 use crate::node::{LEASE_RENEW_INTERVAL, STATUS_UPDATE_INTERVAL, object, registration};
+use crate::pod::PodManager;
+use crate::pod::admission::Capacity;
 use crate::provider::Provider;
 use crate::server;
 
@@ -72,9 +74,23 @@ impl<P: Provider> Kubelet<P> {
             return shutdown(server).await;
         };
         let lease = LeaseKeeper::new(self.client.clone(), &node);
+        let host = HostFacts::read();
+        let pods = PodManager::new(
+            self.client.clone(),
+            self.provider.clone(),
+            &self.config.node_name,
+            &self.config.node_ip.to_string(),
+            self.data_dir.path().join("pods"),
+            Capacity {
+                pods: self.config.max_pods as usize,
+                cpu_millis: u64::from(host.cpus) * 1000,
+                memory_bytes: host.memory_bytes,
+            },
+        );
         tokio::join!(
             keep_lease(lease, &cancel),
-            keep_status(&mut reporter, &cancel)
+            keep_status(&mut reporter, &cancel),
+            pods.run(cancel.clone()),
         );
         shutdown(server).await
     }

@@ -10,15 +10,21 @@ mod backoff;
 pub mod config;
 pub mod data_dir;
 mod error;
+pub mod events;
 pub mod host;
+pub mod logs;
 pub mod node;
+pub mod pod;
 pub mod provider;
 pub mod server;
 
 pub use agent::Kubelet;
 pub use config::NodeConfig;
 pub use error::Error;
-pub use provider::{NodeContribution, Provider};
+pub use provider::{
+    ContainerError, ContainerExit, ContainerStart, ImageRequest, NodeContribution, PodKey,
+    Provider, PullSecret, PulledImage,
+};
 
 /// A result whose error is this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,14 +1,23 @@
 //! The seam between the node agent and the thing that runs workloads.
 //!
 //! A provider is a Rust type implementing [`Provider`]. The kubelet crate owns everything
-//! that talks to the API server (node, lease, status, events, the kubelet API); a provider
-//! only answers questions and acts on the host. That split is what lets a hardware vendor
-//! write a provider without touching Kubernetes plumbing, and lets the WASI and peripheral
-//! providers share the same agent.
+//! that talks to the API server (node, lease, pod watch, status, events, secrets and
+//! config maps, the kubelet API); a provider only answers questions and acts on the host:
+//! it fetches a container's image and runs a container until it exits or is told to stop.
+//! That split is what lets a hardware vendor write a provider without touching Kubernetes
+//! plumbing, and lets the WASI and peripheral providers share one agent.
+//!
+//! The trait is used generically (`Kubelet<P: Provider>`), so its async methods are plain
+//! `impl Future + Send` and an implementation needs no boxing or `async_trait`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::LogStream;
 
 /// What a provider adds to the Node object it runs under.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -19,10 +28,107 @@ pub struct NodeContribution {
     pub extended_resources: BTreeMap<String, Quantity>,
 }
 
+/// Which pod a container belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PodKey {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The pod's UID: unique across re-creations under the same name.
+    pub uid: String,
+}
+
+/// One `imagePullSecrets` entry, as read from the API.
+#[derive(Clone, Debug, Default)]
+pub struct PullSecret {
+    /// The Secret's `type`.
+    pub type_: String,
+    /// The Secret's data, already base64-decoded.
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+/// What a provider needs to fetch a container's image.
+#[derive(Clone, Debug)]
+pub struct ImageRequest<'a> {
+    /// The pod.
+    pub pod: &'a PodKey,
+    /// The container's `image`.
+    pub image: &'a str,
+    /// The container's `imagePullPolicy`, if set.
+    pub pull_policy: Option<&'a str>,
+    /// The pod's pull secrets.
+    pub pull_secrets: &'a [PullSecret],
+    /// The container's `command`, which for some image shapes names the file to run.
+    pub command: &'a [String],
+}
+
+/// Everything needed to start one container instance.
+pub struct ContainerStart {
+    /// The pod.
+    pub pod: PodKey,
+    /// The container's name.
+    pub container: String,
+    /// The container's `command` (empty: the image's default).
+    pub command: Vec<String>,
+    /// The container's `args` (empty: the image's default).
+    pub args: Vec<String>,
+    /// The environment, resolved (`valueFrom` already looked up).
+    pub env: Vec<(String, String)>,
+    /// Where the guest's stdout goes.
+    pub stdout: LogStream,
+    /// Where the guest's stderr goes.
+    pub stderr: LogStream,
+    /// A fresh, private, writable directory for this instance: the container's writable
+    /// layer. A provider may expose it as the guest's root (`/`); it is removed with the pod.
+    pub root_dir: std::path::PathBuf,
+    /// The pod's annotations, for provider-specific settings.
+    pub annotations: BTreeMap<String, String>,
+    /// `resources.limits.memory`, in bytes.
+    pub memory_limit_bytes: Option<u64>,
+    /// `resources.limits.cpu`, in millicores.
+    pub cpu_limit_millis: Option<u64>,
+    /// Cancelled when the container must stop. The provider then ends the guest promptly
+    /// and reports its exit; the agent aborts the task if it overstays the grace period.
+    pub stop: CancellationToken,
+}
+
+/// A failure to pull or start, as the pod's status and events should show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerError {
+    /// A CamelCase reason, e.g. `ErrImagePull`, `NotWasm`, `CreateContainerError`.
+    pub reason: String,
+    /// What happened, for a person.
+    pub message: String,
+    /// True when retrying cannot help (e.g. the image is not Wasm): the pod fails at once.
+    pub fatal: bool,
+}
+
+/// How a container instance ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerExit {
+    /// The exit code (137 when it was killed).
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`, …
+    pub reason: String,
+    /// Details, e.g. the trap that ended it.
+    pub message: Option<String>,
+}
+
+/// A pulled image, as the provider keeps it.
+pub trait PulledImage: Send + Sync + 'static {
+    /// Reported as the container's `imageID`, e.g. `sha256:…` of the exact code run.
+    fn image_id(&self) -> String;
+}
+
 /// A workload runtime plugged into the node agent.
 ///
-/// Implementations must be cheap to query: the agent asks every status period (10 s).
+/// Implementations must be cheap to query: the agent asks about health every status period
+/// (10 s). Nothing here may block a thread: run guests as tasks.
 pub trait Provider: Send + Sync + 'static {
+    /// A pulled image, ready to start containers from.
+    type Image: PulledImage;
+
     /// What this provider contributes to the Node: runtime version and extended resources.
     fn node_contribution(&self) -> NodeContribution;
 
@@ -31,4 +137,18 @@ pub trait Provider: Send + Sync + 'static {
     fn health(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// Fetches (or finds locally) what a container needs to start.
+    fn pull(
+        &self,
+        request: ImageRequest<'_>,
+    ) -> impl Future<Output = Result<Self::Image, ContainerError>> + Send;
+
+    /// Starts one container instance. The returned task ends with the instance's exit; the
+    /// agent stops it through [`ContainerStart::stop`].
+    fn start(
+        &self,
+        image: &Self::Image,
+        start: ContainerStart,
+    ) -> impl Future<Output = Result<JoinHandle<ContainerExit>, ContainerError>> + Send;
 }

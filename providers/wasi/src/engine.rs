@@ -1,4 +1,6 @@
-//! The node-wide Wasmtime engine.
+//! The node-wide Wasmtime engine and the clock that drives epoch interruption.
+
+use std::time::Duration;
 
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
@@ -26,6 +28,8 @@ pub enum EngineError {
 /// Each pod may hold a few instances (a component is several core instances); the pool is
 /// sized so that `max_pods` pods fit with room for init containers.
 const INSTANCES_PER_POD: u32 = 4;
+/// How often the epoch advances: a guest that never yields gives the CPU back this often.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 pub(crate) fn build(config: &WasiProviderConfig) -> Result<Engine, EngineError> {
     let mut cache_config = CacheConfig::new();
@@ -54,6 +58,29 @@ pub(crate) fn build(config: &WasiProviderConfig) -> Result<Engine, EngineError> 
     Engine::new(&wasm).map_err(EngineError::Engine)
 }
 
+/// Advances the engine's epoch every [`EPOCH_TICK`] on one thread for the whole node (a
+/// signal-safe atomic add; the thread ends when the engine is dropped).
+pub(crate) struct EpochTicker;
+
+impl EpochTicker {
+    pub(crate) fn start(engine: &Engine) -> Self {
+        let weak = engine.weak();
+        let spawned = std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::error!(%err, "cannot start the epoch thread; guests will not be preempted");
+        }
+        Self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,10 +90,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = build(&WasiProviderConfig {
             cache_dir: dir.path().join("cache"),
+            store_dir: dir.path().join("store"),
             max_pods: 1000,
+            insecure_registries: vec![],
         })
         .unwrap();
-        // An empty module instantiates through the pool.
         let module = wasmtime::Module::new(&engine, "(module)").unwrap();
         let mut store = wasmtime::Store::new(&engine, ());
         store.set_epoch_deadline(1);

@@ -2,16 +2,28 @@
 //!
 //! It owns one Wasmtime [`Engine`](wasmtime::Engine) for the whole node, configured the way
 //! a dense edge node needs: async execution so pods are tasks rather than threads, epoch
-//! interruption so a guest that never yields can still be preempted and stopped, the pooling
-//! allocator so instantiation is cheap, and an on-disk cache of compiled code.
+//! interruption so a guest that never yields still gives the CPU back every tick and can be
+//! stopped, the pooling allocator so instantiation is cheap, and an on-disk cache of
+//! compiled code. Images come from the `oci` crate; each distinct Wasm binary is compiled
+//! and linked once, then instantiated per container start.
 #![deny(missing_docs)]
 
+mod compile;
 mod engine;
+mod guest;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-use kubelet::{NodeContribution, Provider};
+use kubelet::{
+    ContainerError, ContainerExit, ContainerStart, ImageRequest, NodeContribution, Provider,
+    PulledImage,
+};
+use oci::{PullPolicy, PullRequest, Puller, PullerConfig, RegistryCredentials, Store};
+use tokio::task::JoinHandle;
 
+pub use compile::Compiled;
 pub use engine::EngineError;
 
 /// The runtime version the node reports, e.g. `wasmtime://48.0.8`.
@@ -22,21 +34,64 @@ pub const RUNTIME_VERSION: &str = concat!("wasmtime://", env!("WASMTIME_VERSION"
 pub struct WasiProviderConfig {
     /// Where compiled code is cached, below the node's data dir.
     pub cache_dir: PathBuf,
+    /// Where pulled artifacts are stored, below the node's data dir.
+    pub store_dir: PathBuf,
     /// The most pods the node runs; sizes the pooling allocator.
     pub max_pods: u32,
+    /// Registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+}
+
+/// Errors setting up the provider.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The engine could not be built.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The artifact store could not be opened.
+    #[error(transparent)]
+    Store(#[from] oci::Error),
+}
+
+/// A pulled and compiled image.
+pub struct WasiImage {
+    artifact: oci::WasmArtifact,
+    compiled: Compiled,
+}
+
+impl PulledImage for WasiImage {
+    fn image_id(&self) -> String {
+        self.artifact.wasm_digest.clone()
+    }
 }
 
 /// Runs pods as WASI modules and components on Wasmtime.
 pub struct WasiProvider {
     engine: wasmtime::Engine,
+    linkers: compile::Linkers,
+    puller: Puller,
+    compiled: Mutex<HashMap<String, Compiled>>,
+    _ticker: engine::EpochTicker,
 }
 
 impl WasiProvider {
-    /// Builds the engine; fails when the host cannot support its configuration (e.g. not
-    /// enough address space for the pool).
-    pub fn new(config: &WasiProviderConfig) -> Result<Self, EngineError> {
+    /// Builds the engine and opens the artifact store; fails when the host cannot support
+    /// the configuration (e.g. not enough address space for the pool).
+    pub fn new(config: &WasiProviderConfig) -> Result<Self, SetupError> {
+        let engine = engine::build(config)?;
+        let store = Arc::new(Store::open(&config.store_dir)?);
         Ok(Self {
-            engine: engine::build(config)?,
+            linkers: compile::Linkers::new(&engine).map_err(EngineError::Engine)?,
+            _ticker: engine::EpochTicker::start(&engine),
+            engine,
+            puller: Puller::new(
+                store,
+                PullerConfig {
+                    insecure_registries: config.insecure_registries.clone(),
+                    ..Default::default()
+                },
+            ),
+            compiled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -44,14 +99,85 @@ impl WasiProvider {
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.engine
     }
+
+    async fn compile(&self, artifact: &oci::WasmArtifact) -> Result<Compiled, ContainerError> {
+        let cached = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&artifact.wasm_digest)
+            .cloned();
+        if let Some(compiled) = cached {
+            return Ok(compiled);
+        }
+        let compiled = compile::compile(&self.engine, &self.linkers, artifact).await?;
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(artifact.wasm_digest.clone(), compiled.clone());
+        Ok(compiled)
+    }
+}
+
+fn pull_error(err: oci::Error) -> ContainerError {
+    let not_wasm = matches!(
+        err,
+        oci::Error::NotWasm { .. }
+            | oci::Error::NoWasmPlatform { .. }
+            | oci::Error::InvalidWasm { .. }
+    );
+    ContainerError {
+        reason: if not_wasm {
+            "NotWasm"
+        } else {
+            err.kubelet_reason()
+        }
+        .to_string(),
+        message: err.to_string(),
+        fatal: not_wasm,
+    }
 }
 
 impl Provider for WasiProvider {
+    type Image = WasiImage;
+
     fn node_contribution(&self) -> NodeContribution {
         NodeContribution {
             runtime_version: RUNTIME_VERSION.to_string(),
             extended_resources: Default::default(),
         }
+    }
+
+    async fn pull(&self, request: ImageRequest<'_>) -> Result<WasiImage, ContainerError> {
+        let mut credentials = RegistryCredentials::default();
+        for secret in request.pull_secrets {
+            // A malformed secret is skipped like a missing one: the pull then says whether
+            // the registry wanted credentials.
+            if let Err(err) = credentials.add_secret(&secret.type_, &secret.data) {
+                tracing::warn!(%err, "ignoring image pull secret");
+            }
+        }
+        let registry = request.image.split('/').next().unwrap_or_default();
+        let pull = PullRequest {
+            image: request.image,
+            policy: PullPolicy::for_container(request.pull_policy, request.image),
+            auth: credentials.for_registry(registry),
+            entry: request.command.first().map(String::as_str),
+        };
+        let artifact = self.puller.pull(&pull).await.map_err(pull_error)?;
+        let compiled = self.compile(&artifact).await?;
+        Ok(WasiImage { artifact, compiled })
+    }
+
+    async fn start(
+        &self,
+        image: &WasiImage,
+        start: ContainerStart,
+    ) -> Result<JoinHandle<ContainerExit>, ContainerError> {
+        let plan = guest::Plan::new(&image.artifact, &start);
+        let compiled = image.compiled.clone();
+        let engine = self.engine.clone();
+        Ok(tokio::spawn(guest::run(engine, compiled, plan, start)))
     }
 }
 

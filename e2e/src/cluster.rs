@@ -1,0 +1,169 @@
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+
+use crate::{ControlPlane, Kubectl, Registry, WasmletNode, WasmletOptions, wait_for};
+
+/// A control plane, an open registry and one wasmlet node that may pull from it: what most
+/// pod tests need. Dropping it stops everything, node first.
+pub struct WasmCluster {
+    /// The node.
+    pub node: WasmletNode,
+    /// The registry.
+    pub registry: Registry,
+    /// kubectl as the cluster admin.
+    pub kubectl: Kubectl,
+    /// The control plane.
+    pub plane: ControlPlane,
+}
+
+impl WasmCluster {
+    /// Starts everything and waits for the node to be Ready.
+    pub async fn start(node_name: &str, max_pods: u32) -> anyhow::Result<Self> {
+        let plane = ControlPlane::start().await?;
+        let registry = Registry::start()?;
+        let kubectl = Kubectl::new(&plane.admin_kubeconfig());
+        let options = WasmletOptions {
+            max_pods,
+            insecure_registries: vec![registry.host()],
+            ..WasmletOptions::named(node_name)
+        };
+        let node = WasmletNode::start(&plane, &options)?;
+        let cluster = Self {
+            node,
+            registry,
+            kubectl,
+            plane,
+        };
+        wait_for("the node to be Ready", Duration::from_secs(15), || {
+            let ready = cluster.kubectl.run(&[
+                "get",
+                "node",
+                node_name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            async move {
+                ready
+                    .map(|s| (s == "True").then_some(()))
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await?;
+        Ok(cluster)
+    }
+
+    /// The pod as the API has it.
+    pub fn pod(&self, name: &str) -> anyhow::Result<Pod> {
+        self.kubectl.get_json(&["get", "pod", name])
+    }
+
+    /// Waits until `check` accepts the pod, failing with the pod's status and wasmlet's log.
+    pub async fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Pod) -> bool,
+    ) -> anyhow::Result<Pod> {
+        let result = wait_for(&format!("pod {name}: {what}"), timeout, || {
+            let pod = self.pod(name);
+            let verdict = pod.map(|p| {
+                if check(&p) {
+                    Ok(Some(p))
+                } else {
+                    Err(status_summary(&p))
+                }
+            });
+            async move { verdict.map_err(|e| e.to_string())? }
+        })
+        .await;
+        result.map_err(|e| anyhow::anyhow!("{e:#}\nwasmlet log:\n{}", self.node.log_tail(25)))
+    }
+
+    /// The pod's events, oldest first.
+    pub fn events(&self, pod: &str) -> anyhow::Result<Vec<Event>> {
+        let selector = format!("involvedObject.name={pod}");
+        let mut events: Vec<Event> =
+            self.kubectl
+                .get_items(&["events", "--field-selector", &selector])?;
+        events.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+        Ok(events)
+    }
+
+    /// Waits for an event with `reason` about `pod` and returns its message.
+    pub async fn wait_event(
+        &self,
+        pod: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        wait_for(&format!("a {reason} event for {pod}"), timeout, || {
+            let found = self
+                .events(pod)
+                .map(|events| {
+                    events
+                        .into_iter()
+                        .find(|e| e.reason.as_deref() == Some(reason))
+                })
+                .map(|e| e.map(|e| e.message.unwrap_or_default()));
+            async move { found.map_err(|e| e.to_string()) }
+        })
+        .await
+    }
+
+    /// What one container instance wrote, as stored on the node (CRI log lines).
+    pub fn container_log(&self, pod: &Pod, container: &str, restart: u32) -> String {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        std::fs::read_to_string(self.node.container_log_path(&uid, container, restart))
+            .unwrap_or_default()
+    }
+}
+
+/// One line about a pod's phase and container states, for failure messages.
+pub fn status_summary(pod: &Pod) -> String {
+    let status = pod.status.clone().unwrap_or_default();
+    let containers: Vec<String> = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .map(|c| {
+            let state = c.state.clone().unwrap_or_default();
+            let s = if let Some(w) = state.waiting {
+                format!(
+                    "waiting {} {}",
+                    w.reason.unwrap_or_default(),
+                    w.message.unwrap_or_default()
+                )
+            } else if state.running.is_some() {
+                "running".into()
+            } else if let Some(t) = state.terminated {
+                format!(
+                    "terminated {} {} {}",
+                    t.exit_code,
+                    t.reason.unwrap_or_default(),
+                    t.message.unwrap_or_default()
+                )
+            } else {
+                "unknown".into()
+            };
+            format!("{}: {s} (restarts {})", c.name, c.restart_count)
+        })
+        .collect();
+    format!(
+        "phase {} reason {} message {} [{}]",
+        status.phase.unwrap_or_default(),
+        status.reason.unwrap_or_default(),
+        status.message.unwrap_or_default(),
+        containers.join("; ")
+    )
+}
+
+/// A pod manifest that targets wasm32-wasi nodes, with `spec` lines (already indented by
+/// two spaces) added to the spec.
+pub fn wasm_pod(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeSelector:\n    kubernetes.io/arch: wasm32-wasi\n  tolerations:\n  - {{key: kubernetes.io/arch, operator: Equal, value: wasm32-wasi, effect: NoSchedule}}\n  - {{key: kubernetes.io/arch, operator: Equal, value: wasm32-wasi, effect: NoExecute}}\n{spec}"
+    )
+}

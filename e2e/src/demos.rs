@@ -1,0 +1,51 @@
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::wasmlet::wasmlet_binary;
+
+/// The built demo `name` (`demos/build.sh` builds them): a wasm32-wasip1 module, or for
+/// `hello-component` a wasm32-wasip2 component.
+pub fn demo_wasm(name: &str) -> anyhow::Result<PathBuf> {
+    let target = if name == "hello-component" {
+        "wasm32-wasip2"
+    } else {
+        "wasm32-wasip1"
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../demos/target")
+        .join(target)
+        .join("release")
+        .join(format!("{name}.wasm"));
+    if !path.is_file() {
+        bail!("{} is missing; run demos/build.sh", path.display());
+    }
+    Ok(path)
+}
+
+/// Publishes `file` to `image` with `wasmlet push --insecure`, as an operator would.
+pub fn push_file(file: &std::path::Path, image: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let out = Command::new(wasmlet_binary()?)
+        .arg("push")
+        .arg(file)
+        .arg(image)
+        .arg("--insecure")
+        .envs(env.iter().copied())
+        .output()
+        .context("run wasmlet push")?;
+    if !out.status.success() {
+        bail!(
+            "wasmlet push {image} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Publishes demo `name` as `<registry>/demos/<name>:v1` and returns that reference.
+pub fn push_demo(registry: &str, name: &str) -> anyhow::Result<String> {
+    let image = format!("{registry}/demos/{name}:v1");
+    push_file(&demo_wasm(name)?, &image, &[])?;
+    Ok(image)
+}

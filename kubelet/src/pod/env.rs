@@ -1,0 +1,297 @@
+//! A container's environment (`env`, `envFrom`, `valueFrom`) and the pod's pull secrets,
+//! read from the API the way the kubelet does. A node may read only the ConfigMaps and
+//! Secrets of pods bound to it, which is all this asks for.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use kube::Api;
+
+use crate::provider::PullSecret;
+
+/// Why a container's configuration could not be assembled: shown as
+/// `CreateContainerConfigError`, and retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+/// Looks up ConfigMaps and Secrets in the pod's namespace, once each per call.
+struct Sources<'a> {
+    client: &'a kube::Client,
+    namespace: &'a str,
+    config_maps: BTreeMap<String, Option<ConfigMap>>,
+    secrets: BTreeMap<String, Option<Secret>>,
+}
+
+impl Sources<'_> {
+    async fn config_map(&mut self, name: &str) -> Result<Option<&ConfigMap>, ConfigError> {
+        if !self.config_maps.contains_key(name) {
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
+            let found = api
+                .get_opt(name)
+                .await
+                .map_err(|e| ConfigError(format!("cannot read configmap {:?}: {e}", name)))?;
+            self.config_maps.insert(name.to_string(), found);
+        }
+        Ok(self.config_maps.get(name).and_then(Option::as_ref))
+    }
+
+    async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, ConfigError> {
+        if !self.secrets.contains_key(name) {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
+            let found = api
+                .get_opt(name)
+                .await
+                .map_err(|e| ConfigError(format!("cannot read secret {:?}: {e}", name)))?;
+            self.secrets.insert(name.to_string(), found);
+        }
+        Ok(self.secrets.get(name).and_then(Option::as_ref))
+    }
+}
+
+fn config_map_value(map: &ConfigMap, key: &str) -> Option<String> {
+    map.data
+        .as_ref()
+        .and_then(|d| d.get(key).cloned())
+        .or_else(|| {
+            map.binary_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        })
+}
+
+fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key).cloned())
+        })
+}
+
+/// The value of `key` from a ConfigMap or Secret: `found` is `None` when the object does not
+/// exist and `Some(None)` when it lacks the key. Missing is fine only when `optional`.
+fn keyed_value(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    optional: Option<bool>,
+    found: Option<Option<String>>,
+) -> Result<Option<String>, ConfigError> {
+    match found {
+        Some(Some(value)) => Ok(Some(value)),
+        _ if optional == Some(true) => Ok(None),
+        Some(None) => Err(ConfigError(format!(
+            "couldn't find key {key} in {kind} {namespace}/{name}"
+        ))),
+        None => Err(ConfigError(format!(
+            "{} {name:?} not found",
+            kind.to_lowercase()
+        ))),
+    }
+}
+
+/// The container's environment: `envFrom` first, then `env`, later entries winning.
+pub async fn resolve(
+    client: &kube::Client,
+    pod: &Pod,
+    container: &Container,
+    host_ip: &str,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut sources = Sources {
+        client,
+        namespace,
+        config_maps: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, name: String, value: String| {
+        env.retain(|(n, _)| *n != name);
+        env.push((name, value));
+    };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        if let Some(r) = &from.config_map_ref {
+            match sources.config_map(&r.name).await? {
+                Some(map) => {
+                    for (k, v) in map.data.iter().flatten() {
+                        set(&mut env, format!("{prefix}{k}"), v.clone());
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(ConfigError(format!("configmap {:?} not found", r.name))),
+            }
+        }
+        if let Some(r) = &from.secret_ref {
+            match sources.secret(&r.name).await? {
+                Some(secret) => {
+                    for (k, v) in secret.data.iter().flatten() {
+                        set(
+                            &mut env,
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                        );
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(ConfigError(format!("secret {:?} not found", r.name))),
+            }
+        }
+    }
+    for var in container.env.iter().flatten() {
+        let value = match &var.value_from {
+            None => Some(var.value.clone().unwrap_or_default()),
+            Some(from) => {
+                if let Some(r) = &from.config_map_key_ref {
+                    let found = sources
+                        .config_map(&r.name)
+                        .await?
+                        .map(|m| config_map_value(m, &r.key));
+                    keyed_value("ConfigMap", namespace, &r.name, &r.key, r.optional, found)?
+                } else if let Some(r) = &from.secret_key_ref {
+                    let found = sources
+                        .secret(&r.name)
+                        .await?
+                        .map(|s| secret_value(s, &r.key));
+                    keyed_value("Secret", namespace, &r.name, &r.key, r.optional, found)?
+                } else if let Some(r) = &from.field_ref {
+                    Some(field_value(pod, &r.field_path, host_ip).ok_or_else(|| {
+                        ConfigError(format!(
+                            "unsupported fieldRef {:?} in env {}",
+                            r.field_path, var.name
+                        ))
+                    })?)
+                } else {
+                    return Err(ConfigError(format!(
+                        "env {}: resourceFieldRef is not supported by wasmlet yet",
+                        var.name
+                    )));
+                }
+            }
+        };
+        if let Some(value) = value {
+            set(&mut env, var.name.clone(), value);
+        }
+    }
+    Ok(env)
+}
+
+/// The downward API's field paths.
+pub fn field_value(pod: &Pod, path: &str, host_ip: &str) -> Option<String> {
+    let meta = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let keyed = |prefix: &str, map: Option<&BTreeMap<String, String>>| -> Option<Option<String>> {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(
+            map.and_then(|m| m.get(key).cloned())
+                .or(Some(String::new())),
+        )
+    };
+    if let Some(v) = keyed("metadata.labels['", meta.labels.as_ref()) {
+        return v;
+    }
+    if let Some(v) = keyed("metadata.annotations['", meta.annotations.as_ref()) {
+        return v;
+    }
+    Some(match path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.hostIP" | "status.podIP" | "status.podIPs" | "status.hostIPs" => {
+            host_ip.to_string()
+        }
+        _ => return None,
+    })
+}
+
+/// The pod's `imagePullSecrets` that exist. A missing one is skipped, as the kubelet does,
+/// and the pull then says whether credentials were needed.
+pub async fn pull_secrets(client: &kube::Client, pod: &Pod) -> Vec<PullSecret> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut secrets = Vec::new();
+    let names = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.clone())
+        .unwrap_or_default();
+    for reference in names {
+        match api.get_opt(&reference.name).await {
+            Ok(Some(secret)) => secrets.push(PullSecret {
+                type_: secret.type_.unwrap_or_default(),
+                data: secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+            }),
+            Ok(None) => {
+                tracing::warn!(secret = %reference.name, "image pull secret not found; pulling without it")
+            }
+            Err(err) => {
+                tracing::warn!(secret = %reference.name, %err, "cannot read image pull secret")
+            }
+        }
+    }
+    secrets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    #[test]
+    fn downward_api_fields_resolve() {
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("ns".into()),
+                labels: Some([("app".to_string(), "demo".to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("edge-1".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            field_value(&pod, "metadata.name", "h").as_deref(),
+            Some("p")
+        );
+        assert_eq!(
+            field_value(&pod, "metadata.namespace", "h").as_deref(),
+            Some("ns")
+        );
+        assert_eq!(
+            field_value(&pod, "metadata.labels['app']", "h").as_deref(),
+            Some("demo")
+        );
+        assert_eq!(
+            field_value(&pod, "metadata.labels['none']", "h").as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            field_value(&pod, "spec.nodeName", "h").as_deref(),
+            Some("edge-1")
+        );
+        assert_eq!(
+            field_value(&pod, "status.podIP", "10.0.0.9").as_deref(),
+            Some("10.0.0.9")
+        );
+        assert_eq!(field_value(&pod, "spec.bogus", "h"), None);
+    }
+}

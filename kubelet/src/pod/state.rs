@@ -1,0 +1,449 @@
+//! What the agent knows about one pod, and the PodStatus it renders.
+//!
+//! The worker changes this model; [`PodState::to_status`] is the only place a status is
+//! built, so what the API shows always follows from the model.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{
+    ContainerState as K8sState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// The pod's phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Not all containers have started yet.
+    Pending,
+    /// Containers are running or being restarted.
+    Running,
+    /// Every container exited 0 and none will restart.
+    Succeeded,
+    /// A container failed and will not restart, or the pod was rejected.
+    Failed,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    /// Whether the pod is done and holds no node resources.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+/// One container instance's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Not running yet, or waiting to restart.
+    Waiting {
+        /// e.g. `ContainerCreating`, `ErrImagePull`, `CrashLoopBackOff`.
+        reason: String,
+        /// Details.
+        message: Option<String>,
+    },
+    /// Running since `started_at`.
+    Running {
+        /// When it started.
+        started_at: Timestamp,
+    },
+    /// Exited.
+    Terminated {
+        /// Its exit code.
+        exit_code: i32,
+        /// `Completed`, `Error`, `OOMKilled`, …
+        reason: String,
+        /// Details.
+        message: Option<String>,
+        /// When it started.
+        started_at: Option<Timestamp>,
+        /// When it ended.
+        finished_at: Timestamp,
+    },
+}
+
+impl ContainerState {
+    /// A waiting state.
+    pub fn waiting(reason: &str, message: Option<String>) -> Self {
+        Self::Waiting {
+            reason: reason.to_string(),
+            message,
+        }
+    }
+
+    fn to_k8s(&self) -> K8sState {
+        let time = |t: &Timestamp| Some(Time(*t));
+        match self {
+            Self::Waiting { reason, message } => K8sState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.clone()),
+                    message: message.clone(),
+                }),
+                ..Default::default()
+            },
+            Self::Running { started_at } => K8sState {
+                running: Some(ContainerStateRunning {
+                    started_at: time(started_at),
+                }),
+                ..Default::default()
+            },
+            Self::Terminated {
+                exit_code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            } => K8sState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: *exit_code,
+                    reason: Some(reason.clone()),
+                    message: message.clone(),
+                    started_at: started_at.as_ref().and_then(time),
+                    finished_at: time(finished_at),
+                    container_id: None,
+                    signal: None,
+                }),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// One container of the pod, across its restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRecord {
+    /// Its name.
+    pub name: String,
+    /// Its `image`.
+    pub image: String,
+    /// The pulled image's ID, once known.
+    pub image_id: Option<String>,
+    /// The current instance.
+    pub state: ContainerState,
+    /// How the previous instance ended.
+    pub last_terminated: Option<ContainerState>,
+    /// How many times it was restarted.
+    pub restart_count: i32,
+}
+
+impl ContainerRecord {
+    fn new(name: &str, image: &str, waiting_reason: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            image: image.to_string(),
+            image_id: None,
+            state: ContainerState::waiting(waiting_reason, None),
+            last_terminated: None,
+            restart_count: 0,
+        }
+    }
+
+    /// Whether the current instance is running.
+    pub fn is_running(&self) -> bool {
+        matches!(self.state, ContainerState::Running { .. })
+    }
+
+    fn to_status(&self, pod_uid: &str) -> ContainerStatus {
+        let running = self.is_running();
+        ContainerStatus {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            image_id: self.image_id.clone().unwrap_or_default(),
+            container_id: self
+                .image_id
+                .as_ref()
+                .map(|_| format!("wasmlet://{pod_uid}/{}/{}", self.name, self.restart_count)),
+            ready: running,
+            started: Some(running),
+            restart_count: self.restart_count,
+            state: Some(self.state.to_k8s()),
+            last_state: self.last_terminated.as_ref().map(ContainerState::to_k8s),
+            ..Default::default()
+        }
+    }
+}
+
+/// The agent's model of one pod.
+#[derive(Clone, Debug)]
+pub struct PodState {
+    /// The phase.
+    pub phase: Phase,
+    /// A pod-level reason, e.g. `OutOfpods`, `NotWasm`.
+    pub reason: Option<String>,
+    /// A pod-level message.
+    pub message: Option<String>,
+    /// Init containers, in order.
+    pub init: Vec<ContainerRecord>,
+    /// App containers.
+    pub app: Vec<ContainerRecord>,
+    /// Whether every init container has succeeded.
+    pub initialized: bool,
+    host_ip: String,
+    uid: String,
+    start_time: Timestamp,
+    transitions: BTreeMap<&'static str, (bool, Timestamp)>,
+}
+
+impl PodState {
+    /// The state of a pod the agent has just taken on.
+    pub fn new(pod: &Pod, host_ip: &str) -> Self {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let has_init = spec.init_containers.as_ref().is_some_and(|c| !c.is_empty());
+        let app_reason = if has_init {
+            "PodInitializing"
+        } else {
+            "ContainerCreating"
+        };
+        Self {
+            phase: Phase::Pending,
+            reason: None,
+            message: None,
+            init: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .map(|c| {
+                    ContainerRecord::new(
+                        &c.name,
+                        c.image.as_deref().unwrap_or_default(),
+                        "PodInitializing",
+                    )
+                })
+                .collect(),
+            app: spec
+                .containers
+                .iter()
+                .map(|c| {
+                    ContainerRecord::new(
+                        &c.name,
+                        c.image.as_deref().unwrap_or_default(),
+                        app_reason,
+                    )
+                })
+                .collect(),
+            initialized: !has_init,
+            host_ip: host_ip.to_string(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            start_time: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0)
+                .unwrap_or_else(Timestamp::now),
+            transitions: BTreeMap::new(),
+        }
+    }
+
+    /// Ends the pod with `phase` and a pod-level reason and message.
+    pub fn finish(&mut self, phase: Phase, reason: Option<&str>, message: Option<String>) {
+        self.phase = phase;
+        self.reason = reason.map(str::to_string);
+        self.message = message;
+    }
+
+    /// The PodStatus for the current model. Condition transition times move only when a
+    /// condition's status changes.
+    pub fn to_status(&mut self) -> PodStatus {
+        let all_running = !self.app.is_empty() && self.app.iter().all(ContainerRecord::is_running);
+        let ready = all_running && !self.phase.is_terminal();
+        let not_ready_reason = if self.phase.is_terminal() {
+            "PodCompleted"
+        } else {
+            "ContainersNotReady"
+        };
+        let init_reason = (!self.initialized).then_some("ContainersNotInitialized");
+        let conditions = [
+            ("PodScheduled", true, None),
+            ("Initialized", self.initialized, init_reason),
+            (
+                "ContainersReady",
+                ready,
+                (!ready).then_some(not_ready_reason),
+            ),
+            ("Ready", ready, (!ready).then_some(not_ready_reason)),
+        ]
+        .into_iter()
+        .map(|(type_, status, reason)| self.condition(type_, status, reason))
+        .collect();
+        PodStatus {
+            phase: Some(self.phase.as_str().into()),
+            reason: self.reason.clone(),
+            message: self.message.clone(),
+            conditions: Some(conditions),
+            host_ip: Some(self.host_ip.clone()),
+            // Wasm pods share the node's network: their address is the node's.
+            pod_ip: Some(self.host_ip.clone()),
+            pod_ips: Some(vec![PodIP {
+                ip: self.host_ip.clone(),
+            }]),
+            start_time: Some(Time(self.start_time)),
+            init_container_statuses: (!self.init.is_empty())
+                .then(|| self.init.iter().map(|c| c.to_status(&self.uid)).collect()),
+            container_statuses: Some(self.app.iter().map(|c| c.to_status(&self.uid)).collect()),
+            qos_class: None,
+            ..Default::default()
+        }
+    }
+
+    fn condition(
+        &mut self,
+        type_: &'static str,
+        status: bool,
+        reason: Option<&str>,
+    ) -> PodCondition {
+        let now = Timestamp::now();
+        let entry = self.transitions.entry(type_).or_insert((status, now));
+        if entry.0 != status {
+            *entry = (status, now);
+        }
+        PodCondition {
+            type_: type_.into(),
+            status: if status { "True" } else { "False" }.into(),
+            reason: reason.map(str::to_string),
+            last_transition_time: Some(Time(entry.1)),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+
+    fn pod(init: &[&str], app: &[&str]) -> Pod {
+        let containers = |names: &[&str]| -> Vec<Container> {
+            names
+                .iter()
+                .map(|n| Container {
+                    name: n.to_string(),
+                    image: Some(format!("reg/{n}:v1")),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        Pod {
+            metadata: kube::api::ObjectMeta {
+                uid: Some("u1".into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                init_containers: (!init.is_empty()).then(|| containers(init)),
+                containers: containers(app),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn condition(status: &PodStatus, type_: &str) -> (String, Option<String>) {
+        let c = status
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn new_pod_is_pending_with_init_containers_gating_the_app() {
+        let mut state = PodState::new(&pod(&["setup"], &["app"]), "10.0.0.5");
+        let status = state.to_status();
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        assert_eq!(status.host_ip.as_deref(), Some("10.0.0.5"));
+        assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.5"));
+        assert_eq!(condition(&status, "PodScheduled").0, "True");
+        assert_eq!(
+            condition(&status, "Initialized"),
+            ("False".into(), Some("ContainersNotInitialized".into()))
+        );
+        let app = &status.container_statuses.unwrap()[0];
+        assert_eq!(
+            app.state
+                .as_ref()
+                .unwrap()
+                .waiting
+                .as_ref()
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("PodInitializing")
+        );
+    }
+
+    #[test]
+    fn running_containers_make_the_pod_ready() {
+        let mut state = PodState::new(&pod(&[], &["app"]), "10.0.0.5");
+        state.phase = Phase::Running;
+        state.app[0].image_id = Some("sha256:abc".into());
+        state.app[0].state = ContainerState::Running {
+            started_at: Timestamp::now(),
+        };
+        let status = state.to_status();
+        assert_eq!(condition(&status, "Ready").0, "True");
+        assert_eq!(condition(&status, "ContainersReady").0, "True");
+        let app = &status.container_statuses.unwrap()[0];
+        assert!(app.ready);
+        assert_eq!(app.image_id, "sha256:abc");
+        assert_eq!(app.container_id.as_deref(), Some("wasmlet://u1/app/0"));
+    }
+
+    #[test]
+    fn terminated_container_reports_exit_code_reason_and_last_state() {
+        let mut state = PodState::new(&pod(&[], &["app"]), "10.0.0.5");
+        let ended = ContainerState::Terminated {
+            exit_code: 3,
+            reason: "Error".into(),
+            message: Some("exit 3".into()),
+            started_at: Some(Timestamp::now()),
+            finished_at: Timestamp::now(),
+        };
+        state.app[0].last_terminated = Some(ended.clone());
+        state.app[0].state = ended;
+        state.app[0].restart_count = 1;
+        state.finish(Phase::Failed, None, None);
+        let status = state.to_status();
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+        assert_eq!(
+            condition(&status, "Ready"),
+            ("False".into(), Some("PodCompleted".into()))
+        );
+        let app = &status.container_statuses.unwrap()[0];
+        let terminated = app.state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(
+            (terminated.exit_code, terminated.reason.as_deref()),
+            (3, Some("Error"))
+        );
+        assert_eq!(app.restart_count, 1);
+        assert!(app.last_state.as_ref().unwrap().terminated.is_some());
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_change() {
+        let mut state = PodState::new(&pod(&[], &["app"]), "h");
+        let first = state.to_status();
+        let second = state.to_status();
+        let time = |s: &PodStatus| {
+            s.conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .unwrap()
+                .last_transition_time
+                .clone()
+        };
+        assert_eq!(time(&first), time(&second));
+    }
+}

@@ -1,0 +1,857 @@
+//! One task per pod: the pod's owner. It walks an explicit stage machine
+//!
+//! ```text
+//!   Rejected ───────────────────────────────┐
+//!   Pull ──▶ Init(0) ──▶ … ──▶ Init(n) ──▶ Run ──▶ Finished ──┤ deletion
+//!     └── any stage, on deletion ─────────────────────────────┴──▶ terminate, delete object
+//! ```
+//!
+//! and it alone writes the pod's status, only when it changed. Deletion is watched at every
+//! await point, so no stage can keep a deleted pod alive.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::admission::{Rejection, Requests};
+use super::backoff::CrashLoop;
+use super::state::{ContainerRecord, ContainerState, Phase, PodState};
+use super::{env, quantity};
+use crate::events::{EventRecorder, EventType};
+use crate::logs::{LogLimits, LogSink, Stream};
+use crate::node::registration::FIELD_MANAGER;
+use crate::provider::{
+    ContainerError, ContainerExit, ContainerStart, ImageRequest, PodKey, Provider, PulledImage,
+};
+
+/// What the manager tells a worker.
+#[derive(Debug)]
+pub(crate) enum PodEvent {
+    /// The pod object changed.
+    Updated(Box<Pod>),
+    /// The pod object is gone.
+    Deleted,
+}
+
+/// What every worker shares.
+pub(crate) struct WorkerContext<P> {
+    pub(crate) client: kube::Client,
+    pub(crate) provider: Arc<P>,
+    pub(crate) recorder: EventRecorder,
+    pub(crate) host_ip: String,
+    pub(crate) pods_dir: PathBuf,
+    pub(crate) log_limits: LogLimits,
+    /// Requests of pods holding node resources, by UID; a worker leaves when it finishes.
+    pub(crate) admitted: Arc<Mutex<HashMap<String, Requests>>>,
+}
+
+/// Where a worker starts.
+#[derive(Debug)]
+pub(crate) enum Stage {
+    Rejected(Rejection),
+    Pull,
+    Init(usize),
+    Run,
+    Finished,
+}
+
+enum Next {
+    Stage(Stage),
+    Terminate,
+}
+
+/// A pull that failed and will be retried after this long.
+const PULL_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How long the log writer may take to flush after a container ends.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Exit code reported for a container the agent had to kill, as for SIGKILL.
+const KILLED_EXIT_CODE: i32 = 137;
+
+type ExitFuture = Pin<Box<dyn Future<Output = (Kind, usize, ContainerExit)> + Send>>;
+
+/// The pod as last seen, and whether it is going away.
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<PodEvent>,
+    pod: Pod,
+    gone: bool,
+}
+
+impl Inbox {
+    /// Resolves once the pod is being deleted or is gone; keeps `pod` current meanwhile.
+    /// Cancel-safe, so it can sit in every `select!`.
+    async fn deletion(&mut self) {
+        if self.deleting() {
+            return;
+        }
+        loop {
+            match self.rx.recv().await {
+                Some(PodEvent::Updated(pod)) => {
+                    self.pod = *pod;
+                    if self.deleting() {
+                        return;
+                    }
+                }
+                Some(PodEvent::Deleted) | None => {
+                    self.gone = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn deleting(&self) -> bool {
+        self.gone || self.pod.metadata.deletion_timestamp.is_some()
+    }
+}
+
+/// A running container instance.
+struct Live {
+    stop: CancellationToken,
+    abort: AbortHandle,
+    started: Instant,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Init,
+    App,
+}
+
+/// Runs a pod from `stage` until it is deleted.
+pub(crate) async fn run<P: Provider>(
+    ctx: Arc<WorkerContext<P>>,
+    pod: Pod,
+    rx: mpsc::UnboundedReceiver<PodEvent>,
+    stage: Stage,
+) {
+    let key = PodKey {
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+    };
+    let state = PodState::new(&pod, &ctx.host_ip);
+    let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+    let mut worker = Worker {
+        api: Api::namespaced(ctx.client.clone(), &key.namespace),
+        ctx,
+        key,
+        state,
+        images: HashMap::new(),
+        live_init: None,
+        live_app: (0..containers).map(|_| None).collect(),
+        crash_init: CrashLoop::default(),
+        crash_app: vec![CrashLoop::default(); containers],
+        last_sent: None,
+    };
+    let mut inbox = Inbox {
+        rx,
+        pod,
+        gone: false,
+    };
+    worker.drive(&mut inbox, stage).await;
+}
+
+struct Worker<P: Provider> {
+    ctx: Arc<WorkerContext<P>>,
+    api: Api<Pod>,
+    key: PodKey,
+    state: PodState,
+    images: HashMap<String, P::Image>,
+    live_init: Option<Live>,
+    live_app: Vec<Option<Live>>,
+    crash_init: CrashLoop,
+    crash_app: Vec<CrashLoop>,
+    last_sent: Option<PodStatus>,
+}
+
+impl<P: Provider> Worker<P> {
+    async fn drive(&mut self, inbox: &mut Inbox, mut stage: Stage) {
+        debug!(pod = %self.key.name, ?stage, "pod worker started");
+        let mut exits: FuturesUnordered<ExitFuture> = FuturesUnordered::new();
+        loop {
+            if inbox.deleting() {
+                break;
+            }
+            let next = match stage {
+                Stage::Rejected(rejection) => {
+                    self.reject(&inbox.pod, rejection).await;
+                    self.release();
+                    self.idle_until_deleted(inbox).await
+                }
+                Stage::Finished => {
+                    self.release();
+                    self.idle_until_deleted(inbox).await
+                }
+                Stage::Pull => self.pull_all(inbox).await,
+                Stage::Init(i) => self.run_init(inbox, &mut exits, i).await,
+                Stage::Run => self.run_app(inbox, &mut exits).await,
+            };
+            match next {
+                Next::Stage(s) => stage = s,
+                Next::Terminate => break,
+            }
+        }
+        self.terminate(inbox, &mut exits).await;
+        self.release();
+    }
+
+    fn release(&self) {
+        let mut admitted = self.ctx.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        admitted.remove(&self.key.uid);
+    }
+
+    async fn idle_until_deleted(&mut self, inbox: &mut Inbox) -> Next {
+        self.publish().await;
+        inbox.deletion().await;
+        Next::Terminate
+    }
+
+    async fn reject(&mut self, pod: &Pod, rejection: Rejection) {
+        self.state.finish(
+            Phase::Failed,
+            Some(&rejection.reason),
+            Some(rejection.message.clone()),
+        );
+        self.ctx
+            .recorder
+            .record(
+                pod,
+                None,
+                EventType::Warning,
+                &rejection.reason,
+                &rejection.message,
+            )
+            .await;
+    }
+
+    /// Sends the status if it changed since the last one the API server accepted.
+    async fn publish(&mut self) {
+        let status = self.state.to_status();
+        if self.last_sent.as_ref() == Some(&status) {
+            return;
+        }
+        let patch = Pod {
+            status: Some(status.clone()),
+            ..Default::default()
+        };
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match self
+            .api
+            .patch_status(&self.key.name, &params, &Patch::Strategic(&patch))
+            .await
+        {
+            Ok(_) => self.last_sent = Some(status),
+            Err(err) => {
+                warn!(pod = %self.key.name, %err, "pod status update failed; will retry on the next change")
+            }
+        }
+    }
+
+    fn containers(pod: &Pod, kind: Kind) -> Vec<Container> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        match kind {
+            Kind::Init => spec.init_containers.unwrap_or_default(),
+            Kind::App => spec.containers,
+        }
+    }
+
+    fn record(&mut self, kind: Kind, index: usize) -> &mut ContainerRecord {
+        match kind {
+            Kind::Init => &mut self.state.init[index],
+            Kind::App => &mut self.state.app[index],
+        }
+    }
+
+    async fn pull_all(&mut self, inbox: &mut Inbox) -> Next {
+        let pod = inbox.pod.clone();
+        let secrets = env::pull_secrets(&self.ctx.client, &pod).await;
+        let mut delay = PULL_BACKOFF_INITIAL;
+        for (kind, container) in Self::containers(&pod, Kind::Init)
+            .into_iter()
+            .map(|c| (Kind::Init, c))
+            .chain(
+                Self::containers(&pod, Kind::App)
+                    .into_iter()
+                    .map(|c| (Kind::App, c)),
+            )
+        {
+            let index = match kind {
+                Kind::Init => self
+                    .state
+                    .init
+                    .iter()
+                    .position(|r| r.name == container.name),
+                Kind::App => self.state.app.iter().position(|r| r.name == container.name),
+            }
+            .unwrap_or(0);
+            let image = container.image.clone().unwrap_or_default();
+            loop {
+                let request = ImageRequest {
+                    pod: &self.key,
+                    image: &image,
+                    pull_policy: container.image_pull_policy.as_deref(),
+                    pull_secrets: &secrets,
+                    command: container.command.as_deref().unwrap_or_default(),
+                };
+                self.event(
+                    &pod,
+                    Some(&container.name),
+                    EventType::Normal,
+                    "Pulling",
+                    &format!("Pulling image \"{image}\""),
+                )
+                .await;
+                let started = Instant::now();
+                let pulled = tokio::select! {
+                    result = self.ctx.provider.pull(request) => result,
+                    _ = inbox.deletion() => return Next::Terminate,
+                };
+                match pulled {
+                    Ok(pulled) => {
+                        let took = started.elapsed();
+                        self.event(
+                            &pod,
+                            Some(&container.name),
+                            EventType::Normal,
+                            "Pulled",
+                            &format!(
+                                "Successfully pulled image \"{image}\" in {:.3}s",
+                                took.as_secs_f64()
+                            ),
+                        )
+                        .await;
+                        self.record(kind, index).image_id = Some(pulled.image_id());
+                        self.images.insert(container.name.clone(), pulled);
+                        break;
+                    }
+                    Err(err) => {
+                        self.event(
+                            &pod,
+                            Some(&container.name),
+                            EventType::Warning,
+                            "Failed",
+                            &format!("Failed to pull image \"{image}\": {}", err.message),
+                        )
+                        .await;
+                        self.record(kind, index).state =
+                            ContainerState::waiting(&err.reason, Some(err.message.clone()));
+                        if err.fatal {
+                            self.state
+                                .finish(Phase::Failed, Some(&err.reason), Some(err.message));
+                            return Next::Stage(Stage::Finished);
+                        }
+                        self.publish().await;
+                        self.record(kind, index).state = ContainerState::waiting(
+                            "ImagePullBackOff",
+                            Some(format!(
+                                "Back-off pulling image \"{image}\": {}",
+                                err.message
+                            )),
+                        );
+                        self.event(
+                            &pod,
+                            Some(&container.name),
+                            EventType::Normal,
+                            "BackOff",
+                            &format!("Back-off pulling image \"{image}\""),
+                        )
+                        .await;
+                        self.publish().await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = inbox.deletion() => return Next::Terminate,
+                        }
+                        delay = (delay * 2).min(PULL_BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+        Next::Stage(if self.state.init.is_empty() {
+            Stage::Run
+        } else {
+            Stage::Init(0)
+        })
+    }
+
+    async fn event(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        self.ctx
+            .recorder
+            .record(pod, container, kind, reason, message)
+            .await;
+    }
+
+    fn restart_policy(pod: &Pod) -> String {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    /// Starts container `index` of `kind` and returns a future of its exit.
+    async fn launch(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+    ) -> Result<ExitFuture, ContainerError> {
+        let container = Self::containers(pod, kind)
+            .into_iter()
+            .nth(index)
+            .ok_or_else(|| ContainerError {
+                reason: "CreateContainerError".into(),
+                message: format!("container {index} is not in the pod spec"),
+                fatal: true,
+            })?;
+        let env = env::resolve(&self.ctx.client, pod, &container, &self.ctx.host_ip)
+            .await
+            .map_err(|e| ContainerError {
+                reason: "CreateContainerConfigError".into(),
+                message: e.0,
+                fatal: false,
+            })?;
+        let restart = self.record(kind, index).restart_count;
+        let pod_dir = self.ctx.pods_dir.join(&self.key.uid);
+        let log_path = pod_dir
+            .join("logs")
+            .join(&container.name)
+            .join(format!("{restart}.log"));
+        let root_dir = pod_dir
+            .join("rootfs")
+            .join(format!("{}-{restart}", container.name));
+        let fresh_root = async {
+            // A restarted container starts from a clean writable layer, as a new container does.
+            if restart > 0 {
+                let previous =
+                    pod_dir
+                        .join("rootfs")
+                        .join(format!("{}-{}", container.name, restart - 1));
+                let _ = tokio::fs::remove_dir_all(previous).await;
+            }
+            let _ = tokio::fs::remove_dir_all(&root_dir).await;
+            tokio::fs::create_dir_all(&root_dir).await
+        };
+        fresh_root.await.map_err(|e| ContainerError {
+            reason: "CreateContainerError".into(),
+            message: format!("cannot create the container's root directory: {e}"),
+            fatal: false,
+        })?;
+        let (sink, writer) = LogSink::open(log_path, self.ctx.log_limits)
+            .await
+            .map_err(|e| ContainerError {
+                reason: "CreateContainerError".into(),
+                message: format!("cannot open the container log: {e}"),
+                fatal: false,
+            })?;
+        let limits = container
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone())
+            .unwrap_or_default();
+        let stop = CancellationToken::new();
+        let start = ContainerStart {
+            pod: self.key.clone(),
+            container: container.name.clone(),
+            command: container.command.clone().unwrap_or_default(),
+            args: container.args.clone().unwrap_or_default(),
+            env,
+            stdout: sink.stream(Stream::Stdout),
+            stderr: sink.stream(Stream::Stderr),
+            root_dir,
+            annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+            memory_limit_bytes: limits.get("memory").and_then(quantity::bytes),
+            cpu_limit_millis: limits.get("cpu").and_then(quantity::cpu_millis),
+            stop: stop.clone(),
+        };
+        let image = self
+            .images
+            .get(&container.name)
+            .ok_or_else(|| ContainerError {
+                reason: "CreateContainerError".into(),
+                message: format!("image of container {} was not pulled", container.name),
+                fatal: false,
+            })?;
+        let task = self.ctx.provider.start(image, start).await;
+        let task = match task {
+            Ok(task) => task,
+            Err(err) => {
+                sink.note(Stream::Stderr, &format!("wasmlet: {}", err.message))
+                    .await;
+                return Err(err);
+            }
+        };
+        drop(sink);
+        self.event(
+            pod,
+            Some(&container.name),
+            EventType::Normal,
+            "Created",
+            &format!("Created container {}", container.name),
+        )
+        .await;
+        self.event(
+            pod,
+            Some(&container.name),
+            EventType::Normal,
+            "Started",
+            &format!("Started container {}", container.name),
+        )
+        .await;
+        let live = Live {
+            stop,
+            abort: task.abort_handle(),
+            started: Instant::now(),
+        };
+        match kind {
+            Kind::Init => self.live_init = Some(live),
+            Kind::App => self.live_app[index] = Some(live),
+        }
+        self.record(kind, index).state = ContainerState::Running {
+            started_at: Timestamp::now(),
+        };
+        let name = container.name.clone();
+        Ok(Box::pin(async move {
+            let exit = match task.await {
+                Ok(exit) => exit,
+                Err(err) if err.is_cancelled() => ContainerExit {
+                    exit_code: KILLED_EXIT_CODE,
+                    reason: "Error".into(),
+                    message: Some("killed after the termination grace period".into()),
+                },
+                Err(err) => ContainerExit {
+                    exit_code: 128,
+                    reason: "Error".into(),
+                    message: Some(format!("the runtime failed while running {name}: {err}")),
+                },
+            };
+            // The guest's streams are gone with its task; wait for the last line to land.
+            let _ = tokio::time::timeout(LOG_FLUSH_TIMEOUT, writer).await;
+            (kind, index, exit)
+        }))
+    }
+
+    /// Records that container `index` of `kind` ended.
+    fn record_exit(&mut self, kind: Kind, index: usize, exit: &ContainerExit) -> Duration {
+        let live = match kind {
+            Kind::Init => self.live_init.take(),
+            Kind::App => self.live_app[index].take(),
+        };
+        let started_instant = live.as_ref().map_or_else(Instant::now, |l| l.started);
+        let record = self.record(kind, index);
+        let started_at = match record.state {
+            ContainerState::Running { started_at } => Some(started_at),
+            _ => None,
+        };
+        record.state = ContainerState::Terminated {
+            exit_code: exit.exit_code,
+            reason: exit.reason.clone(),
+            message: exit.message.clone(),
+            started_at,
+            finished_at: Timestamp::now(),
+        };
+        let crash = match kind {
+            Kind::Init => &mut self.crash_init,
+            Kind::App => &mut self.crash_app[index],
+        };
+        crash.delay_after_exit(started_instant, Instant::now())
+    }
+
+    /// Moves a terminated container to waiting for its next instance.
+    fn prepare_restart(&mut self, kind: Kind, index: usize, delay: Duration, pod_name: &str) {
+        let record = self.record(kind, index);
+        record.last_terminated = Some(record.state.clone());
+        record.restart_count += 1;
+        record.state = if delay.is_zero() {
+            ContainerState::waiting("ContainerCreating", None)
+        } else {
+            ContainerState::waiting(
+                "CrashLoopBackOff",
+                Some(format!(
+                    "back-off {}s restarting failed container={} pod={pod_name}",
+                    delay.as_secs(),
+                    record.name
+                )),
+            )
+        };
+    }
+
+    async fn run_init(
+        &mut self,
+        inbox: &mut Inbox,
+        exits: &mut FuturesUnordered<ExitFuture>,
+        index: usize,
+    ) -> Next {
+        let pod = inbox.pod.clone();
+        let policy = Self::restart_policy(&pod);
+        loop {
+            let exit = match self.launch(&pod, Kind::Init, index).await {
+                Ok(mut exit) => {
+                    self.publish().await;
+                    tokio::select! {
+                        (_, _, exit) = &mut exit => exit,
+                        _ = inbox.deletion() => {
+                            // Termination stops it and waits for this exit with the others.
+                            exits.push(exit);
+                            return Next::Terminate;
+                        }
+                    }
+                }
+                Err(err) => self.start_failed(&pod, Kind::Init, index, err).await,
+            };
+            let delay = self.record_exit(Kind::Init, index, &exit);
+            if exit.exit_code == 0 {
+                let next = index + 1;
+                if next == self.state.init.len() {
+                    self.state.initialized = true;
+                    for app in &mut self.state.app {
+                        app.state = ContainerState::waiting("ContainerCreating", None);
+                    }
+                    return Next::Stage(Stage::Run);
+                }
+                return Next::Stage(Stage::Init(next));
+            }
+            if policy == "Never" {
+                self.state.finish(
+                    Phase::Failed,
+                    None,
+                    Some(format!(
+                        "init container {} failed",
+                        self.state.init[index].name
+                    )),
+                );
+                return Next::Stage(Stage::Finished);
+            }
+            self.prepare_restart(
+                Kind::Init,
+                index,
+                delay,
+                &pod.metadata.name.clone().unwrap_or_default(),
+            );
+            self.publish().await;
+            if !delay.is_zero() {
+                self.event(
+                    &pod,
+                    Some(&self.state.init[index].name.clone()),
+                    EventType::Warning,
+                    "BackOff",
+                    "Back-off restarting failed container",
+                )
+                .await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = inbox.deletion() => return Next::Terminate,
+            }
+        }
+    }
+
+    /// A container could not be started: its state says why, and it counts as a failed run.
+    async fn start_failed(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+        err: ContainerError,
+    ) -> ContainerExit {
+        let name = self.record(kind, index).name.clone();
+        self.event(
+            pod,
+            Some(&name),
+            EventType::Warning,
+            "Failed",
+            &format!("Error: {}", err.message),
+        )
+        .await;
+        self.record(kind, index).state =
+            ContainerState::waiting(&err.reason, Some(err.message.clone()));
+        self.publish().await;
+        ContainerExit {
+            exit_code: 128,
+            reason: err.reason,
+            message: Some(err.message),
+        }
+    }
+
+    async fn run_app(
+        &mut self,
+        inbox: &mut Inbox,
+        exits: &mut FuturesUnordered<ExitFuture>,
+    ) -> Next {
+        let pod = inbox.pod.clone();
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let policy = Self::restart_policy(&pod);
+        let count = self.state.app.len();
+        let mut due: Vec<Option<Instant>> = vec![Some(Instant::now()); count];
+        loop {
+            let now = Instant::now();
+            let starting: Vec<usize> = (0..count)
+                .filter(|&i| due[i].is_some_and(|at| at <= now))
+                .collect();
+            for index in starting {
+                due[index] = None;
+                match self.launch(&pod, Kind::App, index).await {
+                    Ok(exit) => exits.push(exit),
+                    Err(err) => {
+                        let exit = self.start_failed(&pod, Kind::App, index, err).await;
+                        exits.push(Box::pin(async move { (Kind::App, index, exit) }));
+                    }
+                }
+            }
+            if self.state.app.iter().any(ContainerRecord::is_running)
+                || due.iter().any(Option::is_some)
+            {
+                self.state.phase = Phase::Running;
+            }
+            if exits.is_empty() && due.iter().all(Option::is_none) {
+                let all_ok =
+                    self.state.app.iter().all(|c| {
+                        matches!(c.state, ContainerState::Terminated { exit_code: 0, .. })
+                    });
+                self.state.finish(
+                    if all_ok {
+                        Phase::Succeeded
+                    } else {
+                        Phase::Failed
+                    },
+                    None,
+                    None,
+                );
+                return Next::Stage(Stage::Finished);
+            }
+            self.publish().await;
+            let next_due = due.iter().flatten().min().copied();
+            tokio::select! {
+                Some((_, index, exit)) = exits.next() => {
+                    let delay = self.record_exit(Kind::App, index, &exit);
+                    let restart = match policy.as_str() {
+                        "Never" => false,
+                        "OnFailure" => exit.exit_code != 0,
+                        _ => true,
+                    };
+                    info!(pod = %pod_name, container = %self.state.app[index].name, exit = exit.exit_code, restart, "container exited");
+                    if restart {
+                        self.prepare_restart(Kind::App, index, delay, &pod_name);
+                        if !delay.is_zero() {
+                            let name = self.state.app[index].name.clone();
+                            self.event(&pod, Some(&name), EventType::Warning, "BackOff", "Back-off restarting failed container").await;
+                        }
+                        due[index] = Some(Instant::now() + delay);
+                    }
+                }
+                _ = sleep_until(next_due) => {}
+                _ = inbox.deletion() => return Next::Terminate,
+            }
+        }
+    }
+
+    /// Stops whatever runs, within the grace period, then deletes the pod object.
+    async fn terminate(&mut self, inbox: &mut Inbox, exits: &mut FuturesUnordered<ExitFuture>) {
+        let pod = inbox.pod.clone();
+        let grace = Duration::from_secs(
+            pod.metadata
+                .deletion_grace_period_seconds
+                .or_else(|| {
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                })
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        let mut stopping = Vec::new();
+        if let Some(live) = self.live_init.take() {
+            stopping.push(live);
+        }
+        for (index, live) in self.live_app.iter_mut().enumerate() {
+            if let Some(live) = live.take() {
+                let name = self.state.app[index].name.clone();
+                self.ctx
+                    .recorder
+                    .record(
+                        &pod,
+                        Some(&name),
+                        EventType::Normal,
+                        "Killing",
+                        &format!("Stopping container {name}"),
+                    )
+                    .await;
+                stopping.push(live);
+            }
+        }
+        for live in &stopping {
+            live.stop.cancel();
+        }
+        // Wasm guests cannot catch SIGTERM; they are stopped at once and the grace period
+        // bounds how long the runtime may take to wind them down.
+        let drained = tokio::time::timeout(grace, async {
+            while let Some((kind, index, exit)) = exits.next().await {
+                self.record_exit(kind, index, &exit);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            for live in &stopping {
+                live.abort.abort();
+            }
+            while let Some((kind, index, exit)) = exits.next().await {
+                self.record_exit(kind, index, &exit);
+            }
+        }
+        if !inbox.gone {
+            self.publish().await;
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(self.key.uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match self.api.delete(&self.key.name, &params).await {
+                Ok(_) => info!(pod = %self.key.name, "pod deleted"),
+                Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {}
+                Err(err) => warn!(pod = %self.key.name, %err, "could not remove the pod object"),
+            }
+        }
+        let dir = self.ctx.pods_dir.join(&self.key.uid);
+        if let Err(err) = tokio::fs::remove_dir_all(&dir).await
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(dir = %dir.display(), %err, "could not remove the pod's files");
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

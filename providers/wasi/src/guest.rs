@@ -1,0 +1,200 @@
+//! Running one container instance: a WASI context built from the container's spec, a store
+//! with memory limits and epoch yields, and the exit mapped to the container's state.
+
+use kubelet::{ContainerExit, ContainerStart};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::AsyncStdoutStream;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::compile::Compiled;
+
+/// Bytes a guest may write before its output stream applies back-pressure.
+const OUTPUT_BUDGET: usize = 64 * 1024;
+/// The limiter's refusal, as wasmtime words it with `trap_on_grow_failure`.
+const GROW_REFUSED: &str = "forcing trap when growing memory";
+
+/// Store data for a preview 1 module.
+pub struct P1Host {
+    pub(crate) wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+/// Store data for a component.
+pub struct P2Host {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for P2Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// argv and environment for one instance.
+pub(crate) struct Plan {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// The container's `command`, else the image's entrypoint, else the container's name,
+    /// as argv[0]; then the container's `args`, else the image's. The image's environment
+    /// comes first so the container's wins.
+    pub(crate) fn new(artifact: &oci::WasmArtifact, start: &ContainerStart) -> Self {
+        let args = if start.args.is_empty() && start.command.is_empty() {
+            artifact.args.clone()
+        } else {
+            start.args.clone()
+        };
+        let mut argv = if !start.command.is_empty() {
+            start.command.clone()
+        } else if !artifact.entrypoint.is_empty() {
+            artifact.entrypoint.clone()
+        } else {
+            vec![start.container.clone()]
+        };
+        argv.extend(args);
+        let mut env: Vec<(String, String)> = artifact
+            .env
+            .iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        for (k, v) in &start.env {
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v.clone()));
+        }
+        Self { argv, env }
+    }
+}
+
+/// Runs the instance until it exits or `start.stop` fires.
+pub(crate) async fn run(
+    engine: Engine,
+    compiled: Compiled,
+    plan: Plan,
+    start: ContainerStart,
+) -> ContainerExit {
+    let stop = start.stop.clone();
+    let mut builder = WasiCtxBuilder::new();
+    if let Err(err) = builder.preopened_dir(&start.root_dir, "/", FsPerms::ReadWrite) {
+        return ContainerExit {
+            exit_code: 128,
+            reason: "ContainerCannotRun".into(),
+            message: Some(format!(
+                "cannot open the container's root directory: {err:#}"
+            )),
+        };
+    }
+    builder
+        .args(&plan.argv)
+        .envs(&plan.env)
+        .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, start.stdout))
+        .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, start.stderr));
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(
+            start
+                .memory_limit_bytes
+                .map_or(usize::MAX, |b| b.try_into().unwrap_or(usize::MAX)),
+        )
+        .trap_on_grow_failure(true)
+        .build();
+    let running = async {
+        match compiled {
+            Compiled::Module(pre) => {
+                let mut store = Store::new(
+                    &engine,
+                    P1Host {
+                        wasi: builder.build_p1(),
+                        limits,
+                    },
+                );
+                store.limiter(|host| &mut host.limits);
+                yield_every_tick(&mut store);
+                let instance = pre.instantiate_async(&mut store).await?;
+                let main = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                main.call_async(&mut store, ()).await.map(|()| true)
+            }
+            Compiled::Component(pre) => {
+                let mut store = Store::new(
+                    &engine,
+                    P2Host {
+                        ctx: builder.build(),
+                        table: ResourceTable::new(),
+                        limits,
+                    },
+                );
+                store.limiter(|host| &mut host.limits);
+                yield_every_tick(&mut store);
+                let command = pre.instantiate_async(&mut store).await?;
+                command
+                    .wasi_cli_run()
+                    .call_run(&mut store)
+                    .await
+                    .map(|r| r.is_ok())
+            }
+        }
+    };
+    tokio::select! {
+        outcome = running => exit_of(outcome),
+        _ = stop.cancelled() => ContainerExit {
+            exit_code: 137,
+            reason: "Error".into(),
+            message: Some("stopped by wasmlet".into()),
+        },
+    }
+}
+
+/// Every epoch tick the guest yields to the executor instead of trapping, so a busy loop
+/// shares the worker threads and can be dropped (stopped) at the next tick.
+fn yield_every_tick<T>(store: &mut Store<T>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_async_yield_and_update(1);
+}
+
+/// Maps how the guest ended to a container exit.
+fn exit_of(outcome: wasmtime::Result<bool>) -> ContainerExit {
+    let completed = |code: i32| ContainerExit {
+        exit_code: code,
+        reason: if code == 0 { "Completed" } else { "Error" }.into(),
+        message: None,
+    };
+    match outcome {
+        Ok(true) => completed(0),
+        Ok(false) => ContainerExit {
+            exit_code: 1,
+            reason: "Error".into(),
+            message: Some("the component's run function returned an error".into()),
+        },
+        Err(err) => {
+            if let Some(I32Exit(code)) = err.downcast_ref::<I32Exit>() {
+                return completed(*code);
+            }
+            let text = format!("{err:#}");
+            if text.contains(GROW_REFUSED) {
+                return ContainerExit {
+                    exit_code: 137,
+                    reason: "OOMKilled".into(),
+                    message: Some("memory limit reached: the guest tried to grow its memory past resources.limits.memory".into()),
+                };
+            }
+            let trap = err
+                .downcast_ref::<wasmtime::Trap>()
+                .map(|t| format!("wasm trap: {t}"));
+            ContainerExit {
+                exit_code: 1,
+                reason: "Error".into(),
+                message: Some(trap.unwrap_or(text)),
+            }
+        }
+    }
+}
