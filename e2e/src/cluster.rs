@@ -151,13 +151,13 @@ pub fn status_summary(pod: &Pod) -> String {
             format!("{}: {s} (restarts {})", c.name, c.restart_count)
         })
         .collect();
-    format!(
-        "phase {} reason {} message {} [{}]",
-        status.phase.unwrap_or_default(),
-        status.reason.unwrap_or_default(),
-        status.message.unwrap_or_default(),
-        containers.join("; ")
-    )
+    let mut summary = format!("phase {}", status.phase.unwrap_or_default());
+    for (label, value) in [("reason", status.reason), ("message", status.message)] {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            summary.push_str(&format!(", {label} {value}"));
+        }
+    }
+    format!("{summary}; {}", containers.join("; "))
 }
 
 /// A pod manifest that targets wasm32-wasi nodes, with `spec` lines (already indented by

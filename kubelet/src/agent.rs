@@ -20,7 +20,7 @@ use crate::node::status::StatusReporter;
 use crate::node::{LEASE_RENEW_INTERVAL, STATUS_UPDATE_INTERVAL, object, registration};
 use crate::pod::PodManager;
 use crate::pod::admission::Capacity;
-use crate::provider::Provider;
+use crate::provider::{GC_PERIOD, Provider};
 use crate::server;
 
 /// Retries against the API server start here and double up to the loop's own period, so an
@@ -91,6 +91,7 @@ impl<P: Provider> Kubelet<P> {
             keep_lease(lease, &cancel),
             keep_status(&mut reporter, &cancel),
             pods.run(cancel.clone()),
+            collect_garbage(self.provider.as_ref(), &cancel),
         );
         shutdown(server).await
     }
@@ -120,6 +121,12 @@ async fn register_until_done(
                 }
             }
         }
+    }
+}
+
+async fn collect_garbage<P: Provider>(provider: &P, cancel: &CancellationToken) {
+    while sleep_unless_cancelled(GC_PERIOD, cancel).await {
+        provider.collect_garbage().await;
     }
 }
 

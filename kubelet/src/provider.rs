@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::logs::LogStream;
 
+/// How often the agent asks a provider to collect garbage.
+pub const GC_PERIOD: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What a provider adds to the Node object it runs under.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeContribution {
@@ -151,4 +154,10 @@ pub trait Provider: Send + Sync + 'static {
         image: &Self::Image,
         start: ContainerStart,
     ) -> impl Future<Output = Result<JoinHandle<ContainerExit>, ContainerError>> + Send;
+
+    /// Frees what no running container needs (e.g. unused images). The agent calls it every
+    /// [`GC_PERIOD`], as the kubelet runs its image garbage collection.
+    fn collect_garbage(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

@@ -77,6 +77,11 @@ impl Store {
         })
     }
 
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Where the blob with `digest` lives (whether or not it is there).
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
         let hex = parse_digest(digest)?;

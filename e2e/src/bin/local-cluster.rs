@@ -1,13 +1,17 @@
-//! Brings up a real local control plane and a wasmlet node, shows them with kubectl, and
-//! keeps them running until Ctrl-C (or exits at once with `--exit`). Everything it started
-//! is stopped on the way out.
+//! The main demo: a real local control plane, a registry and a wasmlet node; the demo apps
+//! published and their pods applied from `demos/*/pod.yaml`; then `kubectl get` and each
+//! pod's log. Everything keeps running until Ctrl-C (or stops at once with `--exit`), and
+//! everything it started is stopped on the way out.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use e2e::{ControlPlane, Kubectl, WasmletNode, WasmletOptions, wait_for};
+use e2e::demos::push_demo;
+use e2e::{WasmCluster, status_summary, wait_for};
+use k8s_openapi::api::core::v1::Pod;
 
-/// A local Kubernetes control plane with a wasmlet node.
+/// A local Kubernetes control plane with a wasmlet node running the demos.
 #[derive(Parser)]
 struct Args {
     /// The wasmlet node's name.
@@ -18,51 +22,86 @@ struct Args {
     exit: bool,
 }
 
+const DEMOS: [&str; 5] = [
+    "wasi-example",
+    "ticker",
+    "exit-error",
+    "hello-component",
+    "misbehave",
+];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let plane = ControlPlane::start().await?;
-    let kubectl = Kubectl::new(&plane.admin_kubeconfig());
-    let mut node = WasmletNode::start(&plane, &WasmletOptions::named(&args.node_name))?;
-    let ready = wait_for(
-        "the wasmlet node to be Ready",
-        Duration::from_secs(30),
-        || {
-            let out = kubectl.run(&[
-                "get",
-                "node",
-                &args.node_name,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ]);
-            async move {
-                out.map(|s| (s == "True").then_some(()))
-                    .map_err(|e| e.to_string())
-            }
-        },
-    )
-    .await;
-    if let Err(err) = ready {
-        eprintln!("wasmlet log:\n{}", node.log_tail(30));
-        return Err(err);
-    }
+    let mut cluster = WasmCluster::start(&args.node_name, 110).await?;
+    let kubectl = &cluster.kubectl;
     println!("$ kubectl get nodes -o wide");
     print!("{}", kubectl.run(&["get", "nodes", "-o", "wide"])?);
-    println!();
-    println!("processes:");
-    for (name, pid) in plane.pids() {
+
+    let demos_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demos");
+    for demo in DEMOS {
+        push_demo(&cluster.registry.host(), demo)?;
+        let manifest = std::fs::read_to_string(demos_dir.join(demo).join("pod.yaml"))?
+            .replace("REGISTRY", &cluster.registry.host());
+        kubectl.apply(&manifest)?;
+    }
+    // Each demo settles into its own end state: done, running, or failing on purpose.
+    let settled = wait_for("the demo pods to settle", Duration::from_secs(60), || {
+        let pods: anyhow::Result<Vec<Pod>> = kubectl.get_items(&["pods"]);
+        async move {
+            let pods = pods.map_err(|e| e.to_string())?;
+            let done = pods.len() == DEMOS.len() && pods.iter().all(settled);
+            Ok(done.then_some(()))
+        }
+    })
+    .await;
+    println!("\n$ kubectl get pods -o wide");
+    print!("{}", kubectl.run(&["get", "pods", "-o", "wide"])?);
+    if let Err(err) = settled {
+        eprintln!("{err:#}");
+    }
+    for demo in DEMOS {
+        let pod = cluster.pod(demo)?;
+        let container = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers[0].name.clone())
+            .unwrap_or_default();
+        println!("\n--- logs of pod {demo} ({}) ---", status_summary(&pod));
+        for line in cluster.container_log(&pod, &container, 0).lines().take(12) {
+            // CRI log lines: <time> <stream> <F|P> <text>
+            println!("{}", line.splitn(4, ' ').nth(3).unwrap_or_default());
+        }
+    }
+    println!("\nprocesses:");
+    for (name, pid) in cluster.plane.pids() {
         println!("  {name:<24} pid {pid}");
     }
-    println!("  {:<24} pid {}", "wasmlet", node.pid());
-    println!("\nexport KUBECONFIG={}", plane.admin_kubeconfig().display());
+    println!("  {:<24} pid {}", "wasmlet", cluster.node.pid());
+    println!("\nregistry: {}", cluster.registry.host());
+    println!(
+        "export KUBECONFIG={}",
+        cluster.plane.admin_kubeconfig().display()
+    );
     if args.exit {
         return Ok(());
     }
     println!(
         "Ctrl-C stops everything and removes {}",
-        plane.dir().display()
+        cluster.plane.dir().display()
     );
     tokio::signal::ctrl_c().await?;
-    node.terminate()?;
+    cluster.node.terminate()?;
     Ok(())
+}
+
+fn settled(pod: &Pod) -> bool {
+    let status = pod.status.clone().unwrap_or_default();
+    let phase = status.phase.unwrap_or_default();
+    let running = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()) || c.restart_count > 0);
+    matches!(phase.as_str(), "Succeeded" | "Failed") || (phase == "Running" && running)
 }

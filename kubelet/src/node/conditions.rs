@@ -92,9 +92,12 @@ fn verdicts(observed: &Observations) -> Vec<Verdict> {
             } else {
                 "KubeletHasSufficientMemory"
             },
-            message: match observed.memory_available_bytes {
-                Some(b) => format!("{} MiB of memory available", b / (1024 * 1024)),
-                None => "available memory could not be read".into(),
+            // Verdicts, not readings: a message that carried the live numbers would change
+            // the status every period and defeat sending it only on change.
+            message: match (observed.memory_available_bytes, memory_pressure) {
+                (None, _) => "available memory could not be read".into(),
+                (Some(_), true) => "less than 100 MiB of memory available".into(),
+                (Some(_), false) => "at least 100 MiB of memory available".into(),
             },
         },
         Verdict {
@@ -105,13 +108,10 @@ fn verdicts(observed: &Observations) -> Vec<Verdict> {
             } else {
                 "KubeletHasNoDiskPressure"
             },
-            message: match observed.data_dir_disk {
-                Some(d) => format!(
-                    "{} MiB of {} MiB free in the data dir's filesystem",
-                    d.available_bytes / (1024 * 1024),
-                    d.total_bytes / (1024 * 1024)
-                ),
-                None => "the data dir's filesystem could not be measured".into(),
+            message: match (observed.data_dir_disk, disk_pressure) {
+                (None, _) => "the data dir's filesystem could not be measured".into(),
+                (Some(_), true) => "less than 10% free in the data dir's filesystem".into(),
+                (Some(_), false) => "at least 10% free in the data dir's filesystem".into(),
             },
         },
         Verdict {
@@ -198,6 +198,22 @@ mod tests {
         let c = compute(&observed, &[], &at(100));
         assert_eq!(find(&c, "MemoryPressure").status, "True");
         assert_eq!(find(&c, "DiskPressure").status, "True");
+    }
+
+    #[test]
+    fn changing_readings_leave_the_conditions_unchanged() {
+        let mut other = healthy();
+        other.memory_available_bytes = Some(3 << 30);
+        other.data_dir_disk = Some(DiskUsage {
+            total_bytes: 100 << 30,
+            available_bytes: 70 << 30,
+        });
+        let strip = |mut c: Vec<NodeCondition>| {
+            c.iter_mut().for_each(|c| c.last_heartbeat_time = None);
+            c
+        };
+        let first = compute(&healthy(), &[], &at(100));
+        assert_eq!(strip(compute(&other, &first, &at(110))), strip(first));
     }
 
     #[test]

@@ -76,6 +76,8 @@ enum Next {
 /// A pull that failed and will be retried after this long.
 const PULL_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A status the API server did not accept is sent again after this long.
+const STATUS_RETRY: Duration = Duration::from_secs(5);
 /// How long the log writer may take to flush after a container ends.
 const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Exit code reported for a container the agent had to kill, as for SIGKILL.
@@ -160,6 +162,7 @@ pub(crate) async fn run<P: Provider>(
         crash_init: CrashLoop::default(),
         crash_app: vec![CrashLoop::default(); containers],
         last_sent: None,
+        unsent: false,
     };
     let mut inbox = Inbox {
         rx,
@@ -180,6 +183,8 @@ struct Worker<P: Provider> {
     crash_init: CrashLoop,
     crash_app: Vec<CrashLoop>,
     last_sent: Option<PodStatus>,
+    /// The last status patch failed.
+    unsent: bool,
 }
 
 impl<P: Provider> Worker<P> {
@@ -219,9 +224,23 @@ impl<P: Provider> Worker<P> {
     }
 
     async fn idle_until_deleted(&mut self, inbox: &mut Inbox) -> Next {
-        self.publish().await;
-        inbox.deletion().await;
-        Next::Terminate
+        loop {
+            self.publish().await;
+            tokio::select! {
+                _ = inbox.deletion() => return Next::Terminate,
+                _ = self.status_retry_due() => {}
+            }
+        }
+    }
+
+    /// Resolves when the last status was not accepted and it is time to send it again;
+    /// never resolves while the API server has the current status.
+    async fn status_retry_due(&self) {
+        if self.unsent {
+            tokio::time::sleep(STATUS_RETRY).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
     }
 
     async fn reject(&mut self, pod: &Pod, rejection: Rejection) {
@@ -261,9 +280,13 @@ impl<P: Provider> Worker<P> {
             .patch_status(&self.key.name, &params, &Patch::Strategic(&patch))
             .await
         {
-            Ok(_) => self.last_sent = Some(status),
+            Ok(_) => {
+                self.last_sent = Some(status);
+                self.unsent = false;
+            }
             Err(err) => {
-                warn!(pod = %self.key.name, %err, "pod status update failed; will retry on the next change")
+                warn!(pod = %self.key.name, %err, "pod status update failed; retrying");
+                self.unsent = true;
             }
         }
     }
@@ -447,6 +470,11 @@ impl<P: Provider> Worker<P> {
             .join("rootfs")
             .join(format!("{}-{restart}", container.name));
         let fresh_root = async {
+            // Only the current and the previous instance's logs are kept (`--previous`), as
+            // the kubelet does; older ones would grow without bound in a crash loop.
+            if restart >= 2 {
+                remove_instance_logs(&log_path, restart - 2).await;
+            }
             // A restarted container starts from a clean writable layer, as a new container does.
             if restart > 0 {
                 let previous =
@@ -766,6 +794,7 @@ impl<P: Provider> Worker<P> {
                     }
                 }
                 _ = sleep_until(next_due) => {}
+                _ = self.status_retry_due() => {}
                 _ = inbox.deletion() => return Next::Terminate,
             }
         }
@@ -845,6 +874,21 @@ impl<P: Provider> Worker<P> {
             && err.kind() != std::io::ErrorKind::NotFound
         {
             warn!(dir = %dir.display(), %err, "could not remove the pod's files");
+        }
+    }
+}
+
+/// Removes instance `restart`'s log and its rotations, beside `current` (another instance's log).
+async fn remove_instance_logs(current: &std::path::Path, restart: i32) {
+    let Some(dir) = current.parent() else { return };
+    let prefix = format!("{restart}.log");
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == prefix || name.starts_with(&format!("{prefix}.")) {
+            let _ = tokio::fs::remove_file(entry.path()).await;
         }
     }
 }

@@ -12,7 +12,7 @@ mod compile;
 mod engine;
 mod guest;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -71,7 +71,41 @@ pub struct WasiProvider {
     linkers: compile::Linkers,
     puller: Puller,
     compiled: Mutex<HashMap<String, Compiled>>,
+    in_use: Arc<Mutex<HashMap<String, usize>>>,
     _ticker: engine::EpochTicker,
+}
+
+/// Counts one running instance of a Wasm digest for as long as it lives, so garbage
+/// collection never removes code a container runs.
+struct InUse {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    digest: String,
+}
+
+impl InUse {
+    fn new(counts: &Arc<Mutex<HashMap<String, usize>>>, digest: &str) -> Self {
+        *counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(digest.to_string())
+            .or_default() += 1;
+        Self {
+            counts: counts.clone(),
+            digest: digest.to_string(),
+        }
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.digest);
+            }
+        }
+    }
 }
 
 impl WasiProvider {
@@ -92,6 +126,7 @@ impl WasiProvider {
                 },
             ),
             compiled: Mutex::new(HashMap::new()),
+            in_use: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -177,7 +212,42 @@ impl Provider for WasiProvider {
         let plan = guest::Plan::new(&image.artifact, &start);
         let compiled = image.compiled.clone();
         let engine = self.engine.clone();
-        Ok(tokio::spawn(guest::run(engine, compiled, plan, start)))
+        let in_use = InUse::new(&self.in_use, &image.artifact.wasm_digest);
+        Ok(tokio::spawn(async move {
+            let _in_use = in_use;
+            guest::run(engine, compiled, plan, start).await
+        }))
+    }
+
+    async fn collect_garbage(&self) {
+        let in_use: HashSet<String> = self
+            .in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let store = self.puller.store();
+        let Ok(disk) = kubelet::host::DiskUsage::of(store.root()) else {
+            return;
+        };
+        let usage = oci::gc::DiskUsage {
+            capacity_bytes: disk.total_bytes,
+            available_bytes: disk.available_bytes,
+        };
+        match self
+            .puller
+            .collect_garbage(&in_use, usage, oci::gc::GcPolicy::default())
+            .await
+        {
+            Ok(report) if !report.removed.is_empty() => {
+                tracing::info!(removed = ?report.removed, freed_bytes = report.freed_bytes, "collected unused images");
+                let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+                compiled.retain(|digest, _| store.has_blob(digest));
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "image garbage collection failed"),
+        }
     }
 }
 
