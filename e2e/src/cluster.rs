@@ -20,12 +20,24 @@ pub struct WasmCluster {
 impl WasmCluster {
     /// Starts everything and waits for the node to be Ready.
     pub async fn start(node_name: &str, max_pods: u32) -> anyhow::Result<Self> {
+        Self::start_with_registries(node_name, max_pods, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with the node also allowed to pull over plain HTTP from
+    /// `extra_registries` (e.g. a private one the test runs itself).
+    pub async fn start_with_registries(
+        node_name: &str,
+        max_pods: u32,
+        extra_registries: &[String],
+    ) -> anyhow::Result<Self> {
         let plane = ControlPlane::start().await?;
         let registry = Registry::start()?;
         let kubectl = Kubectl::new(&plane.admin_kubeconfig());
+        let mut insecure_registries = vec![registry.host()];
+        insecure_registries.extend_from_slice(extra_registries);
         let options = WasmletOptions {
             max_pods,
-            insecure_registries: vec![registry.host()],
+            insecure_registries,
             ..WasmletOptions::named(node_name)
         };
         let node = WasmletNode::start(&plane, &options)?;

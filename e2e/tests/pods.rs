@@ -326,11 +326,10 @@ async fn restart_policies_exit_codes_and_init_containers_behave_as_the_kubelets(
 
 #[tokio::test]
 async fn private_registry_pod_pulls_with_its_image_pull_secret() {
-    let cluster = WasmCluster::start("edge-private", 110).await.unwrap();
     let private = Registry::start_with_auth().unwrap();
-    // The node must be allowed to speak HTTP to the second registry too: restart it so.
-    drop(cluster);
-    let cluster = PrivateCluster::start(&private).await;
+    let cluster = WasmCluster::start_with_registries("edge-private", 110, &[private.host()])
+        .await
+        .unwrap();
     let image = format!("{}/private/ticker:v1", private.host());
     push_file(
         &e2e::demos::demo_wasm("ticker").unwrap(),
@@ -341,7 +340,7 @@ async fn private_registry_pod_pulls_with_its_image_pull_secret() {
         ],
     )
     .unwrap();
-    let kubectl = &cluster.0.kubectl;
+    let kubectl = &cluster.kubectl;
     kubectl
         .run(&[
             "create",
@@ -366,12 +365,10 @@ async fn private_registry_pod_pulls_with_its_image_pull_secret() {
         ))
         .unwrap();
     cluster
-        .0
         .wait_pod("with-secret", "Running", MINUTE, |p| running(p, "app"))
         .await
         .unwrap();
     let pod = cluster
-        .0
         .wait_pod("without-secret", "refused by the registry", MINUTE, |p| {
             matches!(
                 waiting_reason(p, "app").as_deref(),
@@ -391,33 +388,10 @@ async fn private_registry_pod_pulls_with_its_image_pull_secret() {
         .unwrap_or_default();
     assert!(message.contains("not authorized"), "{message}");
     let failed = cluster
-        .0
         .wait_event("without-secret", "Failed", MINUTE)
         .await
         .unwrap();
     assert!(failed.contains("not authorized"), "{failed}");
-}
-
-/// A cluster whose node may use one extra (private) registry.
-struct PrivateCluster(WasmCluster);
-
-impl PrivateCluster {
-    async fn start(private: &Registry) -> Self {
-        let plane = e2e::ControlPlane::start().await.unwrap();
-        let registry = Registry::start().unwrap();
-        let options = e2e::WasmletOptions {
-            insecure_registries: vec![registry.host(), private.host()],
-            ..e2e::WasmletOptions::named("edge-private")
-        };
-        let node = e2e::WasmletNode::start(&plane, &options).unwrap();
-        let kubectl = e2e::Kubectl::new(&plane.admin_kubeconfig());
-        Self(WasmCluster {
-            node,
-            registry,
-            kubectl,
-            plane,
-        })
-    }
 }
 
 #[tokio::test]
