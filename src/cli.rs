@@ -42,6 +42,14 @@ pub struct Cli {
     /// Registries (host:port) to pull from over plain HTTP
     #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
+    /// When to report MemoryPressure and DiskPressure, as the kubelet's flag takes it;
+    /// signals left out keep their defaults
+    #[arg(
+        long,
+        value_name = "SIGNAL<VALUE,...",
+        default_value = "memory.available<100Mi,nodefs.available<10%"
+    )]
+    pub eviction_hard: String,
 }
 
 /// Tools that share the binary with the agent.
@@ -125,6 +133,7 @@ impl Cli {
                 None => home_dir()?.join(".wasmlet"),
             },
             max_pods: self.max_pods,
+            pressure: kubelet::node::pressure::PressureThresholds::parse(&self.eviction_hard)?,
             extra_labels: kubelet::config::parse_labels(&self.node_labels)?,
         })
     }
@@ -194,6 +203,8 @@ mod tests {
             "5",
             "--node-labels",
             "site=lab",
+            "--eviction-hard",
+            "nodefs.available<1Gi",
         ])
         .unwrap();
         let node = cli.node_config().unwrap();
@@ -203,6 +214,10 @@ mod tests {
         assert_eq!(node.max_pods, 5);
         assert_eq!(node.data_dir, PathBuf::from("/d"));
         assert_eq!(node.extra_labels["site"], "lab");
+        assert_eq!(
+            node.pressure.nodefs_available,
+            kubelet::node::pressure::Threshold::Bytes(1 << 30)
+        );
         assert_eq!(cli.kubeconfig_path().unwrap(), PathBuf::from("/k"));
     }
 

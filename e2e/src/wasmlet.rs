@@ -20,6 +20,8 @@ pub struct WasmletOptions {
     pub max_pods: u32,
     /// `--insecure-registries`.
     pub insecure_registries: Vec<String>,
+    /// `--eviction-hard`.
+    pub eviction_hard: String,
 }
 
 impl WasmletOptions {
@@ -30,6 +32,10 @@ impl WasmletOptions {
             node_labels: String::new(),
             max_pods: 110,
             insecure_registries: Vec::new(),
+            // The kubelet's 10% default would follow the shared disk the tests run on:
+            // CI machines have been seen with under 10% of it free, which is DiskPressure,
+            // a taint, and pods that never schedule. Tests that want pressure ask for it.
+            eviction_hard: "nodefs.available<64Mi".into(),
         }
     }
 }
@@ -76,6 +82,7 @@ impl WasmletNode {
                 "--insecure-registries={}",
                 options.insecure_registries.join(",")
             ))
+            .arg(format!("--eviction-hard={}", options.eviction_hard))
             .env("RUST_LOG", "info,kubelet=debug");
         let log = plane.dir().join(format!("wasmlet-{name}-{port}.log"));
         let process = Supervised::spawn("wasmlet", cmd, &log)?;

@@ -236,7 +236,7 @@ async fn lease_is_held_for_forty_seconds_and_renewed() {
 }
 
 #[tokio::test]
-async fn restart_updates_the_same_node_with_new_labels_and_sigterm_exits_zero() {
+async fn restart_updates_the_same_node_with_new_labels_and_thresholds_and_sigterm_exits_zero() {
     let mut cluster = cluster_with_node(&WasmletOptions {
         node_labels: "site=a".into(),
         ..WasmletOptions::named("edge-restart")
@@ -250,6 +250,8 @@ async fn restart_updates_the_same_node_with_new_labels_and_sigterm_exits_zero() 
         &cluster.plane,
         &WasmletOptions {
             node_labels: "site=b,zone=z1".into(),
+            // No filesystem has more than 100% free, so this is DiskPressure for certain.
+            eviction_hard: "nodefs.available<100%".into(),
             ..WasmletOptions::named("edge-restart")
         },
     )
@@ -274,7 +276,27 @@ async fn restart_updates_the_same_node_with_new_labels_and_sigterm_exits_zero() 
         before.metadata.uid, after.metadata.uid,
         "the same Node object was updated"
     );
-    wait_for_ready(&cluster, "True", Duration::from_secs(10)).await;
+    let node = wait_for_ready(&cluster, "True", Duration::from_secs(10)).await;
+    assert_eq!(
+        condition(&node, "DiskPressure"),
+        Some(("True".into(), "KubeletHasDiskPressure".into())),
+        "the new --eviction-hard applies"
+    );
+    // The node lifecycle controller turns the condition into the taint that keeps new
+    // pods off the node, as it does for any kubelet.
+    wait_for("the disk-pressure taint", Duration::from_secs(20), || {
+        let node = get_node(&cluster.kubectl, "edge-restart");
+        async move {
+            let tainted = node?.spec.and_then(|s| s.taints).is_some_and(|taints| {
+                taints.iter().any(|t| {
+                    t.key == "node.kubernetes.io/disk-pressure" && t.effect == "NoSchedule"
+                })
+            });
+            Ok(tainted.then_some(()))
+        }
+    })
+    .await
+    .unwrap();
     assert!(cluster.node.is_running());
 }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::node::pressure::PressureThresholds;
 use crate::{Error, Result};
 
 /// The node's identity and limits, as given on the command line.
@@ -21,6 +22,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The most pods this node accepts; reported as the `pods` capacity.
     pub max_pods: u32,
+    /// When the node reports MemoryPressure and DiskPressure.
+    pub pressure: PressureThresholds,
     /// Labels added to the node besides the ones wasmlet always sets.
     pub extra_labels: BTreeMap<String, String>,
 }

@@ -36,4 +36,12 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
+    /// An `--eviction-hard` threshold is malformed.
+    #[error("invalid eviction threshold {threshold:?}: {reason}")]
+    InvalidEvictionThreshold {
+        /// The threshold as given.
+        threshold: String,
+        /// Why it is rejected.
+        reason: String,
+    },
 }

@@ -7,13 +7,7 @@ use k8s_openapi::api::core::v1::NodeCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::host::DiskUsage;
-
-/// Below this much available memory the node reports MemoryPressure, as the kubelet's
-/// default `memory.available<100Mi` eviction threshold does.
-pub const MEMORY_PRESSURE_BYTES: u64 = 100 * 1024 * 1024;
-/// Below this share of free space in the data dir's filesystem the node reports
-/// DiskPressure, as the kubelet's default `nodefs.available<10%` does.
-pub const DISK_PRESSURE_PERCENT: u64 = 10;
+use crate::node::pressure::PressureThresholds;
 
 /// What the agent saw this round.
 #[derive(Clone, Debug, Default)]
@@ -39,10 +33,11 @@ struct Verdict {
 /// `previous` keeps its `lastTransitionTime`; every condition gets `now` as its heartbeat.
 pub fn compute(
     observed: &Observations,
+    thresholds: &PressureThresholds,
     previous: &[NodeCondition],
     now: &Time,
 ) -> Vec<NodeCondition> {
-    verdicts(observed)
+    verdicts(observed, thresholds)
         .into_iter()
         .map(|v| {
             let status = if v.status { "True" } else { "False" }.to_string();
@@ -63,13 +58,15 @@ pub fn compute(
         .collect()
 }
 
-fn verdicts(observed: &Observations) -> Vec<Verdict> {
+fn verdicts(observed: &Observations, thresholds: &PressureThresholds) -> Vec<Verdict> {
     let memory_pressure = observed
         .memory_available_bytes
-        .is_some_and(|b| b < MEMORY_PRESSURE_BYTES);
-    let disk_pressure = observed.data_dir_disk.is_some_and(|d| {
-        d.total_bytes > 0 && d.available_bytes * 100 < d.total_bytes * DISK_PRESSURE_PERCENT
-    });
+        .is_some_and(|b| thresholds.memory_pressure(b));
+    let disk_pressure = observed
+        .data_dir_disk
+        .is_some_and(|d| thresholds.disk_pressure(d));
+    let memory_min = thresholds.memory_available;
+    let disk_min = thresholds.nodefs_available;
     let not_ready: Vec<String> = [
         observed
             .data_dir_error
@@ -96,8 +93,8 @@ fn verdicts(observed: &Observations) -> Vec<Verdict> {
             // the status every period and defeat sending it only on change.
             message: match (observed.memory_available_bytes, memory_pressure) {
                 (None, _) => "available memory could not be read".into(),
-                (Some(_), true) => "less than 100 MiB of memory available".into(),
-                (Some(_), false) => "at least 100 MiB of memory available".into(),
+                (Some(_), true) => format!("less than {memory_min} of memory available"),
+                (Some(_), false) => format!("at least {memory_min} of memory available"),
             },
         },
         Verdict {
@@ -110,8 +107,12 @@ fn verdicts(observed: &Observations) -> Vec<Verdict> {
             },
             message: match (observed.data_dir_disk, disk_pressure) {
                 (None, _) => "the data dir's filesystem could not be measured".into(),
-                (Some(_), true) => "less than 10% free in the data dir's filesystem".into(),
-                (Some(_), false) => "at least 10% free in the data dir's filesystem".into(),
+                (Some(_), true) => {
+                    format!("less than {disk_min} free in the data dir's filesystem")
+                }
+                (Some(_), false) => {
+                    format!("at least {disk_min} free in the data dir's filesystem")
+                }
             },
         },
         Verdict {
@@ -156,13 +157,21 @@ mod tests {
         }
     }
 
+    fn with_defaults(
+        observed: &Observations,
+        previous: &[NodeCondition],
+        now: &Time,
+    ) -> Vec<NodeCondition> {
+        compute(observed, &PressureThresholds::default(), previous, now)
+    }
+
     fn find<'a>(conditions: &'a [NodeCondition], type_: &str) -> &'a NodeCondition {
         conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
 
     #[test]
     fn healthy_host_is_ready_without_pressure() {
-        let c = compute(&healthy(), &[], &at(100));
+        let c = with_defaults(&healthy(), &[], &at(100));
         assert_eq!(find(&c, "Ready").status, "True");
         assert_eq!(find(&c, "Ready").reason.as_deref(), Some("KubeletReady"));
         for t in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
@@ -177,7 +186,7 @@ mod tests {
             provider_error: Some("engine failed".into()),
             ..healthy()
         };
-        let c = compute(&observed, &[], &at(100));
+        let c = with_defaults(&observed, &[], &at(100));
         let ready = find(&c, "Ready");
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason.as_deref(), Some("KubeletNotReady"));
@@ -195,9 +204,29 @@ mod tests {
             }),
             ..Default::default()
         };
-        let c = compute(&observed, &[], &at(100));
+        let c = with_defaults(&observed, &[], &at(100));
         assert_eq!(find(&c, "MemoryPressure").status, "True");
         assert_eq!(find(&c, "DiskPressure").status, "True");
+        assert_eq!(
+            find(&c, "DiskPressure").message.as_deref(),
+            Some("less than 10% free in the data dir's filesystem")
+        );
+        assert_eq!(
+            find(&c, "MemoryPressure").message.as_deref(),
+            Some("less than 100 MiB of memory available")
+        );
+    }
+
+    #[test]
+    fn operator_thresholds_decide_pressure_and_appear_in_the_message() {
+        let thresholds = PressureThresholds::parse("nodefs.available<60%").unwrap();
+        let c = compute(&healthy(), &thresholds, &[], &at(100));
+        let disk = find(&c, "DiskPressure");
+        assert_eq!(disk.status, "True");
+        assert_eq!(
+            disk.message.as_deref(),
+            Some("less than 60% free in the data dir's filesystem")
+        );
     }
 
     #[test]
@@ -212,14 +241,14 @@ mod tests {
             c.iter_mut().for_each(|c| c.last_heartbeat_time = None);
             c
         };
-        let first = compute(&healthy(), &[], &at(100));
-        assert_eq!(strip(compute(&other, &first, &at(110))), strip(first));
+        let first = with_defaults(&healthy(), &[], &at(100));
+        assert_eq!(strip(with_defaults(&other, &first, &at(110))), strip(first));
     }
 
     #[test]
     fn transition_time_is_kept_while_status_holds_and_moves_when_it_flips() {
-        let first = compute(&healthy(), &[], &at(100));
-        let second = compute(&healthy(), &first, &at(200));
+        let first = with_defaults(&healthy(), &[], &at(100));
+        let second = with_defaults(&healthy(), &first, &at(200));
         let ready = find(&second, "Ready");
         assert_eq!(ready.last_transition_time, Some(at(100)));
         assert_eq!(ready.last_heartbeat_time, Some(at(200)));
@@ -227,7 +256,7 @@ mod tests {
             provider_error: Some("x".into()),
             ..healthy()
         };
-        let third = compute(&sick, &second, &at(300));
+        let third = with_defaults(&sick, &second, &at(300));
         assert_eq!(find(&third, "Ready").last_transition_time, Some(at(300)));
     }
 }

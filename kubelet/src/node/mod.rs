@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod lease;
 pub mod object;
+pub mod pressure;
 pub mod registration;
 pub mod status;
 

@@ -149,6 +149,7 @@ pub(crate) mod tests {
             port: 10250,
             data_dir: "/tmp/x".into(),
             max_pods: 110,
+            pressure: Default::default(),
             extra_labels: [("site".to_string(), "lab".to_string())].into(),
         }
     }

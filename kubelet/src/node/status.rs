@@ -59,7 +59,8 @@ impl<P: Provider> StatusReporter<P> {
             provider_error: self.provider.health().err(),
         };
         let now = Time(jiff::Timestamp::now());
-        self.conditions = conditions::compute(&observed, &self.conditions, &now);
+        self.conditions =
+            conditions::compute(&observed, &self.config.pressure, &self.conditions, &now);
         object::status(
             &self.config,
             &self.host,
