@@ -18,6 +18,19 @@ pub struct Cli {
     /// The kubeconfig the node uses to reach the API server [default: $KUBECONFIG, then ~/.kube/config]
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
+    /// A kubeconfig with a bootstrap token: when --kubeconfig is missing or its client
+    /// certificate is unusable, request a client certificate with it and write --kubeconfig
+    #[arg(long, value_name = "PATH")]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// CA bundle that client certificates presented to the kubelet API must chain to
+    /// [default: the cluster CA of the kubeconfig]
+    #[arg(long, value_name = "PATH")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Request the kubelet API's serving certificate from the cluster (a
+    /// kubernetes.io/kubelet-serving CSR) and renew it before it expires; with false, serve
+    /// only the self-signed certificate
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rotate_server_certificates: bool,
     /// The Node's name [default: the host name, lower-cased]
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
@@ -150,16 +163,38 @@ impl Cli {
     }
 }
 
-/// A client for the cluster in `path`. Reading and validating the file happens here, before
-/// any network traffic, so a bad kubeconfig fails at start-up with its path in the message.
-pub async fn kube_client(path: &Path) -> anyhow::Result<kube::Client> {
+/// The client configuration in the kubeconfig at `path`. Reading and validating the file
+/// happens here, before any network traffic, so a bad kubeconfig fails at start-up with its
+/// path in the message.
+pub async fn kube_config(path: &Path) -> anyhow::Result<kube::Config> {
     let kubeconfig = Kubeconfig::read_from(path)
         .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .with_context(|| format!("invalid kubeconfig {}", path.display()))?;
-    kube::Client::try_from(config)
-        .with_context(|| format!("cannot build a client from kubeconfig {}", path.display()))
+        .with_context(|| format!("invalid kubeconfig {}", path.display()))
+}
+
+impl Cli {
+    /// The CA bundle (PEM) the kubelet API verifies client certificates against:
+    /// `--client-ca-file`, else the cluster CA the kubeconfig trusts for the API server (the
+    /// CA that signs the API server's kubelet-client certificate in kubeadm-style clusters).
+    pub fn client_ca_pem(
+        &self,
+        config: &kube::Config,
+        kubeconfig: &Path,
+    ) -> anyhow::Result<String> {
+        if let Some(path) = &self.client_ca_file {
+            return std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --client-ca-file {}", path.display()));
+        }
+        match config.root_cert.as_deref() {
+            Some(ders) if !ders.is_empty() => Ok(certs::tls::pem_from_der(ders)),
+            _ => bail!(
+                "kubeconfig {} names no cluster CA to verify the kubelet API's clients with; pass --client-ca-file",
+                kubeconfig.display()
+            ),
+        }
+    }
 }
 
 fn home_dir() -> anyhow::Result<PathBuf> {
@@ -219,6 +254,25 @@ mod tests {
             kubelet::node::pressure::Threshold::Bytes(1 << 30)
         );
         assert_eq!(cli.kubeconfig_path().unwrap(), PathBuf::from("/k"));
+    }
+
+    #[test]
+    fn certificate_flags_parse_with_serving_rotation_on_by_default() {
+        let cli = Cli::try_parse_from(["wasmlet"]).unwrap();
+        assert!(cli.rotate_server_certificates);
+        assert!(cli.bootstrap_kubeconfig.is_none());
+        let cli = Cli::try_parse_from([
+            "wasmlet",
+            "--bootstrap-kubeconfig",
+            "/b",
+            "--client-ca-file",
+            "/ca.crt",
+            "--rotate-server-certificates=false",
+        ])
+        .unwrap();
+        assert!(!cli.rotate_server_certificates);
+        assert_eq!(cli.bootstrap_kubeconfig, Some(PathBuf::from("/b")));
+        assert_eq!(cli.client_ca_file, Some(PathBuf::from("/ca.crt")));
     }
 
     #[test]

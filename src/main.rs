@@ -65,17 +65,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let node = cli.node_config()?;
-    let client = cli::kube_client(&cli.kubeconfig_path()?).await?;
+    let kubeconfig_path = cli.kubeconfig_path()?;
+    let bootstrap = match &cli.bootstrap_kubeconfig {
+        Some(path) => Some(certs::bootstrap::Bootstrap::read(path).context("bootstrap")?),
+        None => None,
+    };
+    // Without a bootstrap kubeconfig, the kubeconfig must be usable now: check it before
+    // anything else. With one, it may not exist yet.
+    let mut kube_config = match bootstrap {
+        None => Some(cli::kube_config(&kubeconfig_path).await?),
+        Some(_) => None,
+    };
     let data_dir = kubelet::data_dir::DataDir::open(&node.data_dir)?;
+    let pki_dir = data_dir.pki_dir();
     let listener = kubelet::server::bind((cli.address, node.port).into()).await?;
-    let serving = certs::serving::load_or_create_self_signed(
-        &data_dir.pki_dir(),
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    if let Some(bootstrap) = &bootstrap {
+        if let Some(reason) = certs::bootstrap::kubeconfig_unusable(&kubeconfig_path) {
+            info!(kubeconfig = %kubeconfig_path.display(), %reason, "starting TLS bootstrap");
+            if !bootstrap
+                .run(&kubeconfig_path, &pki_dir, &node.node_name, &cancel)
+                .await
+                .context("TLS bootstrap")?
+            {
+                return Ok(());
+            }
+        }
+        kube_config = Some(cli::kube_config(&kubeconfig_path).await?);
+    }
+    let kube_config = kube_config.context("no kubeconfig")?;
+    let client_ca = cli.client_ca_pem(&kube_config, &kubeconfig_path)?;
+    let (client, client_certificate) =
+        certs::client::node_client(kube_config, &pki_dir, &node.node_name).with_context(|| {
+            format!(
+                "cannot build a client from kubeconfig {}",
+                kubeconfig_path.display()
+            )
+        })?;
+    let serving = certs::serving::serving_certificate(
+        client.clone(),
+        &pki_dir,
+        &node.node_name,
         &node.hostname,
         &[node.node_ip],
+        cli.rotate_server_certificates,
     )
     .map_err(kubelet::Error::ServingCert)?;
-    let tls = certs::tls::server_config(&serving.cert_pem, &serving.key_pem)
-        .map_err(kubelet::Error::ServingCert)?;
+    // The kubelet API presents whatever `serving.certificates` holds at each handshake: the
+    // self-signed certificate until the cluster signs one, then each renewal.
+    let tls = certs::tls::kubelet_server_config(serving.certificates.clone(), &client_ca)
+        .context("the client CA of the kubelet API")?;
     let provider = wasi_provider::WasiProvider::new(&wasi_provider::WasiProviderConfig {
         cache_dir: data_dir.path().join("cache"),
         store_dir: data_dir.path().join("oci"),
@@ -84,12 +125,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     })
     .context("cannot start the WASI provider")?;
 
-    let cancel = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(cancel.clone()));
     info!(node = %node.node_name, ip = %node.node_ip, port = node.port, data_dir = %node.data_dir.display(), "starting wasmlet");
+    let managers: Vec<_> = [serving.manager, client_certificate]
+        .into_iter()
+        .flatten()
+        .map(|manager| tokio::spawn(manager.run(cancel.clone())))
+        .collect();
     kubelet::Kubelet::new(client, node, provider, data_dir)
         .run(listener, tls, cancel)
         .await;
+    for manager in managers {
+        if let Err(err) = manager.await {
+            tracing::warn!(%err, "certificate manager task failed");
+        }
+    }
     Ok(())
 }
 

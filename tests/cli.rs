@@ -63,6 +63,7 @@ fn malformed_kubeconfig_is_rejected() {
     assert_one_line_error(&out, &["kubeconfig", &path]);
 }
 
+/// Both kubeconfig flags reject a file whose current context names no cluster.
 #[test]
 fn kubeconfig_without_a_server_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,13 +74,13 @@ fn kubeconfig_without_a_server_is_rejected() {
     )
     .unwrap();
     let path = path.display().to_string();
-    let out = wasmlet(&[
-        "--kubeconfig",
-        &path,
-        "--data-dir",
-        &dir.path().display().to_string(),
-    ]);
-    assert_one_line_error(&out, &["invalid kubeconfig", &path]);
+    for (flag, expected) in [
+        ("--kubeconfig", "invalid kubeconfig"),
+        ("--bootstrap-kubeconfig", "names no cluster"),
+    ] {
+        let out = wasmlet(&[flag, &path, "--data-dir", &dir.path().display().to_string()]);
+        assert_one_line_error(&out, &[expected, &path]);
+    }
 }
 
 #[test]
@@ -100,18 +101,25 @@ fn port_in_use_is_reported() {
     let kubeconfig = unreachable_kubeconfig(dir.path());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let data_dir = dir.path().join("data").display().to_string();
-    let out = wasmlet(&[
+    let out = wasmlet_on_port(dir.path(), &kubeconfig, &port, &[]);
+    assert_one_line_error(&out, &[&port, "already in use"]);
+}
+
+/// wasmlet with `kubeconfig`, a data dir in `dir`, its API on 127.0.0.1:`port`, and `extra`.
+fn wasmlet_on_port(dir: &Path, kubeconfig: &str, port: &str, extra: &[&str]) -> Output {
+    let data_dir = dir.join("data").display().to_string();
+    let mut args = vec![
         "--kubeconfig",
-        &kubeconfig,
+        kubeconfig,
         "--data-dir",
         &data_dir,
         "--address",
         "127.0.0.1",
         "--port",
-        &port,
-    ]);
-    assert_one_line_error(&out, &[&port, "already in use"]);
+        port,
+    ];
+    args.extend_from_slice(extra);
+    wasmlet(&args)
 }
 
 #[test]
@@ -125,4 +133,41 @@ fn malformed_node_label_is_reported() {
         "site=lab,oops",
     ]);
     assert_one_line_error(&out, &["invalid node label", "oops"]);
+}
+
+#[test]
+fn unreadable_bootstrap_kubeconfig_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir
+        .path()
+        .join("bootstrap.kubeconfig")
+        .display()
+        .to_string();
+    let out = wasmlet(&[
+        "--bootstrap-kubeconfig",
+        &missing,
+        "--kubeconfig",
+        &dir.path().join("node.kubeconfig").display().to_string(),
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+    ]);
+    assert_one_line_error(&out, &["bootstrap", &missing]);
+}
+
+/// The kubelet API verifies client certificates against a CA: with none in the kubeconfig
+/// and no --client-ca-file, wasmlet says what to pass.
+#[test]
+fn kubeconfig_without_a_ca_needs_a_client_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = unreachable_kubeconfig(dir.path());
+    let out = wasmlet_on_port(dir.path(), &kubeconfig, "0", &[]);
+    assert_one_line_error(&out, &["names no cluster CA", "--client-ca-file"]);
+    let missing = dir.path().join("ca.crt").display().to_string();
+    let out = wasmlet_on_port(
+        dir.path(),
+        &kubeconfig,
+        "0",
+        &["--client-ca-file", &missing],
+    );
+    assert_one_line_error(&out, &["--client-ca-file", &missing]);
 }

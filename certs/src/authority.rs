@@ -161,6 +161,40 @@ impl Authority {
         self.issuer.key().serialize_pem()
     }
 
+    /// Signs a PKCS #10 request as a cluster signer would, keeping the requester's key.
+    #[cfg(test)]
+    pub(crate) fn sign_request(
+        &self,
+        request: &rcgen::CertificateSigningRequestParams,
+    ) -> Result<String> {
+        request
+            .signed_by(&self.issuer)
+            .map(|cert| cert.pem())
+            .map_err(|source| Error::Generate {
+                what: "certificate for a request".into(),
+                source,
+            })
+    }
+
+    /// Issues a certificate for `spec` that expired long ago.
+    #[cfg(test)]
+    pub(crate) fn issue_expired(&self, spec: &CertificateSpec) -> Result<KeyedCertificate> {
+        let key = generate_key("expired key")?;
+        let mut params = spec.params()?;
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|source| Error::Generate {
+                what: "expired certificate".into(),
+                source,
+            })?;
+        Ok(KeyedCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// Issues a certificate for `spec` with a freshly generated key.
     pub fn issue(&self, spec: &CertificateSpec) -> Result<KeyedCertificate> {
         let key = generate_key(&format!("key for {}", spec.common_name))?;

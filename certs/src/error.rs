@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-/// What can go wrong while making, reading or storing keys and certificates.
+/// What can go wrong while making, reading, requesting or storing keys and certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// rcgen refused to generate a key or certificate.
@@ -34,4 +34,32 @@ pub enum Error {
     /// rustls rejected the certificate or key.
     #[error("invalid TLS configuration")]
     Tls(#[source] tokio_rustls::rustls::Error),
+    /// A kubeconfig could not be read, used or written.
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig {
+        /// The kubeconfig.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The API server refused or failed a request about a certificate signing request.
+    #[error("{action} certificate signing request {name}")]
+    Api {
+        /// What was being done, e.g. "failed to create".
+        action: &'static str,
+        /// The CSR's name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// A client for the API server could not be built.
+    #[error("cannot build a client for {server}")]
+    Client {
+        /// The API server's URL.
+        server: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
 }

@@ -2,13 +2,76 @@
 //!
 //! Like a kubelet started without `--tls-cert-file`, wasmlet makes a self-signed certificate
 //! for its node name and addresses the first time it starts and reuses it afterwards, so the
-//! port serves TLS from the first second. Certificates signed by the cluster replace it once a
-//! `kubernetes.io/kubelet-serving` CSR is approved.
+//! port serves TLS from the first second. [`serving_certificate`] then asks the cluster for a
+//! signed one (a `kubernetes.io/kubelet-serving` CSR) and swaps it in once it is approved, as
+//! a kubelet with `--rotate-server-certificates` does; a signed certificate stored by an
+//! earlier run is served from the start.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
+use tracing::info;
+
+use crate::csr::NodeCertificate;
+use crate::files::write_atomically;
+use crate::manager::CertificateManager;
+use crate::rotating::RotatingCert;
+use crate::store::CertStore;
 use crate::{CertificateSpec, Error, KeyedCertificate, Result, self_signed};
+
+/// What the kubelet API presents, and (when the cluster is asked for a certificate) the
+/// manager to run that obtains and renews it.
+pub struct ServingCertificate {
+    /// The resolver for the API's TLS configuration.
+    pub certificates: Arc<RotatingCert>,
+    /// `None` when only the self-signed certificate is served.
+    pub manager: Option<CertificateManager>,
+}
+
+/// Sets up the serving certificate for `node_name` at `hostname` and `ips`. The stored
+/// cluster-signed certificate is presented if it is still valid and names this host;
+/// otherwise the self-signed one is, until the cluster answers. With `request` false, the
+/// self-signed certificate is all there is.
+pub fn serving_certificate(
+    client: kube::Client,
+    pki_dir: &Path,
+    node_name: &str,
+    hostname: &str,
+    ips: &[IpAddr],
+    request: bool,
+) -> Result<ServingCertificate> {
+    let fallback = load_or_create_self_signed(pki_dir, hostname, ips)?;
+    if !request {
+        return Ok(ServingCertificate {
+            certificates: Arc::new(RotatingCert::new(&fallback.cert_pem, &fallback.key_pem)?),
+            manager: None,
+        });
+    }
+    let cert = NodeCertificate::serving(node_name, &[hostname.to_string()], ips);
+    let store = CertStore::serving(pki_dir);
+    let stored = store.load_current().filter(|stored| {
+        let usable =
+            stored.info.is_valid_at(SystemTime::now()) && cert.is_satisfied_by(&stored.info);
+        if !usable {
+            info!(
+                path = %store.current_path().display(),
+                "the stored serving certificate has expired or does not name this node's                  addresses; serving the self-signed one until a new one is issued"
+            );
+        }
+        usable
+    });
+    let certificates = Arc::new(match &stored {
+        Some(stored) => RotatingCert::new(&stored.cert_pem, &stored.key_pem)?,
+        None => RotatingCert::new(&fallback.cert_pem, &fallback.key_pem)?,
+    });
+    let manager = CertificateManager::new(client, cert, store, certificates.clone(), stored);
+    Ok(ServingCertificate {
+        certificates,
+        manager: Some(manager),
+    })
+}
 
 /// Where the serving certificate and key live below a directory.
 #[derive(Clone, Debug)]
@@ -55,23 +118,6 @@ pub fn load_or_create_self_signed(
     write_atomically(&paths.key, &pair.key_pem)?;
     write_atomically(&paths.cert, &pair.cert_pem)?;
     Ok(pair)
-}
-
-fn write_atomically(path: &Path, contents: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let io_err = |action, source| Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::write(&tmp, contents).map_err(|e| io_err("failed to write", e))?;
-    restrict_to_owner(&tmp).map_err(|e| io_err("failed to set permissions on", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err("failed to rename into", e))
-}
-
-fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ impl WasmCluster {
             insecure_registries,
             ..WasmletOptions::named(node_name)
         };
+        let started = std::time::Instant::now();
         let node = WasmletNode::start(&plane, &options)?;
         let cluster = Self {
             node,
@@ -47,21 +48,20 @@ impl WasmCluster {
             kubectl,
             plane,
         };
-        wait_for("the node to be Ready", Duration::from_secs(15), || {
-            let ready = cluster.kubectl.run(&[
-                "get",
-                "node",
-                node_name,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ]);
-            async move {
-                ready
-                    .map(|s| (s == "True").then_some(()))
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await?;
+        cluster
+            .node
+            .wait_ready(&cluster.kubectl, Duration::from_secs(15))
+            .await?;
+        // The API server verifies the kubelet's serving certificate, so `kubectl logs` and
+        // friends work only once the node's serving CSR is approved and its cert served.
+        cluster
+            .node
+            .approve_serving_certificate(&cluster.plane, &cluster.kubectl, Duration::from_secs(15))
+            .await?;
+        eprintln!(
+            "node {node_name} Ready and serving a cluster-signed certificate {:.2} s after start",
+            started.elapsed().as_secs_f64()
+        );
         Ok(cluster)
     }
 

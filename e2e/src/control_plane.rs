@@ -1,12 +1,17 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use certs::CertificateSpec;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::kubeconfig::write_cert_kubeconfig;
+use crate::kubeconfig::{write_cert_kubeconfig, write_token_kubeconfig};
 use crate::pki::ClusterPki;
 use crate::ports::free_port;
 use crate::process::Supervised;
@@ -97,6 +102,97 @@ impl ControlPlane {
             &self.pki.key(&id),
         )?;
         Ok(path)
+    }
+
+    /// The cluster CA certificate (it signs every client and serving certificate, including
+    /// the ones the controller manager issues for approved CSRs).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.pki.cert("ca")
+    }
+
+    /// Sets up TLS bootstrap as kubeadm does and writes a kubeconfig that authenticates with
+    /// a new bootstrap token (`system:bootstrap:<id>`, groups `system:bootstrappers` and
+    /// `system:bootstrappers:wasmlet`). The RBAC bindings let bootstrappers create CSRs and
+    /// have kube-controller-manager auto-approve their client-certificate requests, and let
+    /// nodes renew their own client certificates. Calling it again adds another token.
+    pub async fn bootstrap_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        let client = self.client().await?;
+        for (name, group, role) in BOOTSTRAP_BINDINGS {
+            let binding = ClusterRoleBinding {
+                metadata: ObjectMeta {
+                    name: Some(name.to_string()),
+                    ..ObjectMeta::default()
+                },
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "ClusterRole".into(),
+                    name: role.to_string(),
+                },
+                subjects: Some(vec![Subject {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "Group".into(),
+                    name: group.to_string(),
+                    namespace: None,
+                }]),
+            };
+            create_if_missing(&kube::Api::all(client.clone()), &binding).await?;
+        }
+        let id = random_token_chars(6)?;
+        let secret = random_token_chars(16)?;
+        let token = Secret {
+            metadata: ObjectMeta {
+                name: Some(format!("bootstrap-token-{id}")),
+                namespace: Some("kube-system".into()),
+                ..ObjectMeta::default()
+            },
+            type_: Some("bootstrap.kubernetes.io/token".into()),
+            string_data: Some(BTreeMap::from([
+                ("token-id".to_string(), id.clone()),
+                ("token-secret".to_string(), secret.clone()),
+                (
+                    "usage-bootstrap-authentication".to_string(),
+                    "true".to_string(),
+                ),
+                (
+                    "auth-extra-groups".to_string(),
+                    "system:bootstrappers:wasmlet".to_string(),
+                ),
+                (
+                    "description".to_string(),
+                    "wasmlet e2e bootstrap token".to_string(),
+                ),
+            ])),
+            ..Secret::default()
+        };
+        create_if_missing(&kube::Api::namespaced(client, "kube-system"), &token).await?;
+        let path = self.dir.path().join(format!("bootstrap-{id}.kubeconfig"));
+        write_token_kubeconfig(
+            &path,
+            &self.server_url(),
+            &self.pki.cert("ca"),
+            &format!("{id}.{secret}"),
+        )?;
+        Ok(path)
+    }
+
+    /// The certificate signing requests for `signer` made by `username`, oldest first.
+    pub async fn csrs(
+        &self,
+        signer: &str,
+        username: &str,
+    ) -> anyhow::Result<Vec<CertificateSigningRequest>> {
+        let api: kube::Api<CertificateSigningRequest> = kube::Api::all(self.client().await?);
+        let mut csrs: Vec<_> = api
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|csr| {
+                csr.spec.signer_name == signer && csr.spec.username.as_deref() == Some(username)
+            })
+            .collect();
+        csrs.sort_by_key(|csr| csr.metadata.creation_timestamp.clone());
+        Ok(csrs)
     }
 
     /// An admin client.
@@ -197,6 +293,12 @@ impl ControlPlane {
         .arg(format!(
             "--kubelet-client-key={}",
             pki.key("apiserver-kubelet-client").display()
+        ))
+        // Verify the kubelet's serving certificate, as a hardened cluster does: `kubectl logs`
+        // works only once the node's kubelet-serving CSR is approved and its cert served.
+        .arg(format!(
+            "--kubelet-certificate-authority={}",
+            pki.cert("ca").display()
         ))
         .arg("--kubelet-preferred-address-types=InternalIP,Hostname")
         .arg(format!(
@@ -358,6 +460,49 @@ impl ControlPlane {
         .filter_map(|(name, p)| p.as_ref().map(|p| (name, p.pid())))
         .collect()
     }
+}
+
+/// The ClusterRoleBindings kubeadm creates for TLS bootstrap: (name, group, ClusterRole).
+const BOOTSTRAP_BINDINGS: [(&str, &str, &str); 3] = [
+    (
+        "wasmlet:kubelet-bootstrap",
+        "system:bootstrappers",
+        "system:node-bootstrapper",
+    ),
+    (
+        "wasmlet:node-autoapprove-bootstrap",
+        "system:bootstrappers",
+        "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+    ),
+    (
+        "wasmlet:node-autoapprove-certificate-rotation",
+        "system:nodes",
+        "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+    ),
+];
+
+async fn create_if_missing<K>(api: &kube::Api<K>, object: &K) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&Default::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+        Err(e) => Err(e)
+            .with_context(|| format!("create {}", object.meta().name.clone().unwrap_or_default())),
+    }
+}
+
+/// `n` random characters of `[a-z0-9]`, the alphabet of bootstrap tokens.
+fn random_token_chars(n: usize) -> anyhow::Result<String> {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect())
 }
 
 /// Where the control-plane binaries are: `$WASMLET_K8S_BIN`, else the newest build in the

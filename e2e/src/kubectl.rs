@@ -61,6 +61,17 @@ impl Kubectl {
         checked(&["apply"], child.wait_with_output()?)
     }
 
+    /// Starts `kubectl args…` with stdout piped, for commands that stream (`logs -f`). The
+    /// process is killed when the child is dropped.
+    pub fn spawn(&self, args: &[&str]) -> anyhow::Result<tokio::process::Child> {
+        tokio::process::Command::from(self.command(args))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("run kubectl")
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("kubectl");
         cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);

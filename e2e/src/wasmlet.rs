@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
@@ -6,8 +6,10 @@ use anyhow::{Context, bail};
 use rustix::process::Signal;
 
 use crate::control_plane::ControlPlane;
+use crate::kubectl::Kubectl;
 use crate::ports::free_port;
 use crate::process::Supervised;
+use crate::wait::wait_for;
 
 /// How a test wants its node started.
 #[derive(Clone, Debug)]
@@ -22,6 +24,10 @@ pub struct WasmletOptions {
     pub insecure_registries: Vec<String>,
     /// `--eviction-hard`.
     pub eviction_hard: String,
+    /// Join with only this bootstrap kubeconfig (`--bootstrap-kubeconfig`): wasmlet requests
+    /// its client certificate and writes its own kubeconfig. `None`: the plane issues the
+    /// node's kubeconfig directly.
+    pub bootstrap_kubeconfig: Option<PathBuf>,
 }
 
 impl WasmletOptions {
@@ -36,6 +42,7 @@ impl WasmletOptions {
             // CI machines have been seen with under 10% of it free, which is DiskPressure,
             // a taint, and pods that never schedule. Tests that want pressure ask for it.
             eviction_hard: "nodefs.available<64Mi".into(),
+            bootstrap_kubeconfig: None,
         }
     }
 }
@@ -49,6 +56,7 @@ pub struct WasmletNode {
     /// The node's name.
     pub name: String,
     data_dir: PathBuf,
+    kubeconfig: PathBuf,
 }
 
 impl WasmletNode {
@@ -57,9 +65,16 @@ impl WasmletNode {
     pub fn start(plane: &ControlPlane, options: &WasmletOptions) -> anyhow::Result<Self> {
         let name = &options.node_name;
         let data_dir = plane.dir().join("nodes").join(name);
-        let kubeconfig = plane.node_kubeconfig(name)?;
+        let kubeconfig = match &options.bootstrap_kubeconfig {
+            // wasmlet writes this one itself.
+            Some(_) => plane.dir().join("nodes").join(format!("{name}.kubeconfig")),
+            None => plane.node_kubeconfig(name)?,
+        };
         let port = free_port()?;
         let mut cmd = Command::new(wasmlet_binary()?);
+        if let Some(bootstrap) = &options.bootstrap_kubeconfig {
+            cmd.arg("--bootstrap-kubeconfig").arg(bootstrap);
+        }
         cmd.arg("--kubeconfig")
             .arg(&kubeconfig)
             .args([
@@ -91,7 +106,132 @@ impl WasmletNode {
             port,
             name: name.clone(),
             data_dir,
+            kubeconfig,
         })
+    }
+
+    /// The kubeconfig it runs with (written by wasmlet itself when it bootstrapped).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Its data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Where wasmlet keeps the serving certificate the cluster issued (certificate and key).
+    pub fn serving_cert_path(&self) -> PathBuf {
+        self.data_dir.join("pki").join("kubelet-server-current.pem")
+    }
+
+    /// Whether the kubelet API presents a certificate that chains to `ca` and names
+    /// 127.0.0.1, i.e. what an API server started with `--kubelet-certificate-authority`
+    /// accepts. An error means no TLS handshake could even start (nothing listening yet).
+    pub async fn serves_cert_signed_by(&self, ca: &Path) -> anyhow::Result<bool> {
+        use std::sync::Arc;
+        use tokio_rustls::rustls::{self, pki_types::ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let handshake = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp);
+        match tokio::time::timeout(Duration::from_secs(5), handshake).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(_)) => Ok(false),
+            Err(_) => bail!("TLS handshake with wasmlet timed out"),
+        }
+    }
+
+    /// Waits until the Node's Ready condition is True, failing with wasmlet's log.
+    pub async fn wait_ready(&self, kubectl: &Kubectl, timeout: Duration) -> anyhow::Result<()> {
+        wait_for(&format!("node {} to be Ready", self.name), timeout, || {
+            let ready = kubectl.run(&[
+                "get",
+                "node",
+                &self.name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            async move {
+                ready
+                    .map(|s| (s == "True").then_some(()))
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\nwasmlet log:\n{}", self.log_tail(30)))
+    }
+
+    /// Waits for the node's pending kubelet-serving CSR (made as `system:node:<name>`),
+    /// approves it with `kubectl certificate approve` as an administrator would, and waits
+    /// until the kubelet API presents the issued certificate. Returns the CSR's name.
+    pub async fn approve_serving_certificate(
+        &self,
+        plane: &ControlPlane,
+        kubectl: &Kubectl,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let name = self.pending_serving_csr(plane, timeout).await?;
+        kubectl.run(&["certificate", "approve", &name])?;
+        self.wait_serving_issued_cert(plane, timeout).await?;
+        Ok(name)
+    }
+
+    /// Waits until the kubelet API presents a certificate signed by the cluster CA.
+    pub async fn wait_serving_issued_cert(
+        &self,
+        plane: &ControlPlane,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let ca = plane.ca_cert();
+        wait_for(
+            "wasmlet to serve a certificate the cluster signed",
+            timeout,
+            || async {
+                match self.serves_cert_signed_by(&ca).await {
+                    Ok(served) => Ok(served.then_some(())),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\nwasmlet log:\n{}", self.log_tail(30)))
+    }
+
+    /// Waits for a kubelet-serving CSR of this node that nobody has answered yet.
+    pub async fn pending_serving_csr(
+        &self,
+        plane: &ControlPlane,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let username = format!("system:node:{}", self.name);
+        wait_for("the node's serving CSR", timeout, || async {
+            let csrs = plane
+                .csrs(certs::csr::KUBELET_SERVING_SIGNER, &username)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(csrs
+                .into_iter()
+                .find(|csr| {
+                    csr.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_none_or(|c| c.is_empty())
+                })
+                .and_then(|csr| csr.metadata.name))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\nwasmlet log:\n{}", self.log_tail(20)))
     }
 
     /// Sends SIGTERM and returns the exit status, failing if wasmlet has not exited in 10 s.

@@ -11,6 +11,8 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::auth::Gatekeeper;
+use crate::api::{self, ApiState};
 use crate::backoff::{Backoff, sleep_unless_cancelled};
 use crate::config::NodeConfig;
 use crate::data_dir::DataDir;
@@ -18,8 +20,8 @@ use crate::host::HostFacts;
 use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
 use crate::node::{LEASE_RENEW_INTERVAL, STATUS_UPDATE_INTERVAL, object, registration};
-use crate::pod::PodManager;
 use crate::pod::admission::Capacity;
+use crate::pod::{PodManager, SharedPodState};
 use crate::provider::{GC_PERIOD, Provider};
 use crate::server;
 
@@ -54,12 +56,17 @@ impl<P: Provider> Kubelet<P> {
         tls: Arc<ServerConfig>,
         cancel: CancellationToken,
     ) {
-        let server = tokio::spawn(server::serve(
-            listener,
-            tls,
-            server::router(),
-            cancel.clone(),
-        ));
+        let shared = SharedPodState {
+            pods_dir: self.data_dir.path().join("pods"),
+            ..Default::default()
+        };
+        let api = api::router(ApiState {
+            node_name: self.config.node_name.clone(),
+            pods: shared.clone(),
+            gate: Arc::new(Gatekeeper::new(self.client.clone(), &self.config.node_name)),
+            rates: Default::default(),
+        });
+        let server = tokio::spawn(server::serve(listener, tls, api, cancel.clone()));
         let mut reporter = StatusReporter::new(
             self.client.clone(),
             self.config.clone(),
@@ -80,12 +87,12 @@ impl<P: Provider> Kubelet<P> {
             self.provider.clone(),
             &self.config.node_name,
             &self.config.node_ip.to_string(),
-            self.data_dir.path().join("pods"),
             Capacity {
                 pods: self.config.max_pods as usize,
                 cpu_millis: u64::from(host.cpus) * 1000,
                 memory_bytes: host.memory_bytes,
             },
+            &shared,
         );
         tokio::join!(
             keep_lease(lease, &cancel),

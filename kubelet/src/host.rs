@@ -53,6 +53,35 @@ pub fn memory_available_bytes() -> Option<u64> {
     read_meminfo_kib("MemAvailable:").map(|kib| kib * 1024)
 }
 
+/// CPU time the whole host has spent busy (not idle or waiting on I/O) since boot, in
+/// nanoseconds, from the `cpu` line of `/proc/stat`.
+pub fn cpu_busy_nanos() -> Option<u64> {
+    parse_cpu_busy_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+        .map(|ticks| ticks.saturating_mul(NANOS_PER_TICK))
+}
+
+/// `/proc/stat` counts in USER_HZ, which Linux fixes at 100 for user space.
+const NANOS_PER_TICK: u64 = 10_000_000;
+
+fn parse_cpu_busy_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<u64> = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal …: everything but idle and iowait.
+    let busy = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    Some(busy)
+}
+
 /// Size and free space of the filesystem holding a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskUsage {
@@ -115,6 +144,14 @@ mod tests {
         assert_eq!(parse_meminfo_kib(text, "MemTotal:"), Some(24567896));
         assert_eq!(parse_meminfo_kib(text, "MemAvailable:"), Some(2000));
         assert_eq!(parse_meminfo_kib(text, "SwapTotal:"), None);
+    }
+
+    #[test]
+    fn busy_cpu_leaves_out_idle_and_iowait() {
+        let stat = "cpu  10 1 5 1000 50 2 3 4 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\n";
+        assert_eq!(parse_cpu_busy_ticks(stat), Some(10 + 1 + 5 + 2 + 3 + 4));
+        assert_eq!(parse_cpu_busy_ticks("intr 1\n"), None);
+        assert!(cpu_busy_nanos().is_some_and(|n| n > 0));
     }
 
     #[test]

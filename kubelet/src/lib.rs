@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 mod agent;
+pub mod api;
 mod backoff;
 pub mod config;
 pub mod data_dir;
@@ -13,10 +14,12 @@ mod error;
 pub mod events;
 pub mod host;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod pod;
 pub mod provider;
 pub mod server;
+pub mod usage;
 
 pub use agent::Kubelet;
 pub use config::NodeConfig;

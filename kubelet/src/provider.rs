@@ -91,6 +91,9 @@ pub struct ContainerStart {
     pub memory_limit_bytes: Option<u64>,
     /// `resources.limits.cpu`, in millicores.
     pub cpu_limit_millis: Option<u64>,
+    /// Where the provider accounts the instance's CPU time and memory, which the kubelet API
+    /// reports (`kubectl top`). A provider that cannot measure leaves it at zero.
+    pub usage: std::sync::Arc<crate::usage::ContainerUsage>,
     /// Cancelled when the container must stop. The provider then ends the guest promptly
     /// and reports its exit; the agent aborts the task if it overstays the grace period.
     pub stop: CancellationToken,

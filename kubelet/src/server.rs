@@ -1,13 +1,12 @@
-//! The kubelet HTTPS API: TLS on `--port`, one task per connection.
-//!
-//! Today it answers `/healthz`; the log, stats and pod endpoints join it as the agent grows.
+//! The kubelet HTTPS API's transport: TLS on `--port`, one task per connection, and the
+//! identity of the client certificate attached to each request. The routes are in
+//! [`api`](crate::api).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -17,6 +16,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::api::auth::PeerIdentity;
 use crate::{Error, Result};
 
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -35,11 +35,6 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
             },
             source,
         })
-}
-
-/// The API's routes.
-pub fn router() -> Router {
-    Router::new().route("/healthz", get(|| async { "ok" }))
 }
 
 /// Serves `router` over TLS on `listener` until `cancel` fires.
@@ -64,7 +59,7 @@ pub async fn serve(
             },
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -72,6 +67,16 @@ pub async fn serve(
                 Ok(Err(err)) => return debug!(%peer, %err, "TLS handshake failed"),
                 Err(_) => return debug!(%peer, "TLS handshake timed out"),
             };
+            // rustls verified the chain against the client CA during the handshake; what is
+            // left is reading who it names.
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| PeerIdentity::from_certificate(leaf))
+                .unwrap_or_default();
+            let service = TowerToHyperService::new(router.layer(Extension(identity)));
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             tokio::select! {
@@ -96,19 +101,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("already in use"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn healthz_answers_ok() {
-        use tower::ServiceExt;
-        let response = router()
-            .oneshot(
-                http::Request::get("/healthz")
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
     }
 }

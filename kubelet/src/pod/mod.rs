@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod env;
 pub mod quantity;
 pub mod state;
+pub mod table;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -26,10 +27,26 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::events::EventRecorder;
-use crate::logs::LogLimits;
+use crate::logs::{LogHub, LogLimits};
+use crate::metrics::AgentMetrics;
 use crate::provider::Provider;
 use admission::{Capacity, Requests};
+use table::PodTable;
 use worker::{PodEvent, Stage, WorkerContext};
+
+/// What the pod workers and the kubelet API share: where pod files live, the live logs,
+/// the pod table and the metrics.
+#[derive(Clone, Default)]
+pub struct SharedPodState {
+    /// `<data-dir>/pods`: per-pod logs and writable layers, by UID.
+    pub pods_dir: PathBuf,
+    /// Live container logs, for followers.
+    pub logs: LogHub,
+    /// The pods as the API reports them.
+    pub table: Arc<PodTable>,
+    /// The agent's metrics.
+    pub metrics: Arc<AgentMetrics>,
+}
 
 /// Watches this node's pods and gives each one an owner task.
 pub struct PodManager<P> {
@@ -42,14 +59,15 @@ pub struct PodManager<P> {
 }
 
 impl<P: Provider> PodManager<P> {
-    /// A manager for `node_name`'s pods, keeping their files under `pods_dir`.
+    /// A manager for `node_name`'s pods, keeping their files under `pods_dir` and what the
+    /// kubelet API reads in `shared`.
     pub fn new(
         client: kube::Client,
         provider: Arc<P>,
         node_name: &str,
         host_ip: &str,
-        pods_dir: PathBuf,
         capacity: Capacity,
+        shared: &SharedPodState,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
@@ -58,8 +76,11 @@ impl<P: Provider> PodManager<P> {
                 client,
                 provider,
                 host_ip: host_ip.to_string(),
-                pods_dir,
+                pods_dir: shared.pods_dir.clone(),
                 log_limits: LogLimits::default(),
+                logs: shared.logs.clone(),
+                table: shared.table.clone(),
+                metrics: shared.metrics.clone(),
                 admitted: Arc::new(Mutex::new(HashMap::new())),
             }),
             node_name: node_name.to_string(),
@@ -84,6 +105,7 @@ impl<P: Provider> PodManager<P> {
                 _ = cancel.cancelled() => return,
                 Some(uid) = self.done_rx.recv() => {
                     self.workers.remove(&uid);
+                    self.ctx.table.remove(&uid);
                 }
                 event = stream.next() => match event {
                     None => return,
@@ -129,6 +151,7 @@ impl<P: Provider> PodManager<P> {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
+        self.ctx.table.put(&uid, pod.clone());
         if let Some(tx) = self.workers.get(&uid)
             && tx.send(PodEvent::Updated(Box::new(pod.clone()))).is_ok()
         {

@@ -29,13 +29,16 @@ use tracing::{debug, info, warn};
 use super::admission::{Rejection, Requests};
 use super::backoff::CrashLoop;
 use super::state::{ContainerRecord, ContainerState, Phase, PodState};
+use super::table::PodTable;
 use super::{env, quantity};
 use crate::events::{EventRecorder, EventType};
-use crate::logs::{LogLimits, LogSink, Stream};
+use crate::logs::{LogHub, LogLimits, LogSink, Stream};
+use crate::metrics::AgentMetrics;
 use crate::node::registration::FIELD_MANAGER;
 use crate::provider::{
     ContainerError, ContainerExit, ContainerStart, ImageRequest, PodKey, Provider, PulledImage,
 };
+use crate::usage::ContainerUsage;
 
 /// What the manager tells a worker.
 #[derive(Debug)]
@@ -54,6 +57,9 @@ pub(crate) struct WorkerContext<P> {
     pub(crate) host_ip: String,
     pub(crate) pods_dir: PathBuf,
     pub(crate) log_limits: LogLimits,
+    pub(crate) logs: LogHub,
+    pub(crate) table: Arc<PodTable>,
+    pub(crate) metrics: Arc<AgentMetrics>,
     /// Requests of pods holding node resources, by UID; a worker leaves when it finishes.
     pub(crate) admitted: Arc<Mutex<HashMap<String, Requests>>>,
 }
@@ -163,6 +169,7 @@ pub(crate) async fn run<P: Provider>(
         crash_app: vec![CrashLoop::default(); containers],
         last_sent: None,
         unsent: false,
+        starting_since: Some(Instant::now()),
     };
     let mut inbox = Inbox {
         rx,
@@ -185,6 +192,8 @@ struct Worker<P: Provider> {
     last_sent: Option<PodStatus>,
     /// The last status patch failed.
     unsent: bool,
+    /// When this worker took the pod on, until its containers first all ran.
+    starting_since: Option<Instant>,
 }
 
 impl<P: Provider> Worker<P> {
@@ -267,6 +276,7 @@ impl<P: Provider> Worker<P> {
         if self.last_sent.as_ref() == Some(&status) {
             return;
         }
+        self.ctx.table.set_status(&self.key.uid, status.clone());
         let patch = Pod {
             status: Some(status.clone()),
             ..Default::default()
@@ -353,6 +363,7 @@ impl<P: Provider> Worker<P> {
                 match pulled {
                     Ok(pulled) => {
                         let took = started.elapsed();
+                        self.ctx.metrics.observe_image_pull(took);
                         self.event(
                             &pod,
                             Some(&container.name),
@@ -491,7 +502,7 @@ impl<P: Provider> Worker<P> {
             message: format!("cannot create the container's root directory: {e}"),
             fatal: false,
         })?;
-        let (sink, writer) = LogSink::open(log_path, self.ctx.log_limits)
+        let (sink, writer) = LogSink::open(log_path, self.ctx.log_limits, &self.ctx.logs)
             .await
             .map_err(|e| ContainerError {
                 reason: "CreateContainerError".into(),
@@ -504,6 +515,7 @@ impl<P: Provider> Worker<P> {
             .and_then(|r| r.limits.clone())
             .unwrap_or_default();
         let stop = CancellationToken::new();
+        let usage = Arc::new(ContainerUsage::default());
         let start = ContainerStart {
             pod: self.key.clone(),
             container: container.name.clone(),
@@ -516,6 +528,7 @@ impl<P: Provider> Worker<P> {
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
             memory_limit_bytes: limits.get("memory").and_then(quantity::bytes),
             cpu_limit_millis: limits.get("cpu").and_then(quantity::cpu_millis),
+            usage: usage.clone(),
             stop: stop.clone(),
         };
         let image = self
@@ -564,6 +577,9 @@ impl<P: Provider> Worker<P> {
         self.record(kind, index).state = ContainerState::Running {
             started_at: Timestamp::now(),
         };
+        self.ctx
+            .table
+            .container_started(&self.key.uid, &container.name, usage);
         let name = container.name.clone();
         Ok(Box::pin(async move {
             let exit = match task.await {
@@ -592,6 +608,8 @@ impl<P: Provider> Worker<P> {
             Kind::App => self.live_app[index].take(),
         };
         let started_instant = live.as_ref().map_or_else(Instant::now, |l| l.started);
+        let name = self.record(kind, index).name.clone();
+        self.ctx.table.container_stopped(&self.key.uid, &name);
         let record = self.record(kind, index);
         let started_at = match record.state {
             ContainerState::Running { started_at } => Some(started_at),
@@ -756,6 +774,11 @@ impl<P: Provider> Worker<P> {
                 || due.iter().any(Option::is_some)
             {
                 self.state.phase = Phase::Running;
+            }
+            if self.state.app.iter().all(ContainerRecord::is_running)
+                && let Some(since) = self.starting_since.take()
+            {
+                self.ctx.metrics.observe_pod_start(since.elapsed());
             }
             if exits.is_empty() && due.iter().all(Option::is_none) {
                 let all_ok =

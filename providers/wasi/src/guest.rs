@@ -3,12 +3,13 @@
 
 use kubelet::{ContainerExit, ContainerStart};
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::compile::Compiled;
+use crate::metering::{MeteredLimits, cpu_metered};
 
 /// Bytes a guest may write before its output stream applies back-pressure.
 const OUTPUT_BUDGET: usize = 64 * 1024;
@@ -18,14 +19,14 @@ const GROW_REFUSED: &str = "forcing trap when growing memory";
 /// Store data for a preview 1 module.
 pub struct P1Host {
     pub(crate) wasi: WasiP1Ctx,
-    limits: StoreLimits,
+    limits: MeteredLimits,
 }
 
 /// Store data for a component.
 pub struct P2Host {
     ctx: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MeteredLimits,
 }
 
 impl WasiView for P2Host {
@@ -108,6 +109,7 @@ pub(crate) async fn run(
         )
         .trap_on_grow_failure(true)
         .build();
+    let limits = MeteredLimits::new(limits, start.usage.clone());
     let running = async {
         match compiled {
             Compiled::Module(pre) => {
@@ -145,7 +147,7 @@ pub(crate) async fn run(
         }
     };
     tokio::select! {
-        outcome = running => exit_of(outcome),
+        outcome = cpu_metered(running, &start.usage) => exit_of(outcome),
         _ = stop.cancelled() => ContainerExit {
             exit_code: 137,
             reason: "Error".into(),

@@ -11,6 +11,7 @@
 mod compile;
 mod engine;
 mod guest;
+mod metering;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

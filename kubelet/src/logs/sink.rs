@@ -1,4 +1,4 @@
-//! Container logs: guest stdout/stderr written to per-container files, one line per record in
+//! Writing container logs: guest stdout/stderr to per-container files, one line per record in
 //! the CRI format (`<RFC 3339 time> <stream> <F|P> <text>`), rotated by size.
 //!
 //! A provider gets a [`LogSink`] and writes bytes to its [`LogStream`]s; a single writer
@@ -15,6 +15,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 use tracing::warn;
+
+use super::hub::{LogHub, Progress};
 
 /// A line longer than this is split into partial (`P`) records, as CRI runtimes do.
 const MAX_LINE: usize = 16 * 1024;
@@ -67,16 +69,19 @@ impl LogSink {
     /// Opens a sink that writes to `path` (creating its directory) and the task that drains
     /// it. The task ends, flushed, once every clone of the sink and its streams is dropped;
     /// awaiting it is how a caller knows a finished container's last line is on disk.
+    /// Followers of `path` in `hub` hear of every flush until then.
     pub async fn open(
         path: PathBuf,
         limits: LogLimits,
+        hub: &LogHub,
     ) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
         if let Some(dir) = path.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }
         let file = open_append(&path).await?;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let writer = tokio::spawn(write_lines(path, file, limits, rx));
+        let progress = hub.publish(&path);
+        let writer = tokio::spawn(write_lines(path, file, limits, rx, progress));
         Ok((Self { tx }, writer))
     }
 
@@ -194,6 +199,7 @@ async fn write_lines(
     file: tokio::fs::File,
     limits: LogLimits,
     mut rx: mpsc::Receiver<(Stream, Vec<u8>)>,
+    progress: Progress,
 ) {
     let written = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let mut log = LogFile {
@@ -219,6 +225,7 @@ async fn write_lines(
             // Flush whenever the guest pauses, so a follower sees each line at once.
             if rx.is_empty() {
                 log.out.flush().await?;
+                progress.flushed();
             }
         }
         for stream in [Stream::Stdout, Stream::Stderr] {
@@ -240,7 +247,9 @@ mod tests {
     use super::*;
 
     async fn write_and_close(path: &Path, limits: LogLimits, chunks: &[(Stream, &[u8])]) {
-        let (sink, writer) = LogSink::open(path.to_path_buf(), limits).await.unwrap();
+        let (sink, writer) = LogSink::open(path.to_path_buf(), limits, &LogHub::default())
+            .await
+            .unwrap();
         let (mut out, mut err) = (sink.stream(Stream::Stdout), sink.stream(Stream::Stderr));
         for (stream, bytes) in chunks {
             match stream {

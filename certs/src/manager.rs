@@ -1,0 +1,352 @@
+//! Keeping one certificate current: request it, store it, present it, renew it before it
+//! expires. The same loop serves the kubelet API's serving certificate and the node's
+//! client certificate; they differ in what they ask for and in what a new one replaces.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use kube::Api;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::csr::NodeCertificate;
+use crate::request::{Answer, submit_and_wait};
+use crate::rotating::RotatingCert;
+use crate::rotation::{deadline_for, retry_delay, sleep_before};
+use crate::store::{CertStore, StoredCert};
+
+/// Called after a new certificate is presented (e.g. to close connections made with the old
+/// one).
+pub(crate) type OnRotate = Box<dyn Fn() + Send + Sync>;
+
+/// Requests, stores and renews one node certificate, presenting each new one through a
+/// [`RotatingCert`].
+pub struct CertificateManager {
+    api: Api<CertificateSigningRequest>,
+    cert: NodeCertificate,
+    store: CertStore,
+    rotating: Arc<RotatingCert>,
+    current: Option<StoredCert>,
+    on_rotate: Option<OnRotate>,
+}
+
+impl CertificateManager {
+    pub(crate) fn new(
+        client: kube::Client,
+        cert: NodeCertificate,
+        store: CertStore,
+        rotating: Arc<RotatingCert>,
+        current: Option<StoredCert>,
+    ) -> Self {
+        Self {
+            api: Api::all(client),
+            cert,
+            store,
+            rotating,
+            current,
+            on_rotate: None,
+        }
+    }
+
+    pub(crate) fn on_rotate(mut self, hook: OnRotate) -> Self {
+        self.on_rotate = Some(hook);
+        self
+    }
+
+    /// What is presented now.
+    pub fn certificates(&self) -> Arc<RotatingCert> {
+        self.rotating.clone()
+    }
+
+    /// Runs until `cancel` fires: waits for the rotation deadline of the current certificate
+    /// (at once when there is none), obtains a new one, presents it, and starts over. It never
+    /// returns early: refusals and API failures are retried with backoff.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        // Renewals that produced a certificate already due again (a lifetime too short for
+        // the deadline rule, or a skewed clock) are spaced out instead of looping.
+        let mut early_renewals = 0;
+        loop {
+            if let Some(current) = &self.current {
+                let deadline = deadline_for(&current.info);
+                loop {
+                    let pause = sleep_before(deadline, SystemTime::now());
+                    if pause.is_zero() {
+                        break;
+                    }
+                    if !sleep_unless_cancelled(pause, &cancel).await {
+                        return;
+                    }
+                }
+                info!(
+                    not_after = %jiff_time(current.info.not_after),
+                    "the {} is due for renewal; requesting a new one",
+                    self.cert.what()
+                );
+            }
+            let Some(issued) = obtain(&self.api, &self.cert, &self.store, &cancel).await else {
+                return;
+            };
+            if let Err(e) = self.rotating.set(&issued.cert_pem, &issued.key_pem) {
+                // Verified before it was stored, so this is not expected; keep the old one.
+                warn!(error = %e, "cannot present the new {}", self.cert.what());
+            } else {
+                info!(
+                    not_after = %jiff_time(issued.info.not_after),
+                    path = %self.store.current_path().display(),
+                    "now presenting the {} issued by the cluster",
+                    self.cert.what()
+                );
+                if let Some(hook) = &self.on_rotate {
+                    hook();
+                }
+            }
+            if deadline_for(&issued.info) <= SystemTime::now() {
+                let pause = retry_delay(early_renewals);
+                early_renewals = early_renewals.saturating_add(1);
+                warn!(
+                    not_before = %jiff_time(issued.info.not_before),
+                    not_after = %jiff_time(issued.info.not_after),
+                    retry_in = ?pause,
+                    "the new {} is already due for renewal (short lifetime or clock skew)",
+                    self.cert.what()
+                );
+                if !sleep_unless_cancelled(pause, &cancel).await {
+                    return;
+                }
+            } else {
+                early_renewals = 0;
+            }
+            self.current = Some(issued);
+        }
+    }
+}
+
+/// Obtains a certificate for `cert` through `api` and stores it: submits a request for the
+/// pending key (or finds it), waits for the answer, and on a refusal starts over with a new
+/// key after a pause. `None` only when cancelled.
+pub(crate) async fn obtain(
+    api: &Api<CertificateSigningRequest>,
+    cert: &NodeCertificate,
+    store: &CertStore,
+    cancel: &CancellationToken,
+) -> Option<StoredCert> {
+    let mut failures = 0;
+    loop {
+        let pause = retry_delay(failures);
+        failures = failures.saturating_add(1);
+        let key = match store.pending_key() {
+            Ok(key) => key,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?pause, "cannot make a key for the {}", cert.what());
+                if !sleep_unless_cancelled(pause, cancel).await {
+                    return None;
+                }
+                continue;
+            }
+        };
+        match submit_and_wait(api, cert, &key, cancel).await {
+            Ok(None) => return None,
+            Ok(Some(Answer::Issued { name, cert_pem })) => {
+                match store.save_current(&cert_pem, &key.serialize_pem()) {
+                    Ok(stored) => {
+                        info!(csr = %name, "the {} was issued", cert.what());
+                        return Some(stored);
+                    }
+                    Err(e) => warn!(
+                        csr = %name, error = %e, retry_in = ?pause,
+                        "the issued {} cannot be used; requesting again with a new key",
+                        cert.what()
+                    ),
+                }
+                discard(store);
+            }
+            Ok(Some(Answer::Refused { name, reason })) => {
+                warn!(
+                    csr = %name, retry_in = ?pause,
+                    "the {} request was {reason}; requesting again with a new key",
+                    cert.what()
+                );
+                discard(store);
+            }
+            Ok(Some(Answer::Vanished { name })) => warn!(
+                csr = %name, retry_in = ?pause,
+                "the {} request disappeared before it was answered; submitting it again",
+                cert.what()
+            ),
+            Err(e) => warn!(
+                error = %e, retry_in = ?pause,
+                "cannot request the {}", cert.what()
+            ),
+        }
+        if !sleep_unless_cancelled(pause, cancel).await {
+            return None;
+        }
+    }
+}
+
+fn discard(store: &CertStore) {
+    if let Err(e) = store.discard_pending_key() {
+        warn!(error = %e, "cannot remove the refused key");
+    }
+}
+
+/// Sleeps for `pause` unless `cancel` fires first; false when cancelled.
+async fn sleep_unless_cancelled(pause: std::time::Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(pause) => true,
+    }
+}
+
+fn jiff_time(time: SystemTime) -> String {
+    jiff::Timestamp::try_from(time)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("{time:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Authority;
+    use crate::request::tests::{accept_create_then_list, list_of, mock_client, sign, with_status};
+    use crate::x509::CertInfo;
+
+    /// The CSR approved and signed by `ca`, as the watcher's list.
+    fn approved(
+        ca: &Authority,
+        csr: k8s_openapi::api::certificates::v1::CertificateSigningRequest,
+    ) -> http::Response<kube::client::Body> {
+        let signed = sign(ca, &csr);
+        list_of(with_status(
+            csr,
+            Some(signed),
+            Some(("Approved", "KubectlApprove")),
+        ))
+    }
+
+    /// A denied request is logged, its key dropped, and a new request with a new key (and so
+    /// a new name) follows; its certificate is stored and the pending key removed.
+    #[tokio::test(start_paused = true)]
+    async fn a_denied_request_is_retried_with_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::serving(dir.path());
+        let cert = NodeCertificate::serving("edge-1", &[], &["127.0.0.1".parse().unwrap()]);
+        let ca = Authority::generate("ca").unwrap();
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            // First request: created, then seen denied.
+            let first = accept_create_then_list(&mut handle, |csr| {
+                list_of(with_status(csr, None, Some(("Denied", "NotTrusted"))))
+            })
+            .await;
+            // Second request, after the pause: another key, another name; approved.
+            let second = accept_create_then_list(&mut handle, |csr| approved(&ca, csr)).await;
+            assert_ne!(second.metadata.name, first.metadata.name);
+            assert_ne!(second.spec.request, first.spec.request);
+        });
+        let stored = obtain(&Api::all(client), &cert, &store, &CancellationToken::new())
+            .await
+            .unwrap();
+        server.await.unwrap();
+        assert_eq!(stored.info.common_name, "system:node:edge-1");
+        assert!(store.current_path().exists());
+        assert!(!store.pending_key_path().exists());
+        assert_eq!(store.load_current().unwrap().cert_pem, stored.cert_pem);
+    }
+
+    /// A certificate past its rotation deadline is renewed at once; the new one is stored,
+    /// presented, and the rotation hook runs (the client closes its old connections there).
+    #[tokio::test]
+    async fn a_certificate_past_its_deadline_is_renewed_and_swapped_in() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::client(dir.path());
+        let ca = Authority::generate("ca").unwrap();
+        let old = ca
+            .issue_expired(&crate::CertificateSpec::client(
+                "system:node:edge-1",
+                &["system:nodes"],
+            ))
+            .unwrap();
+        let old_stored = crate::store::StoredCert::verify(&old.cert_pem, &old.key_pem).unwrap();
+        let rotating = Arc::new(RotatingCert::new(&old.cert_pem, &old.key_pem).unwrap());
+        let (client, mut handle) = mock_client();
+        let rotated = Arc::new(AtomicBool::new(false));
+        let cancel = CancellationToken::new();
+        let manager = CertificateManager::new(
+            client,
+            NodeCertificate::client("edge-1"),
+            store.clone(),
+            rotating.clone(),
+            Some(old_stored),
+        )
+        .on_rotate({
+            let rotated = rotated.clone();
+            let cancel = cancel.clone();
+            Box::new(move || {
+                rotated.store(true, Ordering::SeqCst);
+                cancel.cancel();
+            })
+        });
+        let server = tokio::spawn(async move {
+            accept_create_then_list(&mut handle, |csr| approved(&ca, csr)).await;
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), manager.run(cancel))
+            .await
+            .expect("renews without waiting");
+        server.await.unwrap();
+        assert!(rotated.load(Ordering::SeqCst));
+        let presented = rotating.current();
+        let info = CertInfo::from_der(presented.end_entity_cert().unwrap()).unwrap();
+        assert!(
+            info.is_valid_at(SystemTime::now()),
+            "the new one is presented"
+        );
+        assert_eq!(store.load_current().unwrap().info, info, "and stored");
+    }
+
+    /// An approved request whose certificate is empty is still pending; nothing is written
+    /// until a real certificate arrives.
+    #[tokio::test]
+    async fn an_empty_certificate_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::client(dir.path());
+        let cert = NodeCertificate::client("edge-1");
+        let (client, mut handle) = mock_client();
+        let cancel = CancellationToken::new();
+        let current_path = store.current_path();
+        let server = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                accept_create_then_list(&mut handle, |csr| {
+                    list_of(with_status(
+                        csr,
+                        Some(String::new()),
+                        Some(("Approved", "AutoApproved")),
+                    ))
+                })
+                .await;
+                // The watch that follows stays open: still waiting.
+                let (request, _send) = handle.next_request().await.unwrap();
+                assert!(
+                    request
+                        .uri()
+                        .query()
+                        .unwrap_or_default()
+                        .contains("watch=true")
+                );
+                assert!(!current_path.exists(), "nothing written for an empty cert");
+                cancel.cancel();
+            })
+        };
+        let result = obtain(&Api::all(client), &cert, &store, &cancel).await;
+        server.await.unwrap();
+        assert!(result.is_none(), "cancelled while waiting");
+        assert!(!store.current_path().exists());
+        assert!(
+            store.pending_key_path().exists(),
+            "the key waits for the next run"
+        );
+    }
+}
