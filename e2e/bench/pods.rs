@@ -1,67 +1,133 @@
-//! Pod benchmark: bound → Running latency with the image and compiled module cached, agent
-//! RSS idle and with N idle pods, and the time to delete them all. Pods are created already
-//! bound (`spec.nodeName`), so create → Running, observed on a watch, is bound → Running.
-//! Prints JSON and writes `e2e/bench/results/pods.json`. Asserts no times; fails if a pod
-//! never runs. `N` is the first argument (default 100).
+//! The pod benchmark against the real control plane and registry, with a wasmlet release
+//! build: footprint, start latency (fresh, one at a time, burst), density up to N pods with
+//! RSS/CPU at each step, node health under load, where a start spends its time, follow-log
+//! latency, and deletion.
+//!
+//! Pods are created already bound (`spec.nodeName`), so create → Running, observed on a
+//! watch, is bound → Running. Prints JSON and writes `e2e/bench/results/pods.json`. Asserts
+//! no times; fails loudly if a pod never runs or the node falls over. `N` is the first
+//! argument (default 1000).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use e2e::demos::push_demo;
 use e2e::{WasmCluster, wait_for, wasm_pod};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
-use serde_json::json;
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
+use serde_json::{Value, json};
+
+const NODE: &str = "bench";
+/// Pods started one at a time, for single-pod latency without queueing.
+const SEQUENTIAL: usize = 20;
+/// The burst the targets name.
+const BURST: usize = 20;
+/// Lines read through a followed log.
+const LOG_LINES: usize = 200;
+
+type PodWatch =
+    std::pin::Pin<Box<dyn futures::Stream<Item = kube::Result<WatchEvent<Pod>>> + Send>>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let count: usize = std::env::args()
         .nth(1)
         .and_then(|n| n.parse().ok())
-        .unwrap_or(100);
-    let cluster = WasmCluster::start("bench", (count + 10) as u32).await?;
+        .unwrap_or(1000);
+    let cluster = WasmCluster::start(NODE, (count + SEQUENTIAL + BURST + 20) as u32).await?;
+    let client = cluster.plane.client().await?;
+    let pods: kube::Api<Pod> = kube::Api::default_namespaced(client.clone());
+    let pid = cluster.node.pid();
+
+    let footprint = footprint(&cluster, &client, pid).await?;
+    eprintln!("footprint: {footprint}");
+
     let ticker = push_demo(&cluster.registry.host(), "ticker")?;
-    let pods: kube::Api<Pod> = kube::Api::default_namespaced(cluster.plane.client().await?);
-    let manifest = |name: &str| -> anyhow::Result<Pod> {
+    let manifest = |name: &str, interval_ms: u64| -> anyhow::Result<Pod> {
         let yaml = wasm_pod(
             name,
             &format!(
-                "  nodeName: bench\n  automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: {ticker}\n    env: [{{name: INTERVAL_MS, value: \"600000\"}}]\n"
+                "  nodeName: {NODE}\n  automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: {ticker}\n    env: [{{name: INTERVAL_MS, value: \"{interval_ms}\"}}]\n"
             ),
         );
         Ok(serde_yaml::from_str(&yaml)?)
     };
-    // The first pod pulls and compiles; it is the "fresh module" figure.
-    let mut watch = pods
+    let idle = |name: &str| manifest(name, 3_600_000);
+    let mut watch: PodWatch = pods
         .watch(&WatchParams::default().timeout(290), "0")
         .await?
         .boxed();
-    let fresh = match time_to_running(&pods, &mut watch, vec![manifest("warm-up")?]).await {
-        Ok(fresh) => fresh,
-        Err(err) => {
-            let pod = cluster.pod("warm-up").map(|p| e2e::status_summary(&p));
-            anyhow::bail!(
-                "{err:#}; warm-up pod: {pod:?}\nwasmlet log:\n{}",
-                cluster.node.log_tail(30)
-            );
-        }
-    };
-    let idle_rss = rss_kib(cluster.node.pid())?;
 
-    let batch: Vec<Pod> = (0..count)
-        .map(|i| manifest(&format!("idle-{i}")))
+    // The first pod pulls and compiles.
+    let fresh = time_to_running(&pods, &mut watch, vec![idle("fresh")?])
+        .await
+        .map_err(|err| {
+            let pod = cluster.pod("fresh").map(|p| e2e::status_summary(&p));
+            anyhow::anyhow!("{err:#}; fresh pod: {pod:?}\n{}", cluster.node.log_tail(30))
+        })?[0];
+
+    let mut sequential = Vec::new();
+    for i in 0..SEQUENTIAL {
+        sequential
+            .extend(time_to_running(&pods, &mut watch, vec![idle(&format!("one-{i}"))?]).await?);
+    }
+
+    let burst: Vec<Pod> = (0..BURST)
+        .map(|i| idle(&format!("burst-{i}")))
         .collect::<anyhow::Result<_>>()?;
     let started = Instant::now();
-    let mut latencies = time_to_running(&pods, &mut watch, batch).await?;
-    let all_running = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await; // let allocator arenas settle before reading RSS
-    let loaded_rss = rss_kib(cluster.node.pid())?;
+    let burst_latencies = time_to_running(&pods, &mut watch, burst).await?;
+    let burst_all = started.elapsed();
+
+    let logs = follow_latency(&pods, &mut watch, manifest("logger", 20)?).await?;
+    eprintln!("log latency: {logs}");
+
+    // Density: ramp the idle pods up in steps, reading the agent's cost at each.
+    let already = 1 + SEQUENTIAL + BURST + 1;
+    let mut steps = Vec::new();
+    let mut created = 0;
+    let lease_before = lease_renewed(&client).await?;
+    let ramp_started = Instant::now();
+    for target in [10, 100, 500, 1000, count]
+        .into_iter()
+        .filter(|t| *t <= count)
+    {
+        if target <= created {
+            continue;
+        }
+        let batch: Vec<Pod> = (created..target)
+            .map(|i| idle(&format!("idle-{i}")))
+            .collect::<anyhow::Result<_>>()?;
+        let step_started = Instant::now();
+        let mut latencies = time_to_running(&pods, &mut watch, batch).await?;
+        let step_took = step_started.elapsed();
+        created = target;
+        settle().await;
+        latencies.sort();
+        let step = json!({
+            "pods": target + already,
+            "added": latencies.len(),
+            "all_added_running_after_ms": ms(step_took),
+            "create_to_running_ms": percentiles(&latencies),
+            "wasmlet_rss_kib": rss_kib(pid)?,
+            "wasmlet_cpu_seconds_total": cpu_seconds(pid)?,
+            "node_ready": node_ready(&client).await?,
+        });
+        eprintln!("density step: {step}");
+        steps.push(step);
+    }
+    let ramp = ramp_started.elapsed();
+    // Two lease periods under full load: the renewals must keep coming.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    let lease_after = lease_renewed(&client).await?;
+    let stages = stage_breakdown(&cluster)?;
 
     let deleting = Instant::now();
     pods.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await?;
-    wait_for("every pod to be gone", Duration::from_secs(120), || {
+    wait_for("every pod to be gone", Duration::from_secs(300), || {
         let pods = pods.clone();
         async move {
             let left = pods
@@ -73,22 +139,30 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let deleted = deleting.elapsed();
+    let total = created + already;
 
-    latencies.sort();
-    let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 1e2;
-    let at = |q: f64| ms(latencies[((latencies.len() - 1) as f64 * q).round() as usize]);
+    sequential.sort();
+    let mut burst_sorted = burst_latencies;
+    burst_sorted.sort();
     let report = json!({
         "benchmark": "pods",
         "wasmlet_build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "cpus": std::thread::available_parallelism()?.get(),
-        "pods": count,
-        "fresh_module_create_to_running_ms": ms(fresh[0]),
-        "observed_by": "pod watch",
-        "cached_create_to_running_ms": {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0)},
-        "all_running_after_ms": ms(all_running),
-        "wasmlet_rss_kib": {"idle_with_1_pod": idle_rss, "with_pods": loaded_rss,
-                             "per_extra_pod": (loaded_rss.saturating_sub(idle_rss)) as f64 / count as f64},
-        "delete_all_ms": ms(deleted),
+        "observed_by": "pod watch; pods created already bound",
+        "footprint": footprint,
+        "fresh_module_create_to_running_ms": ms(fresh),
+        "single_pod_cached_create_to_running_ms": percentiles(&sequential),
+        "burst": {"pods": BURST, "all_running_after_ms": ms(burst_all), "create_to_running_ms": percentiles(&burst_sorted)},
+        "log_follow_latency_ms": logs,
+        "density": {
+            "pods": total,
+            "ramp_to_all_running_ms": ms(ramp),
+            "steps": steps,
+            "lease_renewed_under_load": lease_after > lease_before,
+            "node_ready_under_load": node_ready(&client).await?,
+        },
+        "start_stages_mean_ms": stages,
+        "delete_all": {"pods": total, "gone_from_api_after_ms": ms(deleted)},
     });
     let text = serde_json::to_string_pretty(&report)?;
     println!("{text}");
@@ -97,11 +171,51 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates `batch` and returns, per pod, the time from its create call returning to the first
-/// watch event that shows it Running.
+/// Binary size, idle RSS after 60 s with no pods, and the node's API requests per minute
+/// while idle.
+async fn footprint(
+    cluster: &WasmCluster,
+    client: &kube::Client,
+    pid: u32,
+) -> anyhow::Result<Value> {
+    let binary = e2e::wasmlet_binary()?;
+    let size = std::fs::metadata(&binary)?.len();
+    let before = node_requests(client).await?;
+    let idle_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = node_requests(client).await?;
+    let minutes = idle_started.elapsed().as_secs_f64() / 60.0;
+    anyhow::ensure!(cluster.node.pid() == pid, "wasmlet restarted");
+    Ok(json!({
+        "binary_bytes": size,
+        "binary_mib": (size as f64 / 1048576.0 * 100.0).round() / 100.0,
+        "idle_rss_kib_after_60s": rss_kib(pid)?,
+        "idle_api_requests_per_minute": ((after - before) / minutes * 10.0).round() / 10.0,
+        "api_requests_counted": "apiserver_request_total for leases and nodes, minus watches (only the node GETs, PUTs or PATCHes them)",
+    }))
+}
+
+/// Requests the API server has served for leases and nodes, other than watches: in this
+/// cluster only the node makes them (the controllers watch nodes and, with leader election
+/// off, hold no leases).
+async fn node_requests(client: &kube::Client) -> anyhow::Result<f64> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains(r#"resource="leases""#) || l.contains(r#"resource="nodes""#))
+        .filter(|l| !l.contains(r#"verb="WATCH""#) && !l.contains(r#"verb="LIST""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Per-pod latency from the create call returning to the first watch event showing the pod
+/// Running, for every pod of `batch`.
 async fn time_to_running(
     pods: &kube::Api<Pod>,
-    watch: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<Pod>>> + Unpin),
+    watch: &mut PodWatch,
     batch: Vec<Pod>,
 ) -> anyhow::Result<Vec<Duration>> {
     let mut created: HashMap<String, Instant> = HashMap::new();
@@ -113,7 +227,7 @@ async fn time_to_running(
         );
     }
     let mut latencies = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while latencies.len() < batch.len() {
         let event = match tokio::time::timeout_at(deadline, watch.next()).await {
             Ok(Some(event)) => event?,
@@ -141,6 +255,104 @@ async fn time_to_running(
     Ok(latencies)
 }
 
+/// Runs `logger` (a ticker stamping each line with the wall clock) and reads its log through
+/// the API server with `follow=true`, as `kubectl logs -f` does; per line, the time from the
+/// guest's stamp to the line arriving here.
+async fn follow_latency(
+    pods: &kube::Api<Pod>,
+    watch: &mut PodWatch,
+    logger: Pod,
+) -> anyhow::Result<Value> {
+    let name = logger.metadata.name.clone().unwrap_or_default();
+    time_to_running(pods, watch, vec![logger]).await?;
+    let params = LogParams {
+        follow: true,
+        tail_lines: Some(0),
+        ..Default::default()
+    };
+    let mut lines = pods.log_stream(&name, &params).await?.lines();
+    let mut latencies = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while latencies.len() < LOG_LINES {
+        let line = match tokio::time::timeout_at(deadline, lines.try_next()).await {
+            Ok(line) => line?.ok_or_else(|| anyhow::anyhow!("the followed log ended"))?,
+            Err(_) => anyhow::bail!("only {} followed lines in 60 s", latencies.len()),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros();
+        let written: u128 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("not a tick line: {line}"))?;
+        latencies.push(Duration::from_micros(
+            now.saturating_sub(written * 1000) as u64
+        ));
+    }
+    latencies.sort();
+    // The guest stamps in whole milliseconds, so each figure carries up to 1 ms of rounding.
+    Ok(json!({"lines": latencies.len(), "guest_write_to_client_ms": percentiles(&latencies)}))
+}
+
+/// Mean time per start stage, from the agent's own histograms.
+fn stage_breakdown(cluster: &WasmCluster) -> anyhow::Result<Value> {
+    let url = format!("/api/v1/nodes/{NODE}/proxy/metrics");
+    let text = cluster.kubectl.run(&["get", "--raw", &url])?;
+    let mean = |name: &str| -> Option<f64> {
+        let value = |suffix: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("wasmlet_{name}_{suffix} ")))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        let (sum, count) = (value("sum")?, value("count")?);
+        (count > 0.0).then(|| (sum / count * 1e5).round() / 1e2)
+    };
+    Ok(json!({
+        "taken_on_to_all_containers_running": mean("pod_start_duration_seconds"),
+        "image_pull_or_cache_lookup": mean("image_pull_duration_seconds"),
+        "container_start_env_logs_rootfs_instantiate": mean("container_start_duration_seconds"),
+        "pod_status_patch": mean("pod_status_patch_duration_seconds"),
+    }))
+}
+
+async fn lease_renewed(client: &kube::Client) -> anyhow::Result<i64> {
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), "kube-node-lease");
+    let lease = leases.get(NODE).await?;
+    Ok(lease
+        .spec
+        .and_then(|s| s.renew_time)
+        .map_or(0, |t| t.0.as_millisecond()))
+}
+
+async fn node_ready(client: &kube::Client) -> anyhow::Result<bool> {
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    let node = nodes.get(NODE).await?;
+    Ok(node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Lets allocator arenas settle before reading RSS.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 1e2
+}
+
+fn percentiles(sorted: &[Duration]) -> Value {
+    if sorted.is_empty() {
+        return Value::Null;
+    }
+    let at = |q: f64| ms(sorted[((sorted.len() - 1) as f64 * q).round() as usize]);
+    json!({"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0)})
+}
+
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -149,4 +361,23 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
+}
+
+/// The agent's user + system CPU time so far, from `/proc/<pid>/stat` (in USER_HZ = 100).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let after = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the full line: 11 and 12 after the name.
+    Ok((ticks(11) + ticks(12)) / 100.0)
 }

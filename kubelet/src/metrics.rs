@@ -27,6 +27,8 @@ pub struct AgentMetrics {
     pods: Family<PhaseLabel, Gauge>,
     pod_start: Histogram,
     image_pull: Histogram,
+    container_start: Histogram,
+    status_patch: Histogram,
     log_followers: Gauge,
 }
 
@@ -48,6 +50,19 @@ impl Default for AgentMetrics {
             "Time to pull (or find locally) one container's image",
             image_pull.clone(),
         );
+        // The stages of a start after the pull, finer: 0.1 ms to about 6.5 s.
+        let container_start = Histogram::new(exponential_buckets(0.0001, 2.0, 17));
+        registry.register(
+            "container_start_duration_seconds",
+            "Time for one container instance to start: env, log and root dir, provider start",
+            container_start.clone(),
+        );
+        let status_patch = Histogram::new(exponential_buckets(0.0001, 2.0, 17));
+        registry.register(
+            "pod_status_patch_duration_seconds",
+            "Time for the API server to accept one pod status patch",
+            status_patch.clone(),
+        );
         let log_followers = Gauge::default();
         registry.register(
             "log_followers",
@@ -59,6 +74,8 @@ impl Default for AgentMetrics {
             pods,
             pod_start,
             image_pull,
+            container_start,
+            status_patch,
             log_followers,
         }
     }
@@ -73,6 +90,16 @@ impl AgentMetrics {
     /// Records how long one image pull took.
     pub fn observe_image_pull(&self, took: Duration) {
         self.image_pull.observe(took.as_secs_f64());
+    }
+
+    /// Records how long one container instance took to start.
+    pub fn observe_container_start(&self, took: Duration) {
+        self.container_start.observe(took.as_secs_f64());
+    }
+
+    /// Records how long one pod status patch took.
+    pub fn observe_status_patch(&self, took: Duration) {
+        self.status_patch.observe(took.as_secs_f64());
     }
 
     /// Counts an open log follower until the guard is dropped.
@@ -135,6 +162,8 @@ mod tests {
         );
         metrics.observe_pod_start(Duration::from_millis(15));
         metrics.observe_image_pull(Duration::from_millis(3));
+        metrics.observe_container_start(Duration::from_millis(2));
+        metrics.observe_status_patch(Duration::from_millis(4));
         let guard = metrics.follower();
         let text = metrics.render(&table);
         assert!(
@@ -151,6 +180,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wasmlet_log_followers 1"), "{text}");
+        assert!(
+            text.contains("wasmlet_container_start_duration_seconds_sum 0.002"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wasmlet_pod_status_patch_duration_seconds_sum 0.004"),
+            "{text}"
+        );
         drop(guard);
         assert!(metrics.render(&table).contains("wasmlet_log_followers 0"));
     }

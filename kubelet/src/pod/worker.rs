@@ -285,12 +285,14 @@ impl<P: Provider> Worker<P> {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
+        let started = Instant::now();
         match self
             .api
             .patch_status(&self.key.name, &params, &Patch::Strategic(&patch))
             .await
         {
             Ok(_) => {
+                self.ctx.metrics.observe_status_patch(started.elapsed());
                 self.last_sent = Some(status);
                 self.unsent = false;
             }
@@ -456,6 +458,7 @@ impl<P: Provider> Worker<P> {
         kind: Kind,
         index: usize,
     ) -> Result<ExitFuture, ContainerError> {
+        let launching = Instant::now();
         let container = Self::containers(pod, kind)
             .into_iter()
             .nth(index)
@@ -541,7 +544,12 @@ impl<P: Provider> Worker<P> {
             })?;
         let task = self.ctx.provider.start(image, start).await;
         let task = match task {
-            Ok(task) => task,
+            Ok(task) => {
+                self.ctx
+                    .metrics
+                    .observe_container_start(launching.elapsed());
+                task
+            }
             Err(err) => {
                 sink.note(Stream::Stderr, &format!("wasmlet: {}", err.message))
                     .await;
