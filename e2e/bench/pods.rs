@@ -146,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
     burst_sorted.sort();
     let report = json!({
         "benchmark": "pods",
-        "wasmlet_build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "wasmlet_binary": e2e::wasmlet_binary()?.display().to_string(),
         "cpus": std::thread::available_parallelism()?.get(),
         "observed_by": "pod watch; pods created already bound",
         "footprint": footprint,
