@@ -39,7 +39,7 @@ pub(super) async fn get(
             format!("container \"{container}\" is not in pod \"{pod}\""),
         );
     }
-    let dir = state.pods.pods_dir.join(&uid).join("logs").join(&container);
+    let dir = reader::container_dir(&state.pods.pods_dir, &uid, &container);
     let instances = match reader::instances(&dir).await {
         Ok(instances) => instances,
         Err(err) => {

@@ -42,6 +42,11 @@ pub async fn instances(dir: &Path) -> io::Result<Vec<i32>> {
     Ok(found)
 }
 
+/// Where a container's instance logs live: `<pods_dir>/<uid>/logs/<container>`.
+pub fn container_dir(pods_dir: &Path, uid: &str, container: &str) -> PathBuf {
+    pods_dir.join(uid).join("logs").join(container)
+}
+
 /// The current file of instance `restart` in `dir`.
 pub fn instance_path(dir: &Path, restart: i32) -> PathBuf {
     dir.join(format!("{restart}.log"))

@@ -32,7 +32,7 @@ use super::state::{ContainerRecord, ContainerState, Phase, PodState};
 use super::table::PodTable;
 use super::{env, quantity};
 use crate::events::{EventRecorder, EventType};
-use crate::logs::{LogHub, LogLimits, LogSink, Stream};
+use crate::logs::{LogHub, LogLimits, LogSink, Stream, reader};
 use crate::metrics::AgentMetrics;
 use crate::node::registration::FIELD_MANAGER;
 use crate::provider::{
@@ -476,10 +476,10 @@ impl<P: Provider> Worker<P> {
             })?;
         let restart = self.record(kind, index).restart_count;
         let pod_dir = self.ctx.pods_dir.join(&self.key.uid);
-        let log_path = pod_dir
-            .join("logs")
-            .join(&container.name)
-            .join(format!("{restart}.log"));
+        let log_path = reader::instance_path(
+            &reader::container_dir(&self.ctx.pods_dir, &self.key.uid, &container.name),
+            restart,
+        );
         let root_dir = pod_dir
             .join("rootfs")
             .join(format!("{}-{restart}", container.name));
