@@ -40,6 +40,25 @@ impl ControlPlane {
     /// Starts a control plane and waits until the apiserver's `/readyz` passes and the
     /// controllers are up.
     pub async fn start() -> anyhow::Result<Self> {
+        // Ports are picked free and then handed to the processes, so a parallel test can take
+        // one in between; that loses a race, not the test: start again on new ports.
+        let mut attempt = 1;
+        loop {
+            match Self::start_on_fresh_ports().await {
+                Err(err)
+                    if attempt < 3 && format!("{err:#}").contains("address already in use") =>
+                {
+                    eprintln!(
+                        "control plane lost a port race (attempt {attempt}); retrying: {err:#}"
+                    );
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_on_fresh_ports() -> anyhow::Result<Self> {
         let started = Instant::now();
         let bin_dir = control_plane_bin_dir()?;
         let dir = tempfile::Builder::new().prefix("wasmlet-e2e-").tempdir()?;
