@@ -63,6 +63,21 @@ pub struct Cli {
         default_value = "memory.available<100Mi,nodefs.available<10%"
     )]
     pub eviction_hard: String,
+    /// How often running pods' ConfigMap, Secret and service account token volumes are
+    /// brought up to date, e.g. 1m or 10s
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_period)]
+    pub sync_frequency: std::time::Duration,
+}
+
+/// A positive duration as the kubelet's flags take it (`1m`, `10s`, `1m30s`).
+fn parse_period(text: &str) -> Result<std::time::Duration, String> {
+    let parsed: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 1m or 10s: {e}"))?;
+    std::time::Duration::try_from(parsed)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} must be a positive duration"))
 }
 
 /// Tools that share the binary with the agent.
@@ -147,6 +162,7 @@ impl Cli {
             },
             max_pods: self.max_pods,
             pressure: kubelet::node::pressure::PressureThresholds::parse(&self.eviction_hard)?,
+            sync_frequency: self.sync_frequency,
             extra_labels: kubelet::config::parse_labels(&self.node_labels)?,
         })
     }
@@ -273,6 +289,25 @@ mod tests {
         assert!(!cli.rotate_server_certificates);
         assert_eq!(cli.bootstrap_kubeconfig, Some(PathBuf::from("/b")));
         assert_eq!(cli.client_ca_file, Some(PathBuf::from("/ca.crt")));
+    }
+
+    #[test]
+    fn sync_frequency_takes_kubelet_durations_and_refuses_nonsense() {
+        let period = |arg: &str| {
+            Cli::try_parse_from(["wasmlet", "--sync-frequency", arg]).map(|c| c.sync_frequency)
+        };
+        assert_eq!(period("1m30s").unwrap().as_secs(), 90);
+        assert_eq!(period("2s").unwrap().as_secs(), 2);
+        assert_eq!(
+            Cli::try_parse_from(["wasmlet"])
+                .unwrap()
+                .sync_frequency
+                .as_secs(),
+            60
+        );
+        for bad in ["0s", "-5s", "soon"] {
+            assert!(period(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

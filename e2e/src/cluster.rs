@@ -30,16 +30,24 @@ impl WasmCluster {
         max_pods: u32,
         extra_registries: &[String],
     ) -> anyhow::Result<Self> {
+        let mut options = WasmletOptions {
+            max_pods,
+            ..WasmletOptions::named(node_name)
+        };
+        options
+            .insecure_registries
+            .extend_from_slice(extra_registries);
+        Self::start_with_options(options).await
+    }
+
+    /// Starts everything with the node started as `options` say; the cluster's registry is
+    /// added to its insecure registries.
+    pub async fn start_with_options(mut options: WasmletOptions) -> anyhow::Result<Self> {
+        let node_name = options.node_name.clone();
         let plane = ControlPlane::start().await?;
         let registry = Registry::start()?;
         let kubectl = Kubectl::new(&plane.admin_kubeconfig());
-        let mut insecure_registries = vec![registry.host()];
-        insecure_registries.extend_from_slice(extra_registries);
-        let options = WasmletOptions {
-            max_pods,
-            insecure_registries,
-            ..WasmletOptions::named(node_name)
-        };
+        options.insecure_registries.insert(0, registry.host());
         let started = std::time::Instant::now();
         let node = WasmletNode::start(&plane, &options)?;
         let cluster = Self {

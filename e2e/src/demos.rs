@@ -5,10 +5,13 @@ use anyhow::{Context, bail};
 
 use crate::wasmlet::wasmlet_binary;
 
+/// The demos that are wasm32-wasip2 components; the others are wasm32-wasip1 modules.
+pub const COMPONENT_DEMOS: [&str; 2] = ["hello-component", "config-reader"];
+
 /// The built demo `name` (`demos/build.sh` builds them): a wasm32-wasip1 module, or for
-/// `hello-component` a wasm32-wasip2 component.
+/// the [`COMPONENT_DEMOS`] a wasm32-wasip2 component.
 pub fn demo_wasm(name: &str) -> anyhow::Result<PathBuf> {
-    let target = if name == "hello-component" {
+    let target = if COMPONENT_DEMOS.contains(&name) {
         "wasm32-wasip2"
     } else {
         "wasm32-wasip1"

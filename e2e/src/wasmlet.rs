@@ -28,6 +28,8 @@ pub struct WasmletOptions {
     /// its client certificate and writes its own kubeconfig. `None`: the plane issues the
     /// node's kubeconfig directly.
     pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// `--sync-frequency`; `None` keeps wasmlet's default (1m).
+    pub sync_frequency: Option<String>,
 }
 
 impl WasmletOptions {
@@ -43,6 +45,7 @@ impl WasmletOptions {
             // a taint, and pods that never schedule. Tests that want pressure ask for it.
             eviction_hard: "nodefs.available<64Mi".into(),
             bootstrap_kubeconfig: None,
+            sync_frequency: None,
         }
     }
 }
@@ -98,6 +101,12 @@ impl WasmletNode {
                 options.insecure_registries.join(",")
             ))
             .arg(format!("--eviction-hard={}", options.eviction_hard))
+            .args(
+                options
+                    .sync_frequency
+                    .iter()
+                    .map(|period| format!("--sync-frequency={period}")),
+            )
             .env("RUST_LOG", "info,kubelet=debug");
         let log = plane.dir().join(format!("wasmlet-{name}-{port}.log"));
         let process = Supervised::spawn("wasmlet", cmd, &log)?;

@@ -21,7 +21,7 @@ use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
 use crate::node::{LEASE_RENEW_INTERVAL, STATUS_UPDATE_INTERVAL, object, registration};
 use crate::pod::admission::Capacity;
-use crate::pod::{PodManager, SharedPodState};
+use crate::pod::{PodManager, PodSettings, SharedPodState};
 use crate::provider::{GC_PERIOD, Provider};
 use crate::server;
 
@@ -87,10 +87,13 @@ impl<P: Provider> Kubelet<P> {
             self.provider.clone(),
             &self.config.node_name,
             &self.config.node_ip.to_string(),
-            Capacity {
-                pods: self.config.max_pods as usize,
-                cpu_millis: u64::from(host.cpus) * 1000,
-                memory_bytes: host.memory_bytes,
+            PodSettings {
+                capacity: Capacity {
+                    pods: self.config.max_pods as usize,
+                    cpu_millis: u64::from(host.cpus) * 1000,
+                    memory_bytes: host.memory_bytes,
+                },
+                sync_frequency: self.config.sync_frequency,
             },
             &shared,
         );

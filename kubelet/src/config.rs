@@ -22,6 +22,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The most pods this node accepts; reported as the `pods` capacity.
     pub max_pods: u32,
+    /// How often running pods' ConfigMap, Secret and token volumes are brought up to date.
+    pub sync_frequency: std::time::Duration,
     /// When the node reports MemoryPressure and DiskPressure.
     pub pressure: PressureThresholds,
     /// Labels added to the node besides the ones wasmlet always sets.

@@ -20,12 +20,13 @@ pub mod pod;
 pub mod provider;
 pub mod server;
 pub mod usage;
+pub mod volumes;
 
 pub use agent::Kubelet;
 pub use config::NodeConfig;
 pub use error::Error;
 pub use provider::{
-    ContainerError, ContainerExit, ContainerStart, ImageRequest, NodeContribution, PodKey,
+    ContainerError, ContainerExit, ContainerStart, ImageRequest, Mount, NodeContribution, PodKey,
     Provider, PullSecret, PulledImage,
 };
 

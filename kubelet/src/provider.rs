@@ -85,6 +85,9 @@ pub struct ContainerStart {
     /// A fresh, private, writable directory for this instance: the container's writable
     /// layer. A provider may expose it as the guest's root (`/`); it is removed with the pod.
     pub root_dir: std::path::PathBuf,
+    /// The container's volume mounts, each a host directory the kubelet prepared (a file
+    /// mount arrives as a directory holding just that file), in the pod spec's order.
+    pub mounts: Vec<Mount>,
     /// The pod's annotations, for provider-specific settings.
     pub annotations: BTreeMap<String, String>,
     /// `resources.limits.memory`, in bytes.
@@ -97,6 +100,17 @@ pub struct ContainerStart {
     /// Cancelled when the container must stop. The provider then ends the guest promptly
     /// and reports its exit; the agent aborts the task if it overstays the grace period.
     pub stop: CancellationToken,
+}
+
+/// A host directory shown to the guest at `guest_path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// The absolute path the guest sees, e.g. `/etc/config`.
+    pub guest_path: String,
+    /// The directory on the host; already confined to its volume by the kubelet.
+    pub host_path: std::path::PathBuf,
+    /// The guest may read but not change what is there.
+    pub read_only: bool,
 }
 
 /// A failure to pull or start, as the pod's status and events should show it.

@@ -150,6 +150,7 @@ pub(crate) mod tests {
             data_dir: "/tmp/x".into(),
             max_pods: 110,
             pressure: Default::default(),
+            sync_frequency: std::time::Duration::from_secs(60),
             extra_labels: [("site".to_string(), "lab".to_string())].into(),
         }
     }

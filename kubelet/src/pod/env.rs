@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, ResourceFieldSelector, Secret};
 use kube::Api;
 
+use super::admission::Capacity;
+use super::quantity;
 use crate::provider::PullSecret;
 
 /// Why a container's configuration could not be assembled: shown as
@@ -14,16 +16,28 @@ use crate::provider::PullSecret;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError(pub String);
 
-/// Looks up ConfigMaps and Secrets in the pod's namespace, once each per call.
-struct Sources<'a> {
+/// Looks up ConfigMaps and Secrets in the pod's namespace, each at most once.
+pub(crate) struct Sources<'a> {
     client: &'a kube::Client,
     namespace: &'a str,
     config_maps: BTreeMap<String, Option<ConfigMap>>,
     secrets: BTreeMap<String, Option<Secret>>,
 }
 
-impl Sources<'_> {
-    async fn config_map(&mut self, name: &str) -> Result<Option<&ConfigMap>, ConfigError> {
+impl<'a> Sources<'a> {
+    pub(crate) fn new(client: &'a kube::Client, namespace: &'a str) -> Self {
+        Self {
+            client,
+            namespace,
+            config_maps: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) async fn config_map(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<&ConfigMap>, ConfigError> {
         if !self.config_maps.contains_key(name) {
             let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
             let found = api
@@ -35,7 +49,7 @@ impl Sources<'_> {
         Ok(self.config_maps.get(name).and_then(Option::as_ref))
     }
 
-    async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, ConfigError> {
+    pub(crate) async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, ConfigError> {
         if !self.secrets.contains_key(name) {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
             let found = api
@@ -103,14 +117,10 @@ pub async fn resolve(
     pod: &Pod,
     container: &Container,
     host_ip: &str,
+    allocatable: Capacity,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let mut sources = Sources {
-        client,
-        namespace,
-        config_maps: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-    };
+    let mut sources = Sources::new(client, namespace);
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, name: String, value: String| {
         env.retain(|(n, _)| *n != name);
@@ -168,9 +178,23 @@ pub async fn resolve(
                             r.field_path, var.name
                         ))
                     })?)
+                } else if let Some(r) = &from.resource_field_ref {
+                    // In env the container may be left out: it is the one being started.
+                    let selector = ResourceFieldSelector {
+                        container_name: r
+                            .container_name
+                            .clone()
+                            .filter(|n| !n.is_empty())
+                            .or_else(|| Some(container.name.clone())),
+                        ..r.clone()
+                    };
+                    Some(
+                        resource_field_value(pod, &selector, allocatable)
+                            .map_err(|e| ConfigError(format!("env {}: {e}", var.name)))?,
+                    )
                 } else {
                     return Err(ConfigError(format!(
-                        "env {}: resourceFieldRef is not supported by wasmlet yet",
+                        "env {} has an empty valueFrom",
                         var.name
                     )));
                 }
@@ -213,6 +237,54 @@ pub fn field_value(pod: &Pod, path: &str, host_ip: &str) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+/// A container's CPU or memory request or limit, in units of the selector's divisor and
+/// rounded up, as the kubelet reports it. An unset limit is the node's allocatable.
+pub fn resource_field_value(
+    pod: &Pod,
+    selector: &ResourceFieldSelector,
+    allocatable: Capacity,
+) -> Result<String, String> {
+    let name = selector.container_name.as_deref().unwrap_or_default();
+    let container = pod
+        .spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .find(|c| c.name == name)
+        .ok_or_else(|| format!("resourceFieldRef names unknown container {name:?}"))?;
+    let (kind, resource) = selector
+        .resource
+        .split_once('.')
+        .ok_or_else(|| format!("unsupported resource {:?}", selector.resource))?;
+    let resources = container.resources.as_ref();
+    let set = match kind {
+        "limits" => resources.and_then(|r| r.limits.as_ref()),
+        "requests" => resources.and_then(|r| r.requests.as_ref()),
+        _ => return Err(format!("unsupported resource {:?}", selector.resource)),
+    };
+    let divisor = selector
+        .divisor
+        .as_ref()
+        .and_then(quantity::parse)
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
+    let value = match (
+        set.and_then(|s| s.get(resource)).and_then(quantity::parse),
+        kind,
+        resource,
+    ) {
+        (Some(v), _, _) => v,
+        (None, "limits", "cpu") => allocatable.cpu_millis as f64 / 1000.0,
+        (None, "limits", "memory") => allocatable.memory_bytes as f64,
+        (None, _, "cpu" | "memory" | "ephemeral-storage") => 0.0,
+        _ => return Err(format!("unsupported resource {:?}", selector.resource)),
+    };
+    Ok(format!("{}", (value / divisor).ceil() as i64))
 }
 
 /// The pod's `imagePullSecrets` that exist. A missing one is skipped, as the kubelet does,
@@ -293,5 +365,47 @@ mod tests {
             Some("10.0.0.9")
         );
         assert_eq!(field_value(&pod, "spec.bogus", "h"), None);
+    }
+
+    #[test]
+    fn resource_fields_divide_round_up_and_default_limits_to_allocatable() {
+        use k8s_openapi::api::core::v1::{Container, ResourceRequirements};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let pod = Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "app".into(),
+                    resources: Some(ResourceRequirements {
+                        limits: Some([("memory".to_string(), Quantity("129Mi".into()))].into()),
+                        requests: Some([("cpu".to_string(), Quantity("250m".into()))].into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let node = Capacity {
+            pods: 10,
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+        };
+        let field = |resource: &str, divisor: Option<&str>| {
+            resource_field_value(
+                &pod,
+                &ResourceFieldSelector {
+                    container_name: Some("app".into()),
+                    resource: resource.into(),
+                    divisor: divisor.map(|d| Quantity(d.into())),
+                },
+                node,
+            )
+        };
+        assert_eq!(field("limits.memory", Some("64Mi")).unwrap(), "3");
+        assert_eq!(field("requests.cpu", Some("1m")).unwrap(), "250");
+        assert_eq!(field("requests.cpu", None).unwrap(), "1");
+        assert_eq!(field("limits.cpu", None).unwrap(), "2");
+        assert!(field("limits.gpu", None).is_err());
     }
 }

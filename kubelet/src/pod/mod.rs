@@ -48,6 +48,15 @@ pub struct SharedPodState {
     pub metrics: Arc<AgentMetrics>,
 }
 
+/// How the node runs its pods.
+#[derive(Clone, Copy, Debug)]
+pub struct PodSettings {
+    /// What the node can give pods in all.
+    pub capacity: Capacity,
+    /// How often running pods' API-backed volumes are resynchronised (`--sync-frequency`).
+    pub sync_frequency: std::time::Duration,
+}
+
 /// Watches this node's pods and gives each one an owner task.
 pub struct PodManager<P> {
     ctx: Arc<WorkerContext<P>>,
@@ -66,7 +75,7 @@ impl<P: Provider> PodManager<P> {
         provider: Arc<P>,
         node_name: &str,
         host_ip: &str,
-        capacity: Capacity,
+        settings: PodSettings,
         shared: &SharedPodState,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -82,9 +91,11 @@ impl<P: Provider> PodManager<P> {
                 table: shared.table.clone(),
                 metrics: shared.metrics.clone(),
                 admitted: Arc::new(Mutex::new(HashMap::new())),
+                allocatable: settings.capacity,
+                sync_frequency: settings.sync_frequency,
             }),
             node_name: node_name.to_string(),
-            capacity,
+            capacity: settings.capacity,
             workers: HashMap::new(),
             done_tx,
             done_rx,
@@ -189,7 +200,7 @@ impl<P: Provider> PodManager<P> {
         match admission::admit(pod, &others, self.capacity) {
             Ok(()) => {
                 admitted.insert(uid.to_string(), Requests::of(pod));
-                Stage::Pull
+                Stage::Mount
             }
             Err(rejection) => Stage::Rejected(rejection),
         }

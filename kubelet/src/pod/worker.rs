@@ -1,9 +1,9 @@
 //! One task per pod: the pod's owner. It walks an explicit stage machine
 //!
 //! ```text
-//!   Rejected ───────────────────────────────┐
-//!   Pull ──▶ Init(0) ──▶ … ──▶ Init(n) ──▶ Run ──▶ Finished ──┤ deletion
-//!     └── any stage, on deletion ─────────────────────────────┴──▶ terminate, delete object
+//!   Rejected ──────────────────────────────────────────────────────┐
+//!   Mount ──▶ Pull ──▶ Init(0) ──▶ … ──▶ Init(n) ──▶ Run ──▶ Finished ──┤ deletion
+//!     └── any stage, on deletion ────────────────────────────────────┴──▶ terminate, delete object
 //! ```
 //!
 //! and it alone writes the pod's status, only when it changed. Deletion is watched at every
@@ -26,7 +26,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::admission::{Rejection, Requests};
+use super::admission::{Capacity, Rejection, Requests};
 use super::backoff::CrashLoop;
 use super::state::{ContainerRecord, ContainerState, Phase, PodState};
 use super::table::PodTable;
@@ -39,6 +39,7 @@ use crate::provider::{
     ContainerError, ContainerExit, ContainerStart, ImageRequest, PodKey, Provider, PulledImage,
 };
 use crate::usage::ContainerUsage;
+use crate::volumes::{PodVolumes, VolumeContext};
 
 /// What the manager tells a worker.
 #[derive(Debug)]
@@ -62,12 +63,27 @@ pub(crate) struct WorkerContext<P> {
     pub(crate) metrics: Arc<AgentMetrics>,
     /// Requests of pods holding node resources, by UID; a worker leaves when it finishes.
     pub(crate) admitted: Arc<Mutex<HashMap<String, Requests>>>,
+    /// The node's allocatable resources, which the downward API reports for unset limits.
+    pub(crate) allocatable: Capacity,
+    /// How often a running pod's ConfigMap, Secret and token volumes are brought up to date
+    /// and its emptyDir size limits checked (the kubelet's `--sync-frequency`).
+    pub(crate) sync_frequency: Duration,
+}
+
+impl<P> WorkerContext<P> {
+    fn volume_context(&self) -> VolumeContext<'_> {
+        VolumeContext {
+            client: &self.client,
+            allocatable: self.allocatable,
+        }
+    }
 }
 
 /// Where a worker starts.
 #[derive(Debug)]
 pub(crate) enum Stage {
     Rejected(Rejection),
+    Mount,
     Pull,
     Init(usize),
     Run,
@@ -82,6 +98,10 @@ enum Next {
 /// A pull that failed and will be retried after this long.
 const PULL_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A volume that cannot be set up is tried again after this long, doubling, as the kubelet's
+/// volume manager retries (its cap is about two minutes).
+const MOUNT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+const MOUNT_BACKOFF_MAX: Duration = Duration::from_secs(122);
 /// A status the API server did not accept is sent again after this long.
 const STATUS_RETRY: Duration = Duration::from_secs(5);
 /// How long the log writer may take to flush after a container ends.
@@ -156,12 +176,14 @@ pub(crate) async fn run<P: Provider>(
         uid: pod.metadata.uid.clone().unwrap_or_default(),
     };
     let state = PodState::new(&pod, &ctx.host_ip);
+    let volumes = PodVolumes::new(&ctx.pods_dir.join(&key.uid));
     let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
     let mut worker = Worker {
         api: Api::namespaced(ctx.client.clone(), &key.namespace),
         ctx,
         key,
         state,
+        volumes,
         images: HashMap::new(),
         live_init: None,
         live_app: (0..containers).map(|_| None).collect(),
@@ -184,6 +206,7 @@ struct Worker<P: Provider> {
     api: Api<Pod>,
     key: PodKey,
     state: PodState,
+    volumes: PodVolumes,
     images: HashMap<String, P::Image>,
     live_init: Option<Live>,
     live_app: Vec<Option<Live>>,
@@ -214,6 +237,7 @@ impl<P: Provider> Worker<P> {
                     self.release();
                     self.idle_until_deleted(inbox).await
                 }
+                Stage::Mount => self.mount_all(inbox).await,
                 Stage::Pull => self.pull_all(inbox).await,
                 Stage::Init(i) => self.run_init(inbox, &mut exits, i).await,
                 Stage::Run => self.run_app(inbox, &mut exits).await,
@@ -315,6 +339,38 @@ impl<P: Provider> Worker<P> {
         match kind {
             Kind::Init => &mut self.state.init[index],
             Kind::App => &mut self.state.app[index],
+        }
+    }
+
+    /// Sets up the pod's volumes, as the kubelet does before it pulls: a volume that cannot
+    /// be set up (a Secret that does not exist yet, say) holds the pod in ContainerCreating
+    /// with a FailedMount event, and is retried.
+    async fn mount_all(&mut self, inbox: &mut Inbox) -> Next {
+        let mut delay = MOUNT_BACKOFF_INITIAL;
+        loop {
+            let pod = inbox.pod.clone();
+            let ctx = self.ctx.clone();
+            let volume_ctx = ctx.volume_context();
+            let mounted = tokio::select! {
+                result = self.volumes.set_up(&volume_ctx, &pod) => result,
+                _ = inbox.deletion() => return Next::Terminate,
+            };
+            let Err(err) = mounted else {
+                return Next::Stage(Stage::Pull);
+            };
+            let message = err.to_string();
+            warn!(pod = %self.key.name, %message, "volume set-up failed; retrying");
+            for record in self.state.init.iter_mut().chain(self.state.app.iter_mut()) {
+                record.state = ContainerState::waiting("ContainerCreating", Some(message.clone()));
+            }
+            self.event(&pod, None, EventType::Warning, "FailedMount", &message)
+                .await;
+            self.publish().await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = inbox.deletion() => return Next::Terminate,
+            }
+            delay = (delay * 2).min(MOUNT_BACKOFF_MAX);
         }
     }
 
@@ -467,22 +523,34 @@ impl<P: Provider> Worker<P> {
                 message: format!("container {index} is not in the pod spec"),
                 fatal: true,
             })?;
-        let env = env::resolve(&self.ctx.client, pod, &container, &self.ctx.host_ip)
-            .await
-            .map_err(|e| ContainerError {
-                reason: "CreateContainerConfigError".into(),
-                message: e.0,
-                fatal: false,
-            })?;
+        let env = env::resolve(
+            &self.ctx.client,
+            pod,
+            &container,
+            &self.ctx.host_ip,
+            self.ctx.allocatable,
+        )
+        .await
+        .map_err(|e| ContainerError {
+            reason: "CreateContainerConfigError".into(),
+            message: e.0,
+            fatal: false,
+        })?;
         let restart = self.record(kind, index).restart_count;
         let pod_dir = self.ctx.pods_dir.join(&self.key.uid);
         let log_path = reader::instance_path(
             &reader::container_dir(&self.ctx.pods_dir, &self.key.uid, &container.name),
             restart,
         );
-        let root_dir = pod_dir
-            .join("rootfs")
-            .join(format!("{}-{restart}", container.name));
+        let instance_dir = |restart: i32| {
+            pod_dir
+                .join("rootfs")
+                .join(format!("{}-{restart}", container.name))
+        };
+        let root_dir = instance_dir(restart);
+        // File mounts are staged beside the root, never inside it, where the guest could
+        // reach them another way.
+        let staging = root_dir.with_extension("mounts");
         let fresh_root = async {
             // Only the current and the previous instance's logs are kept (`--previous`), as
             // the kubelet does; older ones would grow without bound in a crash loop.
@@ -491,12 +559,11 @@ impl<P: Provider> Worker<P> {
             }
             // A restarted container starts from a clean writable layer, as a new container does.
             if restart > 0 {
-                let previous =
-                    pod_dir
-                        .join("rootfs")
-                        .join(format!("{}-{}", container.name, restart - 1));
+                let previous = instance_dir(restart - 1);
+                let _ = tokio::fs::remove_dir_all(previous.with_extension("mounts")).await;
                 let _ = tokio::fs::remove_dir_all(previous).await;
             }
+            let _ = tokio::fs::remove_dir_all(&staging).await;
             let _ = tokio::fs::remove_dir_all(&root_dir).await;
             tokio::fs::create_dir_all(&root_dir).await
         };
@@ -505,6 +572,15 @@ impl<P: Provider> Worker<P> {
             message: format!("cannot create the container's root directory: {e}"),
             fatal: false,
         })?;
+        let mounts = self
+            .volumes
+            .mounts_for(&container, &env, &staging)
+            .await
+            .map_err(|message| ContainerError {
+                reason: "CreateContainerConfigError".into(),
+                message,
+                fatal: false,
+            })?;
         let (sink, writer) = LogSink::open(log_path, self.ctx.log_limits, &self.ctx.logs)
             .await
             .map_err(|e| ContainerError {
@@ -528,6 +604,7 @@ impl<P: Provider> Worker<P> {
             stdout: sink.stream(Stream::Stdout),
             stderr: sink.stream(Stream::Stderr),
             root_dir,
+            mounts,
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
             memory_limit_bytes: limits.get("memory").and_then(quantity::bytes),
             cpu_limit_millis: limits.get("cpu").and_then(quantity::cpu_millis),
@@ -763,6 +840,9 @@ impl<P: Provider> Worker<P> {
         let policy = Self::restart_policy(&pod);
         let count = self.state.app.len();
         let mut due: Vec<Option<Instant>> = vec![Some(Instant::now()); count];
+        let period = self.ctx.sync_frequency;
+        let mut sync = tokio::time::interval_at((Instant::now() + period).into(), period);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = Instant::now();
             let starting: Vec<usize> = (0..count)
@@ -826,14 +906,26 @@ impl<P: Provider> Worker<P> {
                 }
                 _ = sleep_until(next_due) => {}
                 _ = self.status_retry_due() => {}
+                _ = sync.tick() => {
+                    // The latest object: a label change shows in downwardAPI volumes.
+                    let current = inbox.pod.clone();
+                    let ctx = self.ctx.clone();
+                    let updated = self.volumes.refresh(&ctx.volume_context(), &current).await;
+                    if !updated.is_empty() {
+                        info!(pod = %pod_name, volumes = ?updated, "volumes updated");
+                    }
+                    if let Some(message) = self.volumes.over_size_limit().await {
+                        return self.evict(&current, exits, message).await;
+                    }
+                }
                 _ = inbox.deletion() => return Next::Terminate,
             }
         }
     }
 
-    /// Stops whatever runs, within the grace period, then deletes the pod object.
-    async fn terminate(&mut self, inbox: &mut Inbox, exits: &mut FuturesUnordered<ExitFuture>) {
-        let pod = inbox.pod.clone();
+    /// Stops every running container: at once, since a Wasm guest cannot catch SIGTERM, and
+    /// aborted if the runtime takes longer than the pod's grace period to wind it down.
+    async fn stop_containers(&mut self, pod: &Pod, exits: &mut FuturesUnordered<ExitFuture>) {
         let grace = Duration::from_secs(
             pod.metadata
                 .deletion_grace_period_seconds
@@ -855,7 +947,7 @@ impl<P: Provider> Worker<P> {
                 self.ctx
                     .recorder
                     .record(
-                        &pod,
+                        pod,
                         Some(&name),
                         EventType::Normal,
                         "Killing",
@@ -868,8 +960,6 @@ impl<P: Provider> Worker<P> {
         for live in &stopping {
             live.stop.cancel();
         }
-        // Wasm guests cannot catch SIGTERM; they are stopped at once and the grace period
-        // bounds how long the runtime may take to wind them down.
         let drained = tokio::time::timeout(grace, async {
             while let Some((kind, index, exit)) = exits.next().await {
                 self.record_exit(kind, index, &exit);
@@ -884,6 +974,29 @@ impl<P: Provider> Worker<P> {
                 self.record_exit(kind, index, &exit);
             }
         }
+    }
+
+    /// Evicts the pod, as the kubelet's eviction manager does when a pod outgrows what it
+    /// asked for: its containers stop and it fails with reason `Evicted`.
+    async fn evict(
+        &mut self,
+        pod: &Pod,
+        exits: &mut FuturesUnordered<ExitFuture>,
+        message: String,
+    ) -> Next {
+        warn!(pod = %self.key.name, %message, "evicting pod");
+        self.event(pod, None, EventType::Warning, "Evicted", &message)
+            .await;
+        self.stop_containers(pod, exits).await;
+        self.state
+            .finish(Phase::Failed, Some("Evicted"), Some(message));
+        Next::Stage(Stage::Finished)
+    }
+
+    /// Stops whatever runs, within the grace period, then deletes the pod object.
+    async fn terminate(&mut self, inbox: &mut Inbox, exits: &mut FuturesUnordered<ExitFuture>) {
+        let pod = inbox.pod.clone();
+        self.stop_containers(&pod, exits).await;
         if !inbox.gone {
             self.publish().await;
             let params = DeleteParams {

@@ -87,13 +87,11 @@ pub(crate) async fn run(
 ) -> ContainerExit {
     let stop = start.stop.clone();
     let mut builder = WasiCtxBuilder::new();
-    if let Err(err) = builder.preopened_dir(&start.root_dir, "/", FsPerms::ReadWrite) {
+    if let Err(message) = preopen(&mut builder, &start).await {
         return ContainerExit {
             exit_code: 128,
             reason: "ContainerCannotRun".into(),
-            message: Some(format!(
-                "cannot open the container's root directory: {err:#}"
-            )),
+            message: Some(message),
         };
     }
     builder
@@ -154,6 +152,39 @@ pub(crate) async fn run(
             message: Some("stopped by wasmlet".into()),
         },
     }
+}
+
+/// Gives the guest its writable root at `/` and each volume mount at its path. The guest's
+/// libc resolves a path through the preopen with the longest matching prefix, so a mount
+/// shadows the root below it; Wasmtime keeps every access inside its preopen, symlinks
+/// included, so nothing outside the mounts is reachable.
+async fn preopen(builder: &mut WasiCtxBuilder, start: &ContainerStart) -> Result<(), String> {
+    builder
+        .preopened_dir(&start.root_dir, "/", FsPerms::ReadWrite)
+        .map_err(|e| format!("cannot open the container's root directory: {e:#}"))?;
+    for mount in &start.mounts {
+        // An empty directory where the mount is, so that listing `/` shows it. The kubelet
+        // hands over normalised absolute paths, and the root is fresh, so this stays inside.
+        let point = start
+            .root_dir
+            .join(mount.guest_path.trim_start_matches('/'));
+        let _ = tokio::fs::create_dir_all(&point).await;
+        let perms = if mount.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        builder
+            .preopened_dir(&mount.host_path, &mount.guest_path, perms)
+            .map_err(|e| {
+                format!(
+                    "cannot mount {} at {}: {e:#}",
+                    mount.host_path.display(),
+                    mount.guest_path
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// Every epoch tick the guest yields to the executor instead of trapping, so a busy loop

@@ -1,0 +1,468 @@
+//! A pod's volumes: made under `<pod>/volumes/<name>` before its containers start, kept
+//! current while it runs, and shown to each container as its `volumeMounts` ask.
+//!
+//! Everything a pod gets lives in its private directory (hostPath aside, which names a host
+//! path on purpose), so one pod never sees another's files. ConfigMap, Secret, downwardAPI
+//! and projected volumes are written atomically (see [`atomic_writer`]) and rewritten when
+//! their sources change, as the kubelet does; they are always read-only to the guest.
+
+mod atomic_writer;
+mod confine;
+mod host_path;
+mod payload;
+mod token;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeProjection};
+use tracing::warn;
+
+use crate::pod::admission::Capacity;
+use crate::pod::env::Sources;
+use crate::pod::quantity;
+use crate::provider::Mount;
+use payload::Payload;
+use token::IssuedToken;
+
+/// A volume that could not be set up, worded as the kubelet's FailedMount event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("MountVolume.SetUp failed for volume {volume:?} : {message}")]
+pub struct MountError {
+    /// The volume's name in the pod spec.
+    pub volume: String,
+    /// Why.
+    pub message: String,
+}
+
+/// What a volume's set-up needs from the agent.
+pub struct VolumeContext<'a> {
+    /// For ConfigMaps, Secrets and service account tokens.
+    pub client: &'a kube::Client,
+    /// The node's allocatable resources: a downwardAPI limit that is unset reports them.
+    pub allocatable: Capacity,
+}
+
+/// A set-up volume.
+#[derive(Debug)]
+struct Prepared {
+    path: PathBuf,
+    /// ConfigMap, Secret, downwardAPI and projected volumes: the guest never writes them.
+    from_api: bool,
+    /// An emptyDir's `sizeLimit`, in bytes and as written.
+    size_limit: Option<(u64, String)>,
+}
+
+/// The volumes of one pod.
+#[derive(Debug)]
+pub struct PodVolumes {
+    dir: PathBuf,
+    volumes: BTreeMap<String, Prepared>,
+    tokens: HashMap<String, IssuedToken>,
+}
+
+impl PodVolumes {
+    /// The volumes of the pod whose files are under `pod_dir`; none set up yet.
+    pub fn new(pod_dir: &Path) -> Self {
+        Self {
+            dir: pod_dir.join("volumes"),
+            volumes: BTreeMap::new(),
+            tokens: HashMap::new(),
+        }
+    }
+
+    /// Sets up every volume of `pod`, keeping what earlier calls made (an emptyDir's files
+    /// survive), and stops at the first that cannot be set up.
+    pub async fn set_up(&mut self, ctx: &VolumeContext<'_>, pod: &Pod) -> Result<(), MountError> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut sources = Sources::new(ctx.client, namespace);
+        for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            let prepared = self
+                .materialise(ctx, &mut sources, pod, volume)
+                .await
+                .map_err(|message| MountError {
+                    volume: volume.name.clone(),
+                    message,
+                })?;
+            self.volumes.insert(volume.name.clone(), prepared.0);
+        }
+        Ok(())
+    }
+
+    /// Rewrites the API-backed volumes whose sources changed and returns their names. A
+    /// source that cannot be read now leaves the volume as it was, as the kubelet does.
+    pub async fn refresh(&mut self, ctx: &VolumeContext<'_>, pod: &Pod) -> Vec<String> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut sources = Sources::new(ctx.client, namespace);
+        let mut updated = Vec::new();
+        for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            if !self.volumes.get(&volume.name).is_some_and(|v| v.from_api) {
+                continue;
+            }
+            match self.materialise(ctx, &mut sources, pod, volume).await {
+                Ok((_, true)) => updated.push(volume.name.clone()),
+                Ok(_) => {}
+                Err(err) => {
+                    warn!(volume = %volume.name, %err, "cannot refresh volume; keeping its files")
+                }
+            }
+        }
+        updated
+    }
+
+    /// Sets up one volume; says whether its files changed.
+    async fn materialise(
+        &mut self,
+        ctx: &VolumeContext<'_>,
+        sources: &mut Sources<'_>,
+        pod: &Pod,
+        volume: &Volume,
+    ) -> Result<(Prepared, bool), String> {
+        let path = self.dir.join(&volume.name);
+        if let Some(empty) = &volume.empty_dir {
+            tokio::fs::create_dir_all(&path)
+                .await
+                .map_err(|e| format!("cannot create the emptyDir: {e}"))?;
+            let size_limit = empty
+                .size_limit
+                .as_ref()
+                .and_then(|q| quantity::bytes(q).map(|b| (b, q.0.clone())));
+            return Ok((
+                Prepared {
+                    path,
+                    from_api: false,
+                    size_limit,
+                },
+                false,
+            ));
+        }
+        if let Some(host) = &volume.host_path {
+            let path = PathBuf::from(&host.path);
+            host_path::prepare(&path, host.type_.as_deref()).await?;
+            return Ok((
+                Prepared {
+                    path,
+                    from_api: false,
+                    size_limit: None,
+                },
+                false,
+            ));
+        }
+        let payload = self.payload(ctx, sources, pod, volume).await?;
+        let changed = atomic_writer::write(&path, &payload)
+            .await
+            .map_err(|e| format!("cannot write the volume's files: {e}"))?;
+        Ok((
+            Prepared {
+                path,
+                from_api: true,
+                size_limit: None,
+            },
+            changed,
+        ))
+    }
+
+    /// The files of an API-backed volume.
+    async fn payload(
+        &mut self,
+        ctx: &VolumeContext<'_>,
+        sources: &mut Sources<'_>,
+        pod: &Pod,
+        volume: &Volume,
+    ) -> Result<Payload, String> {
+        if let Some(map) = &volume.config_map {
+            let source = Keyed::ConfigMap(&map.name);
+            return keyed_files(
+                sources,
+                source,
+                map.items.as_deref(),
+                map.default_mode,
+                map.optional,
+            )
+            .await;
+        }
+        if let Some(secret) = &volume.secret {
+            let source = Keyed::Secret(secret.secret_name.as_deref().unwrap_or_default());
+            return keyed_files(
+                sources,
+                source,
+                secret.items.as_deref(),
+                secret.default_mode,
+                secret.optional,
+            )
+            .await;
+        }
+        if let Some(downward) = &volume.downward_api {
+            return payload::downward(
+                pod,
+                downward.items.as_deref().unwrap_or_default(),
+                downward.default_mode,
+                ctx.allocatable,
+            );
+        }
+        if let Some(projected) = &volume.projected {
+            let mut files = Payload::new();
+            for source in projected.sources.iter().flatten() {
+                let part = self
+                    .projection(
+                        ctx,
+                        sources,
+                        pod,
+                        &volume.name,
+                        source,
+                        projected.default_mode,
+                    )
+                    .await?;
+                files.extend(part);
+            }
+            return Ok(files);
+        }
+        Err(format!(
+            "wasmlet cannot mount this volume type (it supports emptyDir, hostPath, configMap, \
+             secret, downwardAPI and projected): {}",
+            volume_type(volume)
+        ))
+    }
+
+    async fn projection(
+        &mut self,
+        ctx: &VolumeContext<'_>,
+        sources: &mut Sources<'_>,
+        pod: &Pod,
+        volume: &str,
+        source: &VolumeProjection,
+        default_mode: Option<i32>,
+    ) -> Result<Payload, String> {
+        if let Some(map) = &source.config_map {
+            let keyed = Keyed::ConfigMap(&map.name);
+            return keyed_files(
+                sources,
+                keyed,
+                map.items.as_deref(),
+                default_mode,
+                map.optional,
+            )
+            .await;
+        }
+        if let Some(secret) = &source.secret {
+            let keyed = Keyed::Secret(&secret.name);
+            return keyed_files(
+                sources,
+                keyed,
+                secret.items.as_deref(),
+                default_mode,
+                secret.optional,
+            )
+            .await;
+        }
+        if let Some(downward) = &source.downward_api {
+            return payload::downward(
+                pod,
+                downward.items.as_deref().unwrap_or_default(),
+                default_mode,
+                ctx.allocatable,
+            );
+        }
+        if let Some(sa) = &source.service_account_token {
+            payload::check_relative(&sa.path)?;
+            let key = format!("{volume}/{}", sa.path);
+            let now = jiff::Timestamp::now();
+            let token = match self.tokens.get(&key) {
+                Some(token) if !token.due(now) => token.clone(),
+                _ => {
+                    let fresh = token::request(
+                        ctx.client,
+                        pod,
+                        sa.audience.as_deref(),
+                        sa.expiration_seconds,
+                    )
+                    .await?;
+                    self.tokens.insert(key, fresh.clone());
+                    fresh
+                }
+            };
+            return Ok([(
+                sa.path.clone(),
+                payload::FileContent {
+                    data: token.token.into_bytes(),
+                    mode: (default_mode.unwrap_or(payload::DEFAULT_MODE) & 0o777) as u32,
+                },
+            )]
+            .into());
+        }
+        Err("a projected volume source names no configMap, secret, downwardAPI or serviceAccountToken".into())
+    }
+
+    /// The mounts `container` asks for, with `subPath` resolved inside its volume. File
+    /// mounts are gathered, by the directory they appear in, into directories under
+    /// `staging` (fresh for each container instance).
+    pub async fn mounts_for(
+        &self,
+        container: &Container,
+        env: &[(String, String)],
+        staging: &Path,
+    ) -> Result<Vec<Mount>, String> {
+        let mut mounts: Vec<Mount> = Vec::new();
+        let mut files: BTreeMap<String, (PathBuf, bool)> = BTreeMap::new();
+        for wanted in container.volume_mounts.iter().flatten() {
+            let volume = self.volumes.get(&wanted.name).ok_or_else(|| {
+                format!("volumeMount {:?} names no volume of the pod", wanted.name)
+            })?;
+            let guest = confine::guest_path(&wanted.mount_path)?;
+            let read_only = wanted.read_only == Some(true) || volume.from_api;
+            let sub = match (&wanted.sub_path_expr, &wanted.sub_path) {
+                (Some(expr), _) if !expr.is_empty() => Some(expand(expr, env)),
+                (_, Some(sub)) if !sub.is_empty() => Some(sub.clone()),
+                _ => None,
+            };
+            let source = match sub {
+                Some(sub) => confine::sub_path(&volume.path, &sub).await.map_err(|e| {
+                    format!(
+                        "failed to prepare subPath for volumeMount {:?} of container {:?}: {e}",
+                        wanted.name, container.name
+                    )
+                })?,
+                None => volume.path.clone(),
+            };
+            let is_dir = tokio::fs::metadata(&source)
+                .await
+                .map_err(|e| format!("cannot mount {}: {e}", source.display()))?
+                .is_dir();
+            if is_dir {
+                mounts.push(Mount {
+                    guest_path: guest,
+                    host_path: source,
+                    read_only,
+                });
+                continue;
+            }
+            let (parent, name) = guest.rsplit_once('/').unwrap_or_default();
+            if parent.is_empty() {
+                return Err(format!(
+                    "cannot mount the file {guest}: a WASI guest is given directories, and / is the container's own"
+                ));
+            }
+            let next = staging.join(files.len().to_string());
+            let entry = files.entry(parent.to_string()).or_insert((next, true));
+            entry.1 &= read_only;
+            confine::stage_file(&source, &entry.0, name)
+                .await
+                .map_err(|e| format!("cannot mount the file {guest}: {e}"))?;
+        }
+        for (parent, (dir, read_only)) in files {
+            if mounts.iter().any(|m| m.guest_path == parent) {
+                return Err(format!(
+                    "cannot mount files into {parent}, which is itself a mount: a WASI guest cannot see both"
+                ));
+            }
+            mounts.push(Mount {
+                guest_path: parent,
+                host_path: dir,
+                read_only,
+            });
+        }
+        Ok(mounts)
+    }
+
+    /// The eviction message for the first emptyDir grown past its `sizeLimit`, if any.
+    pub async fn over_size_limit(&self) -> Option<String> {
+        for (name, volume) in &self.volumes {
+            let Some((limit, text)) = &volume.size_limit else {
+                continue;
+            };
+            let path = volume.path.clone();
+            let used = tokio::task::spawn_blocking(move || disk_usage(&path))
+                .await
+                .unwrap_or(0);
+            if used > *limit {
+                return Some(format!(
+                    "Usage of EmptyDir volume {name:?} exceeds the limit {text:?}."
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// The object a configMap or secret volume (or projection) shows.
+enum Keyed<'a> {
+    ConfigMap(&'a str),
+    Secret(&'a str),
+}
+
+/// The files of a configMap or secret source, read through `sources`.
+async fn keyed_files(
+    sources: &mut Sources<'_>,
+    keyed: Keyed<'_>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+    default_mode: Option<i32>,
+    optional: Option<bool>,
+) -> Result<Payload, String> {
+    let optional = optional == Some(true);
+    match keyed {
+        Keyed::ConfigMap(name) => {
+            let found = sources.config_map(name).await.map_err(|e| e.0)?;
+            payload::config_map(name, found, items, default_mode, optional)
+        }
+        Keyed::Secret(name) => {
+            let found = sources.secret(name).await.map_err(|e| e.0)?;
+            payload::secret(name, found, items, default_mode, optional)
+        }
+    }
+}
+
+/// `$(NAME)` in a `subPathExpr`, replaced by the container's environment; an unknown name is
+/// left as written, as the kubelet leaves it.
+fn expand(expr: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("$(") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find(')') {
+            Some(end) => {
+                let name = &after[..end];
+                match env.iter().rev().find(|(k, _)| k == name) {
+                    Some((_, value)) => out.push_str(value),
+                    None => out.push_str(&rest[start..start + 3 + end]),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Bytes of files under `dir`, not following symlinks.
+fn disk_usage(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_usage(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A volume's type, named for a message.
+fn volume_type(volume: &Volume) -> String {
+    serde_json::to_value(volume)
+        .ok()
+        .and_then(|v| {
+            v.as_object()
+                .and_then(|o| o.keys().find(|k| k.as_str() != "name").cloned())
+        })
+        .unwrap_or_else(|| "none given".into())
+}
+
+#[cfg(test)]
+mod tests;

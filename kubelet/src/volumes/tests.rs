@@ -1,0 +1,371 @@
+//! Pod volumes set up on disk, with ConfigMaps, Secrets and tokens served by a tower-test
+//! mock of the API server.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestStatus};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, HostPathVolumeSource,
+    PodSpec, ProjectedVolumeSource, Secret, SecretVolumeSource, ServiceAccountTokenProjection,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::client::Body;
+
+use super::*;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// What the mock API server holds: the `config` ConfigMap's data (changeable), the
+/// `creds` Secret, and a counter of token requests.
+#[derive(Clone, Default)]
+struct Objects {
+    config: Arc<Mutex<Option<String>>>,
+    tokens_issued: Arc<Mutex<u32>>,
+}
+
+fn client(objects: Objects) -> kube::Client {
+    let (service, mut handle): (_, Handle) =
+        tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let path = request.uri().path().to_string();
+            let (status, body) = match path.as_str() {
+                "/api/v1/namespaces/ns/configmaps/config" => {
+                    match objects.config.lock().unwrap().clone() {
+                        Some(value) => (
+                            200,
+                            serde_json::to_vec(&ConfigMap {
+                                data: Some([("app.conf".to_string(), value)].into()),
+                                ..Default::default()
+                            })
+                            .unwrap(),
+                        ),
+                        None => (404, not_found()),
+                    }
+                }
+                "/api/v1/namespaces/ns/secrets/creds" => (
+                    200,
+                    serde_json::to_vec(&Secret {
+                        data: Some(
+                            [("password".to_string(), ByteString(b"hunter2".to_vec()))].into(),
+                        ),
+                        ..Default::default()
+                    })
+                    .unwrap(),
+                ),
+                "/api/v1/namespaces/ns/serviceaccounts/robot/token" => {
+                    let mut issued = objects.tokens_issued.lock().unwrap();
+                    *issued += 1;
+                    let answer = TokenRequest {
+                        status: Some(TokenRequestStatus {
+                            token: format!("token-{issued}"),
+                            expiration_timestamp: Time(
+                                jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600),
+                            ),
+                        }),
+                        ..Default::default()
+                    };
+                    (201, serde_json::to_vec(&answer).unwrap())
+                }
+                _ => (404, not_found()),
+            };
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(body))
+                    .unwrap(),
+            );
+        }
+    });
+    kube::Client::new(service, "ns")
+}
+
+fn context(client: &kube::Client) -> VolumeContext<'_> {
+    VolumeContext {
+        client,
+        allocatable: Capacity::default(),
+    }
+}
+
+fn not_found() -> Vec<u8> {
+    br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#.to_vec()
+}
+
+fn volume(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn pod(volumes: Vec<Volume>) -> Pod {
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("p".into()),
+            namespace: Some("ns".into()),
+            uid: Some("u".into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            service_account_name: Some("robot".into()),
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn config_volume() -> Volume {
+    Volume {
+        config_map: Some(ConfigMapVolumeSource {
+            name: "config".into(),
+            ..Default::default()
+        }),
+        ..volume("config")
+    }
+}
+
+fn mount(name: &str, path: &str, sub_path: Option<&str>) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        sub_path: sub_path.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn config_maps_are_written_read_only_and_updates_are_projected() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    *objects.config.lock().unwrap() = Some("v1".into());
+    let client = client(objects.clone());
+    let ctx = context(&client);
+    let pod = pod(vec![config_volume()]);
+    let mut volumes = PodVolumes::new(dir.path());
+    volumes.set_up(&ctx, &pod).await.unwrap();
+
+    let container = Container {
+        volume_mounts: Some(vec![mount("config", "/etc/app/", None)]),
+        ..Default::default()
+    };
+    let mounts = volumes
+        .mounts_for(&container, &[], &dir.path().join("staging"))
+        .await
+        .unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].guest_path, "/etc/app");
+    assert!(mounts[0].read_only, "API-backed volumes are read-only");
+    let file = mounts[0].host_path.join("app.conf");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "v1");
+
+    assert!(volumes.refresh(&ctx, &pod).await.is_empty());
+    *objects.config.lock().unwrap() = Some("v2".into());
+    assert_eq!(
+        volumes.refresh(&ctx, &pod).await,
+        vec!["config".to_string()]
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "v2");
+
+    // A source that vanished leaves the files as they were.
+    *objects.config.lock().unwrap() = None;
+    assert!(volumes.refresh(&ctx, &pod).await.is_empty());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "v2");
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_a_mount_error_unless_optional() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(Objects::default());
+    let ctx = context(&client);
+    let secret = |name: &str, optional| Volume {
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(name.into()),
+            optional,
+            ..Default::default()
+        }),
+        ..volume("s")
+    };
+    let mut volumes = PodVolumes::new(dir.path());
+    let err = volumes
+        .set_up(&ctx, &pod(vec![secret("absent", None)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "MountVolume.SetUp failed for volume \"s\" : secret \"absent\" not found"
+    );
+    volumes
+        .set_up(&ctx, &pod(vec![secret("absent", Some(true))]))
+        .await
+        .unwrap();
+    volumes
+        .set_up(&ctx, &pod(vec![secret("creds", None)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("volumes/s/password")).unwrap(),
+        "hunter2"
+    );
+}
+
+#[tokio::test]
+async fn file_sub_paths_are_staged_and_directories_mount_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    *objects.config.lock().unwrap() = Some("conf".into());
+    let client = client(objects);
+    let ctx = context(&client);
+    let scratch = Volume {
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..volume("scratch")
+    };
+    let pod = pod(vec![config_volume(), scratch]);
+    let mut volumes = PodVolumes::new(dir.path());
+    volumes.set_up(&ctx, &pod).await.unwrap();
+    let container = Container {
+        volume_mounts: Some(vec![
+            mount("config", "/etc/app.conf", Some("app.conf")),
+            mount("scratch", "/work", None),
+            VolumeMount {
+                sub_path_expr: Some("cache/$(POD)".into()),
+                ..mount("scratch", "/cache", None)
+            },
+        ]),
+        ..Default::default()
+    };
+    let env = [("POD".to_string(), "p".to_string())];
+    let staging = dir.path().join("staging");
+    let mounts = volumes
+        .mounts_for(&container, &env, &staging)
+        .await
+        .unwrap();
+    let by_path = |p: &str| mounts.iter().find(|m| m.guest_path == p).unwrap();
+    assert!(!by_path("/work").read_only);
+    assert!(by_path("/cache").host_path.ends_with("scratch/cache/p"));
+    let etc = by_path("/etc");
+    assert!(etc.read_only);
+    assert!(etc.host_path.starts_with(&staging));
+    let names: Vec<_> = std::fs::read_dir(&etc.host_path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["app.conf"], "only the mounted file is visible");
+}
+
+#[tokio::test]
+async fn host_paths_are_checked_and_sub_paths_cannot_escape_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::os::unix::fs::symlink("/etc", host.join("escape")).unwrap();
+    let client = client(Objects::default());
+    let ctx = context(&client);
+    let host_volume = |type_: &str| Volume {
+        host_path: Some(HostPathVolumeSource {
+            path: host.display().to_string(),
+            type_: Some(type_.into()),
+        }),
+        ..volume("host")
+    };
+    let mut volumes = PodVolumes::new(dir.path());
+    let err = volumes
+        .set_up(&ctx, &pod(vec![host_volume("File")]))
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("is not a file"), "{err}");
+    volumes
+        .set_up(&ctx, &pod(vec![host_volume("Directory")]))
+        .await
+        .unwrap();
+    let container = Container {
+        name: "c".into(),
+        volume_mounts: Some(vec![mount("host", "/host", Some("escape"))]),
+        ..Default::default()
+    };
+    let err = volumes
+        .mounts_for(&container, &[], &dir.path().join("staging"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("leads outside its volume"), "{err}");
+    let climbing = Container {
+        volume_mounts: Some(vec![mount("host", "/a/../../etc", None)]),
+        ..Default::default()
+    };
+    assert!(
+        volumes
+            .mounts_for(&climbing, &[], &dir.path().join("staging"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn projected_tokens_are_requested_once_and_renewed_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    let client = client(objects.clone());
+    let ctx = context(&client);
+    let projected = Volume {
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    path: "token".into(),
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..volume("sa")
+    };
+    let pod = pod(vec![projected]);
+    let mut volumes = PodVolumes::new(dir.path());
+    volumes.set_up(&ctx, &pod).await.unwrap();
+    let token = dir.path().join("volumes/sa/token");
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), "token-1");
+    assert!(volumes.refresh(&ctx, &pod).await.is_empty());
+    assert_eq!(*objects.tokens_issued.lock().unwrap(), 1);
+
+    // Make the token look old: the next refresh asks for a new one and writes it.
+    for issued in volumes.tokens.values_mut() {
+        *issued = token::IssuedToken::aged(issued, jiff::SignedDuration::from_secs(3000));
+    }
+    assert_eq!(volumes.refresh(&ctx, &pod).await, vec!["sa".to_string()]);
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), "token-2");
+}
+
+#[tokio::test]
+async fn an_empty_dir_past_its_size_limit_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(Objects::default());
+    let ctx = context(&client);
+    let scratch = Volume {
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("1Ki".into())),
+            ..Default::default()
+        }),
+        ..volume("scratch")
+    };
+    let mut volumes = PodVolumes::new(dir.path());
+    volumes.set_up(&ctx, &pod(vec![scratch])).await.unwrap();
+    assert_eq!(volumes.over_size_limit().await, None);
+    std::fs::write(dir.path().join("volumes/scratch/big"), vec![0u8; 2048]).unwrap();
+    assert_eq!(
+        volumes.over_size_limit().await.as_deref(),
+        Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Ki\".")
+    );
+}
+
+#[test]
+fn sub_path_expressions_expand_known_variables_only() {
+    let env = [("A".to_string(), "x".to_string())];
+    assert_eq!(expand("$(A)/$(B)/c", &env), "x/$(B)/c");
+    assert_eq!(expand("plain", &env), "plain");
+    assert_eq!(expand("open $(A", &env), "open $(A");
+}

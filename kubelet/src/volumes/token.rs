@@ -1,0 +1,116 @@
+//! Service account tokens for projected volumes, bound to the pod and renewed before they
+//! expire, as the kubelet's token manager does.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::Api;
+use kube::api::PostParams;
+
+/// The kubelet's default and floor for `expirationSeconds`.
+const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
+/// A token is renewed after 80% of its life, or after a day, whichever is first.
+const RENEW_AFTER_FRACTION: f64 = 0.8;
+const RENEW_AFTER_AT_MOST: Duration = Duration::from_secs(24 * 3600);
+
+/// A token the API server issued.
+#[derive(Clone, Debug)]
+pub(crate) struct IssuedToken {
+    pub(crate) token: String,
+    issued: Timestamp,
+    expires: Timestamp,
+}
+
+impl IssuedToken {
+    /// Whether it is time to ask for a new one.
+    pub(crate) fn due(&self, now: Timestamp) -> bool {
+        let life = self
+            .expires
+            .duration_since(self.issued)
+            .as_secs_f64()
+            .max(0.0);
+        let renew_after =
+            Duration::from_secs_f64(life * RENEW_AFTER_FRACTION).min(RENEW_AFTER_AT_MOST);
+        now.duration_since(self.issued).as_secs_f64() >= renew_after.as_secs_f64()
+    }
+}
+
+/// Asks for a token of the pod's service account, bound to the pod (so it dies with it).
+pub(crate) async fn request(
+    client: &kube::Client,
+    pod: &Pod,
+    audience: Option<&str>,
+    expiration_seconds: Option<i64>,
+) -> Result<IssuedToken, String> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: audience.map(|a| vec![a.to_string()]).unwrap_or_default(),
+            expiration_seconds: Some(expiration_seconds.unwrap_or(DEFAULT_EXPIRATION_SECONDS)),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..Default::default()
+    };
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let issued = Timestamp::now();
+    let answer = api
+        .create_token_request(&account, &PostParams::default(), &request)
+        .await
+        .map_err(|e| {
+            format!("cannot get a token for service account {namespace}/{account}: {e}")
+        })?;
+    let status = answer
+        .status
+        .ok_or_else(|| format!("the token request for {namespace}/{account} returned no token"))?;
+    Ok(IssuedToken {
+        token: status.token,
+        issued,
+        expires: status.expiration_timestamp.0,
+    })
+}
+
+#[cfg(test)]
+impl IssuedToken {
+    /// The same token, issued `age` earlier: for tests of renewal.
+    pub(crate) fn aged(token: &Self, age: jiff::SignedDuration) -> Self {
+        Self {
+            token: token.token.clone(),
+            issued: token.issued - age,
+            expires: token.expires - age,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_renewed_after_four_fifths_of_their_life() {
+        let issued: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let token = IssuedToken {
+            token: "t".into(),
+            issued,
+            expires: issued + jiff::SignedDuration::from_secs(3600),
+        };
+        assert!(!token.due(issued + jiff::SignedDuration::from_secs(2879)));
+        assert!(token.due(issued + jiff::SignedDuration::from_secs(2880)));
+        let long = IssuedToken {
+            expires: issued + jiff::SignedDuration::from_hours(24 * 30),
+            ..token
+        };
+        assert!(long.due(issued + jiff::SignedDuration::from_hours(24)));
+    }
+}
