@@ -4,6 +4,7 @@
 //! (its CN is the user, its O entries the groups), else a bearer token the API server vouches
 //! for through a TokenReview. Neither: 401. Authorization: a SubjectAccessReview for the
 //! `nodes` resource with the subresource the path maps to, as the kubelet asks. Denied: 403.
+//! Answers are remembered for the kubelet's default TTLs (see [`review_cache`](super::review_cache)).
 
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -17,10 +18,21 @@ use kube::Api;
 use kube::api::PostParams;
 use tracing::{debug, warn};
 
+use std::time::Duration;
+
+use super::review_cache::TtlCache;
 use super::{ApiState, plain_error};
 
+/// How long answers are kept: the kubelet's `--authentication-token-webhook-cache-ttl` (2 m)
+/// for accepted tokens, and its authorizer's 5 m for allowed and 30 s for denied requests.
+/// A refused token is asked about again after 10 s, so a token minted a moment ago works.
+const TOKEN_ACCEPTED_TTL: Duration = Duration::from_secs(120);
+const TOKEN_REFUSED_TTL: Duration = Duration::from_secs(10);
+const ALLOWED_TTL: Duration = Duration::from_secs(300);
+const DENIED_TTL: Duration = Duration::from_secs(30);
+
 /// An authenticated caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct User {
     /// The user name.
     pub name: String,
@@ -60,7 +72,7 @@ impl PeerIdentity {
 }
 
 /// What a request asks to do, in SubjectAccessReview terms.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Attributes {
     /// `get`, `create`, …
     pub verb: &'static str,
@@ -103,6 +115,8 @@ impl Attributes {
 pub struct Gatekeeper {
     client: kube::Client,
     node_name: String,
+    tokens: TtlCache<String, Option<User>>,
+    decisions: TtlCache<(User, Attributes), bool>,
 }
 
 /// Why a caller could not be checked: the API server did not answer.
@@ -116,11 +130,28 @@ impl Gatekeeper {
         Self {
             client,
             node_name: node_name.to_string(),
+            tokens: TtlCache::new(),
+            decisions: TtlCache::new(),
         }
     }
 
     /// The user a bearer token belongs to, or `None` if the API server does not accept it.
     pub async fn review_token(&self, token: &str) -> Result<Option<User>, ReviewError> {
+        let key = token.to_string();
+        if let Some(known) = self.tokens.get(&key) {
+            return Ok(known);
+        }
+        let user = self.ask_about_token(token).await?;
+        let ttl = if user.is_some() {
+            TOKEN_ACCEPTED_TTL
+        } else {
+            TOKEN_REFUSED_TTL
+        };
+        self.tokens.put(key, user.clone(), ttl);
+        Ok(user)
+    }
+
+    async fn ask_about_token(&self, token: &str) -> Result<Option<User>, ReviewError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
@@ -145,6 +176,21 @@ impl Gatekeeper {
 
     /// Whether `user` may do `attributes` on this node.
     pub async fn allowed(&self, user: &User, attributes: &Attributes) -> Result<bool, ReviewError> {
+        let key = (user.clone(), attributes.clone());
+        if let Some(known) = self.decisions.get(&key) {
+            return Ok(known);
+        }
+        let allowed = self.ask_about_access(user, attributes).await?;
+        let ttl = if allowed { ALLOWED_TTL } else { DENIED_TTL };
+        self.decisions.put(key, allowed, ttl);
+        Ok(allowed)
+    }
+
+    async fn ask_about_access(
+        &self,
+        user: &User,
+        attributes: &Attributes,
+    ) -> Result<bool, ReviewError> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(user.name.clone()),

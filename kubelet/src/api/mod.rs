@@ -7,6 +7,7 @@
 pub mod auth;
 mod container_logs;
 mod pods;
+mod review_cache;
 pub mod stats;
 mod unsupported;
 

@@ -2,6 +2,7 @@
 //! tower-test mock: who gets in, and what the log and unsupported endpoints answer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body as AxumBody;
 use http::{Request, Response, StatusCode};
@@ -20,12 +21,14 @@ use crate::logs::{LogLimits, LogSink, Stream};
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// Answers every review: tokens `good` and `weak` are valid (only `good`'s user, and the
-/// certificate user `admin`, are authorized); everything else is not.
-fn reviewing_client() -> kube::Client {
+/// certificate user `admin`, are authorized); everything else is not. Each review asked
+/// adds one to `asked`.
+fn reviewing_client(asked: Arc<AtomicUsize>) -> kube::Client {
     let (service, mut handle): (_, Handle) =
         tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
         while let Some((request, send)) = handle.next_request().await {
+            asked.fetch_add(1, Ordering::SeqCst);
             let path = request.uri().path().to_string();
             let bytes = request.into_body().collect_bytes().await.unwrap();
             let body = if path.ends_with("/tokenreviews") {
@@ -71,7 +74,7 @@ fn state(pods_dir: &std::path::Path) -> ApiState {
             pods_dir: pods_dir.to_path_buf(),
             ..Default::default()
         },
-        gate: Arc::new(Gatekeeper::new(reviewing_client(), "edge-1")),
+        gate: Arc::new(Gatekeeper::new(reviewing_client(Arc::default()), "edge-1")),
         rates: Default::default(),
     }
 }
@@ -282,5 +285,30 @@ async fn stats_list_running_containers_with_their_usage() {
     assert!(
         body.contains(r#"pod_memory_working_set_bytes{namespace="default",pod="web"} 3145728"#),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn answers_are_remembered_so_a_scraper_costs_one_review_per_ttl() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let gate = Gatekeeper::new(reviewing_client(asked.clone()), "edge-1");
+    let stats = super::auth::Attributes::of(&http::Method::GET, "/stats/summary");
+    for _ in 0..3 {
+        let user = gate.review_token("good").await.unwrap().unwrap();
+        assert!(gate.allowed(&user, &stats).await.unwrap());
+        assert_eq!(gate.review_token("made-up").await.unwrap(), None);
+    }
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        3,
+        "one TokenReview per token and one SubjectAccessReview, each asked once"
+    );
+    let weak = gate.review_token("weak").await.unwrap().unwrap();
+    assert!(!gate.allowed(&weak, &stats).await.unwrap());
+    assert!(!gate.allowed(&weak, &stats).await.unwrap());
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        5,
+        "a denial is remembered too"
     );
 }
