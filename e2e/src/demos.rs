@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use crate::wasmlet::wasmlet_binary;
 
 /// The demos that are wasm32-wasip2 components; the others are wasm32-wasip1 modules.
-pub const COMPONENT_DEMOS: [&str; 2] = ["hello-component", "config-reader"];
+pub const COMPONENT_DEMOS: [&str; 3] = ["hello-component", "http-client", "config-reader"];
 
 /// The built demo `name` (`demos/build.sh` builds them): a wasm32-wasip1 module, or for
 /// the [`COMPONENT_DEMOS`] a wasm32-wasip2 component.

@@ -29,6 +29,9 @@ impl Linkers {
         wasmtime_wasi::p1::add_to_linker_async(&mut p1, |host: &mut P1Host| &mut host.wasi)?;
         let mut p2 = wasmtime::component::Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2)?;
+        // Only components get wasi:http: preview 1 has no HTTP interface. Whether a request
+        // may go out is decided per pod by the hooks in `P2Host` (see `http`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2)?;
         Ok(Self { p1, p2 })
     }
 }

@@ -7,8 +7,10 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::compile::Compiled;
+use crate::http::{HttpPolicy, OutboundHttp};
 use crate::metering::{MeteredLimits, cpu_metered};
 
 /// Bytes a guest may write before its output stream applies back-pressure.
@@ -26,6 +28,9 @@ pub struct P1Host {
 pub struct P2Host {
     ctx: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    /// The pod's outbound HTTP policy, applied to every `wasi:http` request.
+    outbound: OutboundHttp,
     limits: MeteredLimits,
 }
 
@@ -38,17 +43,32 @@ impl WasiView for P2Host {
     }
 }
 
-/// argv and environment for one instance.
+impl WasiHttpView for P2Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// argv, environment and outbound HTTP policy for one instance.
 pub(crate) struct Plan {
     argv: Vec<String>,
     env: Vec<(String, String)>,
+    outbound: HttpPolicy,
 }
 
 impl Plan {
     /// The container's `command`, else the image's entrypoint, else the container's name,
     /// as argv[0]; then the container's `args`, else the image's. The image's environment
     /// comes first so the container's wins.
-    pub(crate) fn new(artifact: &oci::WasmArtifact, start: &ContainerStart) -> Self {
+    pub(crate) fn new(
+        artifact: &oci::WasmArtifact,
+        start: &ContainerStart,
+        outbound: HttpPolicy,
+    ) -> Self {
         let args = if start.args.is_empty() && start.command.is_empty() {
             artifact.args.clone()
         } else {
@@ -74,7 +94,11 @@ impl Plan {
             env.retain(|(name, _)| name != k);
             env.push((k.clone(), v.clone()));
         }
-        Self { argv, env }
+        Self {
+            argv,
+            env,
+            outbound,
+        }
     }
 }
 
@@ -130,6 +154,8 @@ pub(crate) async fn run(
                     P2Host {
                         ctx: builder.build(),
                         table: ResourceTable::new(),
+                        http: WasiHttpCtx::new(),
+                        outbound: OutboundHttp::new(plan.outbound, &start.pod, &start.container),
                         limits,
                     },
                 );

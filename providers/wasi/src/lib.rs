@@ -11,6 +11,7 @@
 mod compile;
 mod engine;
 mod guest;
+mod http;
 mod metering;
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +27,7 @@ use tokio::task::JoinHandle;
 
 pub use compile::Compiled;
 pub use engine::EngineError;
+pub use http::{ALLOWED_DOMAINS, HttpPolicy, MAX_CONCURRENT_REQUESTS, PolicyError};
 
 /// The runtime version the node reports, e.g. `wasmtime://48.0.8`.
 pub const RUNTIME_VERSION: &str = concat!("wasmtime://", env!("WASMTIME_VERSION"));
@@ -174,6 +176,16 @@ fn pull_error(err: oci::Error) -> ContainerError {
     }
 }
 
+/// A pod annotation this provider reads is malformed. Fatal: the same annotation fails the
+/// same way on every restart; the pod has to be re-created with a fixed one.
+fn invalid_annotation(err: PolicyError) -> ContainerError {
+    ContainerError {
+        reason: "InvalidAnnotation".into(),
+        message: err.to_string(),
+        fatal: true,
+    }
+}
+
 impl Provider for WasiProvider {
     type Image = WasiImage;
 
@@ -210,7 +222,11 @@ impl Provider for WasiProvider {
         image: &WasiImage,
         start: ContainerStart,
     ) -> Result<JoinHandle<ContainerExit>, ContainerError> {
-        let plan = guest::Plan::new(&image.artifact, &start);
+        // Read before anything runs, so a malformed annotation becomes the container's status
+        // instead of a guest that silently can, or cannot, reach the network.
+        let outbound =
+            HttpPolicy::from_annotations(&start.annotations).map_err(invalid_annotation)?;
+        let plan = guest::Plan::new(&image.artifact, &start, outbound);
         let compiled = image.compiled.clone();
         let engine = self.engine.clone();
         let in_use = InUse::new(&self.in_use, &image.artifact.wasm_digest);
