@@ -390,12 +390,22 @@ async fn malformed_http_annotations_fail_the_container_with_invalid_annotation()
     let log = cluster.container_log(&pod, "client", 0);
     assert!(log.contains(ALLOWED_DOMAINS), "{log}");
 
+    // Under restartPolicy Always too the pod fails at once rather than crash-looping: no
+    // retry can mend an annotation.
     let pod = cluster
-        .wait_pod("bad-concurrency", "reason InvalidAnnotation", MINUTE, |p| {
-            why_not_running(p).is_some()
-        })
+        .wait_pod(
+            "bad-concurrency",
+            "Failed, InvalidAnnotation",
+            MINUTE,
+            |p| phase(p) == "Failed" && why_not_running(p).is_some(),
+        )
         .await
         .unwrap();
+    assert_eq!(
+        pod.status.as_ref().and_then(|s| s.reason.as_deref()),
+        Some("InvalidAnnotation")
+    );
+    assert_eq!(client_status(&pod).map(|c| c.restart_count), Some(0));
     let (_, message) = why_not_running(&pod).unwrap();
     assert!(message.contains(MAX_CONCURRENT), "{message}");
     assert!(message.contains("\"zero\""), "{message}");

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use e2e::demos::{push_demo, push_file};
-use e2e::{REGISTRY_PASSWORD, REGISTRY_USER, Registry, WasmCluster, wasm_pod};
+use e2e::{
+    REGISTRY_PASSWORD, REGISTRY_USER, Registry, WasmCluster, WasmletNode, WasmletOptions, wasm_pod,
+};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 fn phase(pod: &Pod) -> &str {
@@ -603,6 +605,74 @@ async fn bad_pods_fail_clearly_while_their_neighbour_keeps_running() {
             async move { Ok((now >= before + 5).then_some(())) }
         },
     )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_agent_takes_its_pods_back_counting_the_lost_instance_as_a_restart() {
+    let options = WasmletOptions::named("edge-takeover");
+    let mut cluster = WasmCluster::start_with_options(options.clone())
+        .await
+        .unwrap();
+    let ticker = push_demo(&cluster.registry.host(), "ticker").unwrap();
+    let spec = format!(
+        "  automountServiceAccountToken: false\n  containers:\n  - {{name: app, image: {ticker}, env: [{{name: INTERVAL_MS, value: \"100\"}}]}}\n  volumes:\n  - {{name: scratch, emptyDir: {{}}}}\n"
+    );
+    cluster.kubectl.apply(&wasm_pod("survivor", &spec)).unwrap();
+    cluster
+        .wait_pod("survivor", "Running", MINUTE, |p| running(p, "app"))
+        .await
+        .unwrap();
+    e2e::wait_for("a few ticks", MINUTE, || {
+        let log = cluster.kubectl.run(&["logs", "survivor"]);
+        async move {
+            Ok(log
+                .map_err(|e| e.to_string())?
+                .contains("tick 3 ")
+                .then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+
+    let status = cluster.node.terminate().unwrap();
+    assert!(status.success(), "{status}");
+    let mut restarted = options.clone();
+    restarted.insecure_registries = vec![cluster.registry.host()];
+    cluster.node = WasmletNode::start(&cluster.plane, &restarted).unwrap();
+
+    let pod = cluster
+        .wait_pod("survivor", "running again, one restart on", MINUTE, |p| {
+            running(p, "app") && container(p, "app").is_some_and(|c| c.restart_count == 1)
+        })
+        .await
+        .unwrap();
+    let last = container(&pod, "app")
+        .and_then(|c| c.last_state.clone())
+        .and_then(|s| s.terminated)
+        .expect("the lost instance is the last terminated state");
+    assert_eq!(last.exit_code, 137);
+    assert_eq!(
+        last.message.as_deref(),
+        Some("wasmlet restarted while the container ran")
+    );
+    // The lost instance's log is still there for `kubectl logs --previous`, and the new one
+    // starts afresh.
+    let previous = cluster
+        .kubectl
+        .run(&["logs", "survivor", "--previous"])
+        .unwrap();
+    assert!(previous.contains("tick 3 from ticker"), "{previous}");
+    e2e::wait_for("the new instance to log", MINUTE, || {
+        let log = cluster.kubectl.run(&["logs", "survivor"]);
+        async move {
+            Ok(log
+                .map_err(|e| e.to_string())?
+                .starts_with("tick 0 ")
+                .then_some(()))
+        }
+    })
     .await
     .unwrap();
 }

@@ -80,6 +80,16 @@ impl ContainerState {
         }
     }
 
+    fn from_terminated(t: &ContainerStateTerminated) -> Self {
+        Self::Terminated {
+            exit_code: t.exit_code,
+            reason: t.reason.clone().unwrap_or_default(),
+            message: t.message.clone(),
+            started_at: t.started_at.as_ref().map(|t| t.0),
+            finished_at: t.finished_at.as_ref().map_or_else(Timestamp::now, |t| t.0),
+        }
+    }
+
     fn to_k8s(&self) -> K8sState {
         let time = |t: &Timestamp| Some(Time(*t));
         match self {
@@ -118,6 +128,17 @@ impl ContainerState {
     }
 }
 
+/// The status the API last had for the container `name` (app or init).
+fn reported<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| c.name == name)
+}
+
 /// One container of the pod, across its restarts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerRecord {
@@ -145,6 +166,39 @@ impl ContainerRecord {
             last_terminated: None,
             restart_count: 0,
         }
+    }
+
+    /// Continues from what the API last heard about this container, when the pod was taken
+    /// on by an earlier run of the agent: the restart count carries on, and an instance that
+    /// was running (or had just ended) did not survive that agent, so it counts as one more
+    /// restart and becomes the last terminated state, as after any restart.
+    fn carried_over(mut self, reported: Option<&ContainerStatus>) -> Self {
+        let Some(reported) = reported else {
+            return self;
+        };
+        let state = reported.state.as_ref();
+        let ended = if let Some(running) = state.and_then(|s| s.running.as_ref()) {
+            Some(ContainerState::Terminated {
+                exit_code: 137,
+                reason: "Error".into(),
+                message: Some("wasmlet restarted while the container ran".into()),
+                started_at: running.started_at.as_ref().map(|t| t.0),
+                finished_at: Timestamp::now(),
+            })
+        } else {
+            state
+                .and_then(|s| s.terminated.as_ref())
+                .map(ContainerState::from_terminated)
+        };
+        self.restart_count = reported.restart_count.max(0) + i32::from(ended.is_some());
+        self.last_terminated = ended.or_else(|| {
+            reported
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(ContainerState::from_terminated)
+        });
+        self
     }
 
     /// Whether the current instance is running.
@@ -217,6 +271,7 @@ impl PodState {
                         c.image.as_deref().unwrap_or_default(),
                         "PodInitializing",
                     )
+                    .carried_over(reported(pod, &c.name))
                 })
                 .collect(),
             app: spec
@@ -228,6 +283,7 @@ impl PodState {
                         c.image.as_deref().unwrap_or_default(),
                         app_reason,
                     )
+                    .carried_over(reported(pod, &c.name))
                 })
                 .collect(),
             initialized: !has_init,
@@ -354,6 +410,50 @@ mod tests {
             .find(|c| c.type_ == type_)
             .unwrap();
         (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn a_pod_taken_over_from_an_earlier_agent_keeps_counting_restarts() {
+        let mut taken_over = pod(&[], &["ran", "backing-off", "fresh"]);
+        let started: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let status = |name: &str, restarts: i32, state: K8sState| ContainerStatus {
+            name: name.into(),
+            restart_count: restarts,
+            state: Some(state),
+            last_state: Some(ContainerState::waiting("x", None).to_k8s()),
+            ..Default::default()
+        };
+        taken_over.status = Some(PodStatus {
+            container_statuses: Some(vec![
+                status(
+                    "ran",
+                    2,
+                    ContainerState::Running {
+                        started_at: started,
+                    }
+                    .to_k8s(),
+                ),
+                status(
+                    "backing-off",
+                    3,
+                    ContainerState::waiting("CrashLoopBackOff", None).to_k8s(),
+                ),
+            ]),
+            ..Default::default()
+        });
+        let state = PodState::new(&taken_over, "10.0.0.1");
+        let ran = &state.app[0];
+        assert_eq!(ran.restart_count, 3);
+        assert!(matches!(
+            &ran.last_terminated,
+            Some(ContainerState::Terminated { exit_code: 137, started_at: Some(t), .. }) if *t == started
+        ));
+        assert_eq!(
+            state.app[1].restart_count, 3,
+            "a waiting container had not run again"
+        );
+        assert_eq!(state.app[2].restart_count, 0);
+        assert_eq!(state.app[2].last_terminated, None);
     }
 
     #[test]

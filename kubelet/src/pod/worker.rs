@@ -754,6 +754,11 @@ impl<P: Provider> Worker<P> {
                         }
                     }
                 }
+                Err(err) if err.fatal => {
+                    return self
+                        .fail_to_start(&pod, Kind::Init, index, err, exits)
+                        .await;
+                }
                 Err(err) => self.start_failed(&pod, Kind::Init, index, err).await,
             };
             let delay = self.record_exit(Kind::Init, index, &exit);
@@ -830,6 +835,24 @@ impl<P: Provider> Worker<P> {
         }
     }
 
+    /// A start failure that no retry can mend (a malformed annotation, say) fails the pod
+    /// at once, as a fatal pull error does, instead of crash-looping on it.
+    async fn fail_to_start(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+        err: ContainerError,
+        exits: &mut FuturesUnordered<ExitFuture>,
+    ) -> Next {
+        let (reason, message) = (err.reason.clone(), err.message.clone());
+        self.start_failed(pod, kind, index, err).await;
+        self.stop_containers(pod, exits).await;
+        self.state
+            .finish(Phase::Failed, Some(&reason), Some(message));
+        Next::Stage(Stage::Finished)
+    }
+
     async fn run_app(
         &mut self,
         inbox: &mut Inbox,
@@ -852,6 +875,9 @@ impl<P: Provider> Worker<P> {
                 due[index] = None;
                 match self.launch(&pod, Kind::App, index).await {
                     Ok(exit) => exits.push(exit),
+                    Err(err) if err.fatal => {
+                        return self.fail_to_start(&pod, Kind::App, index, err, exits).await;
+                    }
                     Err(err) => {
                         let exit = self.start_failed(&pod, Kind::App, index, err).await;
                         exits.push(Box::pin(async move { (Kind::App, index, exit) }));
