@@ -1,6 +1,6 @@
 //! The main demo: a real local control plane, a registry and a wasmlet node; the demo apps
 //! published and their pods applied from `demos/*/pod.yaml`; then `kubectl get` and each
-//! pod's log. Everything keeps running until Ctrl-C (or stops at once with `--exit`), and
+//! pod's log through `kubectl logs`, as a person would read it. Everything keeps running until Ctrl-C (or stops at once with `--exit`), and
 //! everything it started is stopped on the way out.
 
 use std::path::PathBuf;
@@ -22,12 +22,14 @@ struct Args {
     exit: bool,
 }
 
-const DEMOS: [&str; 5] = [
+/// Each demo's directory, which is also its pod's name.
+const DEMOS: [&str; 6] = [
     "wasi-example",
     "ticker",
     "exit-error",
     "hello-component",
     "misbehave",
+    "config-reader",
 ];
 
 #[tokio::main]
@@ -62,15 +64,13 @@ async fn main() -> anyhow::Result<()> {
     }
     for demo in DEMOS {
         let pod = cluster.pod(demo)?;
-        let container = pod
-            .spec
-            .as_ref()
-            .map(|s| s.containers[0].name.clone())
-            .unwrap_or_default();
-        println!("\n--- logs of pod {demo} ({}) ---", status_summary(&pod));
-        for line in cluster.container_log(&pod, &container, 0).lines().take(12) {
-            // CRI log lines: <time> <stream> <F|P> <text>
-            println!("{}", line.splitn(4, ' ').nth(3).unwrap_or_default());
+        println!(
+            "\n$ kubectl logs {demo} --tail=12    # {}",
+            status_summary(&pod)
+        );
+        match kubectl.run(&["logs", demo, "--tail=12"]) {
+            Ok(log) => print!("{log}"),
+            Err(err) => println!("({err:#})"),
         }
     }
     println!("\nprocesses:");
