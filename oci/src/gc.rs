@@ -108,36 +108,10 @@ async fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ArtifactRecord, Store};
-    use crate::{PullerConfig, Shape, WasmArtifact, WasmKind};
+    use crate::PullerConfig;
+    use crate::store::Store;
+    use crate::store::testing::artifact;
     use std::sync::Arc;
-
-    async fn artifact(store: &Store, name: &str, last_used: u64, size: usize) -> String {
-        let (digest, path) = store
-            .put_bytes(&vec![name.as_bytes()[0]; size])
-            .await
-            .unwrap();
-        store
-            .save_record(&ArtifactRecord {
-                key: name.into(),
-                artifact: WasmArtifact {
-                    reference: name.into(),
-                    manifest_digest: digest.clone(),
-                    wasm_digest: digest.clone(),
-                    wasm_path: path,
-                    kind: WasmKind::Module,
-                    shape: Shape::CncfArtifact,
-                    entrypoint: vec![],
-                    args: vec![],
-                    env: vec![],
-                },
-                blobs: vec![digest.clone()],
-                last_used,
-            })
-            .await
-            .unwrap();
-        digest
-    }
 
     #[tokio::test]
     async fn below_the_high_mark_nothing_is_collected() {

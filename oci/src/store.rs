@@ -288,6 +288,42 @@ fn parse_digest(digest: &str) -> Result<&str> {
     Ok(hex)
 }
 
+/// Records made without a registry, for tests of what is done with them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::{Shape, WasmKind};
+
+    /// Stores a `size`-byte module as artifact `name`, last used at `last_used`; returns its
+    /// digest.
+    pub(crate) async fn artifact(store: &Store, name: &str, last_used: u64, size: usize) -> String {
+        let (digest, path) = store
+            .put_bytes(&vec![name.as_bytes()[0]; size])
+            .await
+            .unwrap();
+        store
+            .save_record(&ArtifactRecord {
+                key: name.into(),
+                artifact: WasmArtifact {
+                    reference: name.into(),
+                    manifest_digest: digest.clone(),
+                    wasm_digest: digest.clone(),
+                    wasm_path: path,
+                    kind: WasmKind::Module,
+                    shape: Shape::CncfArtifact,
+                    entrypoint: vec![],
+                    args: vec![],
+                    env: vec![],
+                },
+                blobs: vec![digest.clone()],
+                last_used,
+            })
+            .await
+            .unwrap();
+        digest
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
