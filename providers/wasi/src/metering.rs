@@ -1,27 +1,131 @@
 //! Accounting a guest's CPU time and memory into its [`ContainerUsage`], which the kubelet
-//! API reports (`kubectl top`).
+//! API reports (`kubectl top`), and holding the guest to its CPU limit.
 //!
 //! Guest code only runs while its future is being polled, so the thread CPU time spent in
 //! those polls is the guest's CPU time (plus the WASI host calls it makes, which it asked
 //! for). Memory is what the store's linear memories have grown to, seen by the limiter that
 //! already approves every growth.
+//!
+//! A CPU limit is enforced where the CPU time is measured: after a poll that takes the guest
+//! past its share of the current period, it is not polled again until enough periods have
+//! passed to pay for what it used ([`CpuQuota`]). A guest yields at every epoch tick, so one
+//! poll is at most about one tick of CPU and the share holds to within a tick per period.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use kubelet::usage::ContainerUsage;
+use tokio::time::Instant;
 use wasmtime::{ResourceLimiter, StoreLimits};
 
-/// Runs `future`, adding the CPU time of each poll to `usage`.
-pub(crate) async fn cpu_metered<F: Future>(future: F, usage: &ContainerUsage) -> F::Output {
+/// Runs `future`, adding the CPU time of each poll to `usage` and, under a `quota`, holding
+/// it back while it is over its share.
+pub(crate) async fn cpu_metered<F: Future>(
+    future: F,
+    usage: &ContainerUsage,
+    quota: Option<CpuQuota>,
+) -> F::Output {
+    metered_with(future, usage, quota, thread_cpu_nanos).await
+}
+
+/// [`cpu_metered`] with the CPU clock passed in, so tests can say how much CPU a poll used.
+async fn metered_with<F: Future>(
+    future: F,
+    usage: &ContainerUsage,
+    mut quota: Option<CpuQuota>,
+    mut cpu_nanos: impl FnMut() -> u64,
+) -> F::Output {
     let mut future = std::pin::pin!(future);
+    // One timer for the guest's whole life, re-armed whenever it goes over its quota.
+    let mut throttle = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    let mut throttled = false;
     std::future::poll_fn(|cx| {
-        let before = thread_cpu_nanos();
+        // A wake-up while throttled (the guest's own yield, or I/O it waits on) only
+        // re-arms the timer; the guest runs again when the timer fires.
+        if throttled {
+            std::task::ready!(throttle.as_mut().poll(cx));
+            throttled = false;
+        }
+        let before = cpu_nanos();
         let poll = future.as_mut().poll(cx);
-        usage.add_cpu_nanos(thread_cpu_nanos().saturating_sub(before));
+        let used = cpu_nanos().saturating_sub(before);
+        usage.add_cpu_nanos(used);
+        if let (Poll::Pending, Some(quota)) = (&poll, quota.as_mut())
+            && let Some(until) = quota.charge(used, Instant::now())
+        {
+            throttle.as_mut().reset(until);
+            throttled = true;
+        }
         poll
     })
     .await
+}
+
+/// A CPU limit (`resources.limits.cpu`) as the kernel's CFS bandwidth control applies it to a
+/// container: in every [`PERIOD`](Self::PERIOD) the guest may use `limit/1000 × PERIOD` of
+/// CPU time. Time used beyond that is owed, and paid back out of the following periods, so
+/// the long-run share is the limit even though a single poll may overshoot it. Unused quota
+/// is not banked: an idle guest cannot save up for a burst.
+#[derive(Debug)]
+pub(crate) struct CpuQuota {
+    quota_nanos: u64,
+    period_start: Instant,
+    used_nanos: u64,
+}
+
+impl CpuQuota {
+    /// The kubelet's default CFS period.
+    pub(crate) const PERIOD: Duration = Duration::from_millis(100);
+    /// The smallest quota the kubelet sets (`MinQuotaPeriod`), whatever the limit.
+    const MIN_QUOTA: Duration = Duration::from_millis(1);
+
+    /// A quota for a limit of `millicores`, its first period starting `now`. A limit of zero
+    /// means no limit, as it does to the kubelet.
+    pub(crate) fn new(millicores: u64, now: Instant) -> Option<Self> {
+        if millicores == 0 {
+            return None;
+        }
+        let period_nanos = Self::PERIOD.as_nanos() as u64;
+        let quota_nanos =
+            (millicores.saturating_mul(period_nanos) / 1000).max(Self::MIN_QUOTA.as_nanos() as u64);
+        Some(Self {
+            quota_nanos,
+            period_start: now,
+            used_nanos: 0,
+        })
+    }
+
+    /// Records `cpu_nanos` used by a poll that ended at `now`. Returns when the guest may
+    /// run again if it is now over its quota, or `None` if it may go on at once.
+    pub(crate) fn charge(&mut self, cpu_nanos: u64, now: Instant) -> Option<Instant> {
+        self.start_periods_until(now);
+        self.used_nanos = self.used_nanos.saturating_add(cpu_nanos);
+        if self.used_nanos < self.quota_nanos {
+            return None;
+        }
+        // Each period boundary forgives one quota; wait for the first boundary after which
+        // what is still owed is less than a quota.
+        let periods = self.used_nanos / self.quota_nanos;
+        let period_nanos = Self::PERIOD.as_nanos() as u64;
+        Some(self.period_start + Duration::from_nanos(periods.saturating_mul(period_nanos)))
+    }
+
+    /// Moves to the period that holds `now`, forgiving one quota per period boundary passed.
+    fn start_periods_until(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.period_start);
+        let period_nanos = Self::PERIOD.as_nanos();
+        let periods = elapsed.as_nanos() / period_nanos;
+        if periods == 0 {
+            return;
+        }
+        self.period_start = now - Duration::from_nanos((elapsed.as_nanos() % period_nanos) as u64);
+        let forgiven = self
+            .quota_nanos
+            .saturating_mul(u64::try_from(periods).unwrap_or(u64::MAX));
+        self.used_nanos = self.used_nanos.saturating_sub(forgiven);
+    }
 }
 
 fn thread_cpu_nanos() -> u64 {
@@ -123,9 +227,168 @@ mod tests {
                 }
             },
             &usage,
+            None,
         )
         .await;
         let used = usage.cpu_nanos();
         assert!((20_000_000..1_000_000_000).contains(&used), "{used} ns");
+    }
+
+    const MS: u64 = 1_000_000;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_guest_within_its_quota_is_never_held() {
+        let t0 = Instant::now();
+        let mut quota = CpuQuota::new(200, t0).unwrap();
+        for i in 1..=3 {
+            assert_eq!(quota.charge(5 * MS, t0 + ms(i)), None);
+        }
+    }
+
+    #[test]
+    fn a_guest_over_its_quota_waits_for_the_next_period() {
+        let t0 = Instant::now();
+        let mut quota = CpuQuota::new(200, t0).unwrap();
+        assert_eq!(quota.charge(10 * MS, t0 + ms(10)), None);
+        assert_eq!(quota.charge(10 * MS, t0 + ms(25)), Some(t0 + ms(100)));
+        // A new period, a new quota.
+        assert_eq!(quota.charge(10 * MS, t0 + ms(110)), None);
+    }
+
+    #[test]
+    fn an_overshoot_is_paid_back_from_later_periods() {
+        let t0 = Instant::now();
+        let mut quota = CpuQuota::new(100, t0).unwrap();
+        // 35 ms against 10 ms a period: three periods pay for 30 ms of it.
+        assert_eq!(quota.charge(35 * MS, t0 + ms(40)), Some(t0 + ms(300)));
+        // The 5 ms still owed come out of the fourth period's 10.
+        assert_eq!(quota.charge(0, t0 + ms(300)), None);
+        assert_eq!(quota.charge(5 * MS, t0 + ms(305)), Some(t0 + ms(400)));
+    }
+
+    #[test]
+    fn idle_periods_are_not_banked_for_a_burst() {
+        let t0 = Instant::now();
+        let mut quota = CpuQuota::new(100, t0).unwrap();
+        assert_eq!(quota.charge(0, t0 + ms(1000)), None);
+        assert_eq!(
+            quota.charge(15 * MS, t0 + ms(1020)),
+            Some(t0 + ms(1100)),
+            "ten idle periods still allow only one period's quota"
+        );
+    }
+
+    #[test]
+    fn a_zero_limit_is_no_limit_and_a_tiny_one_gets_the_kubelets_minimum() {
+        let t0 = Instant::now();
+        assert!(CpuQuota::new(0, t0).is_none());
+        let mut quota = CpuQuota::new(1, t0).unwrap();
+        assert_eq!(quota.charge(MS - 1, t0), None);
+        assert_eq!(quota.charge(1, t0), Some(t0 + ms(100)));
+    }
+
+    #[test]
+    fn a_guest_that_always_runs_a_whole_tick_gets_its_share_over_time() {
+        // Simulated time: every poll burns one 10 ms epoch tick, the guest's worst case.
+        let t0 = Instant::now();
+        let mut quota = CpuQuota::new(250, t0).unwrap();
+        let (mut now, mut cpu) = (t0, Duration::ZERO);
+        while now < t0 + Duration::from_secs(10) {
+            now += ms(10);
+            cpu += ms(10);
+            if let Some(until) = quota.charge(10 * MS, now) {
+                now = until;
+            }
+        }
+        let share = cpu.as_secs_f64() / (now - t0).as_secs_f64();
+        assert!((0.24..=0.26).contains(&share), "share {share}");
+    }
+
+    #[tokio::test]
+    async fn a_throttled_future_resumes_only_after_its_periods_have_passed() {
+        // A fake CPU clock: each poll of the future "uses" 10 ms, instantly.
+        let fake_cpu = std::sync::atomic::AtomicU64::new(0);
+        let usage = ContainerUsage::default();
+        let started = std::time::Instant::now();
+        let polls = metered_with(
+            async {
+                for _ in 0..10 {
+                    fake_cpu.fetch_add(10 * MS, std::sync::atomic::Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            },
+            &usage,
+            CpuQuota::new(200, Instant::now()),
+            || fake_cpu.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        polls.await;
+        assert_eq!(usage.cpu_nanos(), 100 * MS);
+        // Two polls fill each period's 20 ms, so the ten polls fill five periods and the
+        // poll that finishes comes when the fifth has passed.
+        let took = started.elapsed();
+        assert!(took >= ms(500), "finished after {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_throttled_future_can_still_be_stopped_at_once() {
+        let usage = ContainerUsage::default();
+        // One poll "uses" a whole second against a 1 ms quota: held for a thousand periods.
+        let mut cpu = 0;
+        let held = metered_with(
+            std::future::pending::<()>(),
+            &usage,
+            CpuQuota::new(10, Instant::now()),
+            || {
+                cpu += 1_000 * MS;
+                cpu
+            },
+        );
+        let stop = tokio::time::sleep(ms(20));
+        let started = std::time::Instant::now();
+        tokio::select! {
+            () = held => panic!("a pending future finished"),
+            () = stop => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_spinning_future_limited_to_200m_uses_a_fifth_of_a_core() {
+        let usage = ContainerUsage::default();
+        let started = std::time::Instant::now();
+        // Burns 300 ms of this thread's CPU in 1 ms slices, yielding after each as a guest
+        // yields at every epoch tick.
+        let spin = async {
+            let begun = thread_cpu_nanos();
+            while thread_cpu_nanos() - begun < 300 * MS {
+                let slice = thread_cpu_nanos();
+                let mut x = 0u64;
+                while thread_cpu_nanos() - slice < MS {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        cpu_metered(spin, &usage, CpuQuota::new(200, Instant::now())).await;
+        let cpu = usage.cpu_nanos() as f64 / 1e9;
+        let wall = started.elapsed().as_secs_f64();
+        let share = cpu / wall;
+        eprintln!("{cpu:.3} s of CPU in {wall:.3} s: {share:.3} of a core");
+        // The future's own clock also counts the runtime's work between its polls, which
+        // is not the guest's, so the metered time is a little under 300 ms.
+        assert!(cpu >= 0.25, "the work was done: {cpu} s");
+        // At most the limit, plus the first period's quota (used before any wait) and one
+        // 1 ms slice per period: 0.2 + 0.02/1.5 + 0.01 ≈ 0.223, so 0.25 is a clear bound.
+        assert!(share <= 0.25, "{share} of a core under a 200m limit");
+        // A loaded machine can only stretch the wall time, not shorten it; but if this
+        // thread gets a fifth of a core at all, the share stays near 0.2, not far below.
+        assert!(
+            share >= 0.1,
+            "{share} of a core: throttled far past the limit"
+        );
     }
 }
