@@ -261,9 +261,10 @@ fn exit_of(outcome: wasmtime::Result<bool>) -> ContainerExit {
                     message: Some("memory limit reached: the guest tried to grow its memory past resources.limits.memory".into()),
                 };
             }
+            // A trap already says `wasm trap: …`.
             let trap = err
                 .downcast_ref::<wasmtime::Trap>()
-                .map(|t| format!("wasm trap: {t}"));
+                .map(ToString::to_string);
             ContainerExit {
                 exit_code: 1,
                 reason: "Error".into(),
