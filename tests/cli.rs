@@ -171,3 +171,62 @@ fn kubeconfig_without_a_ca_needs_a_client_ca_file() {
     );
     assert_one_line_error(&out, &["--client-ca-file", &missing]);
 }
+
+/// `wasmlet push FILE IMAGE --insecure` with `bytes` in FILE (no file when `None`), to a
+/// registry on 127.0.0.1 port 1: nothing listens there and an unprivileged process cannot
+/// bind it, so a connection is refused at once. Credentials and log settings from the
+/// caller's environment are removed: they would change what is tried and what is printed.
+/// Returns the file's path and the output.
+fn push(dir: &Path, bytes: Option<&[u8]>) -> (String, Output) {
+    let file = dir.join("app.wasm");
+    if let Some(bytes) = bytes {
+        std::fs::write(&file, bytes).unwrap();
+    }
+    let file = file.display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmlet"))
+        .args(["push", &file, "127.0.0.1:1/demo/app:v1", "--insecure"])
+        .env_remove("WASMLET_REGISTRY_USERNAME")
+        .env_remove("WASMLET_REGISTRY_PASSWORD")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run wasmlet push");
+    // 1 is wasmlet's own failure; a panic exits 101.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    (file, out)
+}
+
+/// The file is judged before the registry is contacted: were it not, each of these would
+/// report the closed port instead.
+#[test]
+fn push_of_a_file_that_is_not_wasm_names_the_file_and_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bytes, looks_like) in [
+        (&b"#!/bin/sh\necho hello\n"[..], "a shell script"),
+        (b"\x7fELF\x02\x01\x01\0\0\0\0\0", "an ELF executable"),
+        (b"hello, world\n", "not the Wasm magic"),
+        (b"", "only 0 bytes"),
+    ] {
+        let (file, out) = push(dir.path(), Some(bytes));
+        assert_one_line_error(
+            &out,
+            &[&file, "is not a Wasm module or component", looks_like],
+        );
+    }
+}
+
+#[test]
+fn push_of_a_missing_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, out) = push(dir.path(), None);
+    assert_one_line_error(
+        &out,
+        &[&format!("cannot read {file}"), "No such file or directory"],
+    );
+}
+
+#[test]
+fn push_to_a_closed_port_says_the_registry_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out) = push(dir.path(), Some(b"\0asm\x01\0\0\0"));
+    assert_one_line_error(&out, &["registry 127.0.0.1:1 is unreachable"]);
+}

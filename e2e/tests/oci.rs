@@ -36,28 +36,57 @@ fn request(image: &str, policy: PullPolicy) -> PullRequest<'_> {
     }
 }
 
-/// `wasmlet push` as a person runs it.
+/// `wasmlet push` as a person runs it; returns what it printed.
 fn push(dir: &Path, bytes: &[u8], image: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
-    let file = dir.join(format!(
-        "{}.wasm",
-        oci::store::digest_of(bytes).trim_start_matches("sha256:")
-    ));
-    std::fs::write(&file, bytes).unwrap();
-    let out = Command::new(wasmlet_binary().unwrap())
-        .arg("push")
-        .arg(&file)
-        .arg(image)
-        .arg("--insecure")
-        .args(extra)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let out = try_push(dir, bytes, image, extra, env);
     assert!(
         out.status.success(),
         "push failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `wasmlet push`, successful or not. Registry credentials come only from `env`.
+fn try_push(
+    dir: &Path,
+    bytes: &[u8],
+    image: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let file = dir.join(format!(
+        "{}.wasm",
+        oci::store::digest_of(bytes).trim_start_matches("sha256:")
+    ));
+    std::fs::write(&file, bytes).unwrap();
+    Command::new(wasmlet_binary().unwrap())
+        .arg("push")
+        .arg(&file)
+        .arg(image)
+        .arg("--insecure")
+        .args(extra)
+        .env_remove("WASMLET_REGISTRY_USERNAME")
+        .env_remove("WASMLET_REGISTRY_PASSWORD")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// The manifest the registry holds for `image`, read with skopeo rather than oci-client, so
+/// what checks the push shares no code with what did it.
+fn registry_manifest(image: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {image} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn module(tag: u8) -> Vec<u8> {
@@ -72,26 +101,84 @@ async fn pushed_modules_and_components_round_trip_in_every_push_format() {
     let registry = Registry::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let host = registry.host();
+    // The media types are spelled out rather than taken from `oci::media`, so a wrong
+    // constant there cannot make this agree with itself.
+    let (cncf_config, cncf_layer) = ("application/vnd.wasm.config.v0+json", "application/wasm");
+    let component_layer = "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
     let cases = [
-        (module(1), "cncf", Shape::CncfArtifact, WasmKind::Module),
-        (module(2), "wasm-to-oci", Shape::WasmToOci, WasmKind::Module),
+        (
+            module(1),
+            Some("cncf"),
+            Shape::CncfArtifact,
+            WasmKind::Module,
+            (cncf_config, cncf_layer),
+        ),
+        (
+            module(2),
+            Some("wasm-to-oci"),
+            Shape::WasmToOci,
+            WasmKind::Module,
+            (
+                "application/vnd.wasm.config.v1+json",
+                "application/vnd.wasm.content.layer.v1+wasm",
+            ),
+        ),
         (
             empty_component(),
-            "cncf",
+            Some("cncf"),
             Shape::ComponentLayer,
             WasmKind::Component,
+            (cncf_config, component_layer),
+        ),
+        // No --format: the CNCF shape is the default, with the component layer type for a
+        // component.
+        (
+            module(12),
+            None,
+            Shape::CncfArtifact,
+            WasmKind::Module,
+            (cncf_config, cncf_layer),
+        ),
+        (
+            empty_component(),
+            None,
+            Shape::ComponentLayer,
+            WasmKind::Component,
+            (cncf_config, component_layer),
         ),
     ];
     let puller = puller(dir.path(), &host, 1 << 20);
-    for (i, (bytes, format, shape, kind)) in cases.into_iter().enumerate() {
+    for (i, (bytes, format, shape, kind, (config_type, layer_type))) in
+        cases.into_iter().enumerate()
+    {
         let image = format!("{host}/demo/round-trip-{i}:v1");
-        let said = push(dir.path(), &bytes, &image, &["--format", format], &[]);
+        let label = format.unwrap_or("no --format");
+        let extra = match format {
+            Some(format) => vec!["--format", format],
+            None => vec![],
+        };
+        let said = push(dir.path(), &bytes, &image, &extra, &[]);
         assert!(said.contains("pushed"), "{said}");
+
+        let manifest = registry_manifest(&image);
+        assert_eq!(
+            manifest["config"]["mediaType"], config_type,
+            "{label}: {manifest}"
+        );
+        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        assert_eq!(layers.len(), 1, "{label}: {manifest}");
+        assert_eq!(layers[0]["mediaType"], layer_type, "{label}: {manifest}");
+        assert_eq!(
+            layers[0]["digest"],
+            oci::store::digest_of(&bytes).as_str(),
+            "{label}: {manifest}"
+        );
+
         let artifact = puller
             .pull(&request(&image, PullPolicy::IfNotPresent))
             .await
             .unwrap();
-        assert_eq!((artifact.shape, artifact.kind), (shape, kind), "{format}");
+        assert_eq!((artifact.shape, artifact.kind), (shape, kind), "{label}");
         assert_eq!(std::fs::read(&artifact.wasm_path).unwrap(), bytes);
         assert_eq!(artifact.wasm_digest, oci::store::digest_of(&bytes));
     }
@@ -274,6 +361,22 @@ async fn private_registry_takes_the_pull_secret_and_refuses_anyone_else() {
     let host = registry.host();
     let image = format!("{host}/private/app:v1");
     let wasm = module(4);
+    // A push is refused without the password, and the message says it was a push.
+    for env in [
+        &[][..],
+        &[
+            ("WASMLET_REGISTRY_USERNAME", REGISTRY_USER),
+            ("WASMLET_REGISTRY_PASSWORD", "wrong"),
+        ][..],
+    ] {
+        let out = try_push(dir.path(), &wasm, &image, &[], env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("not authorized to push {image}")),
+            "{stderr}"
+        );
+    }
     push(
         dir.path(),
         &wasm,
@@ -340,6 +443,14 @@ async fn tampered_blob_fails_verification_and_nothing_is_stored() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    let hex = digest.trim_start_matches("sha256:");
+    assert!(
+        err.to_string().contains(hex)
+            && err
+                .to_string()
+                .contains(oci::store::digest_of(&evil).trim_start_matches("sha256:")),
+        "the message names the promised digest and what the bytes hash to: {err}"
+    );
     assert!(
         !puller.store().has_blob(&digest),
         "unverified content never enters the store"

@@ -37,6 +37,9 @@ enum Node {
 /// Symlink hops before resolution gives up, as Linux's ELOOP limit.
 const MAX_LINK_HOPS: usize = 40;
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+/// The most a file read reserves before its data has arrived (the tar crate's own
+/// `read_all` reserves at most 128 KiB for the same reason).
+const PREALLOC_BYTES: u64 = 1024 * 1024;
 
 /// Reads the file that `entry` (absolute, or relative to `working_dir`) names in the merged
 /// layers. `None` when no such regular file exists.
@@ -287,8 +290,22 @@ fn read_file(reference: &str, layer: &Layer, wanted: &str, max_bytes: u64) -> Re
                 limit: max_bytes,
             });
         }
-        let mut bytes = Vec::with_capacity(size as usize);
+        // The header's size is the layer's claim, not a fact: reserve at most
+        // PREALLOC_BYTES and let the buffer grow as data arrives, so a header claiming
+        // the whole layer limit over a few bytes of data costs a few bytes, not 512 MiB.
+        let mut bytes = Vec::with_capacity(size.min(PREALLOC_BYTES) as usize);
         entry.read_to_end(&mut bytes).map_err(bad)?;
+        // tar stops at the claimed size but not short of it: a layer that ends early would
+        // otherwise hand back a truncated module.
+        if bytes.len() as u64 != size {
+            return Err(bad(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{wanted} is cut short: its header says {size} bytes, the layer holds {}",
+                    bytes.len()
+                ),
+            )));
+        }
         // The last copy in the layer wins, as it would on disk.
         found = Some(bytes);
     }
@@ -435,6 +452,49 @@ pub(crate) mod tests {
                 .as_deref(),
             Some(WASM)
         );
+    }
+
+    #[test]
+    fn a_header_claiming_more_than_the_layer_holds_is_refused_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        // A header claiming 256 MiB (under the 512 MiB limit) over 8 bytes of data.
+        // `Builder::append` copies only what the reader gives, so the archive really holds
+        // 8 bytes, padding, and the two end blocks.
+        let claimed: u64 = 256 << 20;
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(EntryType::Regular);
+        header.set_path("app.wasm").unwrap();
+        header.set_size(claimed);
+        header.set_mode(0o755);
+        header.set_cksum();
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&header, WASM).unwrap();
+        let l = layers(dir.path(), &[builder.into_inner().unwrap()]);
+
+        // `read_file` itself, not `read_entry`: `index` walks the whole archive first and
+        // stops at its early end today, but the read must not depend on that walk.
+        let err = read_file("img", &l[0], "/app.wasm", 512 << 20).unwrap_err();
+        assert!(matches!(err, Error::BadLayer { .. }), "{err}");
+        let cause = std::error::Error::source(&err).map(|c| c.to_string());
+        assert!(
+            cause
+                .as_deref()
+                .is_some_and(|c| c.contains("/app.wasm is cut short") && c.contains("268435456")),
+            "{cause:?}"
+        );
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_reservation_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        // Three times the up-front reservation, with a pattern, so a lost or repeated chunk
+        // would show.
+        let big: Vec<u8> = (0..3 * PREALLOC_BYTES as usize)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let l = layers(dir.path(), &[tar_bytes(&[Item::File("big.wasm", &big)])]);
+        let bytes = read_entry("img", &l, "/big.wasm", "/", 4 * PREALLOC_BYTES).unwrap();
+        assert!(bytes.as_deref() == Some(&big[..]), "the bytes differ");
     }
 
     #[test]

@@ -130,6 +130,26 @@ pub enum Error {
         /// What it looks like.
         detail: String,
     },
+    /// The file to push cannot be read.
+    #[error("cannot read {path}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The registry refused a push: no credentials where it wants some, wrong ones, or a
+    /// user without push rights.
+    #[error(
+        "not authorized to push {reference}: {registry} refused the credentials given (or wants some); check the user name and password"
+    )]
+    PushUnauthorized {
+        /// The image.
+        reference: String,
+        /// The registry host.
+        registry: String,
+    },
     /// The store could not be read or written.
     #[error("artifact store: cannot {action} {path}")]
     Store {

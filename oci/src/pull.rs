@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use oci_client::client::ClientProtocol;
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -519,10 +519,9 @@ fn map_client_error(reference: &Reference, err: OciDistributionError) -> Error {
                 }
             }
         }
-        OciDistributionError::DigestError(e) => Error::DigestMismatch {
-            expected: "the digest in the manifest".into(),
-            actual: e.to_string(),
-        },
+        OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
+            Error::DigestMismatch { expected, actual }
+        }
         OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
             Error::RegistryUnreachable {
                 registry,
@@ -598,5 +597,110 @@ mod tests {
         };
         assert_eq!(last_used("reg.example/fresh:v1").await, now - 5);
         assert!(last_used("reg.example/stale:v1").await >= now);
+    }
+
+    #[tokio::test]
+    async fn the_limited_writer_takes_up_to_the_limit_and_refuses_a_byte_more() {
+        use tokio::io::AsyncWriteExt;
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let mut writer = LimitedWriter {
+            inner: Vec::new(),
+            remaining: 16,
+            exceeded: exceeded.clone(),
+        };
+        writer.write_all(&[1; 10]).await.unwrap();
+        writer.write_all(&[2; 6]).await.unwrap();
+        assert!(
+            !exceeded.load(Ordering::Relaxed),
+            "exactly the limit is allowed"
+        );
+        let err = writer.write_all(&[3]).await.unwrap_err();
+        assert!(err.to_string().contains("size limit"), "{err}");
+        assert!(exceeded.load(Ordering::Relaxed));
+        assert_eq!(writer.inner.len(), 16, "the refused write reached nothing");
+    }
+
+    /// A registry on 127.0.0.1 that answers every blob request with `body` and everything
+    /// else (the `/v2/` version check) with an empty 200, which is all `pull_blob` needs.
+    /// Returns its `host:port`; dropping the runtime stops it.
+    async fn registry_serving(body: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let request_line = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let body: &[u8] = if request_line.contains("/blobs/") {
+                        &body
+                    } else {
+                        &[]
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                    let _ = conn.write_all(body).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        host
+    }
+
+    #[tokio::test]
+    async fn a_blob_larger_than_its_manifest_says_stops_at_the_limit_and_nothing_is_committed() {
+        // The body hashes to the digest asked for, so the digest checks would pass and only
+        // the streaming limit stands between it and the store.
+        let body = vec![0x2a; 64 * 1024];
+        let digest = crate::store::digest_of(&body);
+        let host = registry_serving(body).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let puller = Puller::new(
+            store.clone(),
+            PullerConfig {
+                insecure_registries: vec![host.clone()],
+                max_layer_bytes: 16 * 1024,
+            },
+        );
+        let reference: Reference = format!("{host}/demo/liar:v1").parse().unwrap();
+        // The manifest understates the layer: 16 bytes passes the up-front size check.
+        let layer = OciDescriptor {
+            media_type: media::CNCF_LAYER.into(),
+            digest: digest.clone(),
+            size: 16,
+            ..Default::default()
+        };
+        let err = puller
+            .download(&reference, &layer, &RegistryAuth::Anonymous)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::LayerTooLarge { limit: 16384, ref digest, .. } if *digest == layer.digest),
+            "{err}"
+        );
+        assert!(!store.has_blob(&digest), "the blob never enters the store");
+        assert!(
+            std::fs::read_dir(dir.path().join("tmp"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "the partial download is removed"
+        );
     }
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use oci_client::Reference;
 use oci_client::client::{ClientProtocol, Config, ImageLayer};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 
 use crate::client::new_client;
@@ -49,9 +50,14 @@ pub async fn push(
                 reference: image.to_string(),
                 reason: e.to_string(),
             })?;
+    // The file is the user's, not the store's: name it plainly so a typo in the path reads
+    // as one.
     let bytes = tokio::fs::read(file)
         .await
-        .map_err(Error::store("read", file))?;
+        .map_err(|source| Error::ReadFile {
+            path: file.to_path_buf(),
+            source,
+        })?;
     let kind = WasmKind::detect(&bytes).ok_or_else(|| Error::NotWasmFile {
         path: file.to_path_buf(),
         detail: describe_non_wasm(&bytes),
@@ -100,13 +106,141 @@ pub async fn push(
     let response = client
         .push(&reference, &[layer], config, auth, None)
         .await
-        .map_err(|e| Error::Registry {
-            reference: reference.whole(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| map_push_error(&reference, e))?;
     Ok(Pushed {
         kind,
         layer_digest,
         manifest_url: response.manifest_url,
     })
+}
+
+/// Names the push failures a person can do something about: a registry that cannot be
+/// reached (wrong host or port, registry down) and one that refuses the credentials. Pull's
+/// mapping is not reused: its messages speak of pulls and imagePullSecrets.
+fn map_push_error(reference: &Reference, err: OciDistributionError) -> Error {
+    let registry = reference.resolve_registry().to_string();
+    let unauthorized = |registry| Error::PushUnauthorized {
+        reference: reference.whole(),
+        registry,
+    };
+    match err {
+        OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
+            Error::RegistryUnreachable {
+                registry,
+                source: Box::new(e),
+            }
+        }
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => unauthorized(registry),
+        OciDistributionError::RegistryError { envelope, .. }
+            if envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)) =>
+        {
+            unauthorized(registry)
+        }
+        other => Error::Registry {
+            reference: reference.whole(),
+            message: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pushes `bytes` (or nothing, when `None`: the file is missing) to `image`.
+    async fn push_file(bytes: Option<&[u8]>, image: &str) -> (std::path::PathBuf, Error) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.wasm");
+        if let Some(bytes) = bytes {
+            std::fs::write(&file, bytes).unwrap();
+        }
+        let err = push(
+            &file,
+            image,
+            PushFormat::Cncf,
+            &RegistryAuth::Anonymous,
+            true,
+        )
+        .await
+        .unwrap_err();
+        (file, err)
+    }
+
+    // Port 1 on loopback: nothing listens there and an unprivileged test cannot bind it, so
+    // a connection is refused at once. The file checks must fail before any connection.
+    const CLOSED: &str = "127.0.0.1:1/demo/app:v1";
+
+    #[tokio::test]
+    async fn a_file_that_is_not_wasm_is_refused_before_the_registry_is_contacted() {
+        for (bytes, looks_like) in [
+            (&b"#!/bin/sh\necho hi\n"[..], "a shell script"),
+            (b"\x7fELF\x02\x01\x01\0\0\0", "an ELF executable"),
+            (b"", "only 0 bytes"),
+        ] {
+            let (file, err) = push_file(Some(bytes), CLOSED).await;
+            assert!(matches!(err, Error::NotWasmFile { .. }), "{err}");
+            let message = err.to_string();
+            assert!(message.contains(&file.display().to_string()), "{message}");
+            assert!(message.contains(looks_like), "{message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_named_and_not_blamed_on_the_store() {
+        let (file, err) = push_file(None, CLOSED).await;
+        assert!(matches!(err, Error::ReadFile { .. }), "{err}");
+        assert_eq!(err.to_string(), format!("cannot read {}", file.display()));
+        let cause = std::error::Error::source(&err).map(|s| s.to_string());
+        assert!(
+            cause.as_deref().is_some_and(|c| c.contains("No such file")),
+            "{cause:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_an_unreachable_registry() {
+        let (_, err) = push_file(Some(b"\0asm\x01\0\0\0"), CLOSED).await;
+        assert!(matches!(err, Error::RegistryUnreachable { .. }), "{err}");
+        assert_eq!(err.to_string(), "registry 127.0.0.1:1 is unreachable");
+    }
+
+    #[test]
+    fn refusals_name_the_push_and_the_registry() {
+        let reference: Reference = "reg.example:5000/demo/app:v1".parse().unwrap();
+        for err in [
+            OciDistributionError::UnauthorizedError {
+                url: "http://reg.example:5000/v2/".into(),
+            },
+            OciDistributionError::ServerError {
+                code: 403,
+                url: "http://reg.example:5000/v2/".into(),
+                message: "denied".into(),
+            },
+        ] {
+            let mapped = map_push_error(&reference, err);
+            assert!(matches!(mapped, Error::PushUnauthorized { .. }), "{mapped}");
+            let message = mapped.to_string();
+            assert!(
+                message.contains("push reg.example:5000/demo/app:v1")
+                    && message.contains("refused the credentials"),
+                "{message}"
+            );
+        }
+        let other = map_push_error(
+            &reference,
+            OciDistributionError::ServerError {
+                code: 500,
+                url: "http://reg.example:5000/v2/".into(),
+                message: "boom".into(),
+            },
+        );
+        assert!(matches!(other, Error::Registry { .. }), "{other}");
+    }
 }
