@@ -13,11 +13,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::LogStream;
+use crate::pod::admission::Rejection;
 
 /// How often the agent asks a provider to collect garbage.
 pub const GC_PERIOD: std::time::Duration = std::time::Duration::from_secs(300);
@@ -155,6 +157,15 @@ pub trait Provider: Send + Sync + 'static {
     /// Whether the provider can run pods right now. An `Err` carries the reason, and the
     /// node reports `Ready=False` with it until the provider recovers.
     fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Whether this provider will run `pod`, asked once when the node first sees it and
+    /// after the agent's own checks (max-pods, CPU, memory, extended resources) passed. A
+    /// refusal fails the pod with the rejection's reason and message and is never retried:
+    /// e.g. a peripheral provider refusing a pod whose devices it cannot grant.
+    fn admit(&self, pod: &Pod) -> Result<(), Rejection> {
+        let _ = pod;
         Ok(())
     }
 

@@ -1,11 +1,15 @@
-//! Whether this node takes a pod: the kubelet's admission checks for pods, CPU and memory,
-//! plus refusing pods that were never meant for a Wasm node.
+//! Whether this node takes a pod: the kubelet's admission checks for pods, CPU, memory and
+//! extended resources (the devices a provider advertises), plus refusing pods that were
+//! never meant for a Wasm node.
 
-use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
 
 use super::quantity;
 
-/// What the node can still give.
+/// What the node can give pods in all (cpu, memory, pods; extended resources are in
+/// [`ExtendedCapacity`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Capacity {
     /// `max-pods`.
@@ -16,14 +20,19 @@ pub struct Capacity {
     pub memory_bytes: u64,
 }
 
+/// Extended resources the node advertises (`vendor.example/gpio: 2`), in whole units.
+pub type ExtendedCapacity = BTreeMap<String, u64>;
+
 /// What a pod asks for: the sum over app containers, or the largest init container if that
 /// is more, as the scheduler counts it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Requests {
     /// CPU in millicores.
     pub cpu_millis: u64,
     /// Memory in bytes.
     pub memory_bytes: u64,
+    /// Extended resources by name, in whole units.
+    pub extended: BTreeMap<String, u64>,
 }
 
 impl Requests {
@@ -32,36 +41,65 @@ impl Requests {
         let Some(spec) = &pod.spec else {
             return Self::default();
         };
-        let one = |c: &k8s_openapi::api::core::v1::Container| {
-            let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-            Self {
-                cpu_millis: requests
-                    .and_then(|r| r.get("cpu"))
-                    .and_then(quantity::cpu_millis)
-                    .unwrap_or(0),
-                memory_bytes: requests
-                    .and_then(|r| r.get("memory"))
-                    .and_then(quantity::bytes)
-                    .unwrap_or(0),
-            }
-        };
-        let apps = spec
-            .containers
-            .iter()
-            .map(one)
-            .fold(Self::default(), |a, b| Self {
-                cpu_millis: a.cpu_millis + b.cpu_millis,
-                memory_bytes: a.memory_bytes + b.memory_bytes,
-            });
+        let apps =
+            spec.containers
+                .iter()
+                .map(Self::of_container)
+                .fold(Self::default(), |mut sum, one| {
+                    sum.cpu_millis += one.cpu_millis;
+                    sum.memory_bytes += one.memory_bytes;
+                    for (name, count) in one.extended {
+                        *sum.extended.entry(name).or_default() += count;
+                    }
+                    sum
+                });
         spec.init_containers
             .iter()
             .flatten()
-            .map(one)
-            .fold(apps, |a, b| Self {
-                cpu_millis: a.cpu_millis.max(b.cpu_millis),
-                memory_bytes: a.memory_bytes.max(b.memory_bytes),
+            .map(Self::of_container)
+            .fold(apps, |mut most, one| {
+                most.cpu_millis = most.cpu_millis.max(one.cpu_millis);
+                most.memory_bytes = most.memory_bytes.max(one.memory_bytes);
+                for (name, count) in one.extended {
+                    let entry = most.extended.entry(name).or_default();
+                    *entry = (*entry).max(count);
+                }
+                most
             })
     }
+
+    fn of_container(container: &Container) -> Self {
+        let resources = container.resources.as_ref();
+        let requests = resources.and_then(|r| r.requests.as_ref());
+        let limits = resources.and_then(|r| r.limits.as_ref());
+        // An extended resource may be given as a limit only; its request is then the
+        // limit, as the API server defaults it (they must be equal).
+        let extended = limits
+            .into_iter()
+            .flatten()
+            .chain(requests.into_iter().flatten())
+            .filter(|(name, _)| is_extended(name))
+            .filter_map(|(name, q)| Some((name.clone(), quantity::bytes(q)?)))
+            .collect();
+        Self {
+            cpu_millis: requests
+                .and_then(|r| r.get("cpu"))
+                .and_then(quantity::cpu_millis)
+                .unwrap_or(0),
+            memory_bytes: requests
+                .and_then(|r| r.get("memory"))
+                .and_then(quantity::bytes)
+                .unwrap_or(0),
+            extended,
+        }
+    }
+}
+
+/// An extended resource: a fully qualified name outside the `kubernetes.io` domain, such as
+/// the devices a provider advertises.
+fn is_extended(name: &str) -> bool {
+    name.split_once('/')
+        .is_some_and(|(domain, _)| !domain.ends_with("kubernetes.io"))
 }
 
 /// Why a pod was refused: the pod's `status.reason` and `status.message`.
@@ -74,7 +112,12 @@ pub struct Rejection {
 }
 
 /// Decides whether `pod` fits beside the `admitted` pods.
-pub fn admit(pod: &Pod, admitted: &[Requests], capacity: Capacity) -> Result<(), Rejection> {
+pub fn admit(
+    pod: &Pod,
+    admitted: &[Requests],
+    capacity: Capacity,
+    extended: &ExtendedCapacity,
+) -> Result<(), Rejection> {
     if let Some(rejection) = not_meant_for_wasm(pod) {
         return Err(rejection);
     }
@@ -101,7 +144,13 @@ pub fn admit(pod: &Pod, admitted: &[Requests], capacity: Capacity) -> Result<(),
             capacity.memory_bytes,
         ),
     ];
-    for (resource, unit, requested, used, capacity) in checks {
+    let devices = wanted.extended.iter().map(|(name, requested)| {
+        let used = admitted.iter().filter_map(|r| r.extended.get(name)).sum();
+        // A resource the node does not advertise has a capacity of nothing.
+        let capacity = extended.get(name).copied().unwrap_or(0);
+        (name.as_str(), "", *requested, used, capacity)
+    });
+    for (resource, unit, requested, used, capacity) in checks.into_iter().chain(devices) {
         if used + requested > capacity {
             return Err(Rejection {
                 reason: format!("OutOf{resource}"),
@@ -175,10 +224,12 @@ mod tests {
         memory_bytes: 1 << 30,
     };
 
+    const NONE: ExtendedCapacity = ExtendedCapacity::new();
+
     #[test]
     fn pods_beyond_max_pods_are_refused_as_out_of_pods() {
         let used = [Requests::default(), Requests::default()];
-        let err = admit(&pod_requesting("0", "0"), &used, ROOMY).unwrap_err();
+        let err = admit(&pod_requesting("0", "0"), &used, ROOMY, &NONE).unwrap_err();
         assert_eq!(err.reason, "OutOfpods");
         assert!(err.message.contains("capacity: 2"), "{}", err.message);
     }
@@ -186,18 +237,18 @@ mod tests {
     #[test]
     fn requests_beyond_allocatable_are_refused() {
         assert_eq!(
-            admit(&pod_requesting("3", "1Mi"), &[], ROOMY)
+            admit(&pod_requesting("3", "1Mi"), &[], ROOMY, &NONE)
                 .unwrap_err()
                 .reason,
             "OutOfcpu"
         );
         assert_eq!(
-            admit(&pod_requesting("1", "2Gi"), &[], ROOMY)
+            admit(&pod_requesting("1", "2Gi"), &[], ROOMY, &NONE)
                 .unwrap_err()
                 .reason,
             "OutOfmemory"
         );
-        assert!(admit(&pod_requesting("1", "512Mi"), &[], ROOMY).is_ok());
+        assert!(admit(&pod_requesting("1", "512Mi"), &[], ROOMY, &NONE).is_ok());
     }
 
     #[test]
@@ -211,9 +262,60 @@ mod tests {
             operator: Some("Exists".into()),
             ..Default::default()
         }]);
-        assert_eq!(admit(&pod, &[], ROOMY).unwrap_err().reason, "NotWasm");
+        assert_eq!(
+            admit(&pod, &[], ROOMY, &NONE).unwrap_err().reason,
+            "NotWasm"
+        );
         pod.spec.as_mut().unwrap().node_selector =
             Some([("kubernetes.io/arch".to_string(), "wasm32-wasi".to_string())].into());
-        assert!(admit(&pod, &[], ROOMY).is_ok());
+        assert!(admit(&pod, &[], ROOMY, &NONE).is_ok());
+    }
+
+    #[test]
+    fn extended_resources_are_counted_against_what_the_node_advertises() {
+        const GPIO: &str = "devices.wasmlet.dev/gpio";
+        // Given as a limit only, as device requests usually are.
+        let wanting = |count: &str| {
+            let mut pod = pod_requesting("0", "0");
+            pod.spec.as_mut().unwrap().containers[0]
+                .resources
+                .as_mut()
+                .unwrap()
+                .limits = Some([(GPIO.to_string(), Quantity(count.into()))].into());
+            pod
+        };
+        let advertised: ExtendedCapacity = [(GPIO.to_string(), 3)].into();
+        let holding_two = Requests::of(&wanting("2"));
+        assert_eq!(holding_two.extended.get(GPIO), Some(&2));
+        assert!(
+            admit(
+                &wanting("1"),
+                std::slice::from_ref(&holding_two),
+                ROOMY,
+                &advertised
+            )
+            .is_ok()
+        );
+        let refused = admit(&wanting("2"), &[holding_two], ROOMY, &advertised).unwrap_err();
+        assert_eq!(refused.reason, format!("OutOf{GPIO}"));
+        assert!(
+            refused
+                .message
+                .contains("requested: 2, used: 2, capacity: 3"),
+            "{}",
+            refused.message
+        );
+        let err = admit(&wanting("1"), &[], ROOMY, &NONE).unwrap_err();
+        assert!(
+            err.message.contains("capacity: 0"),
+            "not advertised: {}",
+            err.message
+        );
+        assert!(
+            Requests::of(&pod_requesting("1", "1Mi"))
+                .extended
+                .is_empty(),
+            "cpu and memory are not extended resources"
+        );
     }
 }

@@ -39,7 +39,7 @@ pub fn cpu_millis(quantity: &Quantity) -> Option<u64> {
     parse(quantity).map(|cores| (cores * 1000.0).ceil().max(0.0) as u64)
 }
 
-/// Memory (or storage) in bytes.
+/// Memory (or storage) in bytes; also any whole count, such as an extended resource's.
 pub fn bytes(quantity: &Quantity) -> Option<u64> {
     parse(quantity).map(|b| b.ceil().max(0.0) as u64)
 }
