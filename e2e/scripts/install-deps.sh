@@ -36,12 +36,18 @@ ensure_apt_packages() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
-    # The packaged services are not wanted: each test starts its own on free ports.
-    for svc in etcd docker-registry; do
+    # The packaged services are not wanted: each test starts its own on free ports. Only the
+    # packaged ones are stopped (they run as their own users); a cluster that `e2e/up` or
+    # another test run started, as the caller, is left alone.
+    local svc user
+    for svc in etcd:etcd docker-registry:docker-registry; do
+        user=${svc#*:} svc=${svc%%:*}
         if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
             systemctl stop "$svc" || true
         fi
-        pkill -x "$svc" 2>/dev/null || true
+        if id -u "$user" >/dev/null 2>&1; then
+            pkill -x -u "$user" "$svc" 2>/dev/null || true
+        fi
     done
 }
 

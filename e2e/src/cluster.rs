@@ -132,6 +132,20 @@ impl WasmCluster {
         .await
     }
 
+    /// The names of the pods the node itself lists on its `/pods`, read through the API
+    /// server's node proxy.
+    pub fn node_pods(&self) -> anyhow::Result<Vec<String>> {
+        let url = format!("/api/v1/nodes/{}/proxy/pods", self.node.name);
+        let listed: serde_json::Value =
+            serde_json::from_str(&self.kubectl.run(&["get", "--raw", &url])?)?;
+        Ok(listed["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect())
+    }
+
     /// What one container instance wrote, as stored on the node (CRI log lines).
     pub fn container_log(&self, pod: &Pod, container: &str, restart: u32) -> String {
         let uid = pod.metadata.uid.clone().unwrap_or_default();

@@ -96,7 +96,12 @@ impl ControlPlane {
 
     /// The apiserver's URL.
     pub fn server_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.api_port)
+        format!("https://{}", self.api_addr())
+    }
+
+    /// The apiserver's address, for a [`CloudLink`](crate::CloudLink) to relay to.
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.api_port))
     }
 
     /// The directory that holds this plane's PKI, kubeconfigs and logs.
@@ -107,6 +112,12 @@ impl ControlPlane {
     /// Writes a kubeconfig for node `name` with a client cert in `system:nodes`, the identity
     /// Node authorization and NodeRestriction expect.
     pub fn node_kubeconfig(&self, name: &str) -> anyhow::Result<PathBuf> {
+        self.node_kubeconfig_via(name, &self.server_url())
+    }
+
+    /// [`node_kubeconfig`](Self::node_kubeconfig) reaching the apiserver at `server`, e.g.
+    /// through a [`CloudLink`](crate::CloudLink).
+    pub fn node_kubeconfig_via(&self, name: &str, server: &str) -> anyhow::Result<PathBuf> {
         let id = format!("node-{name}");
         self.pki.issue_to(
             &id,
@@ -115,7 +126,7 @@ impl ControlPlane {
         let path = self.dir.path().join(format!("{id}.kubeconfig"));
         write_cert_kubeconfig(
             &path,
-            &self.server_url(),
+            server,
             &self.pki.cert("ca"),
             &self.pki.cert(&id),
             &self.pki.key(&id),

@@ -182,6 +182,46 @@ pub fn wasm_module_of_size(size: usize) -> Vec<u8> {
     module
 }
 
+/// A WASI preview 1 module of about `size` bytes that is nearly all code: a `_start` that
+/// sleeps in `poll_oneoff` forever (a long-running pod), and filler functions of arithmetic
+/// that are never called but, like any module's code, are compiled. For start benchmarks,
+/// where a padded module would time the download but not the compiler.
+pub fn sleeper_module_of_size(size: usize) -> anyhow::Result<Vec<u8>> {
+    use std::fmt::Write;
+    // One filler function is about 5 kB of code: 1,000 `i32.const; i32.xor` pairs of five
+    // bytes each (constants below 2^21 take three LEB bytes).
+    const PAIRS: u32 = 1000;
+    let functions = size / 5000;
+    let mut wat = String::from(
+        r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    ;; One clock subscription at 0 (tag 0 = clock, id 1 = monotonic, an hour), its event
+    ;; at 64, the count at 128.
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 3600000000000))
+    (loop $forever
+      (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+      (br $forever)))
+"#,
+    );
+    for f in 0..functions {
+        write!(
+            wat,
+            "  (func $filler{f} (param i32) (result i32) local.get 0"
+        )?;
+        for k in 0..PAIRS {
+            // Constants that need 3–4 LEB bytes and differ, so nothing folds away.
+            write!(wat, " i32.const {} i32.xor", 100_000 + f as u32 * PAIRS + k)?;
+        }
+        wat.push_str(")\n");
+    }
+    wat.push(')');
+    Ok(wat::parse_str(&wat)?)
+}
+
 /// The smallest valid component.
 pub fn empty_component() -> Vec<u8> {
     b"\0asm\x0d\0\x01\0".to_vec()

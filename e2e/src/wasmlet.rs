@@ -30,6 +30,9 @@ pub struct WasmletOptions {
     pub bootstrap_kubeconfig: Option<PathBuf>,
     /// `--sync-frequency`; `None` keeps wasmlet's default (1m).
     pub sync_frequency: Option<String>,
+    /// The API server URL in the node's kubeconfig, e.g. a [`CloudLink`](crate::CloudLink)'s;
+    /// `None`: the plane's own.
+    pub api_server: Option<String>,
 }
 
 impl WasmletOptions {
@@ -46,6 +49,7 @@ impl WasmletOptions {
             eviction_hard: "nodefs.available<64Mi".into(),
             bootstrap_kubeconfig: None,
             sync_frequency: None,
+            api_server: None,
         }
     }
 }
@@ -71,7 +75,10 @@ impl WasmletNode {
         let kubeconfig = match &options.bootstrap_kubeconfig {
             // wasmlet writes this one itself.
             Some(_) => plane.dir().join("nodes").join(format!("{name}.kubeconfig")),
-            None => plane.node_kubeconfig(name)?,
+            None => match &options.api_server {
+                Some(server) => plane.node_kubeconfig_via(name, server)?,
+                None => plane.node_kubeconfig(name)?,
+            },
         };
         let port = free_port()?;
         let mut cmd = Command::new(wasmlet_binary()?);
@@ -107,7 +114,7 @@ impl WasmletNode {
                     .iter()
                     .map(|period| format!("--sync-frequency={period}")),
             )
-            .env("RUST_LOG", "info,kubelet=debug");
+            .env("RUST_LOG", "info,kubelet=debug,wasi_provider=debug");
         let log = plane.dir().join(format!("wasmlet-{name}-{port}.log"));
         let process = Supervised::spawn("wasmlet", cmd, &log)?;
         Ok(Self {
@@ -245,13 +252,18 @@ impl WasmletNode {
 
     /// Sends SIGTERM and returns the exit status, failing if wasmlet has not exited in 10 s.
     pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        self.stop_with(Signal::TERM)
+    }
+
+    /// Sends `signal` and returns the exit status, failing if wasmlet has not exited in 10 s.
+    pub fn stop_with(&mut self, signal: Signal) -> anyhow::Result<ExitStatus> {
         match self
             .process
-            .signal_and_wait(Signal::TERM, Duration::from_secs(10))
+            .signal_and_wait(signal, Duration::from_secs(10))
         {
             Some(status) => Ok(status),
             None => bail!(
-                "wasmlet did not exit within 10 s of SIGTERM:\n{}",
+                "wasmlet did not exit within 10 s of {signal:?}:\n{}",
                 self.log_tail(20)
             ),
         }

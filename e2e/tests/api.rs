@@ -1,5 +1,6 @@
 //! The kubelet HTTPS API end to end: `kubectl logs` in all its forms, stats and metrics
-//! through the API server's node proxy, exec's refusal, and who may call the API at all.
+//! through the API server's node proxy, the refusals of exec, attach and port-forward, and
+//! who may call the API at all.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,49 @@ fn tick(line: &str) -> Option<(u64, u128)> {
         ["tick", n, "from", _, "at", ms] => Some((n.parse().ok()?, ms.parse().ok()?)),
         _ => None,
     }
+}
+
+/// Milliseconds since the epoch, the ticker's clock.
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// `GET path` on the node's kubelet API through the API server's node proxy, as the cluster
+/// admin: the status code and the body as the node sent them. (`kubectl get --raw` would
+/// replace a plain-text error body with client-go's generic message.)
+async fn proxied(cluster: &WasmCluster, path: &str) -> (u16, String) {
+    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.plane.admin_kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let url = format!("/api/v1/nodes/{}/proxy{path}", cluster.node.name);
+    let request = http::Request::get(url)
+        .body(kube::client::Body::empty())
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    let code = response.status().as_u16();
+    let body = response.into_body().collect_bytes().await.unwrap();
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Runs kubectl `args` to its end and returns whether it succeeded and what it printed; a
+/// command still running after 30 s (a stream that did open) fails the test.
+async fn kubectl_to_end(cluster: &WasmCluster, args: &[&str]) -> (bool, String) {
+    let child = cluster.kubectl.spawn(args).unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("kubectl {args:?} still running after 30 s"))
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
 }
 
 fn raw(cluster: &WasmCluster, path: &str) -> String {
@@ -101,17 +145,55 @@ async fn kubectl_logs_reads_tails_stamps_limits_and_follows_a_running_pod() {
         .run(&["logs", "ticker", "--limit-bytes=10"])
         .unwrap();
     assert_eq!(limited, "tick 0 fro");
+    // --since counts back from the node's clock. An hour covers the whole run, so it starts
+    // at the first line; once the ticker has run for 4 s, 2 s leaves the first line out and
+    // starts about 2 s back.
     let recent = cluster
         .kubectl
         .run(&["logs", "ticker", "--since=1h"])
         .unwrap();
     assert!(recent.starts_with("tick 0 "), "{recent}");
+    let (_, first_ms) = all.lines().next().and_then(tick).unwrap();
+    wait_for("the ticker to run for 4 s", MINUTE, || {
+        let last = cluster.kubectl.run(&["logs", "ticker", "--tail=1"]);
+        async move {
+            let last = last.map_err(|e| e.to_string())?;
+            let (_, ms) = tick(last.trim_end()).ok_or(format!("not a tick: {last}"))?;
+            Ok((ms >= first_ms + 4000).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    let asked = now_ms();
+    let window = cluster
+        .kubectl
+        .run(&["logs", "ticker", "--since=2s"])
+        .unwrap();
+    let answered = now_ms();
+    let (n, written) = window
+        .lines()
+        .next()
+        .and_then(tick)
+        .unwrap_or_else(|| panic!("no tick in the last 2 s: {window:?}"));
+    assert!(n > 0, "tick 0 is older than 2 s: {window}");
+    // The first line shown was written inside the window, and the one before it (20 ms
+    // earlier) outside it; a second of slack on each side for write latency and a late tick.
+    assert!(
+        written + 3000 >= asked,
+        "the first line is from {} ms before the request: {window}",
+        asked - written
+    );
+    assert!(
+        written + 1000 <= answered,
+        "lines from less than 1 s before the answer came first: {window}"
+    );
     let future = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600)).to_string();
     let none = cluster
         .kubectl
         .run(&["logs", "ticker", &format!("--since-time={future}")])
         .unwrap();
     assert_eq!(none, "");
+    // kubectl's own view: the API server refuses these before asking the node.
     let missing = cluster
         .kubectl
         .run(&["logs", "ticker", "-c", "nope"])
@@ -128,6 +210,34 @@ async fn kubectl_logs_reads_tails_stamps_limits_and_follows_a_running_pod() {
         .unwrap_err()
         .to_string();
     assert!(bad.contains("tailLines"), "{bad}");
+    // The node's own answers to the same mistakes, through the node proxy, which passes
+    // every request on: its status codes and one-line texts.
+    for (path, code, text) in [
+        (
+            "/containerLogs/default/ticker/nope",
+            404,
+            "container \"nope\" is not in pod \"ticker\"",
+        ),
+        (
+            "/containerLogs/default/absent/ticker",
+            404,
+            "pod \"absent\" in namespace \"default\" is not on this node",
+        ),
+        (
+            "/containerLogs/default/ticker/ticker?tailLines=-1",
+            400,
+            "tailLines=\"-1\" must be a non-negative integer",
+        ),
+        (
+            "/containerLogs/default/ticker/ticker?sinceTime=yesterday",
+            400,
+            "sinceTime=\"yesterday\" is not an RFC 3339 time",
+        ),
+    ] {
+        let (got, body) = proxied(&cluster, path).await;
+        assert_eq!(got, code, "{path}: {body}");
+        assert!(body.starts_with(text), "{path}: {body}");
+    }
 
     // Follow: every line arrives, in order, and soon after the guest wrote it.
     let mut follow = cluster
@@ -171,7 +281,7 @@ async fn kubectl_logs_reads_tails_stamps_limits_and_follows_a_running_pod() {
 }
 
 #[tokio::test]
-async fn previous_logs_stats_metrics_and_exec_through_the_api_server() {
+async fn previous_logs_stats_metrics_and_unsupported_streams_through_the_api_server() {
     let cluster = WasmCluster::start("edge-api", 110).await.unwrap();
     let crashing = push_demo(&cluster.registry.host(), "exit-error").unwrap();
     let ticking = push_demo(&cluster.registry.host(), "ticker").unwrap();
@@ -264,14 +374,7 @@ async fn previous_logs_stats_metrics_and_exec_through_the_api_server() {
         metrics.contains("wasmlet_image_pull_duration_seconds_count 2"),
         "{metrics}"
     );
-    let listed: serde_json::Value = serde_json::from_str(&raw(&cluster, "/pods")).unwrap();
-    let names: Vec<&str> = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["metadata"]["name"].as_str())
-        .collect();
-    assert_eq!(names, ["crasher", "ticker"]);
+    assert_eq!(cluster.node_pods().unwrap(), ["crasher", "ticker"]);
 
     let exec = cluster
         .kubectl
@@ -279,6 +382,35 @@ async fn previous_logs_stats_metrics_and_exec_through_the_api_server() {
         .unwrap_err()
         .to_string();
     assert!(exec.contains("not supported for Wasm pods"), "{exec}");
+
+    // attach and port-forward get the same clear refusal: as the node answers them (a
+    // Kubernetes Status, 400) and as kubectl shows it after its upgrade is refused.
+    for (path, what) in [
+        ("/attach/default/ticker/ticker?stdout=true", "attach"),
+        ("/portForward/default/ticker", "port-forward"),
+    ] {
+        let (code, body) = proxied(&cluster, path).await;
+        assert_eq!(code, 400, "{path}: {body}");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["code"], 400, "{body}");
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("{what} is not supported for Wasm pods: ")),
+            "{body}"
+        );
+    }
+    let (ok, attach) = kubectl_to_end(&cluster, &["attach", "ticker", "-c", "ticker"]).await;
+    assert!(!ok, "attach succeeded: {attach}");
+    assert!(
+        attach.contains("attach is not supported for Wasm pods"),
+        "{attach}"
+    );
+    let (ok, forward) = kubectl_to_end(&cluster, &["port-forward", "pod/ticker", ":8080"]).await;
+    assert!(!ok, "port-forward succeeded: {forward}");
+    assert!(
+        forward.contains("port-forward is not supported for Wasm pods"),
+        "{forward}"
+    );
 }
 
 /// A client for the node's kubelet API (not the API server) with `credentials` from a

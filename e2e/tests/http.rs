@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e::demos::push_demo;
+use e2e::status::phase;
 use e2e::{WasmCluster, wasm_pod};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStateWaiting, Pod};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -141,13 +142,6 @@ fn client_pod(name: &str, image: &str, annotations: &str, args: &[String]) -> St
     )
 }
 
-fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
 fn client_status(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
     pod.status
         .as_ref()?
@@ -190,25 +184,6 @@ fn why_not_running(pod: &Pod) -> Option<(String, String)> {
     .into_iter()
     .flatten()
     .find(|(reason, _)| reason == "InvalidAnnotation")
-}
-
-/// `text` without terminal colour codes, which the node's log may carry.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters, ended by a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The log lines the client wrote to stdout.
@@ -301,7 +276,7 @@ async fn components_reach_only_allowed_hosts_and_at_most_the_allowed_concurrency
         assert_eq!(server.requests(name), 0, "{name} reached the server");
     }
     // The node says what it refused, and for which pod, where an operator looks.
-    let node_log = strip_ansi(&cluster.node.log_tail(usize::MAX));
+    let node_log = cluster.node.log_tail(usize::MAX);
     let authority = format!("127.0.0.1:{}", server.port);
     for (pod, why) in [
         ("default/denied", "not in the pod's allowed-domains"),

@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use e2e::demos::push_demo;
-use e2e::{Kubectl, WasmCluster, wait_for, wasm_pod};
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use e2e::status::{container, lease, phase, renew_time, running};
+use e2e::{WasmCluster, wait_for, wasm_pod};
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// The ticker's interval in the fairness test.
@@ -17,28 +16,6 @@ const TICK_MS: u64 = 100;
 /// How long the fairness test watches the node under load; the Lease, renewed every 10 s,
 /// must move in it.
 const WINDOW: Duration = Duration::from_secs(12);
-
-fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
-fn container<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .iter()
-        .flatten()
-        .find(|c| c.name == name)
-}
-
-fn running(pod: &Pod, name: &str) -> bool {
-    container(pod, name)
-        .and_then(|c| c.state.as_ref())
-        .is_some_and(|s| s.running.is_some())
-}
 
 /// A ticker pod logging every `interval_ms`.
 fn ticker(name: &str, image: &str, interval_ms: u64) -> String {
@@ -70,16 +47,6 @@ fn unix_ms() -> u64 {
         .as_millisecond()
         .try_into()
         .unwrap_or(0)
-}
-
-fn lease(kubectl: &Kubectl, name: &str) -> Result<Lease, String> {
-    kubectl
-        .get_json(&["get", "lease", "-n", "kube-node-lease", name])
-        .map_err(|e| e.to_string())
-}
-
-fn renew_time(lease: &Lease) -> Option<jiff::Timestamp> {
-    lease.spec.as_ref()?.renew_time.as_ref().map(|t| t.0)
 }
 
 /// Each running pod's cumulative CPU time and the node's clock when it was read, from

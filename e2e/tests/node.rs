@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{ControlPlane, Kubectl, WasmletNode, WasmletOptions, wait_for};
-use k8s_openapi::api::coordination::v1::Lease;
+use e2e::status::{lease, renew_time};
+use e2e::{CloudLink, ControlPlane, Kubectl, WasmletNode, WasmletOptions, wait_for};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use rustix::process::Signal;
 
 struct Cluster {
     // Drop order: the node stops before the plane it talks to.
@@ -52,16 +53,6 @@ async fn wait_for_ready(cluster: &Cluster, status: &str, timeout: Duration) -> N
     })
     .await;
     result.unwrap_or_else(|err| panic!("{err:#}\nwasmlet log:\n{}", cluster.node.log_tail(30)))
-}
-
-fn lease(kubectl: &Kubectl, name: &str) -> Result<Lease, String> {
-    kubectl
-        .get_json(&["get", "lease", "-n", "kube-node-lease", name])
-        .map_err(|e| e.to_string())
-}
-
-fn renew_time(lease: &Lease) -> Option<jiff::Timestamp> {
-    lease.spec.as_ref()?.renew_time.as_ref().map(|t| t.0)
 }
 
 #[tokio::test]
@@ -301,11 +292,13 @@ async fn restart_updates_the_same_node_with_new_labels_and_thresholds_and_sigter
 }
 
 #[tokio::test]
-async fn stopped_node_is_marked_not_ready_by_the_node_lifecycle_controller() {
+async fn a_node_stopped_with_ctrl_c_exits_zero_and_is_marked_not_ready_by_the_lifecycle_controller()
+{
     let mut cluster = cluster_with_node(&WasmletOptions::named("edge-stop")).await;
     wait_for_ready(&cluster, "True", Duration::from_secs(10)).await;
-    let status = cluster.node.terminate().unwrap();
-    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    // Ctrl-C at a terminal: the same orderly stop as SIGTERM (the restart test sends that).
+    let status = cluster.node.stop_with(Signal::INT).unwrap();
+    assert!(status.success(), "SIGINT exits 0, got {status}");
     let stopped = Instant::now();
     let node = wait_for_ready(&cluster, "Unknown", Duration::from_secs(60)).await;
     eprintln!(
@@ -370,6 +363,49 @@ async fn node_keeps_running_through_an_api_server_outage_without_spinning() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.node.log_tail(30)));
     wait_for_ready(&cluster, "True", Duration::from_secs(20)).await;
     assert!(cluster.node.is_running());
+}
+
+#[tokio::test]
+async fn a_node_cut_off_past_its_grace_period_is_ready_again_as_soon_as_its_link_returns() {
+    let plane = ControlPlane::start().await.expect("control plane starts");
+    let link = CloudLink::to(plane.api_addr()).expect("the link relays");
+    let options = WasmletOptions {
+        api_server: Some(link.url()),
+        ..WasmletOptions::named("edge-cut")
+    };
+    let node = WasmletNode::start(&plane, &options).expect("wasmlet starts");
+    let mut cluster = Cluster {
+        node,
+        kubectl: Kubectl::new(&plane.admin_kubeconfig()),
+        plane,
+    };
+    wait_for_ready(&cluster, "True", Duration::from_secs(10)).await;
+
+    // The control plane keeps running; only the node's uplink drops, so the node lifecycle
+    // controller gives up on the node after its grace period (16 s here).
+    link.cut();
+    let cut = Instant::now();
+    let node = wait_for_ready(&cluster, "Unknown", Duration::from_secs(60)).await;
+    assert_eq!(condition(&node, "Ready").unwrap().1, "NodeStatusUnknown");
+    eprintln!(
+        "node Unknown {:.1} s after its link was cut",
+        cut.elapsed().as_secs_f64()
+    );
+    assert!(
+        cluster.node.is_running(),
+        "wasmlet never exits on an outage"
+    );
+
+    // Back online: the next lease renewal (retries back off to 10 s) must bring a fresh
+    // status with it, not wait for the 5-minute report.
+    link.restore();
+    let restored = Instant::now();
+    let node = wait_for_ready(&cluster, "True", Duration::from_secs(20)).await;
+    assert_eq!(condition(&node, "Ready").unwrap().1, "KubeletReady");
+    eprintln!(
+        "node Ready again {:.1} s after its link returned",
+        restored.elapsed().as_secs_f64()
+    );
 }
 
 const WASM_POD: &str = r#"

@@ -1,65 +1,15 @@
 //! Pods on a wasmlet node against the real control plane and registry: the seed's manifest,
-//! args and env, init containers, restart policies, pull secrets, deletion, and bad input.
+//! command, args and env, init containers, restart policies, pull secrets, deletion, pods
+//! bound to other nodes left alone, and bad input.
 
 use std::time::{Duration, Instant};
 
 use e2e::demos::{push_demo, push_file};
+use e2e::status::{condition, container, phase, running, terminated, waiting};
 use e2e::{
     REGISTRY_PASSWORD, REGISTRY_USER, Registry, WasmCluster, WasmletNode, WasmletOptions, wasm_pod,
 };
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-
-fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
-fn container<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
-    let status = pod.status.as_ref()?;
-    status
-        .container_statuses
-        .iter()
-        .flatten()
-        .chain(status.init_container_statuses.iter().flatten())
-        .find(|c| c.name == name)
-}
-
-fn terminated(pod: &Pod, name: &str) -> Option<(i32, String, String)> {
-    let state = container(pod, name)?.state.as_ref()?.terminated.as_ref()?;
-    Some((
-        state.exit_code,
-        state.reason.clone().unwrap_or_default(),
-        state.message.clone().unwrap_or_default(),
-    ))
-}
-
-fn waiting_reason(pod: &Pod, name: &str) -> Option<String> {
-    container(pod, name)?
-        .state
-        .as_ref()?
-        .waiting
-        .as_ref()?
-        .reason
-        .clone()
-}
-
-fn running(pod: &Pod, name: &str) -> bool {
-    container(pod, name)
-        .and_then(|c| c.state.as_ref())
-        .is_some_and(|s| s.running.is_some())
-}
-
-fn condition(pod: &Pod, type_: &str) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
-}
+use k8s_openapi::api::core::v1::Pod;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -137,6 +87,7 @@ spec:
         .unwrap();
     let (code, reason, _) = terminated(&pod, "ce-wasi-example").unwrap();
     assert_eq!((code, reason.as_str()), (0, "Completed"));
+    run_times(&pod, "ce-wasi-example");
     let status = pod.status.clone().unwrap();
     assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(status.pod_ip.as_deref(), Some("127.0.0.1"));
@@ -177,13 +128,14 @@ spec:
         );
     }
 
-    // A preview 2 component runs the same way.
+    // A preview 2 component runs the same way, beside a module whose `command` replaces
+    // the image's argv[0] and is followed by its `args`, each word kept whole.
     let component = push_demo(&cluster.registry.host(), "hello-component").unwrap();
     cluster
         .kubectl
         .apply(&wasm_pod(
             "component",
-            &format!("  restartPolicy: Never\n  containers:\n  - name: hello\n    image: {component}\n    args: [\"x\"]\n    env: [{{name: GREETING, value: howdy}}]\n"),
+            &format!("  restartPolicy: Never\n  containers:\n  - name: hello\n    image: {component}\n    args: [\"x\"]\n    env: [{{name: GREETING, value: howdy}}]\n  - name: argv\n    image: {image}\n    command: [\"/opt/example.wasm\", \"--mode=strict\"]\n    args: [\"one\", \"two words\"]\n"),
         ))
         .unwrap();
     let pod = cluster
@@ -198,6 +150,12 @@ spec:
         "{log}"
     );
     assert!(log.contains("args: [\"x\"]"), "{log}");
+    let log = cluster.container_log(&pod, "argv", 0);
+    assert_eq!(
+        printed_argv(&log),
+        ["/opt/example.wasm", "--mode=strict", "one", "two words"],
+        "argv is command then args:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -249,6 +207,7 @@ async fn restart_policies_exit_codes_and_init_containers_behave_as_the_kubelets(
         .unwrap();
     let (code, reason, _) = terminated(&pod, "app").unwrap();
     assert_eq!((code, reason.as_str()), (3, "Error"));
+    run_times(&pod, "app");
     assert_eq!(container(&pod, "app").unwrap().restart_count, 0);
     let log = cluster.container_log(&pod, "app", 0);
     assert!(
@@ -264,7 +223,7 @@ async fn restart_policies_exit_codes_and_init_containers_behave_as_the_kubelets(
             MINUTE,
             |p| {
                 container(p, "app").is_some_and(|c| c.restart_count >= 1)
-                    && waiting_reason(p, "app").as_deref() == Some("CrashLoopBackOff")
+                    && waiting(p, "app").is_some_and(|(reason, _)| reason == "CrashLoopBackOff")
             },
         )
         .await
@@ -277,6 +236,15 @@ async fn restart_policies_exit_codes_and_init_containers_behave_as_the_kubelets(
         .terminated
         .unwrap();
     assert_eq!(last.exit_code, 3);
+    // The instance that crashed keeps its own run times in lastState.
+    let (started, finished) = (
+        last.started_at.clone().expect("lastState has startedAt").0,
+        last.finished_at
+            .clone()
+            .expect("lastState has finishedAt")
+            .0,
+    );
+    assert!(started <= finished, "{started} > {finished}");
     assert_eq!(phase(&pod), "Running");
     let backoff = cluster
         .wait_event("onfailure-fails", "BackOff", MINUTE)
@@ -320,7 +288,7 @@ async fn restart_policies_exit_codes_and_init_containers_behave_as_the_kubelets(
     assert_eq!(terminated(&pod, "setup").map(|t| t.0), Some(3));
     assert_eq!(condition(&pod, "Initialized").as_deref(), Some("False"));
     assert_eq!(
-        waiting_reason(&pod, "app").as_deref(),
+        waiting(&pod, "app").map(|w| w.0).as_deref(),
         Some("PodInitializing"),
         "the app never started"
     );
@@ -354,10 +322,13 @@ async fn private_registry_pod_pulls_with_its_image_pull_secret() {
             &format!("--docker-password={REGISTRY_PASSWORD}"),
         ])
         .unwrap();
+    // `Always`: with `IfNotPresent`, a node that already pulled the image for the pod with
+    // the secret would run it for this one too (as the kubelet does), and which pod pulls
+    // first is a race. `Always` asks the registry each time, with this pod's credentials.
     kubectl
         .apply(&wasm_pod(
             "without-secret",
-            &format!("  containers:\n  - {{name: app, image: {image}}}\n"),
+            &format!("  containers:\n  - {{name: app, image: {image}, imagePullPolicy: Always}}\n"),
         ))
         .unwrap();
     kubectl
@@ -373,7 +344,7 @@ async fn private_registry_pod_pulls_with_its_image_pull_secret() {
     let pod = cluster
         .wait_pod("without-secret", "refused by the registry", MINUTE, |p| {
             matches!(
-                waiting_reason(p, "app").as_deref(),
+                waiting(p, "app").map(|w| w.0).as_deref(),
                 Some("ErrImagePull" | "ImagePullBackOff")
             )
         })
@@ -402,6 +373,15 @@ async fn deleted_pods_stop_within_their_grace_period_and_disappear() {
     let host = cluster.registry.host();
     let ticker = push_demo(&host, "ticker").unwrap();
     let misbehave = push_demo(&host, "misbehave").unwrap();
+    // Bound to a node that does not exist, and created before our own pods: a node that
+    // watched more than its own pods would take it up first.
+    cluster
+        .kubectl
+        .apply(&wasm_pod(
+            "elsewhere",
+            &format!("  nodeName: ghost-node\n  containers:\n  - {{name: app, image: {ticker}}}\n"),
+        ))
+        .unwrap();
     cluster
         .kubectl
         .apply(&wasm_pod("ticker", &format!("  containers:\n  - {{name: app, image: {ticker}, env: [{{name: INTERVAL_MS, value: \"100\"}}]}}\n")))
@@ -426,6 +406,48 @@ async fn deleted_pods_stop_within_their_grace_period_and_disappear() {
     })
     .await
     .unwrap();
+
+    // Our ticker has been pulled, started and reported (its events are written in the
+    // background, so wait for the last); the other node's pod, older than it, was never
+    // touched: no status beyond the API server's default Pending, no event from wasmlet,
+    // and not in the node's own pod list.
+    cluster
+        .wait_event("ticker", "Started", MINUTE)
+        .await
+        .unwrap();
+    let elsewhere = cluster.pod("elsewhere").unwrap();
+    let status = elsewhere.status.clone().unwrap_or_default();
+    assert_eq!(phase(&elsewhere), "Pending", "{status:?}");
+    assert!(status.container_statuses.is_none(), "{status:?}");
+    assert!(
+        status.host_ip.is_none() && status.start_time.is_none(),
+        "{status:?}"
+    );
+    for type_ in ["Initialized", "ContainersReady", "Ready"] {
+        assert_eq!(condition(&elsewhere, type_), None, "{status:?}");
+    }
+    let ours: Vec<String> = cluster
+        .events("elsewhere")
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.reporting_component.as_deref() == Some("wasmlet"))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "wasmlet reported on another node's pod: {ours:?}"
+    );
+    let names = cluster.node_pods().unwrap();
+    assert!(
+        names.iter().any(|n| n == "ticker") && !names.iter().any(|n| n == "elsewhere"),
+        "{names:?}"
+    );
 
     for (name, bound) in [
         ("ticker", Duration::from_secs(30)),
@@ -506,28 +528,34 @@ async fn bad_pods_fail_clearly_while_their_neighbour_keeps_running() {
         cluster.kubectl.apply(&wasm_pod(name, spec)).unwrap();
     }
 
-    for name in ["invalid-wasm", "linux-image"] {
+    // Each bad image fails the pod at once, with a status and a Warning event that say what
+    // is wrong with it: the invalid module's bytes do not compile (compile.rs `invalid`),
+    // the Linux image holds no Wasm (oci's NotWasm).
+    for (name, reason, image, cause) in [
+        (
+            "invalid-wasm",
+            "InvalidWasm",
+            &invalid,
+            "cannot be compiled",
+        ),
+        ("linux-image", "NotWasm", &linux, "is not a Wasm image"),
+    ] {
         let pod = cluster
             .wait_pod(name, "Failed", MINUTE, |p| phase(p) == "Failed")
             .await
             .unwrap();
         let status = pod.status.clone().unwrap();
-        assert_eq!(
-            status.reason.as_deref(),
-            Some(if name == "linux-image" {
-                "NotWasm"
-            } else {
-                "InvalidWasm"
-            }),
-            "{name}"
-        );
+        assert_eq!(status.reason.as_deref(), Some(reason), "{name}");
         let message = status.message.unwrap_or_default();
-        assert!(!message.is_empty(), "{name} has a message");
-        let failed = cluster.wait_event(name, "Failed", MINUTE).await.unwrap();
-        assert!(!failed.is_empty());
-        if name == "linux-image" {
-            assert!(message.contains("not a Wasm image"), "{message}");
-        }
+        assert!(
+            message.contains(&format!("{image} {cause}")),
+            "{name}: {message}"
+        );
+        let failed = wait_warning(&cluster, name, "Failed", cause).await;
+        assert!(
+            failed.starts_with(&format!("Failed to pull image \"{image}\": ")),
+            "{name}: {failed}"
+        );
     }
 
     let pod = cluster
@@ -537,31 +565,92 @@ async fn bad_pods_fail_clearly_while_their_neighbour_keeps_running() {
     let (code, reason, message) = terminated(&pod, "app").unwrap();
     assert_eq!((code, reason.as_str()), (1, "Error"));
     assert!(message.contains("wasm trap"), "{message}");
+    run_times(&pod, "app");
+    // The trap is reported as an event too, naming the trap, not only in the status.
+    wait_warning(&cluster, "trap", "Failed", "wasm trap").await;
 
-    // The flood is bounded by rotation (10 MiB × 5 files) however long it runs.
+    // The flood is bounded by rotation however long it runs: the sink rotates a container's
+    // log when the current file reaches 10 MiB and keeps 5 files, the current one included
+    // (LogLimits::default in kubelet/src/logs/sink.rs). A file may pass 10 MiB by the one
+    // record that triggered its rotation, and a record holds at most a 16 KiB line part.
+    const MAX_FILE: u64 = 10 * 1024 * 1024;
+    const MAX_FILES: usize = 5;
+    const MAX_RECORD: u64 = 16 * 1024 + 64;
+    // Each guest line is `<n> <200 x>`; stored as a record it takes at least 240 bytes
+    // (a 30-byte timestamp, " stdout F ", the text and a newline), so line `n` in the log
+    // proves the guest had by then written at least (n + 1) × 240 bytes.
+    const MIN_RECORD: u64 = 240;
     let flood = cluster
         .wait_pod("flood", "Running", MINUTE, |p| running(p, "app"))
         .await
         .unwrap();
     let uid = flood.metadata.uid.clone().unwrap();
     let logs = cluster.node.pod_logs_dir(&uid);
-    let size = || -> u64 {
-        walk(&logs)
-            .iter()
-            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-            .sum()
-    };
-    e2e::wait_for("the flood to fill more than one log file", MINUTE, || {
-        let files = walk(&logs).len();
-        async move { Ok((files >= 3).then_some(())) }
-    })
+    let current = cluster.node.container_log_path(&uid, "app", 0);
+    let cap = MAX_FILES as u64 * (MAX_FILE + MAX_RECORD);
+    let lines_needed = 2 * cap / MIN_RECORD;
+    let last_line = e2e::wait_for(
+        "the flood to write twice what its log may keep",
+        3 * MINUTE,
+        || {
+            let last = last_flood_line(&current);
+            async move {
+                match last {
+                    Some(n) if n >= lines_needed => Ok(Some(n)),
+                    Some(n) => Err(format!("at line {n} of {lines_needed}")),
+                    None => Err("no complete line in the current file".into()),
+                }
+            }
+        },
+    )
     .await
     .unwrap();
-    let bytes = size();
-    eprintln!("flood logs: {} files, {bytes} bytes", walk(&logs).len());
+    let files = e2e::wait_for(
+        "a listing of the flood's logs between two rotations",
+        MINUTE,
+        || {
+            let listing = settled_listing(&logs);
+            async move { Ok(listing) }
+        },
+    )
+    .await
+    .unwrap();
+    let bytes: u64 = files.iter().map(|(_, len)| len).sum();
+    eprintln!(
+        "flood: at least {} bytes written (line {last_line}); kept {} files, {bytes} bytes",
+        (last_line + 1) * MIN_RECORD,
+        files.len()
+    );
+    let expected_name = |path: &std::path::Path| {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        name == "0.log"
+            || name
+                .strip_prefix("0.log.")
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| (1..MAX_FILES).contains(&i))
+    };
+    for (path, len) in &files {
+        assert!(
+            expected_name(path),
+            "unexpected log file {}",
+            path.display()
+        );
+        assert!(
+            *len <= MAX_FILE + MAX_RECORD,
+            "{} holds {len} bytes",
+            path.display()
+        );
+    }
     assert!(
-        bytes <= 5 * 10 * 1024 * 1024 + 1024 * 1024,
-        "log flood kept {bytes} bytes"
+        files.len() <= MAX_FILES,
+        "{} log files kept: {files:?}",
+        files.len()
+    );
+    assert!(bytes <= cap, "the log flood kept {bytes} bytes, over {cap}");
+    // Rotation dropped only the oldest: the files it keeps are full.
+    assert!(
+        bytes >= (MAX_FILES as u64 - 1) * MAX_FILE,
+        "only {bytes} bytes kept of a flood of twice the cap"
     );
 
     // More pods than --max-pods 8, bound straight to the node (as a DaemonSet's or a
@@ -589,8 +678,18 @@ async fn bad_pods_fail_clearly_while_their_neighbour_keeps_running() {
     })
     .await
     .unwrap();
+    let name = refused.metadata.name.clone().unwrap();
     let message = refused.status.unwrap().message.unwrap_or_default();
-    assert!(message.contains("capacity: 8"), "{message}");
+    assert!(
+        message.contains("Node didn't have enough resource: pods")
+            && message.contains("capacity: 8"),
+        "{message}"
+    );
+    let event = wait_warning(&cluster, &name, "OutOfpods", "capacity: 8").await;
+    assert!(
+        event.starts_with("Node didn't have enough resource: pods"),
+        "{event}"
+    );
 
     // Through all of it the neighbour kept running and logging.
     let neighbour = cluster.pod("neighbour").unwrap();
@@ -688,4 +787,130 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// Container `name`'s terminated startedAt and finishedAt: both present, in order, and
+/// within the pod's life so far.
+fn run_times(pod: &Pod, name: &str) -> (jiff::Timestamp, jiff::Timestamp) {
+    let state = container(pod, name)
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .unwrap_or_else(|| panic!("{name} has not terminated"));
+    let started = state
+        .started_at
+        .as_ref()
+        .unwrap_or_else(|| panic!("{name} has no startedAt: {state:?}"))
+        .0;
+    let finished = state
+        .finished_at
+        .as_ref()
+        .unwrap_or_else(|| panic!("{name} has no finishedAt: {state:?}"))
+        .0;
+    let created = pod.metadata.creation_timestamp.as_ref().unwrap().0;
+    assert!(
+        created <= started && started <= finished && finished <= jiff::Timestamp::now(),
+        "{name}: created {created}, started {started}, finished {finished}"
+    );
+    (started, finished)
+}
+
+/// The arguments wasi-example printed, from a container's CRI log: its stdout lines between
+/// "The args are as follows." and the file check that follows them.
+fn printed_argv(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| match line.splitn(4, ' ').collect::<Vec<_>>()[..] {
+            [_, "stdout", "F", text] => Some(text),
+            _ => None,
+        })
+        .skip_while(|text| *text != "The args are as follows.")
+        .skip(1)
+        .take_while(|text| !text.starts_with("File content is"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits for a Warning event with `reason` about `pod` whose message contains `needle`, and
+/// returns its message. wasmlet writes events in the background, so one may come a moment
+/// after the status that reports the same thing.
+async fn wait_warning(cluster: &WasmCluster, pod: &str, reason: &str, needle: &str) -> String {
+    e2e::wait_for(
+        &format!("a Warning {reason} event for {pod} saying {needle:?}"),
+        MINUTE,
+        || {
+            let events = cluster.events(pod);
+            async move {
+                let events = events.map_err(|e| e.to_string())?;
+                let found = events.iter().find(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some(reason)
+                        && e.message.as_deref().is_some_and(|m| m.contains(needle))
+                });
+                match found {
+                    Some(e) => Ok(e.message.clone()),
+                    None => Err(format!(
+                        "events: {:?}",
+                        events
+                            .iter()
+                            .map(|e| format!(
+                                "{} {}: {}",
+                                e.type_.as_deref().unwrap_or_default(),
+                                e.reason.as_deref().unwrap_or_default(),
+                                e.message.as_deref().unwrap_or_default()
+                            ))
+                            .collect::<Vec<_>>()
+                    )),
+                }
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The number of the last complete flood line (`<n> xxx…`) in the current log file, read
+/// from its tail only: the file holds up to 10 MiB and is polled while the flood runs.
+fn last_flood_line(path: &std::path::Path) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    // The file may end in the middle of a record; the last newline ends a complete one.
+    let end = tail.iter().rposition(|b| *b == b'\n')?;
+    let start = tail[..end].iter().rposition(|b| *b == b'\n')? + 1;
+    let record = std::str::from_utf8(&tail[start..end]).ok()?;
+    let text = record.splitn(4, ' ').nth(3)?;
+    text.split(' ').next()?.parse().ok()
+}
+
+/// Every file under `dir` with its size, or None if a rotation may have moved files while
+/// they were read: the listing is taken twice and kept only if each path names the same
+/// inode both times (a rotation gives every name another file, and `0.log` a new one).
+fn settled_listing(dir: &std::path::Path) -> Option<Vec<(std::path::PathBuf, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let list = || -> Option<Vec<(std::path::PathBuf, u64, u64)>> {
+        let mut files: Vec<_> = walk(dir)
+            .into_iter()
+            .map(|path| {
+                let meta = std::fs::metadata(&path).ok()?;
+                Some((path, meta.ino(), meta.len()))
+            })
+            .collect::<Option<_>>()?;
+        files.sort();
+        Some(files)
+    };
+    let first = list()?;
+    let second = list()?;
+    let same = first.len() == second.len()
+        && first
+            .iter()
+            .zip(&second)
+            .all(|(a, b)| (&a.0, a.1) == (&b.0, b.1));
+    same.then(|| {
+        second
+            .into_iter()
+            .map(|(path, _, len)| (path, len))
+            .collect()
+    })
 }

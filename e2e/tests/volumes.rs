@@ -1,13 +1,17 @@
 //! Volumes on a wasmlet node against the real control plane: every volume type with
-//! `items`, `subPath` and read-only mounts as a P2 component sees them, a ConfigMap update
-//! reaching a running pod, and the bad inputs (escapes through paths, symlinks and subPath,
-//! a Secret that does not exist yet, an emptyDir past its size limit, an unsupported type).
+//! `items`, `subPath`, file modes and read-only mounts as a P2 component sees them,
+//! ConfigMap and Secret updates reaching a running pod, one pod unable to see another's
+//! volumes, and the bad inputs (escapes through paths, symlinks and subPath, a Secret that
+//! does not exist yet, a hostPath whose type does not match the host, an emptyDir past its
+//! size limit, an unsupported type).
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e::demos::push_demo;
+use e2e::status::{phase, waiting};
 use e2e::{WasmCluster, WasmletOptions, status_summary, wait_for, wasm_pod};
-use k8s_openapi::api::core::v1::Pod;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -40,17 +44,70 @@ async fn wait_log(cluster: &WasmCluster, pod: &str, wanted: &[&str], timeout: Du
     .unwrap()
 }
 
-fn waiting(pod: &Pod) -> Option<(String, String)> {
-    let status = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
-    let waiting = status.state.as_ref()?.waiting.as_ref()?;
-    Some((
-        waiting.reason.clone().unwrap_or_default(),
-        waiting.message.clone().unwrap_or_default(),
-    ))
+/// Where the node keeps volume `volume` of pod `uid` (`<data-dir>/pods/<uid>/volumes/…`).
+fn volume_dir(cluster: &WasmCluster, uid: &str, volume: &str) -> PathBuf {
+    cluster
+        .node
+        .data_dir()
+        .join("pods")
+        .join(uid)
+        .join("volumes")
+        .join(volume)
+}
+
+/// The permission bits of `path` on the host, following the volume's `..data` links as the
+/// guest does; `None` when it does not exist.
+fn mode(path: &Path) -> Option<u32> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
+}
+
+/// The pod's UID, which names its directory on the node.
+fn uid(cluster: &WasmCluster, pod: &str) -> String {
+    cluster
+        .pod(pod)
+        .unwrap()
+        .metadata
+        .uid
+        .expect("a pod read from the API has a UID")
+}
+
+/// Waits until at least `count` events with `reason` have been recorded about `pod`, and
+/// returns their messages, oldest first.
+async fn wait_events(
+    cluster: &WasmCluster,
+    pod: &str,
+    reason: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    wait_for(
+        &format!("{count} {reason} events for {pod}"),
+        timeout,
+        || {
+            let events = cluster.events(pod);
+            async move {
+                let messages: Vec<String> = events
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|e| e.reason.as_deref() == Some(reason))
+                    .map(|e| e.message.unwrap_or_default())
+                    .collect();
+                if messages.len() >= count {
+                    Ok(Some(messages))
+                } else {
+                    Err(format!("{} so far: {messages:?}", messages.len()))
+                }
+            }
+        },
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
-async fn every_volume_type_is_mounted_and_config_map_updates_reach_the_running_pod() {
+async fn every_volume_type_is_mounted_updates_reach_the_pod_and_pods_cannot_see_each_other() {
     let cluster = cluster("edge-volumes").await;
     let image = push_demo(&cluster.registry.host(), "config-reader").unwrap();
     let host = tempfile::tempdir().unwrap();
@@ -74,6 +131,7 @@ async fn every_volume_type_is_mounted_and_config_map_updates_reach_the_running_p
             "generic",
             "app-secret",
             "--from-literal=password=hunter2",
+            "--from-literal=user=admin",
         ])
         .unwrap();
     let paths = [
@@ -81,6 +139,7 @@ async fn every_volume_type_is_mounted_and_config_map_updates_reach_the_running_p
         "/etc/app/level",
         "/etc/level",
         "/etc/secret/password",
+        "/etc/secret/user",
         "/etc/pod/labels",
         "/etc/pod/name",
         "/etc/pod/memory-mib",
@@ -130,11 +189,17 @@ async fn every_volume_type_is_mounted_and_config_map_updates_reach_the_running_p
   - name: config
     configMap:
       name: app-config
-      items: [{{key: greeting, path: conf/greeting.txt, mode: 0400}}]
+      defaultMode: 0440
+      items:
+      - {{key: greeting, path: conf/greeting.txt, mode: 0400}}
+      - {{key: level, path: conf/level}}
   - name: whole-config
     configMap: {{name: app-config}}
   - name: secret
-    secret: {{secretName: app-secret}}
+    secret:
+      secretName: app-secret
+      defaultMode: 0440
+      items: [{{key: password, path: password}}, {{key: user, path: user, mode: 0600}}]
   - name: pod-info
     downwardAPI:
       items:
@@ -168,6 +233,7 @@ async fn every_volume_type_is_mounted_and_config_map_updates_reach_the_running_p
             "/etc/app/conf/greeting.txt: hello",
             "/etc/level: debug",
             "/etc/secret/password: hunter2",
+            "/etc/secret/user: admin",
             "/etc/pod/labels: app=\"volumes\"",
             "/etc/pod/name: volumes",
             "/etc/pod/memory-mib: 64",
@@ -207,15 +273,126 @@ async fn every_volume_type_is_mounted_and_config_map_updates_reach_the_running_p
             "the host's /etc/hostname leaked into the guest:\n{log}"
         );
     }
-    let mode = std::fs::read_dir(cluster.node.data_dir().join("pods"))
-        .unwrap()
-        .flatten()
-        .find_map(|pod| std::fs::metadata(pod.path().join("volumes/config/conf/greeting.txt")).ok())
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
-    assert_eq!(mode, Some(0o400), "items' mode is applied on the node");
 
-    // An update reaches the running pod through the directory mount (subPath mounts keep
-    // what they had, as with the kubelet).
+    // Modes, read on the node (a WASI guest cannot see them): an item's `mode` wins over the
+    // volume's `defaultMode`, which covers the items that name none, for configMaps and
+    // Secrets alike. Each value differs from the 0644 default, so an ignored one shows.
+    let first = uid(&cluster, "volumes");
+    let modes = |what: &str| {
+        for (file, wanted) in [
+            ("config/conf/greeting.txt", 0o400),
+            ("config/conf/level", 0o440),
+            ("secret/password", 0o440),
+            ("secret/user", 0o600),
+        ] {
+            let (volume, rest) = file.split_once('/').unwrap();
+            let path = volume_dir(&cluster, &first, volume).join(rest);
+            assert_eq!(
+                mode(&path),
+                Some(wanted),
+                "{what}: mode of {}",
+                path.display()
+            );
+        }
+    };
+    modes("as first written");
+
+    // A second pod on the node, with volumes of the same names, tries every way to the first
+    // pod's files: the first pod's own guest paths, the host paths of its volume directories
+    // on the node, and `..` out of its root and out of each of its own mounts up to the
+    // node's pods directory. It sees none of them, while its own volumes work.
+    let data_dir = cluster.node.data_dir().display().to_string();
+    let first_scratch = volume_dir(&cluster, &first, "scratch");
+    let foreign = [
+        "/etc/app/conf/greeting.txt".to_string(),
+        "/host/host.txt".to_string(),
+        first_scratch.join("note").display().to_string(),
+        volume_dir(&cluster, &first, "secret")
+            .join("password")
+            .display()
+            .to_string(),
+        format!("{data_dir}/pods/{first}/volumes"),
+        format!("{data_dir}/pods"),
+        // Root is <pods>/<uid>/rootfs/reader-0; a volume is <pods>/<uid>/volumes/<name>.
+        format!("/../../../{first}/volumes/scratch/note"),
+        format!("/scratch/../../../{first}/volumes/scratch/note"),
+        format!("/etc/secret/../../../{first}/volumes/secret/password"),
+        format!("/../../../{first}/rootfs"),
+    ];
+    let overwrite = format!("/scratch/../../../{first}/volumes/scratch/note");
+    let args: Vec<String> = [
+        "--write".to_string(),
+        "/scratch/note=kept by the neighbour".to_string(),
+        "--write".to_string(),
+        format!("{overwrite}=overwritten by the neighbour"),
+        "/scratch/note".to_string(),
+        "/etc/secret/password".to_string(),
+    ]
+    .into_iter()
+    .chain(foreign.iter().cloned())
+    .collect();
+    let neighbour = wasm_pod(
+        "neighbour",
+        &format!(
+            r#"  automountServiceAccountToken: false
+  restartPolicy: Never
+  containers:
+  - name: reader
+    image: {image}
+    args: {args:?}
+    volumeMounts:
+    - {{name: scratch, mountPath: /scratch}}
+    - {{name: secret, mountPath: /etc/secret}}
+  volumes:
+  - {{name: scratch, emptyDir: {{}}}}
+  - {{name: secret, secret: {{secretName: app-secret}}}}
+"#
+        ),
+    );
+    cluster.kubectl.apply(&neighbour).unwrap();
+    let refused: Vec<String> = foreign.iter().map(|p| format!("{p}: error")).collect();
+    let cannot_write = format!("cannot write {overwrite}");
+    let wanted: Vec<&str> = [
+        "wrote /scratch/note",
+        "/scratch/note: kept by the neighbour",
+        "/etc/secret/password: hunter2",
+        cannot_write.as_str(),
+    ]
+    .into_iter()
+    .chain(refused.iter().map(String::as_str))
+    .collect();
+    let log = wait_log(&cluster, "neighbour", &wanted, MINUTE).await;
+    // Some paths are suffixes of others (`/../…` of `/scratch/../…`), so each must begin its
+    // own line with the error; containing it is not enough.
+    for path in &foreign {
+        let refused = format!("{path}: error");
+        assert!(
+            log.lines().any(|line| line.starts_with(&refused)),
+            "the neighbour reached {path}:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains("written by the guest"),
+        "the neighbour read the first pod's note:\n{log}"
+    );
+    // On the node, each pod has its own directory: neither note overwrote the other, and the
+    // neighbour's volume of the same name has its own (default) modes.
+    let second = uid(&cluster, "neighbour");
+    assert_ne!(first, second);
+    assert_eq!(
+        std::fs::read_to_string(first_scratch.join("note")).unwrap(),
+        "written by the guest"
+    );
+    let second_dir = |volume: &str| volume_dir(&cluster, &second, volume);
+    assert_eq!(
+        std::fs::read_to_string(second_dir("scratch").join("note")).unwrap(),
+        "kept by the neighbour"
+    );
+    assert_eq!(mode(&second_dir("secret").join("password")), Some(0o644));
+
+    // Updates reach the running pod through the directory mounts (subPath mounts keep what
+    // they had, as with the kubelet): a ConfigMap's and a Secret's, each within a few sync
+    // periods.
     let updated_at = Instant::now();
     cluster
         .kubectl
@@ -227,19 +404,41 @@ async fn every_volume_type_is_mounted_and_config_map_updates_reach_the_running_p
             r#"{"data":{"greeting":"hello again"}}"#,
         ])
         .unwrap();
-    wait_log(
+    // A Secret's data is base64: "hunter3".
+    cluster
+        .kubectl
+        .run(&[
+            "patch",
+            "secret",
+            "app-secret",
+            "-p",
+            r#"{"data":{"password":"aHVudGVyMw=="}}"#,
+        ])
+        .unwrap();
+    let log = wait_log(
         &cluster,
         "volumes",
-        &["/etc/app/conf/greeting.txt: hello again"],
+        &[
+            "/etc/app/conf/greeting.txt: hello again",
+            "/etc/secret/password: hunter3",
+        ],
         Duration::from_secs(20),
     )
     .await;
     eprintln!(
-        "configMap update seen by the pod after {:.2} s (sync period 1 s)",
+        "configMap and Secret updates seen by the pod after {:.2} s (sync period 1 s)",
         updated_at.elapsed().as_secs_f64()
     );
+    // The rewritten version keeps the modes the pod asked for.
+    modes("after the updates");
+    // The first pod went on reading its note every 0.5 s all along: the neighbour's write to
+    // its own scratch never showed up there.
+    assert!(
+        !log.contains("kept by the neighbour") && !log.contains("overwritten by the neighbour"),
+        "the neighbour's note reached the first pod:\n{log}"
+    );
     let pod = cluster.pod("volumes").unwrap();
-    assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Running"));
+    assert_eq!(phase(&pod), "Running");
 }
 
 #[tokio::test]
@@ -273,7 +472,7 @@ async fn bad_volumes_get_clear_statuses_and_the_pod_waits_for_a_missing_secret()
     );
     let pod = cluster
         .wait_pod("needs-secret", "waiting for its volume", MINUTE, |p| {
-            waiting(p).is_some_and(|(reason, message)| {
+            waiting(p, "reader").is_some_and(|(reason, message)| {
                 reason == "ContainerCreating" && message.contains("secret \"later\" not found")
             })
         })
@@ -321,7 +520,7 @@ async fn bad_volumes_get_clear_statuses_and_the_pod_waits_for_a_missing_secret()
     cluster.kubectl.apply(&escaping).unwrap();
     let pod = cluster
         .wait_pod("sub-path-escape", "refused its subPath", MINUTE, |p| {
-            waiting(p).is_some_and(|(reason, _)| reason == "CreateContainerConfigError")
+            waiting(p, "reader").is_some_and(|(reason, _)| reason == "CreateContainerConfigError")
                 || p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
         })
         .await
@@ -394,6 +593,89 @@ async fn bad_volumes_get_clear_statuses_and_the_pod_waits_for_a_missing_secret()
         message.contains("cannot mount this volume type") && message.contains("nfs"),
         "{message}"
     );
+
+    // A hostPath whose `type` does not match the host: a directory asked for as a File, and
+    // a missing path asked for as a Directory (which, unlike DirectoryOrCreate, must not be
+    // made). Each pod is held in ContainerCreating with the kubelet's FailedMount wording,
+    // retried, and never pulled or started; the second runs once its directory appears.
+    let hosts = tempfile::tempdir().unwrap();
+    let missing = hosts.path().join("missing");
+    let host_path_pod = |name: &str, path: &Path, type_: &str| {
+        wasm_pod(
+            name,
+            &format!(
+                r#"  automountServiceAccountToken: false
+  containers:
+  - name: reader
+    image: {image}
+    args: ["--every", "1", "/data/marker"]
+    volumeMounts: [{{name: h, mountPath: /data}}]
+  volumes:
+  - {{name: h, hostPath: {{path: {}, type: {type_}}}}}
+"#,
+                path.display()
+            ),
+        )
+    };
+    cluster
+        .kubectl
+        .apply(&host_path_pod("dir-as-file", hosts.path(), "File"))
+        .unwrap();
+    cluster
+        .kubectl
+        .apply(&host_path_pod("missing-dir", &missing, "Directory"))
+        .unwrap();
+    for (pod_name, expected) in [
+        (
+            "dir-as-file",
+            format!(
+                "MountVolume.SetUp failed for volume \"h\" : hostPath type check failed: {} is not a file",
+                hosts.path().display()
+            ),
+        ),
+        (
+            "missing-dir",
+            format!(
+                "MountVolume.SetUp failed for volume \"h\" : hostPath type check failed: {} is not a directory",
+                missing.display()
+            ),
+        ),
+    ] {
+        // Two events: the failure was retried, and the pod is still held after it.
+        let messages = wait_events(&cluster, pod_name, "FailedMount", 2, MINUTE).await;
+        assert!(messages.iter().all(|m| *m == expected), "{messages:?}");
+        let pod = cluster
+            .wait_pod(pod_name, "held by its hostPath type", MINUTE, |p| {
+                waiting(p, "reader").is_some_and(|(reason, message)| {
+                    reason == "ContainerCreating" && message == expected
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(phase(&pod), "Pending", "{}", status_summary(&pod));
+        let events = cluster.events(pod_name).unwrap();
+        assert!(
+            events
+                .iter()
+                .all(|e| !matches!(e.reason.as_deref(), Some("Pulling" | "Pulled" | "Started"))),
+            "a pod whose volume failed went on: {:?}",
+            events.iter().map(|e| e.reason.clone()).collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        !missing.exists(),
+        "type: Directory must not create the path"
+    );
+    // The mount is retried with back-off, so the pod starts once the host has the directory.
+    std::fs::create_dir(&missing).unwrap();
+    std::fs::write(missing.join("marker"), "on the host").unwrap();
+    wait_log(
+        &cluster,
+        "missing-dir",
+        &["/data/marker: on the host"],
+        MINUTE,
+    )
+    .await;
     assert!(
         cluster
             .node

@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -20,9 +21,10 @@ use crate::host::HostFacts;
 use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
 use crate::node::{LEASE_RENEW_INTERVAL, STATUS_UPDATE_INTERVAL, object, registration};
-use crate::pod::admission::Capacity;
+use crate::pod::admission::{Capacity, ExtendedCapacity};
+use crate::pod::quantity;
 use crate::pod::{PodManager, PodSettings, SharedPodState};
-use crate::provider::{GC_PERIOD, Provider};
+use crate::provider::{GC_PERIOD, NodeContribution, Provider};
 use crate::server;
 
 /// Retries against the API server start here and double up to the loop's own period, so an
@@ -93,18 +95,30 @@ impl<P: Provider> Kubelet<P> {
                     cpu_millis: u64::from(host.cpus) * 1000,
                     memory_bytes: host.memory_bytes,
                 },
+                extended: extended_capacity(&self.provider.node_contribution()),
                 sync_frequency: self.config.sync_frequency,
             },
             &shared,
         );
+        let reconnected = Notify::new();
         tokio::join!(
-            keep_lease(lease, &cancel),
-            keep_status(&mut reporter, &cancel),
+            keep_lease(lease, &reconnected, &cancel),
+            keep_status(&mut reporter, &reconnected, &cancel),
             pods.run(cancel.clone()),
             collect_garbage(self.provider.as_ref(), &cancel),
         );
         shutdown(server).await
     }
+}
+
+/// The provider's extended resources in whole units; one that does not parse counts as
+/// none, so no pod can claim it.
+fn extended_capacity(contribution: &NodeContribution) -> ExtendedCapacity {
+    contribution
+        .extended_resources
+        .iter()
+        .map(|(name, q)| (name.clone(), quantity::bytes(q).unwrap_or(0)))
+        .collect()
 }
 
 async fn shutdown(server: tokio::task::JoinHandle<()>) {
@@ -140,15 +154,24 @@ async fn collect_garbage<P: Provider>(provider: &P, cancel: &CancellationToken) 
     }
 }
 
-async fn keep_lease(mut lease: LeaseKeeper, cancel: &CancellationToken) {
+/// Renews the Lease every 10 s. When a renewal succeeds after failures, `reconnected` is
+/// told: while the node could not reach the API server, the node lifecycle controller may
+/// have marked it `Unknown`, and only a fresh status puts that right.
+async fn keep_lease(mut lease: LeaseKeeper, reconnected: &Notify, cancel: &CancellationToken) {
     let mut backoff = Backoff::new(FIRST_RETRY, LEASE_RENEW_INTERVAL);
+    let mut failing = false;
     loop {
         let delay = match lease.renew().await {
             Ok(()) => {
+                if std::mem::take(&mut failing) {
+                    info!("lease renewed after failures; resending node status");
+                    reconnected.notify_one();
+                }
                 backoff.reset();
                 LEASE_RENEW_INTERVAL
             }
             Err(err) => {
+                failing = true;
                 let delay = backoff.next_delay();
                 warn!(error = %err, retry_in = ?delay, "lease renewal failed");
                 delay
@@ -160,7 +183,13 @@ async fn keep_lease(mut lease: LeaseKeeper, cancel: &CancellationToken) {
     }
 }
 
-async fn keep_status<P: Provider>(reporter: &mut StatusReporter<P>, cancel: &CancellationToken) {
+/// Sends the node status when it changes, at least every 5 minutes, and at once after the
+/// link to the API server comes back (the status the API holds may no longer be ours).
+async fn keep_status<P: Provider>(
+    reporter: &mut StatusReporter<P>,
+    reconnected: &Notify,
+    cancel: &CancellationToken,
+) {
     let mut backoff = Backoff::new(FIRST_RETRY, STATUS_UPDATE_INTERVAL);
     loop {
         let delay = match reporter.report().await {
@@ -174,8 +203,9 @@ async fn keep_status<P: Provider>(reporter: &mut StatusReporter<P>, cancel: &Can
                 delay
             }
         };
-        if !sleep_unless_cancelled(delay, cancel).await {
-            return;
+        tokio::select! {
+            awake = sleep_unless_cancelled(delay, cancel) => if !awake { return },
+            () = reconnected.notified() => reporter.forget_last_sent(),
         }
     }
 }

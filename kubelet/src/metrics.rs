@@ -41,7 +41,7 @@ impl Default for AgentMetrics {
         let pod_start = Histogram::new(exponential_buckets(0.001, 2.0, 17));
         registry.register(
             "pod_start_duration_seconds",
-            "From this node taking a pod on to its containers running",
+            "From the pod's watch event to its containers running, that status accepted by the API server",
             pod_start.clone(),
         );
         let image_pull = Histogram::new(exponential_buckets(0.001, 2.0, 17));

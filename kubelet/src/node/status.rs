@@ -70,6 +70,12 @@ impl<P: Provider> StatusReporter<P> {
         )
     }
 
+    /// Makes the next [`report`](Self::report) send the status whatever was sent before: the
+    /// API may hold another status now (the node lifecycle controller's `Unknown`).
+    pub fn forget_last_sent(&mut self) {
+        self.last_sent = None;
+    }
+
     /// Sends the current status if it differs from the last one sent or the last one is
     /// older than the report interval. Returns whether a patch went out.
     pub async fn report(&mut self) -> Result<bool, kube::Error> {

@@ -11,6 +11,7 @@ pub mod env;
 pub mod quantity;
 pub mod state;
 pub mod table;
+mod trace;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -30,7 +31,7 @@ use crate::events::EventRecorder;
 use crate::logs::{LogHub, LogLimits};
 use crate::metrics::AgentMetrics;
 use crate::provider::Provider;
-use admission::{Capacity, Requests};
+use admission::{Capacity, ExtendedCapacity, Requests};
 use table::PodTable;
 use worker::{PodEvent, Stage, WorkerContext};
 
@@ -49,10 +50,12 @@ pub struct SharedPodState {
 }
 
 /// How the node runs its pods.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PodSettings {
     /// What the node can give pods in all.
     pub capacity: Capacity,
+    /// The extended resources (devices) its provider advertises.
+    pub extended: ExtendedCapacity,
     /// How often running pods' API-backed volumes are resynchronised (`--sync-frequency`).
     pub sync_frequency: std::time::Duration,
 }
@@ -62,6 +65,7 @@ pub struct PodManager<P> {
     ctx: Arc<WorkerContext<P>>,
     node_name: String,
     capacity: Capacity,
+    extended: ExtendedCapacity,
     workers: HashMap<String, mpsc::UnboundedSender<PodEvent>>,
     done_tx: mpsc::UnboundedSender<String>,
     done_rx: mpsc::UnboundedReceiver<String>,
@@ -96,6 +100,7 @@ impl<P: Provider> PodManager<P> {
             }),
             node_name: node_name.to_string(),
             capacity: settings.capacity,
+            extended: settings.extended,
             workers: HashMap::new(),
             done_tx,
             done_rx,
@@ -159,6 +164,7 @@ impl<P: Provider> PodManager<P> {
     }
 
     fn route(&mut self, pod: Pod) {
+        let seen = std::time::Instant::now();
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
@@ -179,7 +185,7 @@ impl<P: Provider> PodManager<P> {
         let ctx = self.ctx.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            worker::run(ctx, pod, rx, stage).await;
+            worker::run(ctx, pod, rx, stage, seen).await;
             let _ = done.send(uid);
         });
     }
@@ -195,14 +201,136 @@ impl<P: Provider> PodManager<P> {
         let others: Vec<Requests> = admitted
             .iter()
             .filter(|(k, _)| k.as_str() != uid)
-            .map(|(_, r)| *r)
+            .map(|(_, r)| r.clone())
             .collect();
-        match admission::admit(pod, &others, self.capacity) {
+        let admitted_here = admission::admit(pod, &others, self.capacity, &self.extended)
+            .and_then(|()| self.ctx.provider.admit(pod));
+        match admitted_here {
             Ok(()) => {
                 admitted.insert(uid.to_string(), Requests::of(pod));
                 Stage::Mount
             }
             Err(rejection) => Stage::Rejected(rejection),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{ContainerError, ContainerExit, ContainerStart, ImageRequest};
+    use crate::provider::{NodeContribution, PulledImage};
+    use admission::Rejection;
+    use http::{Request, Response};
+    use k8s_openapi::api::core::v1::{Container, PodSpec, ResourceRequirements};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use kube::api::ObjectMeta;
+    use kube::client::Body;
+    use tokio::task::JoinHandle;
+
+    /// A provider that only admits: it refuses pods labelled `refuse`.
+    struct Picky;
+
+    struct NoImage;
+
+    impl PulledImage for NoImage {
+        fn image_id(&self) -> String {
+            String::new()
+        }
+    }
+
+    impl Provider for Picky {
+        type Image = NoImage;
+
+        fn node_contribution(&self) -> NodeContribution {
+            NodeContribution::default()
+        }
+
+        fn admit(&self, pod: &Pod) -> Result<(), Rejection> {
+            match pod.metadata.labels.as_ref().and_then(|l| l.get("refuse")) {
+                Some(why) => Err(Rejection {
+                    reason: "NoSuchDevice".into(),
+                    message: why.clone(),
+                }),
+                None => Ok(()),
+            }
+        }
+
+        async fn pull(&self, _: ImageRequest<'_>) -> Result<NoImage, ContainerError> {
+            unreachable!("admission only")
+        }
+
+        async fn start(
+            &self,
+            _: &NoImage,
+            _: ContainerStart,
+        ) -> Result<JoinHandle<ContainerExit>, ContainerError> {
+            unreachable!("admission only")
+        }
+    }
+
+    fn pod(uid: &str, refuse: Option<&str>, gpio: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                uid: Some(uid.into()),
+                labels: refuse.map(|why| [("refuse".to_string(), why.to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "app".into(),
+                    resources: gpio.map(|n| ResourceRequirements {
+                        limits: Some(
+                            [("devices.example/gpio".to_string(), Quantity(n.into()))].into(),
+                        ),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_provider_and_the_advertised_devices_both_decide_admission() {
+        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let settings = PodSettings {
+            capacity: Capacity {
+                pods: 10,
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+            },
+            extended: [("devices.example/gpio".to_string(), 1)].into(),
+            sync_frequency: std::time::Duration::from_secs(60),
+        };
+        let manager = PodManager::new(
+            kube::Client::new(service, "default"),
+            Arc::new(Picky),
+            "edge-1",
+            "10.0.0.1",
+            settings,
+            &SharedPodState::default(),
+        );
+        assert!(matches!(
+            manager.first_stage(&pod("a", None, Some("1")), "a"),
+            Stage::Mount
+        ));
+        match manager.first_stage(&pod("b", None, Some("1")), "b") {
+            Stage::Rejected(r) => assert_eq!(r.reason, "OutOfdevices.example/gpio"),
+            other => panic!("the only gpio line is held by pod a: {other:?}"),
+        }
+        match manager.first_stage(&pod("c", Some("no sensor here"), None), "c") {
+            Stage::Rejected(r) => {
+                assert_eq!(
+                    (r.reason.as_str(), r.message.as_str()),
+                    ("NoSuchDevice", "no sensor here")
+                );
+            }
+            other => panic!("the provider refused it: {other:?}"),
+        }
+        let held = manager.ctx.admitted.lock().unwrap().len();
+        assert_eq!(held, 1, "refused pods hold nothing");
     }
 }

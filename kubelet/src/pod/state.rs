@@ -371,6 +371,30 @@ impl PodState {
     }
 }
 
+/// Whether the status the API server holds (`theirs`) has moved away from the one this node
+/// last sent (`ours`) in what the node owns: the phase and each of its conditions. Another
+/// writer does that while the node is cut off (the node lifecycle controller marks its pods
+/// not Ready), and only sending ours again puts it right.
+pub fn overwritten(ours: &PodStatus, theirs: Option<&PodStatus>) -> bool {
+    let Some(theirs) = theirs else {
+        return true;
+    };
+    let condition = |status: &PodStatus, type_: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.clone())
+    };
+    ours.phase != theirs.phase
+        || ours
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| condition(theirs, &c.type_).as_ref() != Some(&c.status))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,5 +569,48 @@ mod tests {
                 .clone()
         };
         assert_eq!(time(&first), time(&second));
+        state.phase = Phase::Running;
+        state.app[0].state = ContainerState::Running {
+            started_at: Timestamp::now(),
+        };
+        let ready = state.to_status();
+        assert_eq!(condition(&ready, "Ready").0, "True");
+        assert_ne!(
+            time(&ready),
+            time(&second),
+            "Ready flipped, so its time moved"
+        );
+        assert_eq!(time(&ready), time(&state.to_status()));
+    }
+
+    #[test]
+    fn a_status_another_writer_changed_counts_as_overwritten() {
+        let mut state = PodState::new(&pod(&[], &["app"]), "10.0.0.1");
+        state.phase = Phase::Running;
+        state.app[0].state = ContainerState::Running {
+            started_at: Timestamp::now(),
+        };
+        let ours = state.to_status();
+        assert!(
+            !overwritten(&ours, Some(&ours)),
+            "our own status is not overwritten"
+        );
+        let mut extra = ours.clone();
+        extra.qos_class = Some("BestEffort".into());
+        assert!(
+            !overwritten(&ours, Some(&extra)),
+            "fields we do not set are not ours"
+        );
+        let mut not_ready = ours.clone();
+        for c in not_ready.conditions.iter_mut().flatten() {
+            if c.type_ == "Ready" {
+                c.status = "False".into();
+            }
+        }
+        assert!(
+            overwritten(&ours, Some(&not_ready)),
+            "the lifecycle controller's Ready=False"
+        );
+        assert!(overwritten(&ours, None), "no status at all");
     }
 }

@@ -28,8 +28,9 @@ use tracing::{debug, info, warn};
 
 use super::admission::{Capacity, Rejection, Requests};
 use super::backoff::CrashLoop;
-use super::state::{ContainerRecord, ContainerState, Phase, PodState};
+use super::state::{ContainerRecord, ContainerState, Phase, PodState, overwritten};
 use super::table::PodTable;
+use super::trace::StartTrace;
 use super::{env, quantity};
 use crate::events::{EventRecorder, EventType};
 use crate::logs::{LogHub, LogLimits, LogSink, Stream, reader};
@@ -165,6 +166,7 @@ pub(crate) async fn run<P: Provider>(
     pod: Pod,
     rx: mpsc::UnboundedReceiver<PodEvent>,
     stage: Stage,
+    seen: Instant,
 ) {
     let key = PodKey {
         namespace: pod
@@ -191,7 +193,7 @@ pub(crate) async fn run<P: Provider>(
         crash_app: vec![CrashLoop::default(); containers],
         last_sent: None,
         unsent: false,
-        starting_since: Some(Instant::now()),
+        trace: Some(StartTrace::new(seen)),
     };
     let mut inbox = Inbox {
         rx,
@@ -215,13 +217,15 @@ struct Worker<P: Provider> {
     last_sent: Option<PodStatus>,
     /// The last status patch failed.
     unsent: bool,
-    /// When this worker took the pod on, until its containers first all ran.
-    starting_since: Option<Instant>,
+    /// The pod's first start, from its watch event until its containers first all ran and
+    /// the API server had that status.
+    trace: Option<StartTrace>,
 }
 
 impl<P: Provider> Worker<P> {
     async fn drive(&mut self, inbox: &mut Inbox, mut stage: Stage) {
         debug!(pod = %self.key.name, ?stage, "pod worker started");
+        self.mark("admit");
         let mut exits: FuturesUnordered<ExitFuture> = FuturesUnordered::new();
         loop {
             if inbox.deleting() {
@@ -282,16 +286,13 @@ impl<P: Provider> Worker<P> {
             Some(&rejection.reason),
             Some(rejection.message.clone()),
         );
-        self.ctx
-            .recorder
-            .record(
-                pod,
-                None,
-                EventType::Warning,
-                &rejection.reason,
-                &rejection.message,
-            )
-            .await;
+        self.ctx.recorder.record(
+            pod,
+            None,
+            EventType::Warning,
+            &rejection.reason,
+            &rejection.message,
+        );
     }
 
     /// Sends the status if it changed since the last one the API server accepted.
@@ -356,6 +357,7 @@ impl<P: Provider> Worker<P> {
                 _ = inbox.deletion() => return Next::Terminate,
             };
             let Err(err) = mounted else {
+                self.mark("mount");
                 return Next::Stage(Stage::Pull);
             };
             let message = err.to_string();
@@ -363,8 +365,7 @@ impl<P: Provider> Worker<P> {
             for record in self.state.init.iter_mut().chain(self.state.app.iter_mut()) {
                 record.state = ContainerState::waiting("ContainerCreating", Some(message.clone()));
             }
-            self.event(&pod, None, EventType::Warning, "FailedMount", &message)
-                .await;
+            self.event(&pod, None, EventType::Warning, "FailedMount", &message);
             self.publish().await;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -411,8 +412,7 @@ impl<P: Provider> Worker<P> {
                     EventType::Normal,
                     "Pulling",
                     &format!("Pulling image \"{image}\""),
-                )
-                .await;
+                );
                 let started = Instant::now();
                 let pulled = tokio::select! {
                     result = self.ctx.provider.pull(request) => result,
@@ -431,8 +431,7 @@ impl<P: Provider> Worker<P> {
                                 "Successfully pulled image \"{image}\" in {:.3}s",
                                 took.as_secs_f64()
                             ),
-                        )
-                        .await;
+                        );
                         self.record(kind, index).image_id = Some(pulled.image_id());
                         self.images.insert(container.name.clone(), pulled);
                         break;
@@ -444,8 +443,7 @@ impl<P: Provider> Worker<P> {
                             EventType::Warning,
                             "Failed",
                             &format!("Failed to pull image \"{image}\": {}", err.message),
-                        )
-                        .await;
+                        );
                         self.record(kind, index).state =
                             ContainerState::waiting(&err.reason, Some(err.message.clone()));
                         if err.fatal {
@@ -467,8 +465,7 @@ impl<P: Provider> Worker<P> {
                             EventType::Normal,
                             "BackOff",
                             &format!("Back-off pulling image \"{image}\""),
-                        )
-                        .await;
+                        );
                         self.publish().await;
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
@@ -479,6 +476,7 @@ impl<P: Provider> Worker<P> {
                 }
             }
         }
+        self.mark("pull");
         Next::Stage(if self.state.init.is_empty() {
             Stage::Run
         } else {
@@ -486,7 +484,14 @@ impl<P: Provider> Worker<P> {
         })
     }
 
-    async fn event(
+    /// Ends stage `name` of the pod's first start.
+    fn mark(&mut self, name: &'static str) {
+        if let Some(trace) = &mut self.trace {
+            trace.mark(name);
+        }
+    }
+
+    fn event(
         &self,
         pod: &Pod,
         container: Option<&str>,
@@ -496,8 +501,7 @@ impl<P: Provider> Worker<P> {
     ) {
         self.ctx
             .recorder
-            .record(pod, container, kind, reason, message)
-            .await;
+            .record(pod, container, kind, reason, message);
     }
 
     fn restart_policy(pod: &Pod) -> String {
@@ -640,16 +644,14 @@ impl<P: Provider> Worker<P> {
             EventType::Normal,
             "Created",
             &format!("Created container {}", container.name),
-        )
-        .await;
+        );
         self.event(
             pod,
             Some(&container.name),
             EventType::Normal,
             "Started",
             &format!("Started container {}", container.name),
-        )
-        .await;
+        );
         let live = Live {
             stop,
             abort: task.abort_handle(),
@@ -714,6 +716,35 @@ impl<P: Provider> Worker<P> {
         crash.delay_after_exit(started_instant, Instant::now())
     }
 
+    /// A Warning event for a container that ran and failed (a trap, a non-zero exit, an
+    /// OOM kill), so `kubectl describe` and `kubectl get events` show why without the status.
+    /// One that never started already had its `Failed` event.
+    fn report_failure(&mut self, pod: &Pod, kind: Kind, index: usize) {
+        let record = self.record(kind, index);
+        let ContainerState::Terminated {
+            exit_code,
+            reason,
+            message,
+            started_at: Some(_),
+            ..
+        } = &record.state
+        else {
+            return;
+        };
+        if *exit_code == 0 {
+            return;
+        }
+        let name = record.name.clone();
+        let text = format!(
+            "Container {name} failed: exit code {exit_code} ({reason}){}",
+            message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+        self.event(pod, Some(&name), EventType::Warning, "Failed", &text);
+    }
+
     /// Moves a terminated container to waiting for its next instance.
     fn prepare_restart(&mut self, kind: Kind, index: usize, delay: Duration, pod_name: &str) {
         let record = self.record(kind, index);
@@ -762,6 +793,7 @@ impl<P: Provider> Worker<P> {
                 Err(err) => self.start_failed(&pod, Kind::Init, index, err).await,
             };
             let delay = self.record_exit(Kind::Init, index, &exit);
+            self.report_failure(&pod, Kind::Init, index);
             if exit.exit_code == 0 {
                 let next = index + 1;
                 if next == self.state.init.len() {
@@ -769,6 +801,7 @@ impl<P: Provider> Worker<P> {
                     for app in &mut self.state.app {
                         app.state = ContainerState::waiting("ContainerCreating", None);
                     }
+                    self.mark("init");
                     return Next::Stage(Stage::Run);
                 }
                 return Next::Stage(Stage::Init(next));
@@ -798,8 +831,7 @@ impl<P: Provider> Worker<P> {
                     EventType::Warning,
                     "BackOff",
                     "Back-off restarting failed container",
-                )
-                .await;
+                );
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -823,8 +855,7 @@ impl<P: Provider> Worker<P> {
             EventType::Warning,
             "Failed",
             &format!("Error: {}", err.message),
-        )
-        .await;
+        );
         self.record(kind, index).state =
             ContainerState::waiting(&err.reason, Some(err.message.clone()));
         self.publish().await;
@@ -889,10 +920,10 @@ impl<P: Provider> Worker<P> {
             {
                 self.state.phase = Phase::Running;
             }
-            if self.state.app.iter().all(ContainerRecord::is_running)
-                && let Some(since) = self.starting_since.take()
-            {
-                self.ctx.metrics.observe_pod_start(since.elapsed());
+            let first_run =
+                self.state.app.iter().all(ContainerRecord::is_running) && self.trace.is_some();
+            if first_run {
+                self.mark("start");
             }
             if exits.is_empty() && due.iter().all(Option::is_none) {
                 let all_ok =
@@ -911,10 +942,16 @@ impl<P: Provider> Worker<P> {
                 return Next::Stage(Stage::Finished);
             }
             self.publish().await;
+            if first_run && let Some(mut trace) = self.trace.take() {
+                trace.mark("status_patch");
+                self.ctx.metrics.observe_pod_start(trace.total());
+                info!(pod = %pod_name, total_ms = trace.total().as_secs_f64() * 1e3, stages = %trace, "pod started");
+            }
             let next_due = due.iter().flatten().min().copied();
             tokio::select! {
                 Some((_, index, exit)) = exits.next() => {
                     let delay = self.record_exit(Kind::App, index, &exit);
+                    self.report_failure(&pod, Kind::App, index);
                     let restart = match policy.as_str() {
                         "Never" => false,
                         "OnFailure" => exit.exit_code != 0,
@@ -925,7 +962,7 @@ impl<P: Provider> Worker<P> {
                         self.prepare_restart(Kind::App, index, delay, &pod_name);
                         if !delay.is_zero() {
                             let name = self.state.app[index].name.clone();
-                            self.event(&pod, Some(&name), EventType::Warning, "BackOff", "Back-off restarting failed container").await;
+                            self.event(&pod, Some(&name), EventType::Warning, "BackOff", "Back-off restarting failed container");
                         }
                         due[index] = Some(Instant::now() + delay);
                     }
@@ -935,6 +972,10 @@ impl<P: Provider> Worker<P> {
                 _ = sync.tick() => {
                     // The latest object: a label change shows in downwardAPI volumes.
                     let current = inbox.pod.clone();
+                    if self.last_sent.as_ref().is_some_and(|sent| overwritten(sent, current.status.as_ref())) {
+                        info!(pod = %pod_name, "the pod's status was changed by another writer; sending the node's again");
+                        self.last_sent = None;
+                    }
                     let ctx = self.ctx.clone();
                     let updated = self.volumes.refresh(&ctx.volume_context(), &current).await;
                     if !updated.is_empty() {
@@ -970,16 +1011,13 @@ impl<P: Provider> Worker<P> {
         for (index, live) in self.live_app.iter_mut().enumerate() {
             if let Some(live) = live.take() {
                 let name = self.state.app[index].name.clone();
-                self.ctx
-                    .recorder
-                    .record(
-                        pod,
-                        Some(&name),
-                        EventType::Normal,
-                        "Killing",
-                        &format!("Stopping container {name}"),
-                    )
-                    .await;
+                self.ctx.recorder.record(
+                    pod,
+                    Some(&name),
+                    EventType::Normal,
+                    "Killing",
+                    &format!("Stopping container {name}"),
+                );
                 stopping.push(live);
             }
         }
@@ -1011,8 +1049,7 @@ impl<P: Provider> Worker<P> {
         message: String,
     ) -> Next {
         warn!(pod = %self.key.name, %message, "evicting pod");
-        self.event(pod, None, EventType::Warning, "Evicted", &message)
-            .await;
+        self.event(pod, None, EventType::Warning, "Evicted", &message);
         self.stop_containers(pod, exits).await;
         self.state
             .finish(Phase::Failed, Some("Evicted"), Some(message));

@@ -212,8 +212,19 @@ impl Provider for WasiProvider {
             auth: credentials.for_registry(registry),
             entry: request.command.first().map(String::as_str),
         };
+        let began = std::time::Instant::now();
         let artifact = self.puller.pull(&pull).await.map_err(pull_error)?;
+        let looked_up = began.elapsed();
         let compiled = self.compile(&artifact).await?;
+        // The two halves of a pull, for the start trace: the artifact (from the store or the
+        // registry) and its compiled code (from memory, the disk cache or Cranelift).
+        tracing::debug!(
+            pod = %request.pod.name,
+            image = request.image,
+            artifact_ms = looked_up.as_secs_f64() * 1e3,
+            code_ms = (began.elapsed() - looked_up).as_secs_f64() * 1e3,
+            "image ready"
+        );
         Ok(WasiImage { artifact, compiled })
     }
 
