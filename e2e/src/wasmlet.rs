@@ -7,6 +7,7 @@ use rustix::process::Signal;
 
 use crate::control_plane::ControlPlane;
 use crate::kubectl::Kubectl;
+use crate::link::CloudLink;
 use crate::ports::free_port;
 use crate::process::Supervised;
 use crate::wait::wait_for;
@@ -30,9 +31,9 @@ pub struct WasmletOptions {
     pub bootstrap_kubeconfig: Option<PathBuf>,
     /// `--sync-frequency`; `None` keeps wasmlet's default (1m).
     pub sync_frequency: Option<String>,
-    /// The API server URL in the node's kubeconfig, e.g. a [`CloudLink`](crate::CloudLink)'s;
-    /// `None`: the plane's own.
-    pub api_server: Option<String>,
+    /// Reach the API server through a [`CloudLink`] the node owns, so a test can cut the
+    /// node off while the control plane runs on ([`WasmletNode::uplink`]).
+    pub behind_link: bool,
 }
 
 impl WasmletOptions {
@@ -49,7 +50,7 @@ impl WasmletOptions {
             eviction_hard: "nodefs.available<64Mi".into(),
             bootstrap_kubeconfig: None,
             sync_frequency: None,
-            api_server: None,
+            behind_link: false,
         }
     }
 }
@@ -57,7 +58,9 @@ impl WasmletOptions {
 /// A running `wasmlet` process joined to a [`ControlPlane`] with a node identity
 /// (`system:node:<name>`). Dropping it stops it.
 pub struct WasmletNode {
+    // Dropped first, so wasmlet stops before its link does.
     process: Supervised,
+    link: Option<CloudLink>,
     /// The kubelet API port.
     pub port: u16,
     /// The node's name.
@@ -72,11 +75,15 @@ impl WasmletNode {
     pub fn start(plane: &ControlPlane, options: &WasmletOptions) -> anyhow::Result<Self> {
         let name = &options.node_name;
         let data_dir = plane.dir().join("nodes").join(name);
+        let link = options
+            .behind_link
+            .then(|| CloudLink::to(plane.api_addr()))
+            .transpose()?;
         let kubeconfig = match &options.bootstrap_kubeconfig {
             // wasmlet writes this one itself.
             Some(_) => plane.dir().join("nodes").join(format!("{name}.kubeconfig")),
-            None => match &options.api_server {
-                Some(server) => plane.node_kubeconfig_via(name, server)?,
+            None => match &link {
+                Some(link) => plane.node_kubeconfig_via(name, &link.url())?,
                 None => plane.node_kubeconfig(name)?,
             },
         };
@@ -119,6 +126,7 @@ impl WasmletNode {
         let process = Supervised::spawn("wasmlet", cmd, &log)?;
         Ok(Self {
             process,
+            link,
             port,
             name: name.clone(),
             data_dir,
@@ -267,6 +275,14 @@ impl WasmletNode {
                 self.log_tail(20)
             ),
         }
+    }
+
+    /// The node's link to its API server, to cut and restore; only for a node started
+    /// [`behind_link`](WasmletOptions::behind_link).
+    pub fn uplink(&self) -> anyhow::Result<&CloudLink> {
+        self.link
+            .as_ref()
+            .context("this node was not started behind_link")
     }
 
     /// Whether it is still running.

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::status::{lease, renew_time};
-use e2e::{CloudLink, ControlPlane, Kubectl, WasmletNode, WasmletOptions, wait_for};
+use e2e::{ControlPlane, Kubectl, WasmletNode, WasmletOptions, wait_for};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use rustix::process::Signal;
 
@@ -367,23 +367,16 @@ async fn node_keeps_running_through_an_api_server_outage_without_spinning() {
 
 #[tokio::test]
 async fn a_node_cut_off_past_its_grace_period_is_ready_again_as_soon_as_its_link_returns() {
-    let plane = ControlPlane::start().await.expect("control plane starts");
-    let link = CloudLink::to(plane.api_addr()).expect("the link relays");
-    let options = WasmletOptions {
-        api_server: Some(link.url()),
+    let mut cluster = cluster_with_node(&WasmletOptions {
+        behind_link: true,
         ..WasmletOptions::named("edge-cut")
-    };
-    let node = WasmletNode::start(&plane, &options).expect("wasmlet starts");
-    let mut cluster = Cluster {
-        node,
-        kubectl: Kubectl::new(&plane.admin_kubeconfig()),
-        plane,
-    };
+    })
+    .await;
     wait_for_ready(&cluster, "True", Duration::from_secs(10)).await;
 
     // The control plane keeps running; only the node's uplink drops, so the node lifecycle
     // controller gives up on the node after its grace period (16 s here).
-    link.cut();
+    cluster.node.uplink().unwrap().cut();
     let cut = Instant::now();
     let node = wait_for_ready(&cluster, "Unknown", Duration::from_secs(60)).await;
     assert_eq!(condition(&node, "Ready").unwrap().1, "NodeStatusUnknown");
@@ -398,7 +391,7 @@ async fn a_node_cut_off_past_its_grace_period_is_ready_again_as_soon_as_its_link
 
     // Back online: the next lease renewal (retries back off to 10 s) must bring a fresh
     // status with it, not wait for the 5-minute report.
-    link.restore();
+    cluster.node.uplink().unwrap().restore();
     let restored = Instant::now();
     let node = wait_for_ready(&cluster, "True", Duration::from_secs(20)).await;
     assert_eq!(condition(&node, "Ready").unwrap().1, "KubeletReady");
