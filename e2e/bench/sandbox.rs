@@ -6,6 +6,8 @@
 //! elsewhere on the machine falls on all of them alike:
 //! - `plain_wasmtime`: a default engine (no epoch interruption, on-demand allocation, no
 //!   limiter), WASI preview 1 linked synchronously, `_start` called on a plain thread;
+//! - `plain_wasmtime_epochs`: the same with epoch interruption compiled in but never firing,
+//!   so the checks Cranelift adds at loop back-edges and function entries are all it adds;
 //! - `wasmlet`: the real path, `WasiProvider::start` with no limits: epoch interruption with
 //!   a yield every tick, async calls, the pooling allocator and CPU metering;
 //! - `wasmlet_limits`: the same with a memory limit and a CPU limit (2000m) set high enough
@@ -32,7 +34,7 @@ use oci::push::{PushFormat, push};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use wasi_provider::{WasiImage, WasiProvider, WasiProviderConfig};
-use wasmtime::{Engine, Linker, Module, Store};
+use wasmtime::{Config, Engine, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
@@ -51,25 +53,35 @@ struct Limits {
     cpu_millis: Option<u64>,
 }
 
-const CONFIGURATIONS: [(&str, Option<Limits>); 4] = [
-    ("plain_wasmtime", None),
+/// How a configuration runs the guest.
+#[derive(Clone, Copy)]
+enum Runner {
+    /// Plain Wasmtime, with or without epoch interruption compiled in.
+    Plain { epochs: bool },
+    /// wasmlet's provider, with these limits.
+    Provider(Limits),
+}
+
+const CONFIGURATIONS: [(&str, Runner); 5] = [
+    ("plain_wasmtime", Runner::Plain { epochs: false }),
+    ("plain_wasmtime_epochs", Runner::Plain { epochs: true }),
     (
         "wasmlet",
-        Some(Limits {
+        Runner::Provider(Limits {
             memory_bytes: None,
             cpu_millis: None,
         }),
     ),
     (
         "wasmlet_limits",
-        Some(Limits {
+        Runner::Provider(Limits {
             memory_bytes: Some(64 << 20),
             cpu_millis: Some(2000),
         }),
     ),
     (
         "wasmlet_cpu_500m",
-        Some(Limits {
+        Runner::Provider(Limits {
             memory_bytes: Some(64 << 20),
             cpu_millis: Some(500),
         }),
@@ -118,14 +130,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{}: {}", e.reason, e.message))?;
 
-    let plain = Plain::new(&wasm)?;
+    let plain = Plain::new(&wasm, false)?;
+    let plain_epochs = Plain::new(&wasm, true)?;
     let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
     // Run 0 warms caches and the code of every path, and is not counted.
     for run in 0..=runs {
-        for (label, limits) in CONFIGURATIONS {
-            let sample = match limits {
-                None => plain.run(rounds)?,
-                Some(limits) => {
+        for (label, runner) in CONFIGURATIONS {
+            let sample = match runner {
+                Runner::Plain { epochs: false } => plain.run(rounds)?,
+                Runner::Plain { epochs: true } => plain_epochs.run(rounds)?,
+                Runner::Provider(limits) => {
                     let dir = work.path().join(format!("{label}-{run}"));
                     run_in_provider(&provider, &pulled, &pod, &dir, rounds, limits).await?
                 }
@@ -186,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
         "cpus": std::thread::available_parallelism()?.get(),
         "configurations": configurations,
         "overhead_percent_over_plain_wasmtime": {
+            "plain_wasmtime_epochs": overhead("plain_wasmtime_epochs"),
             "wasmlet": overhead("wasmlet"),
             "wasmlet_limits": overhead("wasmlet_limits"),
         },
@@ -200,16 +215,18 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Plain Wasmtime: the defaults a first embedding would use.
+/// Plain Wasmtime: the defaults a first embedding would use, optionally with epoch
+/// interruption compiled in (its deadline never reached).
 struct Plain {
     engine: Engine,
     module: Module,
     linker: Linker<WasiP1Ctx>,
+    epochs: bool,
 }
 
 impl Plain {
-    fn new(wasm: &Path) -> anyhow::Result<Self> {
-        let engine = Engine::default();
+    fn new(wasm: &Path, epochs: bool) -> anyhow::Result<Self> {
+        let engine = Engine::new(Config::new().epoch_interruption(epochs)).map_err(wasm_error)?;
         let module = Module::from_file(&engine, wasm).map_err(wasm_error)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |ctx| ctx).map_err(wasm_error)?;
@@ -217,6 +234,7 @@ impl Plain {
             engine,
             module,
             linker,
+            epochs,
         })
     }
 
@@ -234,6 +252,10 @@ impl Plain {
                     let started = Instant::now();
                     let cpu_before = thread_cpu();
                     let mut store = Store::new(&self.engine, wasi);
+                    if self.epochs {
+                        // Nothing advances the epoch here: every check passes.
+                        store.set_epoch_deadline(u64::MAX);
+                    }
                     let instance = self
                         .linker
                         .instantiate(&mut store, &self.module)
