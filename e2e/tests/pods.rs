@@ -735,8 +735,17 @@ async fn a_restarted_agent_takes_its_pods_back_counting_the_lost_instance_as_a_r
     .await
     .unwrap();
 
+    let before = cluster.pod("survivor").unwrap();
     let status = cluster.node.terminate().unwrap();
     assert!(status.success(), "{status}");
+    // A stopping agent leaves its pods' files for its next run: the log `--previous` will
+    // read, and emptyDir data.
+    assert!(
+        cluster
+            .container_log(&before, "app", 0)
+            .contains("tick 3 from ticker"),
+        "the stopped instance's log is still on the node"
+    );
     let mut restarted = options.clone();
     restarted.insecure_registries = vec![cluster.registry.host()];
     cluster.node = WasmletNode::start(&cluster.plane, &restarted).unwrap();
@@ -761,7 +770,7 @@ async fn a_restarted_agent_takes_its_pods_back_counting_the_lost_instance_as_a_r
     let previous = cluster
         .kubectl
         .run(&["logs", "survivor", "--previous"])
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e:#}\nwasmlet log:\n{}", cluster.node.log_tail(60)));
     assert!(previous.contains("tick 3 from ticker"), "{previous}");
     e2e::wait_for("the new instance to log", MINUTE, || {
         let log = cluster.kubectl.run(&["logs", "survivor"]);

@@ -117,6 +117,9 @@ struct Inbox {
     rx: mpsc::UnboundedReceiver<PodEvent>,
     pod: Pod,
     gone: bool,
+    /// The agent is shutting down (the pod manager dropped this worker's channel): the pod
+    /// stays, and so do its files, for the next run of the agent to take on.
+    agent_stopping: bool,
 }
 
 impl Inbox {
@@ -134,16 +137,22 @@ impl Inbox {
                         return;
                     }
                 }
-                Some(PodEvent::Deleted) | None => {
+                Some(PodEvent::Deleted) => {
                     self.gone = true;
+                    return;
+                }
+                None => {
+                    self.agent_stopping = true;
                     return;
                 }
             }
         }
     }
 
+    /// Whether the worker must wind the pod down: it is being deleted, is gone, or the agent
+    /// is stopping.
     fn deleting(&self) -> bool {
-        self.gone || self.pod.metadata.deletion_timestamp.is_some()
+        self.gone || self.agent_stopping || self.pod.metadata.deletion_timestamp.is_some()
     }
 }
 
@@ -199,6 +208,7 @@ pub(crate) async fn run<P: Provider>(
         rx,
         pod,
         gone: false,
+        agent_stopping: false,
     };
     worker.drive(&mut inbox, stage).await;
 }
@@ -1056,10 +1066,15 @@ impl<P: Provider> Worker<P> {
         Next::Stage(Stage::Finished)
     }
 
-    /// Stops whatever runs, within the grace period, then deletes the pod object.
+    /// Stops whatever runs, within the grace period, then deletes the pod object and the
+    /// pod's files. When only the agent is stopping, the pod object and its files (logs for
+    /// `--previous`, emptyDir data) stay for the agent's next run.
     async fn terminate(&mut self, inbox: &mut Inbox, exits: &mut FuturesUnordered<ExitFuture>) {
         let pod = inbox.pod.clone();
         self.stop_containers(&pod, exits).await;
+        if inbox.agent_stopping {
+            return;
+        }
         if !inbox.gone {
             self.publish().await;
             let params = DeleteParams {
@@ -1104,5 +1119,37 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbox() -> (mpsc::UnboundedSender<PodEvent>, Inbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inbox = Inbox {
+            rx,
+            pod: Pod::default(),
+            gone: false,
+            agent_stopping: false,
+        };
+        (tx, inbox)
+    }
+
+    #[tokio::test]
+    async fn a_closed_inbox_means_the_agent_is_stopping_not_that_the_pod_is_gone() {
+        // The pod manager drops every worker's channel when the agent stops; the pod and its
+        // files must outlive that, for the agent's next run.
+        let (tx, mut stopping) = inbox();
+        drop(tx);
+        stopping.deletion().await;
+        assert!(stopping.agent_stopping && !stopping.gone);
+        assert!(stopping.deleting(), "the worker still winds down");
+
+        let (tx, mut deleted) = inbox();
+        tx.send(PodEvent::Deleted).unwrap();
+        deleted.deletion().await;
+        assert!(deleted.gone && !deleted.agent_stopping);
     }
 }
