@@ -32,13 +32,21 @@ const INSTANCES_PER_POD: u32 = 4;
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 pub(crate) fn build(config: &WasiProviderConfig) -> Result<Engine, EngineError> {
+    with_cache(config, disk_cache(config)?)
+}
+
+/// The on-disk cache of compiled code in `config.cache_dir`. Wasmtime keys each entry by the
+/// Wasm bytes and the engine's settings, so a changed setting never loads stale code.
+fn disk_cache(config: &WasiProviderConfig) -> Result<Cache, EngineError> {
     let mut cache_config = CacheConfig::new();
     cache_config.with_directory(&config.cache_dir);
-    let cache = Cache::new(cache_config).map_err(|source| EngineError::Cache {
+    Cache::new(cache_config).map_err(|source| EngineError::Cache {
         dir: config.cache_dir.clone(),
         source,
-    })?;
+    })
+}
 
+fn with_cache(config: &WasiProviderConfig, cache: Cache) -> Result<Engine, EngineError> {
     let slots = config
         .max_pods
         .saturating_mul(INSTANCES_PER_POD)
@@ -99,5 +107,28 @@ mod tests {
         let mut store = wasmtime::Store::new(&engine, ());
         store.set_epoch_deadline(1);
         wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+    }
+
+    #[test]
+    fn compiled_code_is_cached_on_disk_and_loaded_by_the_next_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WasiProviderConfig {
+            cache_dir: dir.path().join("cache"),
+            store_dir: dir.path().join("store"),
+            max_pods: 10,
+            insecure_registries: vec![],
+        };
+        let wasm = r#"(module (func (export "f") (result i32) i32.const 42))"#;
+        // Two engines, as two runs of the node: the second must load what the first compiled.
+        for (run, (hits, misses)) in [(0, 1), (1, 0)].into_iter().enumerate() {
+            let cache = disk_cache(&config).unwrap();
+            let engine = with_cache(&config, cache.clone()).unwrap();
+            wasmtime::Module::new(&engine, wasm).unwrap();
+            assert_eq!(
+                (cache.cache_hits(), cache.cache_misses()),
+                (hits, misses),
+                "run {run}: (hits, misses)"
+            );
+        }
     }
 }
