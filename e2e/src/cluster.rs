@@ -118,16 +118,42 @@ impl WasmCluster {
         reason: &str,
         timeout: Duration,
     ) -> anyhow::Result<String> {
-        wait_for(&format!("a {reason} event for {pod}"), timeout, || {
-            let found = self
-                .events(pod)
-                .map(|events| {
+        self.wait_events(pod, &format!("a {reason} event"), timeout, |events| {
+            events
+                .iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+                .map(|e| e.message.clone().unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Waits until `check` finds what it looks for in `pod`'s events (oldest first) and
+    /// returns it. wasmlet writes events in the background, so one may come a moment after
+    /// the status that reports the same thing. On time-out the error lists the events seen.
+    pub async fn wait_events<T>(
+        &self,
+        pod: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[Event]) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        wait_for(&format!("{what} for {pod}"), timeout, || {
+            let verdict = self.events(pod).map(|events| match check(&events) {
+                Some(found) => Ok(Some(found)),
+                None => Err(format!(
+                    "events so far: {:?}",
                     events
-                        .into_iter()
-                        .find(|e| e.reason.as_deref() == Some(reason))
-                })
-                .map(|e| e.map(|e| e.message.unwrap_or_default()));
-            async move { found.map_err(|e| e.to_string()) }
+                        .iter()
+                        .map(|e| format!(
+                            "{} {}: {}",
+                            e.type_.as_deref().unwrap_or_default(),
+                            e.reason.as_deref().unwrap_or_default(),
+                            e.message.as_deref().unwrap_or_default()
+                        ))
+                        .collect::<Vec<_>>()
+                )),
+            });
+            async move { verdict.map_err(|e| e.to_string())? }
         })
         .await
     }

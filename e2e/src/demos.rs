@@ -52,3 +52,29 @@ pub fn push_demo(registry: &str, name: &str) -> anyhow::Result<String> {
     push_file(&demo_wasm(name)?, &image, &[])?;
     Ok(image)
 }
+
+/// `(n, ms)` from the ticker demo's line `tick <n> from <pod> at <ms>`: its count, and the
+/// wall clock (ms since the epoch) when it wrote the line.
+pub fn tick(line: &str) -> Option<(u64, u64)> {
+    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["tick", n, "from", _, "at", ms] => Some((n.parse().ok()?, ms.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// Every ticker line a container wrote to stdout, from its CRI log file on the node, as
+/// [`tick`] reads it.
+pub fn cri_ticks(cri_log: &str) -> Vec<(u64, u64)> {
+    cri_log
+        .lines()
+        .filter_map(|line| tick(line.split_once(" stdout F ")?.1))
+        .collect()
+}
+
+/// Milliseconds since the epoch: the clock the ticker stamps its lines with.
+pub fn unix_ms() -> u64 {
+    jiff::Timestamp::now()
+        .as_millisecond()
+        .try_into()
+        .unwrap_or(0)
+}

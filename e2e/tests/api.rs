@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::demos::push_demo;
+use e2e::demos::{push_demo, tick, unix_ms};
 use e2e::{WasmCluster, wait_for, wasm_pod};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -33,32 +33,11 @@ async fn wait_for_lines(cluster: &WasmCluster, pod: &str, lines: usize) -> Strin
     .unwrap()
 }
 
-/// `(n, ms)` from `tick <n> from <pod> at <ms>`.
-fn tick(line: &str) -> Option<(u64, u128)> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words.as_slice() {
-        ["tick", n, "from", _, "at", ms] => Some((n.parse().ok()?, ms.parse().ok()?)),
-        _ => None,
-    }
-}
-
-/// Milliseconds since the epoch, the ticker's clock.
-fn now_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
 /// `GET path` on the node's kubelet API through the API server's node proxy, as the cluster
 /// admin: the status code and the body as the node sent them. (`kubectl get --raw` would
 /// replace a plain-text error body with client-go's generic message.)
 async fn proxied(cluster: &WasmCluster, path: &str) -> (u16, String) {
-    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.plane.admin_kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    let client = kube::Client::try_from(config).unwrap();
+    let client = cluster.plane.client().await.unwrap();
     let url = format!("/api/v1/nodes/{}/proxy{path}", cluster.node.name);
     let request = http::Request::get(url)
         .body(kube::client::Body::empty())
@@ -164,12 +143,12 @@ async fn kubectl_logs_reads_tails_stamps_limits_and_follows_a_running_pod() {
     })
     .await
     .unwrap();
-    let asked = now_ms();
+    let asked = unix_ms();
     let window = cluster
         .kubectl
         .run(&["logs", "ticker", "--since=2s"])
         .unwrap();
-    let answered = now_ms();
+    let answered = unix_ms();
     let (n, written) = window
         .lines()
         .next()
@@ -254,16 +233,13 @@ async fn kubectl_logs_reads_tails_stamps_limits_and_follows_a_running_pod() {
             .expect("followed lines keep coming")
             .unwrap()
             .expect("the follow stream stays open while the pod runs");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
+        let now = unix_ms();
         let (n, written) = tick(&line).unwrap_or_else(|| panic!("not a tick: {line}"));
         if let Some(p) = previous {
             assert_eq!(n, p + 1, "no line lost or repeated");
         }
         previous = Some(n);
-        latencies.push(now.saturating_sub(written) as u64);
+        latencies.push(now.saturating_sub(written));
     }
     wait_for_followers(&cluster, 1).await;
     latencies.sort_unstable();

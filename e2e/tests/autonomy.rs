@@ -4,26 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::demos::push_demo;
+use e2e::demos::{cri_ticks, push_demo, tick};
 use e2e::status::{condition, container, running};
 use e2e::{WasmCluster, WasmletOptions, wait_for, wasm_pod};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// The tick numbers in a CRI log (`… stdout F tick <n> from <pod> at <ms>`).
-fn ticks(cri_log: &str) -> Vec<u64> {
-    cri_log
-        .lines()
-        .filter_map(|line| {
-            line.split_once(" stdout F tick ")?
-                .1
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn pods_run_on_through_a_cut_link_and_are_ready_again_when_it_returns() {
@@ -70,12 +55,12 @@ async fn pods_run_on_through_a_cut_link_and_are_ready_again_when_it_returns() {
         cut.elapsed().as_secs_f64()
     );
     // Meanwhile the pod runs on, and its log on the node grows.
-    let logged_before = ticks(&cluster.container_log(&pod, "app", 0)).len();
+    let logged_before = cri_ticks(&cluster.container_log(&pod, "app", 0)).len();
     wait_for(
         "the pod to log on while its node is cut off",
         Duration::from_secs(10),
         || {
-            let logged = ticks(&cluster.container_log(&pod, "app", 0)).len();
+            let logged = cri_ticks(&cluster.container_log(&pod, "app", 0)).len();
             async move { Ok((logged >= logged_before + 10).then_some(())) }
         },
     )
@@ -111,7 +96,7 @@ async fn pods_run_on_through_a_cut_link_and_are_ready_again_when_it_returns() {
     let log = cluster.kubectl.run(&["logs", "ticker"]).unwrap();
     let numbers: Vec<u64> = log
         .lines()
-        .filter_map(|l| l.strip_prefix("tick ")?.split(' ').next()?.parse().ok())
+        .filter_map(|l| tick(l).map(|(n, _)| n))
         .collect();
     assert!(numbers.len() > logged_before + 10, "{log}");
     assert!(

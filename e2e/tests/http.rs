@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e::demos::push_demo;
-use e2e::status::phase;
+use e2e::status::{container, phase};
 use e2e::{WasmCluster, wasm_pod};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStateWaiting, Pod};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -142,23 +142,18 @@ fn client_pod(name: &str, image: &str, annotations: &str, args: &[String]) -> St
     )
 }
 
-fn client_status(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == "client")
-}
-
 fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
-    client_status(pod)?.state.as_ref()?.terminated.as_ref()
+    container(pod, "client")?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
 }
 
 /// The container's reason and message for not running: its waiting state, else its
 /// terminated state, else its last terminated state (a restarted container).
 fn why_not_running(pod: &Pod) -> Option<(String, String)> {
-    let status = client_status(pod)?;
+    let status = container(pod, "client")?;
     let state = status.state.as_ref()?;
     let waiting = |w: &ContainerStateWaiting| {
         (
@@ -349,7 +344,7 @@ async fn malformed_http_annotations_fail_the_container_with_invalid_annotation()
     ] {
         assert!(message.contains(part), "{part:?} not in {message:?}");
     }
-    assert_eq!(client_status(&pod).map(|c| c.restart_count), Some(0));
+    assert_eq!(container(&pod, "client").map(|c| c.restart_count), Some(0));
     eprintln!("bad-domains: {message}");
     let event = cluster
         .wait_event("bad-domains", "Failed", MINUTE)
@@ -380,7 +375,7 @@ async fn malformed_http_annotations_fail_the_container_with_invalid_annotation()
         pod.status.as_ref().and_then(|s| s.reason.as_deref()),
         Some("InvalidAnnotation")
     );
-    assert_eq!(client_status(&pod).map(|c| c.restart_count), Some(0));
+    assert_eq!(container(&pod, "client").map(|c| c.restart_count), Some(0));
     let (_, message) = why_not_running(&pod).unwrap();
     assert!(message.contains(MAX_CONCURRENT), "{message}");
     assert!(message.contains("\"zero\""), "{message}");

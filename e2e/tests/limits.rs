@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use e2e::demos::push_demo;
+use e2e::demos::{cri_ticks, push_demo, unix_ms};
 use e2e::status::{container, lease, phase, renew_time, running};
 use e2e::{WasmCluster, wait_for, wasm_pod};
 
@@ -25,28 +25,6 @@ fn ticker(name: &str, image: &str, interval_ms: u64) -> String {
             "  containers:\n  - name: app\n    image: {image}\n    env:\n    - {{name: INTERVAL_MS, value: \"{interval_ms}\"}}\n    - {{name: POD_NAME, value: {name}}}\n"
         ),
     )
-}
-
-/// The guest's own stamp (ms since the epoch) on each `tick <n> from <pod> at <ms>` line of
-/// a CRI log file.
-fn tick_stamps(cri_log: &str) -> Vec<u64> {
-    cri_log
-        .lines()
-        .filter_map(|line| {
-            let text = line.split_once(" stdout F ")?.1;
-            match text.split_whitespace().collect::<Vec<_>>().as_slice() {
-                ["tick", _, "from", _, "at", ms] => ms.parse().ok(),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-fn unix_ms() -> u64 {
-    jiff::Timestamp::now()
-        .as_millisecond()
-        .try_into()
-        .unwrap_or(0)
 }
 
 /// Each running pod's cumulative CPU time and the node's clock when it was read, from
@@ -129,12 +107,12 @@ async fn a_memory_bomb_is_oom_killed_at_its_limit_and_harms_nothing_else() {
     let neighbour = cluster.pod("neighbour").unwrap();
     assert!(running(&neighbour, "app"));
     assert_eq!(container(&neighbour, "app").unwrap().restart_count, 0);
-    let before = tick_stamps(&cluster.container_log(&neighbour, "app", 0)).len();
+    let before = cri_ticks(&cluster.container_log(&neighbour, "app", 0)).len();
     wait_for(
         "the neighbour to keep logging",
         Duration::from_secs(10),
         || {
-            let now = tick_stamps(&cluster.container_log(&neighbour, "app", 0)).len();
+            let now = cri_ticks(&cluster.container_log(&neighbour, "app", 0)).len();
             async move { Ok((now >= before + 5).then_some(())) }
         },
     )
@@ -254,8 +232,9 @@ async fn a_cpu_limit_holds_a_spinner_to_its_share_and_spinners_starve_no_one() {
     // kernel can stretch, to a second: a guest starved outright misses far more than that.
     let (median_bound, max_bound) = (TICK_MS + TICK_MS / 2, 1000);
     let ticker_pod = cluster.pod("ticker").unwrap();
-    let stamps: Vec<u64> = tick_stamps(&cluster.container_log(&ticker_pod, "app", 0))
+    let stamps: Vec<u64> = cri_ticks(&cluster.container_log(&ticker_pod, "app", 0))
         .into_iter()
+        .map(|(_, ms)| ms)
         .filter(|ms| (window_start_ms..=window_end_ms).contains(ms))
         .collect();
     let mut gaps: Vec<u64> = std::iter::once(window_start_ms)

@@ -839,41 +839,22 @@ fn printed_argv(log: &str) -> Vec<String> {
 }
 
 /// Waits for a Warning event with `reason` about `pod` whose message contains `needle`, and
-/// returns its message. wasmlet writes events in the background, so one may come a moment
-/// after the status that reports the same thing.
+/// returns its message.
 async fn wait_warning(cluster: &WasmCluster, pod: &str, reason: &str, needle: &str) -> String {
-    e2e::wait_for(
-        &format!("a Warning {reason} event for {pod} saying {needle:?}"),
-        MINUTE,
-        || {
-            let events = cluster.events(pod);
-            async move {
-                let events = events.map_err(|e| e.to_string())?;
-                let found = events.iter().find(|e| {
+    let what = format!("a Warning {reason} event saying {needle:?}");
+    cluster
+        .wait_events(pod, &what, MINUTE, |events| {
+            events
+                .iter()
+                .find(|e| {
                     e.type_.as_deref() == Some("Warning")
                         && e.reason.as_deref() == Some(reason)
                         && e.message.as_deref().is_some_and(|m| m.contains(needle))
-                });
-                match found {
-                    Some(e) => Ok(e.message.clone()),
-                    None => Err(format!(
-                        "events: {:?}",
-                        events
-                            .iter()
-                            .map(|e| format!(
-                                "{} {}: {}",
-                                e.type_.as_deref().unwrap_or_default(),
-                                e.reason.as_deref().unwrap_or_default(),
-                                e.message.as_deref().unwrap_or_default()
-                            ))
-                            .collect::<Vec<_>>()
-                    )),
-                }
-            }
-        },
-    )
-    .await
-    .unwrap()
+                })
+                .map(|e| e.message.clone().unwrap_or_default())
+        })
+        .await
+        .unwrap()
 }
 
 /// The number of the last complete flood line (`<n> xxx…`) in the current log file, read

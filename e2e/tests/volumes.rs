@@ -82,28 +82,18 @@ async fn wait_events(
     count: usize,
     timeout: Duration,
 ) -> Vec<String> {
-    wait_for(
-        &format!("{count} {reason} events for {pod}"),
-        timeout,
-        || {
-            let events = cluster.events(pod);
-            async move {
-                let messages: Vec<String> = events
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .filter(|e| e.reason.as_deref() == Some(reason))
-                    .map(|e| e.message.unwrap_or_default())
-                    .collect();
-                if messages.len() >= count {
-                    Ok(Some(messages))
-                } else {
-                    Err(format!("{} so far: {messages:?}", messages.len()))
-                }
-            }
-        },
-    )
-    .await
-    .unwrap()
+    let what = format!("{count} {reason} events");
+    cluster
+        .wait_events(pod, &what, timeout, |events| {
+            let messages: Vec<String> = events
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .map(|e| e.message.clone().unwrap_or_default())
+                .collect();
+            (messages.len() >= count).then_some(messages)
+        })
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
