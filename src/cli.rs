@@ -63,6 +63,10 @@ pub struct Cli {
         default_value = "memory.available<100Mi,nodefs.available<10%"
     )]
     pub eviction_hard: String,
+    /// A directory of static pod manifests (YAML or JSON, one or more pods per file), run
+    /// with or without an API server; with no kubeconfig the node is standalone
+    #[arg(long, value_name = "DIR")]
+    pub static_pods: Option<PathBuf>,
     /// How often running pods' ConfigMap, Secret and service account token volumes are
     /// brought up to date, e.g. 1m or 10s
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_period)]
@@ -85,6 +89,47 @@ fn parse_period(text: &str) -> Result<std::time::Duration, String> {
 pub enum Command {
     /// Publish a .wasm file as an OCI artifact.
     Push(PushArgs),
+    /// List the node's pods and containers from its data dir (works with the agent stopped
+    /// and with the cluster unreachable).
+    Ps(PsArgs),
+    /// Print a container's log from the node's data dir.
+    Logs(LogsArgs),
+}
+
+/// `wasmlet ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// The agent's data dir [default: ~/.wasmlet]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Also list pods that have finished.
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+/// `wasmlet logs POD`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The pod's name.
+    pub pod: String,
+    /// Its namespace.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// The container (needed when the pod has several).
+    #[arg(short, long)]
+    pub container: Option<String>,
+    /// Keep printing new lines.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// The previous instance of the container (before its last restart).
+    #[arg(short, long)]
+    pub previous: bool,
+    /// The agent's data dir [default: ~/.wasmlet]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// `wasmlet push FILE.wasm REGISTRY/REPO:TAG`.
@@ -143,6 +188,19 @@ impl PushArgs {
 }
 
 impl Cli {
+    /// The data dir a local tool reads: its own `--data-dir`, else the default.
+    pub fn data_dir_or_default(&self) -> anyhow::Result<PathBuf> {
+        let given = match &self.command {
+            Some(Command::Ps(ps)) => ps.data_dir.clone(),
+            Some(Command::Logs(logs)) => logs.data_dir.clone(),
+            _ => None,
+        };
+        match given {
+            Some(dir) => Ok(dir),
+            None => Ok(home_dir()?.join(".wasmlet")),
+        }
+    }
+
     /// The node's configuration, with defaults filled in from the host.
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
         let host = kubelet::host::HostFacts::read();

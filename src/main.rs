@@ -5,6 +5,7 @@
 //! node agent until SIGTERM or SIGINT.
 
 mod cli;
+mod local;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -63,12 +64,26 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(cli::Command::Push(push)) = &cli.command {
-        println!("{}", push.run().await?);
-        return Ok(());
+    match &cli.command {
+        Some(cli::Command::Push(push)) => {
+            println!("{}", push.run().await?);
+            return Ok(());
+        }
+        Some(cli::Command::Ps(ps)) => return local::ps(&cli.data_dir_or_default()?, ps),
+        Some(cli::Command::Logs(logs)) => {
+            return local::logs(&cli.data_dir_or_default()?, logs).await;
+        }
+        None => {}
     }
     let node = cli.node_config()?;
     let kubeconfig_path = cli.kubeconfig_path()?;
+    if let Some(manifests) = &cli.static_pods
+        && cli.kubeconfig.is_none()
+        && cli.bootstrap_kubeconfig.is_none()
+        && !kubeconfig_path.exists()
+    {
+        return run_standalone(&cli, node, manifests).await;
+    }
     let bootstrap = match &cli.bootstrap_kubeconfig {
         Some(path) => Some(certs::bootstrap::Bootstrap::read(path).context("bootstrap")?),
         None => None,
@@ -80,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(_) => None,
     };
     let data_dir = kubelet::data_dir::DataDir::open(&node.data_dir)?;
+    let store = kubelet::store::LocalStore::open(data_dir.path())?;
     let pki_dir = data_dir.pki_dir();
     let listener = kubelet::server::bind((cli.address, node.port).into()).await?;
 
@@ -120,13 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // self-signed certificate until the cluster signs one, then each renewal.
     let tls = certs::tls::kubelet_server_config(serving.certificates.clone(), &client_ca)
         .context("the client CA of the kubelet API")?;
-    let provider = wasi_provider::WasiProvider::new(&wasi_provider::WasiProviderConfig {
-        cache_dir: data_dir.path().join("cache"),
-        store_dir: data_dir.path().join("oci"),
-        max_pods: node.max_pods,
-        insecure_registries: cli.insecure_registries.clone(),
-    })
-    .context("cannot start the WASI provider")?;
+    let provider = wasi_provider(&data_dir, &node, &cli)?;
 
     info!(node = %node.node_name, ip = %node.node_ip, port = node.port, data_dir = %node.data_dir.display(), "starting wasmlet");
     let managers: Vec<_> = [serving.manager, client_certificate]
@@ -134,8 +144,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .flatten()
         .map(|manager| tokio::spawn(manager.run(cancel.clone())))
         .collect();
-    kubelet::Kubelet::new(client, node, provider, data_dir)
-        .run(listener, tls, cancel)
+    let mut agent = kubelet::Kubelet::new(Some(client), node.clone(), provider, data_dir, store);
+    if let Some(dir) = &cli.static_pods {
+        agent = agent.with_static_pods(
+            kubelet::static_pods::watch(dir.clone(), node.node_name.clone(), cancel.clone())
+                .await?,
+        );
+    }
+    agent
+        .run(Some(kubelet::ApiServing { listener, tls }), cancel)
         .await;
     for manager in managers {
         if let Err(err) = manager.await {
@@ -143,6 +160,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A node with no API server: it runs the static pods in `manifests`, keeps them in its
+/// store, and serves no kubelet API (`wasmlet ps` and `wasmlet logs` read its data dir).
+async fn run_standalone(
+    cli: &Cli,
+    node: kubelet::NodeConfig,
+    manifests: &std::path::Path,
+) -> anyhow::Result<()> {
+    let data_dir = kubelet::data_dir::DataDir::open(&node.data_dir)?;
+    let store = kubelet::store::LocalStore::open(data_dir.path())?;
+    let provider = wasi_provider(&data_dir, &node, cli)?;
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    let static_pods = kubelet::static_pods::watch(
+        manifests.to_path_buf(),
+        node.node_name.clone(),
+        cancel.clone(),
+    )
+    .await?;
+    info!(node = %node.node_name, manifests = %manifests.display(), data_dir = %node.data_dir.display(), "starting wasmlet standalone (no API server)");
+    kubelet::Kubelet::new(None, node, provider, data_dir, store)
+        .with_static_pods(static_pods)
+        .run(None, cancel)
+        .await;
+    Ok(())
+}
+
+fn wasi_provider(
+    data_dir: &kubelet::data_dir::DataDir,
+    node: &kubelet::NodeConfig,
+    cli: &Cli,
+) -> anyhow::Result<wasi_provider::WasiProvider> {
+    wasi_provider::WasiProvider::new(&wasi_provider::WasiProviderConfig {
+        cache_dir: data_dir.path().join("cache"),
+        store_dir: data_dir.path().join("oci"),
+        max_pods: node.max_pods,
+        insecure_registries: cli.insecure_registries.clone(),
+    })
+    .context("cannot start the WASI provider")
 }
 
 async fn cancel_on_signal(cancel: CancellationToken) {

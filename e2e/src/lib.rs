@@ -29,4 +29,4 @@ pub use kubectl::Kubectl;
 pub use link::CloudLink;
 pub use registry::{REGISTRY_PASSWORD, REGISTRY_USER, Registry};
 pub use wait::wait_for;
-pub use wasmlet::{WasmletNode, WasmletOptions, wasmlet_binary};
+pub use wasmlet::{StandaloneWasmlet, WasmletNode, WasmletOptions, wasmlet_binary};

@@ -67,6 +67,9 @@ pub struct WasmletNode {
     pub name: String,
     data_dir: PathBuf,
     kubeconfig: PathBuf,
+    /// How it was started, for [`WasmletNode::restart_with`].
+    args: Vec<std::ffi::OsString>,
+    log: PathBuf,
 }
 
 impl WasmletNode {
@@ -89,6 +92,7 @@ impl WasmletNode {
         };
         let port = free_port()?;
         let mut cmd = Command::new(wasmlet_binary()?);
+        cmd.env("RUST_LOG", "info,kubelet=debug,wasi_provider=debug");
         if let Some(bootstrap) = &options.bootstrap_kubeconfig {
             cmd.arg("--bootstrap-kubeconfig").arg(bootstrap);
         }
@@ -120,8 +124,8 @@ impl WasmletNode {
                     .sync_frequency
                     .iter()
                     .map(|period| format!("--sync-frequency={period}")),
-            )
-            .env("RUST_LOG", "info,kubelet=debug,wasi_provider=debug");
+            );
+        let args = cmd.get_args().map(ToOwned::to_owned).collect();
         let log = plane.dir().join(format!("wasmlet-{name}-{port}.log"));
         let process = Supervised::spawn("wasmlet", cmd, &log)?;
         Ok(Self {
@@ -131,7 +135,33 @@ impl WasmletNode {
             name: name.clone(),
             data_dir,
             kubeconfig,
+            args,
+            log,
         })
+    }
+
+    /// Stops wasmlet with `signal` (SIGKILL for a crash) and starts it again with the same
+    /// flags, data dir and link (still cut, if it was). Its log goes on in the same file.
+    pub fn restart_with(&mut self, signal: Signal) -> anyhow::Result<()> {
+        self.stop_with(signal)?;
+        let mut cmd = Command::new(wasmlet_binary()?);
+        cmd.env("RUST_LOG", "info,kubelet=debug,wasi_provider=debug")
+            .args(&self.args);
+        let log = self.log.with_extension(format!(
+            "restart-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        ));
+        self.process = Supervised::spawn("wasmlet", cmd, &log)?;
+        self.log = log;
+        Ok(())
+    }
+
+    /// Runs a wasmlet tool against this node's data dir (`ps`, `logs POD`), as an operator on
+    /// the device would, and returns what it printed; fails with its stderr if it failed.
+    pub fn tool(&self, args: &[&str]) -> anyhow::Result<String> {
+        run_tool(&self.data_dir, args)
     }
 
     /// The kubeconfig it runs with (written by wasmlet itself when it bootstrapped).
@@ -330,4 +360,69 @@ pub fn wasmlet_binary() -> anyhow::Result<PathBuf> {
         .find(|path| path.is_file())
         .context("no wasmlet binary near the test executable; run `cargo build --bin wasmlet` or set WASMLET_BIN")?;
     Ok(candidate)
+}
+
+/// Runs `wasmlet <tool> --data-dir <data_dir> <rest>` and returns what it printed.
+fn run_tool(data_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let (command, rest) = args.split_first().context("no tool named")?;
+    let output = Command::new(wasmlet_binary()?)
+        .arg(command)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(rest)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "wasmlet {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A `wasmlet` with no API server at all: it runs the static pods in its manifest directory.
+/// Dropping it stops it and removes its directory.
+pub struct StandaloneWasmlet {
+    process: Supervised,
+    dir: tempfile::TempDir,
+}
+
+impl StandaloneWasmlet {
+    /// Starts `wasmlet --static-pods <dir>/manifests --data-dir <dir>/data` with no kubeconfig,
+    /// as node `name`, pulling over plain HTTP from `insecure_registries`.
+    pub fn start(name: &str, insecure_registries: &[String]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("manifests"))?;
+        let mut cmd = Command::new(wasmlet_binary()?);
+        cmd.env("RUST_LOG", "info,kubelet=debug")
+            .env_remove("KUBECONFIG")
+            .env("HOME", dir.path())
+            .args(["--node-name", name, "--node-ip", "127.0.0.1"])
+            .arg("--static-pods")
+            .arg(dir.path().join("manifests"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg(format!(
+                "--insecure-registries={}",
+                insecure_registries.join(",")
+            ));
+        let process = Supervised::spawn("wasmlet", cmd, &dir.path().join("wasmlet.log"))?;
+        Ok(Self { process, dir })
+    }
+
+    /// Where its static pod manifests go.
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    /// Runs a wasmlet tool (`ps`, `logs POD`) against its data dir.
+    pub fn tool(&self, args: &[&str]) -> anyhow::Result<String> {
+        run_tool(&self.dir.path().join("data"), args)
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
 }

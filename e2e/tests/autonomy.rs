@@ -104,3 +104,192 @@ async fn pods_run_on_through_a_cut_link_and_are_ready_again_when_it_returns() {
         "ticks run 0, 1, 2, … without a gap or a restart: {numbers:?}"
     );
 }
+
+/// Ticks numbered as the ticker demo writes them, from `wasmlet logs` or `kubectl logs`.
+fn ticks(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| tick(l).map(|(n, _)| n))
+        .collect()
+}
+
+/// The `wasmlet ps` row of `pod`'s only container, split into its columns.
+fn ps_row(ps: &str, pod: &str) -> Option<Vec<String>> {
+    ps.lines()
+        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .find(|cols| cols.get(1).map(String::as_str) == Some(pod))
+}
+
+#[tokio::test]
+async fn a_node_restarted_while_cut_off_runs_its_pods_from_its_store_and_reconciles_on_reconnect() {
+    let mut cluster = WasmCluster::start_with_options(WasmletOptions {
+        behind_link: true,
+        ..WasmletOptions::named("edge-offline")
+    })
+    .await
+    .unwrap();
+    let image = push_demo(&cluster.registry.host(), "ticker").unwrap();
+    // The interval comes from a ConfigMap, and the pod mounts its service account token: both
+    // must come from the node's store when it restarts with no API server to ask.
+    cluster
+        .kubectl
+        .apply("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ticker-settings\ndata:\n  interval: \"200\"\n")
+        .unwrap();
+    let ticker_spec = format!(
+        "  containers:\n  - name: app\n    image: {image}\n    env:\n    - name: INTERVAL_MS\n      valueFrom: {{configMapKeyRef: {{name: ticker-settings, key: interval}}}}\n"
+    );
+    for name in ["ticker", "doomed"] {
+        cluster
+            .kubectl
+            .apply(&wasm_pod(name, &ticker_spec))
+            .unwrap();
+    }
+    for name in ["ticker", "doomed"] {
+        cluster
+            .wait_pod(name, "Running and Ready", MINUTE, |p| {
+                running(p, "app") && condition(p, "Ready").as_deref() == Some("True")
+            })
+            .await
+            .unwrap();
+    }
+    let before = ticks(&cluster.node.tool(&["logs", "ticker"]).unwrap());
+    assert!(!before.is_empty(), "wasmlet logs reads the pod's log");
+
+    // Cut off, then restarted: nothing from the API server now.
+    cluster.node.uplink().unwrap().cut();
+    cluster
+        .node
+        .restart_with(rustix::process::Signal::TERM)
+        .unwrap();
+    let restarted = Instant::now();
+    wait_for(
+        "wasmlet ps to show both pods running again from the store",
+        Duration::from_secs(20),
+        || {
+            let ps = cluster.node.tool(&["ps"]);
+            async move {
+                let ps = ps.map_err(|e| format!("{e:#}"))?;
+                let up = ["ticker", "doomed"].iter().all(|pod| {
+                    ps_row(&ps, pod).is_some_and(|cols| cols[4] == "Running" && cols[5] == "1")
+                });
+                Ok(up.then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "pods running again {:.2} s after the restart, with the link cut",
+        restarted.elapsed().as_secs_f64()
+    );
+    // The new instance logs with the interval from the stored ConfigMap, and the previous
+    // instance's lines are still on the node.
+    wait_for(
+        "the restarted ticker to log",
+        Duration::from_secs(10),
+        || {
+            let log = cluster.node.tool(&["logs", "ticker"]);
+            async move { Ok((ticks(&log.map_err(|e| format!("{e:#}"))?).len() >= 5).then_some(())) }
+        },
+    )
+    .await
+    .unwrap();
+    let previous = ticks(
+        &cluster
+            .node
+            .tool(&["logs", "ticker", "--previous"])
+            .unwrap(),
+    );
+    assert!(
+        previous.len() >= before.len() && previous.starts_with(&before),
+        "the instance from before the restart kept its log: {previous:?}"
+    );
+
+    // While the node is away: one pod is deleted, another created for it.
+    cluster
+        .kubectl
+        .run(&["delete", "pod", "doomed", "--wait=false"])
+        .unwrap();
+    cluster
+        .kubectl
+        .apply(&wasm_pod(
+            "newcomer",
+            &format!("  nodeName: edge-offline\n{ticker_spec}"),
+        ))
+        .unwrap();
+
+    cluster.node.uplink().unwrap().restore();
+    let restored = Instant::now();
+    let ticker = cluster
+        .wait_pod(
+            "ticker",
+            "Running and Ready, with the restart counted",
+            Duration::from_secs(30),
+            |p| {
+                running(p, "app")
+                    && condition(p, "Ready").as_deref() == Some("True")
+                    && container(p, "app").map(|c| c.restart_count) == Some(1)
+            },
+        )
+        .await
+        .unwrap();
+    eprintln!(
+        "ticker truthful in the API {:.2} s after the link returned",
+        restored.elapsed().as_secs_f64()
+    );
+    assert!(
+        container(&ticker, "app")
+            .and_then(|c| c.last_state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .is_some(),
+        "the instance the restart ended is the last state"
+    );
+    cluster
+        .wait_pod("newcomer", "started once the link returned", MINUTE, |p| {
+            running(p, "app")
+        })
+        .await
+        .unwrap();
+    wait_for(
+        "the pod deleted while the node was away to be stopped and removed",
+        Duration::from_secs(30),
+        || {
+            let in_api = cluster.kubectl.run(&["get", "pods", "-o", "name"]);
+            let on_node = cluster.node_pods();
+            async move {
+                let gone = !in_api
+                    .map_err(|e| format!("{e:#}"))?
+                    .lines()
+                    .any(|l| l == "pod/doomed")
+                    && !on_node
+                        .map_err(|e| format!("{e:#}"))?
+                        .iter()
+                        .any(|p| p == "doomed");
+                Ok(gone.then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let ps = cluster.node.tool(&["ps"]).unwrap();
+    assert!(
+        ps_row(&ps, "doomed").is_none(),
+        "gone from the node too:\n{ps}"
+    );
+    // kubectl reads the same truth: every tick of the current instance, from 0, including
+    // those written while the node was cut off, and the previous instance's.
+    let current = ticks(&cluster.kubectl.run(&["logs", "ticker"]).unwrap());
+    assert!(
+        current.iter().copied().eq(0..current.len() as u64) && current.len() >= 5,
+        "{current:?}"
+    );
+    let previous_via_api = ticks(
+        &cluster
+            .kubectl
+            .run(&["logs", "ticker", "--previous"])
+            .unwrap(),
+    );
+    assert!(
+        previous_via_api.starts_with(&before),
+        "{previous_via_api:?}"
+    );
+}

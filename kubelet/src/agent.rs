@@ -1,5 +1,5 @@
-//! The node agent: wires registration, the Lease, status reporting and the API server
-//! together, and keeps each of them going through API server outages.
+//! The node agent: wires the pods, registration, the Lease, status reporting and the API
+//! server together, and keeps each of them going through API server outages.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -18,78 +18,103 @@ use crate::backoff::{Backoff, sleep_unless_cancelled};
 use crate::config::NodeConfig;
 use crate::data_dir::DataDir;
 use crate::host::HostFacts;
+use crate::link::Link;
 use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
 use crate::node::{LEASE_RENEW_INTERVAL, STATUS_UPDATE_INTERVAL, object, registration};
 use crate::pod::admission::{Capacity, ExtendedCapacity};
 use crate::pod::quantity;
-use crate::pod::{PodManager, PodSettings, SharedPodState};
+use crate::pod::{PodManager, PodSettings, PodSources, SharedPodState};
 use crate::provider::{GC_PERIOD, NodeContribution, Provider};
 use crate::server;
+use crate::static_pods::StaticPod;
+use crate::store::LocalStore;
 
 /// Retries against the API server start here and double up to the loop's own period, so an
 /// outage costs one request per period at most and recovery is noticed within one period.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 
-/// A wasmlet node: one Node object, its Lease and its API.
+/// A wasmlet node: its pods, and (when it has an API server) one Node object, its Lease and
+/// its API.
 pub struct Kubelet<P> {
-    client: kube::Client,
+    client: Option<kube::Client>,
     config: NodeConfig,
     provider: Arc<P>,
     data_dir: Arc<DataDir>,
+    store: LocalStore,
+    static_pods: Option<watch::Receiver<Vec<StaticPod>>>,
+}
+
+/// Where the kubelet HTTPS API listens, and with what TLS.
+pub struct ApiServing {
+    /// The bound listener.
+    pub listener: TcpListener,
+    /// Its TLS configuration (serving certificate, client CA).
+    pub tls: Arc<ServerConfig>,
 }
 
 impl<P: Provider> Kubelet<P> {
-    /// An agent for `config`, talking to the cluster through `client`.
-    pub fn new(client: kube::Client, config: NodeConfig, provider: P, data_dir: DataDir) -> Self {
+    /// An agent for `config`, talking to the cluster through `client` (None for a standalone
+    /// node that runs only static pods), keeping its desired state in `store`.
+    pub fn new(
+        client: Option<kube::Client>,
+        config: NodeConfig,
+        provider: P,
+        data_dir: DataDir,
+        store: LocalStore,
+    ) -> Self {
         Self {
             client,
             config,
             provider: Arc::new(provider),
             data_dir: Arc::new(data_dir),
+            store,
+            static_pods: None,
         }
     }
 
-    /// Runs until `cancel` fires. It never gives up on the API server: every loop retries
-    /// with backoff, so the node recovers by itself when the control plane comes back.
-    pub async fn run(
-        self,
-        listener: TcpListener,
-        tls: Arc<ServerConfig>,
-        cancel: CancellationToken,
-    ) {
+    /// Also runs the static pods that `manifests` describes.
+    pub fn with_static_pods(mut self, manifests: watch::Receiver<Vec<StaticPod>>) -> Self {
+        self.static_pods = Some(manifests);
+        self
+    }
+
+    /// Runs until `cancel` fires. Pods held in the local store start at once, before any
+    /// request to the API server; the node's own loops never give up on the API server, so
+    /// the node recovers by itself when the control plane comes back.
+    pub async fn run(self, api: Option<ApiServing>, cancel: CancellationToken) {
         let shared = SharedPodState {
             pods_dir: self.data_dir.path().join("pods"),
             ..Default::default()
         };
-        let api = api::router(ApiState {
-            node_name: self.config.node_name.clone(),
-            pods: shared.clone(),
-            gate: Arc::new(Gatekeeper::new(self.client.clone(), &self.config.node_name)),
-            rates: Default::default(),
-        });
-        let server = tokio::spawn(server::serve(listener, tls, api, cancel.clone()));
-        let mut reporter = StatusReporter::new(
-            self.client.clone(),
-            self.config.clone(),
-            HostFacts::read(),
-            self.provider.clone(),
-            self.data_dir.clone(),
-        );
-        let desired = object::new_node(&self.config, reporter.current_status());
-        let Some(node) =
-            register_until_done(&Api::all(self.client.clone()), &desired, &cancel).await
-        else {
-            return shutdown(server).await;
+        let link = Link::default();
+        let server = match (api, &self.client) {
+            (Some(api), Some(client)) => {
+                let router = api::router(ApiState {
+                    node_name: self.config.node_name.clone(),
+                    pods: shared.clone(),
+                    gate: Arc::new(Gatekeeper::new(client.clone(), &self.config.node_name)),
+                    rates: Default::default(),
+                });
+                Some(tokio::spawn(server::serve(
+                    api.listener,
+                    api.tls,
+                    router,
+                    cancel.clone(),
+                )))
+            }
+            _ => None,
         };
-        let lease = LeaseKeeper::new(self.client.clone(), &node);
         let host = HostFacts::read();
         let pods = PodManager::new(
-            self.client.clone(),
+            PodSources {
+                client: self.client.clone(),
+                static_pods: self.static_pods.clone(),
+            },
             self.provider.clone(),
-            &self.config.node_name,
-            &self.config.node_ip.to_string(),
             PodSettings {
+                node_name: self.config.node_name.clone(),
+                host_ip: self.config.node_ip.to_string(),
                 capacity: Capacity {
                     pods: self.config.max_pods as usize,
                     cpu_millis: u64::from(host.cpus) * 1000,
@@ -99,15 +124,47 @@ impl<P: Provider> Kubelet<P> {
                 sync_frequency: self.config.sync_frequency,
             },
             &shared,
+            self.store.clone(),
+            link.clone(),
         );
-        let reconnected = Notify::new();
+        let node = async {
+            if let Some(client) = &self.client {
+                self.keep_node(client, &link, &cancel).await;
+            }
+        };
         tokio::join!(
-            keep_lease(lease, &reconnected, &cancel),
-            keep_status(&mut reporter, &reconnected, &cancel),
+            node,
             pods.run(cancel.clone()),
             collect_garbage(self.provider.as_ref(), &cancel),
         );
-        shutdown(server).await
+        if let Some(server) = server
+            && let Err(err) = server.await
+        {
+            warn!(%err, "kubelet API server task failed");
+        }
+        info!("node agent stopped");
+    }
+
+    /// Registers the Node, then keeps its Lease and status current until cancelled.
+    async fn keep_node(&self, client: &kube::Client, link: &Link, cancel: &CancellationToken) {
+        let mut reporter = StatusReporter::new(
+            client.clone(),
+            self.config.clone(),
+            HostFacts::read(),
+            self.provider.clone(),
+            self.data_dir.clone(),
+        );
+        let desired = object::new_node(&self.config, reporter.current_status());
+        let Some(node) =
+            register_until_done(&Api::all(client.clone()), &desired, link, cancel).await
+        else {
+            return;
+        };
+        let lease = LeaseKeeper::new(client.clone(), &node);
+        tokio::join!(
+            keep_lease(lease, link, cancel),
+            keep_status(&mut reporter, link, cancel),
+        );
     }
 }
 
@@ -121,23 +178,21 @@ fn extended_capacity(contribution: &NodeContribution) -> ExtendedCapacity {
         .collect()
 }
 
-async fn shutdown(server: tokio::task::JoinHandle<()>) {
-    if let Err(err) = server.await {
-        warn!(%err, "kubelet API server task failed");
-    }
-    info!("node agent stopped");
-}
-
 async fn register_until_done(
     api: &Api<Node>,
     desired: &Node,
+    link: &Link,
     cancel: &CancellationToken,
 ) -> Option<Node> {
     let mut backoff = Backoff::new(FIRST_RETRY, Duration::from_secs(7));
     loop {
         match registration::register(api, desired).await {
-            Ok(node) => return Some(node),
+            Ok(node) => {
+                link.succeeded();
+                return Some(node);
+            }
             Err(err) => {
+                link.failed();
                 let delay = backoff.next_delay();
                 warn!(error = %err, retry_in = ?delay, "node registration failed");
                 if !sleep_unless_cancelled(delay, cancel).await {
@@ -154,31 +209,28 @@ async fn collect_garbage<P: Provider>(provider: &P, cancel: &CancellationToken) 
     }
 }
 
-/// Renews the Lease every 10 s. When a renewal succeeds after failures, `reconnected` is
-/// told: while the node could not reach the API server, the node lifecycle controller may
-/// have marked it `Unknown`, and only a fresh status puts that right.
-async fn keep_lease(mut lease: LeaseKeeper, reconnected: &Notify, cancel: &CancellationToken) {
+/// Renews the Lease every 10 s, and at once when the link to the API server comes back (the
+/// node lifecycle controller reads the Lease first).
+async fn keep_lease(mut lease: LeaseKeeper, link: &Link, cancel: &CancellationToken) {
     let mut backoff = Backoff::new(FIRST_RETRY, LEASE_RENEW_INTERVAL);
-    let mut failing = false;
+    let mut restored = link.watch();
     loop {
         let delay = match lease.renew().await {
             Ok(()) => {
-                if std::mem::take(&mut failing) {
-                    info!("lease renewed after failures; resending node status");
-                    reconnected.notify_one();
-                }
+                link.succeeded();
                 backoff.reset();
                 LEASE_RENEW_INTERVAL
             }
             Err(err) => {
-                failing = true;
+                link.failed();
                 let delay = backoff.next_delay();
                 warn!(error = %err, retry_in = ?delay, "lease renewal failed");
                 delay
             }
         };
-        if !sleep_unless_cancelled(delay, cancel).await {
-            return;
+        tokio::select! {
+            awake = sleep_unless_cancelled(delay, cancel) => if !awake { return },
+            () = restored.restored() => {}
         }
     }
 }
@@ -187,10 +239,11 @@ async fn keep_lease(mut lease: LeaseKeeper, reconnected: &Notify, cancel: &Cance
 /// link to the API server comes back (the status the API holds may no longer be ours).
 async fn keep_status<P: Provider>(
     reporter: &mut StatusReporter<P>,
-    reconnected: &Notify,
+    link: &Link,
     cancel: &CancellationToken,
 ) {
     let mut backoff = Backoff::new(FIRST_RETRY, STATUS_UPDATE_INTERVAL);
+    let mut restored = link.watch();
     loop {
         let delay = match reporter.report().await {
             Ok(_) => {
@@ -205,7 +258,7 @@ async fn keep_status<P: Provider>(
         };
         tokio::select! {
             awake = sleep_unless_cancelled(delay, cancel) => if !awake { return },
-            () = reconnected.notified() => reporter.forget_last_sent(),
+            () = restored.restored() => reporter.forget_last_sent(),
         }
     }
 }

@@ -22,6 +22,9 @@ impl DataDir {
             source,
         };
         std::fs::create_dir_all(path).map_err(|e| fail("cannot create it", e))?;
+        // It holds Secrets and tokens (the local store, volumes): other local users get nothing.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| fail("cannot make it private (mode 0700)", e))?;
         probe_writable(path).map_err(|e| fail("cannot write to it", e))?;
         let lock = File::options()
             .create(true)

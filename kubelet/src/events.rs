@@ -5,15 +5,22 @@
 //! Recording never waits for the API server. As with the kubelet's event broadcaster, an
 //! event is queued and a background task writes it, so a pod's start is not held up by four
 //! round trips (Pulling, Pulled, Created, Started), and an unreachable API server costs
-//! events, never progress. Each event carries the time it was recorded.
+//! events, never progress. Each event carries the time it was recorded; events recorded while
+//! the API server is unreachable wait for it (in order, repeats aggregated, bounded).
+
+use std::collections::VecDeque;
+use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+use crate::backoff::Backoff;
 
 /// Events waiting to be written; past this, new ones are dropped (and logged), as the
 /// kubelet's broadcaster drops them, rather than growing without bound during an outage.
@@ -34,16 +41,21 @@ pub enum EventType {
 /// Writes events about pods on behalf of one node.
 #[derive(Clone)]
 pub struct EventRecorder {
-    queue: mpsc::Sender<Event>,
+    /// None on a standalone node: there is no API server to record to.
+    queue: Option<mpsc::Sender<Event>>,
     node_name: String,
 }
 
 impl EventRecorder {
     /// A recorder reporting as wasmlet on `node_name`. Spawns the task that writes the
-    /// events; it ends when the last recorder is dropped.
-    pub fn new(client: kube::Client, node_name: &str) -> Self {
-        let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(write_events(client, pending));
+    /// events; it ends when the last recorder is dropped. Without a client, events are only
+    /// logged (at debug).
+    pub fn new(client: Option<kube::Client>, node_name: &str) -> Self {
+        let queue = client.map(|client| {
+            let (queue, pending) = mpsc::channel(QUEUE);
+            tokio::spawn(write_events(client, pending));
+            queue
+        });
         Self {
             queue,
             node_name: node_name.to_string(),
@@ -105,26 +117,183 @@ impl EventRecorder {
             count: Some(1),
             ..Default::default()
         };
-        if let Err(err) = self.queue.try_send(event) {
+        let Some(queue) = &self.queue else {
+            debug!(pod = %pod_name, reason, message, "event (standalone node: not recorded)");
+            return;
+        };
+        if let Err(err) = queue.try_send(event) {
             warn!(pod = %pod_name, reason, %err, "event dropped");
         }
     }
 }
 
-async fn write_events(client: kube::Client, mut pending: mpsc::Receiver<Event>) {
-    futures::stream::poll_fn(move |cx| pending.poll_recv(cx))
-        .for_each_concurrent(IN_FLIGHT, |event| {
+/// Whether a failed write may succeed later: the API server was unreachable, overloaded or
+/// failing. A refusal (forbidden, a namespace that is gone) never will.
+fn is_transient(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        _ => true,
+    }
+}
+
+/// Adds `event` to `pending`, or counts it into an event already waiting there for the same
+/// object, reason and message, as the kubelet's event correlator aggregates repeats.
+fn queue_or_aggregate(pending: &mut VecDeque<Event>, event: Event) -> bool {
+    let same = |e: &Event| {
+        e.involved_object == event.involved_object
+            && e.reason == event.reason
+            && e.message == event.message
+            && e.type_ == event.type_
+    };
+    if let Some(waiting) = pending.iter_mut().find(|e| same(e)) {
+        waiting.count = Some(
+            waiting
+                .count
+                .unwrap_or(1)
+                .saturating_add(event.count.unwrap_or(1)),
+        );
+        waiting.last_timestamp = event.last_timestamp;
+        return true;
+    }
+    if pending.len() >= QUEUE {
+        return false;
+    }
+    pending.push_back(event);
+    true
+}
+
+/// Writes queued events, 8 at a time. While the API server cannot be reached, events wait in
+/// order (aggregated, at most [`QUEUE`]) and are written with their original times when it
+/// answers again; the first failure pauses writing, retried with backoff up to 10 s.
+async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>) {
+    let mut pending: VecDeque<Event> = VecDeque::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut paused_until: Option<tokio::time::Instant> = None;
+    let mut dropped = 0u64;
+    loop {
+        while paused_until.is_none() && in_flight.len() < IN_FLIGHT {
+            let Some(event) = pending.pop_front() else {
+                break;
+            };
             let client = client.clone();
-            async move {
+            in_flight.push(async move {
                 let namespace = event.metadata.namespace.clone().unwrap_or_default();
+                let api: Api<Event> = Api::namespaced(client, &namespace);
+                let result = api.create(&PostParams::default(), &event).await;
+                (event, result)
+            });
+        }
+        tokio::select! {
+            received = queue.recv() => match received {
+                Some(event) => {
+                    let queued = queue_or_aggregate(&mut pending, event);
+                    dropped += u64::from(!queued);
+                    if !queued && dropped.is_power_of_two() {
+                        warn!(dropped, "event queue full while the API server is unreachable; dropping events");
+                    }
+                }
+                None if pending.is_empty() && in_flight.is_empty() => return,
+                None => {}
+            },
+            Some((event, result)) = in_flight.next() => {
                 let pod = event.involved_object.name.clone().unwrap_or_default();
                 let reason = event.reason.clone().unwrap_or_default();
-                let api: Api<Event> = Api::namespaced(client, &namespace);
-                match api.create(&PostParams::default(), &event).await {
-                    Ok(_) => debug!(%pod, %reason, message = ?event.message, "event"),
+                match result {
+                    Ok(_) => {
+                        backoff.reset();
+                        debug!(%pod, %reason, message = ?event.message, "event");
+                    }
+                    Err(err) if is_transient(&err) => {
+                        if paused_until.is_none() {
+                            let delay = backoff.next_delay();
+                            debug!(%err, retry_in = ?delay, "cannot write events now; keeping them");
+                            paused_until = Some(tokio::time::Instant::now() + delay);
+                        }
+                        // Back at the front, so events keep their order.
+                        pending.push_front(event);
+                    }
                     Err(err) => warn!(%pod, %reason, %err, "could not record event"),
                 }
             }
-        })
-        .await;
+            () = sleep_until(paused_until) => paused_until = None,
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(reason: &str, at: i64) -> Event {
+        let time = Time(jiff::Timestamp::from_second(at).unwrap());
+        Event {
+            involved_object: ObjectReference {
+                uid: Some("u1".into()),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some("m".into()),
+            first_timestamp: Some(time.clone()),
+            last_timestamp: Some(time),
+            count: Some(1),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn repeats_waiting_for_the_link_are_counted_into_one_event_with_both_times() {
+        let mut pending = VecDeque::new();
+        assert!(queue_or_aggregate(&mut pending, event("BackOff", 10)));
+        assert!(queue_or_aggregate(&mut pending, event("Started", 11)));
+        assert!(queue_or_aggregate(&mut pending, event("BackOff", 20)));
+        assert_eq!(pending.len(), 2);
+        let backoff = &pending[0];
+        assert_eq!(backoff.count, Some(2));
+        assert_eq!(backoff.first_timestamp.as_ref().unwrap().0.as_second(), 10);
+        assert_eq!(backoff.last_timestamp.as_ref().unwrap().0.as_second(), 20);
+    }
+
+    #[test]
+    fn the_queue_is_bounded() {
+        let mut pending = VecDeque::new();
+        for i in 0..QUEUE {
+            let mut e = event("Pulled", 1);
+            e.message = Some(format!("m{i}"));
+            assert!(queue_or_aggregate(&mut pending, e));
+        }
+        let mut extra = event("Pulled", 1);
+        extra.message = Some("one too many".into());
+        assert!(!queue_or_aggregate(&mut pending, extra));
+        assert_eq!(pending.len(), QUEUE);
+        let mut repeat = event("Pulled", 2);
+        repeat.message = Some("m0".into());
+        assert!(
+            queue_or_aggregate(&mut pending, repeat),
+            "a repeat still counts when full"
+        );
+        assert_eq!(pending[0].count, Some(2));
+    }
+
+    #[test]
+    fn only_unreachable_or_failing_servers_are_retried() {
+        let status = |code| {
+            kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert!(is_transient(&status(503)));
+        assert!(is_transient(&status(429)));
+        assert!(!is_transient(&status(403)));
+        assert!(!is_transient(&status(404)));
+    }
 }

@@ -13,16 +13,19 @@ pub mod data_dir;
 mod error;
 pub mod events;
 pub mod host;
+pub mod link;
 pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod pod;
 pub mod provider;
 pub mod server;
+pub mod static_pods;
+pub mod store;
 pub mod usage;
 pub mod volumes;
 
-pub use agent::Kubelet;
+pub use agent::{ApiServing, Kubelet};
 pub use config::NodeConfig;
 pub use error::Error;
 pub use provider::{

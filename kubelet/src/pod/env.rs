@@ -7,27 +7,44 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, ResourceFieldSelector, Secret};
 use kube::Api;
 
+use tracing::debug;
+
 use super::admission::Capacity;
 use super::quantity;
 use crate::provider::PullSecret;
+use crate::store::{LocalStore, ObjectKey};
 
 /// Why a container's configuration could not be assembled: shown as
 /// `CreateContainerConfigError`, and retried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError(pub String);
 
-/// Looks up ConfigMaps and Secrets in the pod's namespace, each at most once.
+/// Looks up ConfigMaps and Secrets in the pod's namespace, each at most once. What the API
+/// server answers is kept in the local store; while the API server cannot be reached, the
+/// stored copy stands in for it, so a pod restarted offline gets the same environment and
+/// volumes it had.
 pub(crate) struct Sources<'a> {
-    client: &'a kube::Client,
+    client: Option<&'a kube::Client>,
+    store: &'a LocalStore,
+    pod_uid: &'a str,
     namespace: &'a str,
     config_maps: BTreeMap<String, Option<ConfigMap>>,
     secrets: BTreeMap<String, Option<Secret>>,
 }
 
 impl<'a> Sources<'a> {
-    pub(crate) fn new(client: &'a kube::Client, namespace: &'a str) -> Self {
+    /// Sources for the pod `pod_uid` in `namespace`; with no client (a standalone node),
+    /// only what the store holds.
+    pub(crate) fn new(
+        client: Option<&'a kube::Client>,
+        store: &'a LocalStore,
+        pod_uid: &'a str,
+        namespace: &'a str,
+    ) -> Self {
         Self {
             client,
+            store,
+            pod_uid,
             namespace,
             config_maps: BTreeMap::new(),
             secrets: BTreeMap::new(),
@@ -39,11 +56,8 @@ impl<'a> Sources<'a> {
         name: &str,
     ) -> Result<Option<&ConfigMap>, ConfigError> {
         if !self.config_maps.contains_key(name) {
-            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
-            let found = api
-                .get_opt(name)
-                .await
-                .map_err(|e| ConfigError(format!("cannot read configmap {:?}: {e}", name)))?;
+            let key = ObjectKey::config_map(self.namespace, name);
+            let found = self.read("configmap", name, &key).await?;
             self.config_maps.insert(name.to_string(), found);
         }
         Ok(self.config_maps.get(name).and_then(Option::as_ref))
@@ -51,14 +65,66 @@ impl<'a> Sources<'a> {
 
     pub(crate) async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, ConfigError> {
         if !self.secrets.contains_key(name) {
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
-            let found = api
-                .get_opt(name)
-                .await
-                .map_err(|e| ConfigError(format!("cannot read secret {:?}: {e}", name)))?;
+            let key = ObjectKey::secret(self.namespace, name);
+            let found = self.read("secret", name, &key).await?;
             self.secrets.insert(name.to_string(), found);
         }
         Ok(self.secrets.get(name).and_then(Option::as_ref))
+    }
+
+    /// Reads `kind` `name` from the API and stores the answer; falls back to the stored copy
+    /// when the API server cannot be reached.
+    async fn read<K>(
+        &self,
+        kind: &str,
+        name: &str,
+        key: &ObjectKey,
+    ) -> Result<Option<K>, ConfigError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + Send
+            + 'static,
+    {
+        let Some(client) = self.client else {
+            return match self.store.object(key).await {
+                Some(object) => Ok(Some(object)),
+                None => Err(ConfigError(format!(
+                    "cannot read {kind} {name:?}: this node has no API server"
+                ))),
+            };
+        };
+        let api: Api<K> = Api::namespaced(client.clone(), self.namespace);
+        match api.get_opt(name).await {
+            Ok(Some(object)) => {
+                self.store.put_object(self.pod_uid, key, &object).await;
+                Ok(Some(object))
+            }
+            Ok(None) => {
+                self.store.forget_object(self.pod_uid, key).await;
+                Ok(None)
+            }
+            Err(err) if unreachable(&err) => match self.store.object(key).await {
+                Some(object) => {
+                    debug!(%kind, %name, %err, "the API server cannot be reached; using the stored copy");
+                    Ok(Some(object))
+                }
+                None => Err(ConfigError(format!("cannot read {kind} {name:?}: {err}"))),
+            },
+            Err(err) => Err(ConfigError(format!("cannot read {kind} {name:?}: {err}"))),
+        }
+    }
+}
+
+/// Whether `err` means the API server did not answer (or could not serve), so a stored copy
+/// may stand in for its answer.
+pub(crate) fn unreachable(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => status.code >= 500,
+        _ => true,
     }
 }
 
@@ -113,14 +179,16 @@ fn keyed_value(
 
 /// The container's environment: `envFrom` first, then `env`, later entries winning.
 pub async fn resolve(
-    client: &kube::Client,
+    client: Option<&kube::Client>,
+    store: &LocalStore,
     pod: &Pod,
     container: &Container,
     host_ip: &str,
     allocatable: Capacity,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let mut sources = Sources::new(client, namespace);
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let mut sources = Sources::new(client, store, uid, namespace);
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, name: String, value: String| {
         env.retain(|(n, _)| *n != name);
@@ -289,9 +357,14 @@ pub fn resource_field_value(
 
 /// The pod's `imagePullSecrets` that exist. A missing one is skipped, as the kubelet does,
 /// and the pull then says whether credentials were needed.
-pub async fn pull_secrets(client: &kube::Client, pod: &Pod) -> Vec<PullSecret> {
+pub async fn pull_secrets(
+    client: Option<&kube::Client>,
+    store: &LocalStore,
+    pod: &Pod,
+) -> Vec<PullSecret> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let mut sources = Sources::new(client, store, uid, namespace);
     let mut secrets = Vec::new();
     let names = pod
         .spec
@@ -299,21 +372,21 @@ pub async fn pull_secrets(client: &kube::Client, pod: &Pod) -> Vec<PullSecret> {
         .and_then(|s| s.image_pull_secrets.clone())
         .unwrap_or_default();
     for reference in names {
-        match api.get_opt(&reference.name).await {
+        match sources.secret(&reference.name).await {
             Ok(Some(secret)) => secrets.push(PullSecret {
-                type_: secret.type_.unwrap_or_default(),
+                type_: secret.type_.clone().unwrap_or_default(),
                 data: secret
                     .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
                     .collect(),
             }),
             Ok(None) => {
                 tracing::warn!(secret = %reference.name, "image pull secret not found; pulling without it")
             }
             Err(err) => {
-                tracing::warn!(secret = %reference.name, %err, "cannot read image pull secret")
+                tracing::warn!(secret = %reference.name, err = %err.0, "cannot read image pull secret")
             }
         }
     }

@@ -1,12 +1,18 @@
-//! Pods bound to this node: the watch, admission, and one owner task per pod.
+//! Pods bound to this node: the watch, the local store, admission, and one owner task per
+//! pod.
 //!
-//! The [`PodManager`] watches pods with `spec.nodeName=<node>` and routes every event to the
-//! pod's worker, starting one for a pod it has not seen. Events may repeat or arrive late
-//! (a re-list after an outage replays everything), so a worker is keyed by UID and acts on
-//! the latest object, never on the event itself.
+//! The pipeline is watch → store → workers. The [`PodManager`] writes every pod it is told
+//! about (by the API watch, or by the static pod manifests) into the local store, then hands
+//! the latest object to the pod's worker, starting one for a pod it has not seen. At start-up
+//! it first starts every pod the store holds, before any request to the API server, so a node
+//! restarted while cut off runs its pods again at once; the watch then reconciles (pods
+//! deleted meanwhile stop, new ones start). Events may repeat or arrive late (a re-list
+//! replays everything), so a worker is keyed by UID, acts on the latest object, never on the
+//! event itself, and a UID whose worker has ended never gets a second one.
 
 pub mod admission;
 pub mod backoff;
+mod ended;
 pub mod env;
 pub mod quantity;
 pub mod state;
@@ -17,23 +23,33 @@ mod worker;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::events::EventRecorder;
+use crate::link::Link;
 use crate::logs::{LogHub, LogLimits};
 use crate::metrics::AgentMetrics;
 use crate::provider::Provider;
+use crate::static_pods::StaticPod;
+use crate::store::{LocalStore, PodSource, StoredPod};
 use admission::{Capacity, ExtendedCapacity, Requests};
+use ended::Ended;
 use table::PodTable;
-use worker::{PodEvent, Stage, WorkerContext};
+use worker::{Desired, Stage, WorkerContext};
+
+/// How long a stopping agent waits for its pod workers to stop their containers and flush
+/// their logs.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the pod workers and the kubelet API share: where pod files live, the live logs,
 /// the pod table and the metrics.
@@ -52,12 +68,30 @@ pub struct SharedPodState {
 /// How the node runs its pods.
 #[derive(Clone, Debug)]
 pub struct PodSettings {
+    /// The node's name.
+    pub node_name: String,
+    /// The node's address (the pods' hostIP).
+    pub host_ip: String,
     /// What the node can give pods in all.
     pub capacity: Capacity,
     /// The extended resources (devices) its provider advertises.
     pub extended: ExtendedCapacity,
     /// How often running pods' API-backed volumes are resynchronised (`--sync-frequency`).
-    pub sync_frequency: std::time::Duration,
+    pub sync_frequency: Duration,
+}
+
+/// Where the pod manager learns which pods to run.
+pub struct PodSources {
+    /// The API server (None on a standalone node).
+    pub client: Option<kube::Client>,
+    /// The static pods' manifests, as the manifest directory's watcher last read them.
+    pub static_pods: Option<watch::Receiver<Vec<StaticPod>>>,
+}
+
+/// A running worker: its source and the channel that holds its pod's latest object.
+struct WorkerHandle {
+    source: PodSource,
+    desired: watch::Sender<Desired>,
 }
 
 /// Watches this node's pods and gives each one an owner task.
@@ -66,29 +100,31 @@ pub struct PodManager<P> {
     node_name: String,
     capacity: Capacity,
     extended: ExtendedCapacity,
-    workers: HashMap<String, mpsc::UnboundedSender<PodEvent>>,
-    done_tx: mpsc::UnboundedSender<String>,
-    done_rx: mpsc::UnboundedReceiver<String>,
+    static_pods: Option<watch::Receiver<Vec<StaticPod>>>,
+    workers: HashMap<String, WorkerHandle>,
+    tasks: JoinSet<String>,
+    ended: Ended,
 }
 
 impl<P: Provider> PodManager<P> {
-    /// A manager for `node_name`'s pods, keeping their files under `pods_dir` and what the
-    /// kubelet API reads in `shared`.
+    /// A manager for the node's pods, keeping their files under `pods_dir`, their desired
+    /// state in `store` and what the kubelet API reads in `shared`.
     pub fn new(
-        client: kube::Client,
+        sources: PodSources,
         provider: Arc<P>,
-        node_name: &str,
-        host_ip: &str,
         settings: PodSettings,
         shared: &SharedPodState,
+        store: LocalStore,
+        link: Link,
     ) -> Self {
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
             ctx: Arc::new(WorkerContext {
-                recorder: EventRecorder::new(client.clone(), node_name),
-                client,
+                recorder: EventRecorder::new(sources.client.clone(), &settings.node_name),
+                client: sources.client,
+                store,
+                link,
                 provider,
-                host_ip: host_ip.to_string(),
+                host_ip: settings.host_ip.clone(),
                 pods_dir: shared.pods_dir.clone(),
                 log_limits: LogLimits::default(),
                 logs: shared.logs.clone(),
@@ -98,96 +134,229 @@ impl<P: Provider> PodManager<P> {
                 allocatable: settings.capacity,
                 sync_frequency: settings.sync_frequency,
             }),
-            node_name: node_name.to_string(),
+            node_name: settings.node_name,
             capacity: settings.capacity,
             extended: settings.extended,
+            static_pods: sources.static_pods,
             workers: HashMap::new(),
-            done_tx,
-            done_rx,
+            tasks: JoinSet::new(),
+            ended: Ended::default(),
         }
     }
 
-    /// Watches until `cancel` fires. The watch retries with back-off through API outages;
-    /// running pods are unaffected by them.
+    /// Runs the stored pods, then watches until `cancel` fires. The watch retries through API
+    /// outages; running pods are unaffected by them. On the way out it waits (bounded) for
+    /// the workers to stop their containers and flush their logs.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let api: Api<Pod> = Api::all(self.ctx.client.clone());
-        let config =
-            watcher::Config::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let stream = watcher::watcher(api, config).default_backoff();
-        futures::pin_mut!(stream);
+        self.start_stored().await;
+        if let Some(mut manifests) = self.static_pods.clone() {
+            let current = manifests.borrow_and_update().clone();
+            self.reconcile_static(&current).await;
+        }
+        let mut watch = match self.ctx.client.clone() {
+            Some(client) => watch_pods(client, &self.node_name).boxed(),
+            None => futures::stream::pending().boxed(),
+        };
         let mut relisted: Option<HashSet<String>> = None;
+        let mut watching = true;
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                Some(uid) = self.done_rx.recv() => {
-                    self.workers.remove(&uid);
-                    self.ctx.table.remove(&uid);
+                _ = cancel.cancelled() => break,
+                Some(done) = self.tasks.join_next() => {
+                    if let Ok(uid) = done {
+                        self.worker_ended(&uid);
+                    }
                 }
-                event = stream.next() => match event {
-                    None => return,
-                    Some(Err(err)) => warn!(%err, "pod watch failed; retrying"),
-                    Some(Ok(Event::Apply(pod))) => self.route(pod),
-                    Some(Ok(Event::Delete(pod))) => self.forget(&pod),
+                changed = changed(&mut self.static_pods) => {
+                    if changed {
+                        let current = self.static_pods.as_mut().map(|m| m.borrow_and_update().clone()).unwrap_or_default();
+                        self.reconcile_static(&current).await;
+                    }
+                }
+                event = watch.next(), if watching => match event {
+                    None => watching = false,
+                    Some(Err(err)) => {
+                        if self.ctx.link.failed() {
+                            warn!(%err, "pod watch failed; pods run on from the local store, retrying");
+                        } else {
+                            debug!(%err, "pod watch failed; retrying");
+                        }
+                    }
+                    Some(Ok(Event::Apply(pod))) => self.api_pod(pod).await,
+                    Some(Ok(Event::Delete(pod))) => self.api_pod_gone(&pod),
                     Some(Ok(Event::Init)) => relisted = Some(HashSet::new()),
                     Some(Ok(Event::InitApply(pod))) => {
                         if let (Some(seen), Some(uid)) = (relisted.as_mut(), pod.metadata.uid.clone()) {
                             seen.insert(uid);
                         }
-                        self.route(pod);
+                        self.api_pod(pod).await;
                     }
                     Some(Ok(Event::InitDone)) => {
-                        // Pods deleted while the watch was down never got a Delete event.
+                        self.ctx.link.succeeded();
+                        // Pods deleted while the watch was down (or the agent was) never got
+                        // a Delete event.
                         if let Some(seen) = relisted.take() {
-                            let vanished: Vec<String> =
-                                self.workers.keys().filter(|uid| !seen.contains(*uid)).cloned().collect();
-                            for uid in vanished {
-                                if let Some(tx) = self.workers.get(&uid) {
-                                    let _ = tx.send(PodEvent::Deleted);
-                                }
-                            }
+                            self.forget_unlisted(&seen);
                         }
                     }
                 },
             }
         }
+        self.stop().await;
     }
 
-    fn forget(&mut self, pod: &Pod) {
-        if let Some(tx) = pod
+    /// Starts every pod the store holds, before any request to the API server.
+    async fn start_stored(&mut self) {
+        let stored = match self.ctx.store.pods().await {
+            Ok(stored) => stored,
+            Err(err) => {
+                warn!(%err, "cannot read the local store; pods start as the API server lists them");
+                return;
+            }
+        };
+        if stored.is_empty() {
+            return;
+        }
+        info!(
+            pods = stored.len(),
+            "starting the pods held in the local store"
+        );
+        for StoredPod {
+            uid,
+            source,
+            mut pod,
+            status,
+        } in stored
+        {
+            if source == PodSource::File && self.static_pods.is_none() {
+                info!(%uid, "a stored static pod has no manifest directory any more; removing it");
+                self.ctx.store.remove_pod(&uid).await;
+                continue;
+            }
+            // The node's own last status: restart counts and last states carry on from it.
+            pod.status = status;
+            self.take_on(source, pod, Instant::now());
+        }
+    }
+
+    async fn api_pod(&mut self, pod: Pod) {
+        let Some(uid) = pod.metadata.uid.as_deref() else {
+            return;
+        };
+        if self.ended.contains(uid) {
+            debug!(%uid, "an event for a pod whose worker has ended; ignoring it");
+            return;
+        }
+        self.ctx.store.put_pod(PodSource::Api, &pod).await;
+        self.apply(PodSource::Api, pod, Instant::now());
+    }
+
+    fn api_pod_gone(&mut self, pod: &Pod) {
+        if let Some(handle) = pod
             .metadata
             .uid
             .as_ref()
             .and_then(|uid| self.workers.get(uid))
         {
-            let _ = tx.send(PodEvent::Deleted);
+            handle.desired.send_replace(Desired::Gone);
         }
     }
 
-    fn route(&mut self, pod: Pod) {
-        let seen = std::time::Instant::now();
+    /// Tells every API pod's worker whose pod the API no longer lists that it is gone.
+    fn forget_unlisted(&mut self, listed: &HashSet<String>) {
+        for (uid, handle) in &self.workers {
+            if handle.source == PodSource::Api && !listed.contains(uid) {
+                info!(%uid, "the pod is no longer bound to this node; stopping it");
+                handle.desired.send_replace(Desired::Gone);
+            }
+        }
+    }
+
+    /// Runs the static pods `current` describes, and stops those it no longer does.
+    async fn reconcile_static(&mut self, current: &[StaticPod]) {
+        let mut wanted = HashSet::new();
+        for manifest in current {
+            let Some(uid) = manifest.pod.metadata.uid.clone() else {
+                continue;
+            };
+            if !self.workers.contains_key(&uid) {
+                self.ctx.store.put_pod(PodSource::File, &manifest.pod).await;
+                self.apply(PodSource::File, manifest.pod.clone(), Instant::now());
+            }
+            wanted.insert(uid);
+        }
+        for (uid, handle) in &self.workers {
+            if handle.source == PodSource::File && !wanted.contains(uid) {
+                info!(%uid, "its manifest is gone; stopping the static pod");
+                handle.desired.send_replace(Desired::Gone);
+            }
+        }
+    }
+
+    /// Hands `pod` to its worker, starting one if it has none.
+    fn apply(&mut self, source: PodSource, pod: Pod, seen: Instant) {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
         self.ctx.table.put(&uid, pod.clone());
-        if let Some(tx) = self.workers.get(&uid)
-            && tx.send(PodEvent::Updated(Box::new(pod.clone()))).is_ok()
-        {
-            return;
+        match self.workers.get(&uid) {
+            Some(handle) => {
+                handle.desired.send_replace(Desired::Present(Arc::new(pod)));
+            }
+            None => self.take_on(source, pod, seen),
         }
+    }
+
+    /// Starts the worker of a pod seen for the first time.
+    fn take_on(&mut self, source: PodSource, pod: Pod, seen: Instant) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        self.ctx.table.put(&uid, pod.clone());
         let stage = self.first_stage(&pod, &uid);
         info!(
             pod = pod.metadata.name.as_deref().unwrap_or_default(),
             ?stage,
+            ?source,
             "taking on pod"
         );
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.workers.insert(uid.clone(), tx);
+        let (desired, rx) = watch::channel(Desired::Present(Arc::new(pod.clone())));
+        self.workers.insert(
+            uid.clone(),
+            WorkerHandle {
+                source: source.clone(),
+                desired,
+            },
+        );
         let ctx = self.ctx.clone();
-        let done = self.done_tx.clone();
-        tokio::spawn(async move {
-            worker::run(ctx, pod, rx, stage, seen).await;
-            let _ = done.send(uid);
+        self.tasks.spawn(async move {
+            worker::run(ctx, pod, source, rx, stage, seen).await;
+            uid
         });
+    }
+
+    fn worker_ended(&mut self, uid: &str) {
+        if let Some(handle) = self.workers.remove(uid)
+            && handle.source == PodSource::Api
+        {
+            // A static pod's UID is its manifest's hash: the same manifest may come back.
+            self.ended.insert(uid);
+        }
+        self.ctx.table.remove(uid);
+    }
+
+    /// Lets every worker wind down (their channels close: the pods and their files stay for
+    /// the next run), waiting at most [`STOP_TIMEOUT`] for the last log lines and status.
+    async fn stop(mut self) {
+        self.workers.clear();
+        let drained = tokio::time::timeout(STOP_TIMEOUT, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("pod workers did not stop in time; leaving them");
+        }
+        self.ctx.store.flush().await;
     }
 
     /// Admission for a pod seen for the first time. A pod that already finished (seen again
@@ -212,6 +381,57 @@ impl<P: Provider> PodManager<P> {
             }
             Err(rejection) => Stage::Rejected(rejection),
         }
+    }
+}
+
+/// Resolves with true when the static pods changed; never when there are none (or their
+/// watcher has stopped).
+async fn changed(manifests: &mut Option<watch::Receiver<Vec<StaticPod>>>) -> bool {
+    match manifests {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => true,
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The pods bound to `node_name`, as a stream of watch events. Retries are quick (100 ms
+/// doubling to 1 s) so that once the API server answers again after an outage the node
+/// re-lists at once: a failed attempt against a server that is down costs one refused
+/// connection.
+fn watch_pods(
+    client: kube::Client,
+    node_name: &str,
+) -> impl futures::Stream<Item = Result<Event<Pod>, watcher::Error>> + Send + 'static {
+    let api: Api<Pod> = Api::all(client);
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    watcher::watcher(api, config).backoff(WatchBackoff::default())
+}
+
+/// The watch's retry delays.
+struct WatchBackoff(crate::backoff::Backoff);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self(crate::backoff::Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        ))
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.0.next_delay())
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.0.reset();
     }
 }
 
@@ -297,6 +517,8 @@ mod tests {
     async fn the_provider_and_the_advertised_devices_both_decide_admission() {
         let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let settings = PodSettings {
+            node_name: "edge-1".into(),
+            host_ip: "10.0.0.1".into(),
             capacity: Capacity {
                 pods: 10,
                 cpu_millis: 1000,
@@ -305,13 +527,17 @@ mod tests {
             extended: [("devices.example/gpio".to_string(), 1)].into(),
             sync_frequency: std::time::Duration::from_secs(60),
         };
+        let store_dir = tempfile::tempdir().unwrap();
         let manager = PodManager::new(
-            kube::Client::new(service, "default"),
+            PodSources {
+                client: Some(kube::Client::new(service, "default")),
+                static_pods: None,
+            },
             Arc::new(Picky),
-            "edge-1",
-            "10.0.0.1",
             settings,
             &SharedPodState::default(),
+            LocalStore::open(store_dir.path()).unwrap(),
+            Link::default(),
         );
         assert!(matches!(
             manager.first_stage(&pod("a", None, Some("1")), "a"),

@@ -22,6 +22,7 @@ use crate::pod::admission::Capacity;
 use crate::pod::env::Sources;
 use crate::pod::quantity;
 use crate::provider::Mount;
+use crate::store::LocalStore;
 use payload::Payload;
 use token::IssuedToken;
 
@@ -37,8 +38,10 @@ pub struct MountError {
 
 /// What a volume's set-up needs from the agent.
 pub struct VolumeContext<'a> {
-    /// For ConfigMaps, Secrets and service account tokens.
-    pub client: &'a kube::Client,
+    /// For ConfigMaps, Secrets and service account tokens; None on a standalone node.
+    pub client: Option<&'a kube::Client>,
+    /// Where what the API server gave is kept, to stand in for it while it is unreachable.
+    pub store: &'a LocalStore,
     /// The node's allocatable resources: a downwardAPI limit that is unset reports them.
     pub allocatable: Capacity,
 }
@@ -75,7 +78,8 @@ impl PodVolumes {
     /// survive), and stops at the first that cannot be set up.
     pub async fn set_up(&mut self, ctx: &VolumeContext<'_>, pod: &Pod) -> Result<(), MountError> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let mut sources = Sources::new(ctx.client, namespace);
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let mut sources = Sources::new(ctx.client, ctx.store, uid, namespace);
         for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             let prepared = self
                 .materialise(ctx, &mut sources, pod, volume)
@@ -93,7 +97,8 @@ impl PodVolumes {
     /// source that cannot be read now leaves the volume as it was, as the kubelet does.
     pub async fn refresh(&mut self, ctx: &VolumeContext<'_>, pod: &Pod) -> Vec<String> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let mut sources = Sources::new(ctx.client, namespace);
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let mut sources = Sources::new(ctx.client, ctx.store, uid, namespace);
         let mut updated = Vec::new();
         for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             if !self.volumes.get(&volume.name).is_some_and(|v| v.from_api) {
@@ -270,9 +275,10 @@ impl PodVolumes {
             let token = match self.tokens.get(&key) {
                 Some(token) if !token.due(now) => token.clone(),
                 _ => {
-                    let fresh = token::request(
-                        ctx.client,
+                    let fresh = token::obtain(
+                        ctx,
                         pod,
+                        &key,
                         sa.audience.as_deref(),
                         sa.expiration_seconds,
                     )

@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::client::Body;
 
 use super::*;
+use crate::store::LocalStore;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -84,9 +85,20 @@ fn client(objects: Objects) -> kube::Client {
     kube::Client::new(service, "ns")
 }
 
+/// One store for the tests of this module: what they read through it is keyed by pod UID.
+fn store() -> &'static LocalStore {
+    static STORE: std::sync::LazyLock<LocalStore> = std::sync::LazyLock::new(|| {
+        let dir = std::env::temp_dir().join(format!("wasmlet-volume-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        LocalStore::open(&dir).expect("a store in the temp dir")
+    });
+    &STORE
+}
+
 fn context(client: &kube::Client) -> VolumeContext<'_> {
     VolumeContext {
-        client,
+        client: Some(client),
+        store: store(),
         allocatable: Capacity::default(),
     }
 }

@@ -9,6 +9,10 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Api;
 use kube::api::PostParams;
 
+use super::VolumeContext;
+use crate::pod::env::unreachable;
+use crate::store::ObjectKey;
+
 /// The kubelet's default and floor for `expirationSeconds`.
 const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 /// A token is renewed after 80% of its life, or after a day, whichever is first.
@@ -16,14 +20,36 @@ const RENEW_AFTER_FRACTION: f64 = 0.8;
 const RENEW_AFTER_AT_MOST: Duration = Duration::from_secs(24 * 3600);
 
 /// A token the API server issued.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct IssuedToken {
     pub(crate) token: String,
+    #[serde(with = "seconds")]
     issued: Timestamp,
+    #[serde(with = "seconds")]
     expires: Timestamp,
 }
 
+/// Timestamps as Unix seconds in the store.
+mod seconds {
+    use jiff::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(t.as_second())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let seconds = i64::deserialize(d)?;
+        Timestamp::from_second(seconds).map_err(serde::de::Error::custom)
+    }
+}
+
 impl IssuedToken {
+    /// Whether it has expired: the API server would refuse it.
+    fn expired(&self, now: Timestamp) -> bool {
+        now >= self.expires
+    }
+
     /// Whether it is time to ask for a new one.
     pub(crate) fn due(&self, now: Timestamp) -> bool {
         let life = self
@@ -37,19 +63,67 @@ impl IssuedToken {
     }
 }
 
+/// A token for the pod's volume path `key`: a fresh one from the API server, kept in the
+/// store; while the API server cannot be reached, the stored one if it has not expired, so a
+/// pod restarted offline keeps its identity until the link returns.
+pub(crate) async fn obtain(
+    ctx: &VolumeContext<'_>,
+    pod: &Pod,
+    key: &str,
+    audience: Option<&str>,
+    expiration_seconds: Option<i64>,
+) -> Result<IssuedToken, String> {
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let stored_key = ObjectKey::token(uid, key, audience);
+    let stored = || async {
+        ctx.store
+            .object::<IssuedToken>(&stored_key)
+            .await
+            .filter(|token| !token.expired(Timestamp::now()))
+    };
+    let Some(client) = ctx.client else {
+        return stored().await.ok_or_else(|| {
+            "cannot get a service account token: this node has no API server".into()
+        });
+    };
+    match request(client, pod, audience, expiration_seconds).await {
+        Ok(token) => {
+            ctx.store.put_object(uid, &stored_key, &token).await;
+            Ok(token)
+        }
+        Err(err) if unreachable(&err) => match stored().await {
+            Some(token) => Ok(token),
+            None => Err(describe(pod, &err)),
+        },
+        Err(err) => Err(describe(pod, &err)),
+    }
+}
+
+fn describe(pod: &Pod, err: &kube::Error) -> String {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    format!(
+        "cannot get a token for service account {namespace}/{}: {err}",
+        account(pod)
+    )
+}
+
+fn account(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
 /// Asks for a token of the pod's service account, bound to the pod (so it dies with it).
-pub(crate) async fn request(
+async fn request(
     client: &kube::Client,
     pod: &Pod,
     audience: Option<&str>,
     expiration_seconds: Option<i64>,
-) -> Result<IssuedToken, String> {
+) -> Result<IssuedToken, kube::Error> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let account = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.clone())
-        .unwrap_or_else(|| "default".into());
+    let account = account(pod);
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: audience.map(|a| vec![a.to_string()]).unwrap_or_default(),
@@ -67,13 +141,12 @@ pub(crate) async fn request(
     let issued = Timestamp::now();
     let answer = api
         .create_token_request(&account, &PostParams::default(), &request)
-        .await
-        .map_err(|e| {
-            format!("cannot get a token for service account {namespace}/{account}: {e}")
-        })?;
-    let status = answer
-        .status
-        .ok_or_else(|| format!("the token request for {namespace}/{account} returned no token"))?;
+        .await?;
+    let status = answer.status.ok_or_else(|| {
+        kube::Error::Service(
+            format!("the token request for {namespace}/{account} returned no token").into(),
+        )
+    })?;
     Ok(IssuedToken {
         token: status.token,
         issued,

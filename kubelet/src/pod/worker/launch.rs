@@ -1,0 +1,315 @@
+//! One container instance: its environment, mounts, fresh writable root and log, handed to
+//! the provider; and what its exit means (restart count, back-off, events).
+
+use super::*;
+
+impl<P: Provider> Worker<P> {
+    /// Starts container `index` of `kind` and returns a future of its exit.
+    pub(super) async fn launch(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+    ) -> Result<ExitFuture, ContainerError> {
+        let launching = Instant::now();
+        let container = Self::containers(pod, kind)
+            .into_iter()
+            .nth(index)
+            .ok_or_else(|| ContainerError {
+                reason: "CreateContainerError".into(),
+                message: format!("container {index} is not in the pod spec"),
+                fatal: true,
+            })?;
+        let env = env::resolve(
+            self.ctx.client.as_ref(),
+            &self.ctx.store,
+            pod,
+            &container,
+            &self.ctx.host_ip,
+            self.ctx.allocatable,
+        )
+        .await
+        .map_err(|e| ContainerError {
+            reason: "CreateContainerConfigError".into(),
+            message: e.0,
+            fatal: false,
+        })?;
+        let restart = self.record(kind, index).restart_count;
+        let pod_dir = self.ctx.pods_dir.join(&self.key.uid);
+        let log_path = reader::instance_path(
+            &reader::container_dir(&self.ctx.pods_dir, &self.key.uid, &container.name),
+            restart,
+        );
+        let instance_dir = |restart: i32| {
+            pod_dir
+                .join("rootfs")
+                .join(format!("{}-{restart}", container.name))
+        };
+        let root_dir = instance_dir(restart);
+        // File mounts are staged beside the root, never inside it, where the guest could
+        // reach them another way.
+        let staging = root_dir.with_extension("mounts");
+        let fresh_root = async {
+            // Only the current and the previous instance's logs are kept (`--previous`), as
+            // the kubelet does; older ones would grow without bound in a crash loop.
+            if restart >= 2 {
+                remove_instance_logs(&log_path, restart - 2).await;
+            }
+            // A restarted container starts from a clean writable layer, as a new container does.
+            if restart > 0 {
+                let previous = instance_dir(restart - 1);
+                let _ = tokio::fs::remove_dir_all(previous.with_extension("mounts")).await;
+                let _ = tokio::fs::remove_dir_all(previous).await;
+            }
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+            let _ = tokio::fs::remove_dir_all(&root_dir).await;
+            tokio::fs::create_dir_all(&root_dir).await
+        };
+        fresh_root.await.map_err(|e| ContainerError {
+            reason: "CreateContainerError".into(),
+            message: format!("cannot create the container's root directory: {e}"),
+            fatal: false,
+        })?;
+        let mounts = self
+            .volumes
+            .mounts_for(&container, &env, &staging)
+            .await
+            .map_err(|message| ContainerError {
+                reason: "CreateContainerConfigError".into(),
+                message,
+                fatal: false,
+            })?;
+        let (sink, writer) = LogSink::open(log_path, self.ctx.log_limits, &self.ctx.logs)
+            .await
+            .map_err(|e| ContainerError {
+                reason: "CreateContainerError".into(),
+                message: format!("cannot open the container log: {e}"),
+                fatal: false,
+            })?;
+        let limits = container
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone())
+            .unwrap_or_default();
+        let stop = CancellationToken::new();
+        let usage = Arc::new(ContainerUsage::default());
+        let start = ContainerStart {
+            pod: self.key.clone(),
+            container: container.name.clone(),
+            command: container.command.clone().unwrap_or_default(),
+            args: container.args.clone().unwrap_or_default(),
+            env,
+            stdout: sink.stream(Stream::Stdout),
+            stderr: sink.stream(Stream::Stderr),
+            root_dir,
+            mounts,
+            annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+            memory_limit_bytes: limits.get("memory").and_then(quantity::bytes),
+            cpu_limit_millis: limits.get("cpu").and_then(quantity::cpu_millis),
+            usage: usage.clone(),
+            stop: stop.clone(),
+        };
+        let image = self
+            .images
+            .get(&container.name)
+            .ok_or_else(|| ContainerError {
+                reason: "CreateContainerError".into(),
+                message: format!("image of container {} was not pulled", container.name),
+                fatal: false,
+            })?;
+        let task = self.ctx.provider.start(image, start).await;
+        let task = match task {
+            Ok(task) => {
+                self.ctx
+                    .metrics
+                    .observe_container_start(launching.elapsed());
+                task
+            }
+            Err(err) => {
+                sink.note(Stream::Stderr, &format!("wasmlet: {}", err.message))
+                    .await;
+                return Err(err);
+            }
+        };
+        drop(sink);
+        self.event(
+            pod,
+            Some(&container.name),
+            EventType::Normal,
+            "Created",
+            &format!("Created container {}", container.name),
+        );
+        self.event(
+            pod,
+            Some(&container.name),
+            EventType::Normal,
+            "Started",
+            &format!("Started container {}", container.name),
+        );
+        let live = Live {
+            stop,
+            abort: task.abort_handle(),
+            started: Instant::now(),
+        };
+        match kind {
+            Kind::Init => self.live_init = Some(live),
+            Kind::App => self.live_app[index] = Some(live),
+        }
+        self.record(kind, index).state = ContainerState::Running {
+            started_at: Timestamp::now(),
+        };
+        self.ctx
+            .table
+            .container_started(&self.key.uid, &container.name, usage);
+        let name = container.name.clone();
+        Ok(Box::pin(async move {
+            let exit = match task.await {
+                Ok(exit) => exit,
+                Err(err) if err.is_cancelled() => ContainerExit {
+                    exit_code: KILLED_EXIT_CODE,
+                    reason: "Error".into(),
+                    message: Some("killed after the termination grace period".into()),
+                },
+                Err(err) => ContainerExit {
+                    exit_code: 128,
+                    reason: "Error".into(),
+                    message: Some(format!("the runtime failed while running {name}: {err}")),
+                },
+            };
+            // The guest's streams are gone with its task; wait for the last line to land.
+            let _ = tokio::time::timeout(LOG_FLUSH_TIMEOUT, writer).await;
+            (kind, index, exit)
+        }))
+    }
+
+    /// Records that container `index` of `kind` ended.
+    pub(super) fn record_exit(
+        &mut self,
+        kind: Kind,
+        index: usize,
+        exit: &ContainerExit,
+    ) -> Duration {
+        let live = match kind {
+            Kind::Init => self.live_init.take(),
+            Kind::App => self.live_app[index].take(),
+        };
+        let started_instant = live.as_ref().map_or_else(Instant::now, |l| l.started);
+        let name = self.record(kind, index).name.clone();
+        self.ctx.table.container_stopped(&self.key.uid, &name);
+        let record = self.record(kind, index);
+        let started_at = match record.state {
+            ContainerState::Running { started_at } => Some(started_at),
+            _ => None,
+        };
+        record.state = ContainerState::Terminated {
+            exit_code: exit.exit_code,
+            reason: exit.reason.clone(),
+            message: exit.message.clone(),
+            started_at,
+            finished_at: Timestamp::now(),
+        };
+        let crash = match kind {
+            Kind::Init => &mut self.crash_init,
+            Kind::App => &mut self.crash_app[index],
+        };
+        crash.delay_after_exit(started_instant, Instant::now())
+    }
+
+    /// A Warning event for a container that ran and failed (a trap, a non-zero exit, an
+    /// OOM kill), so `kubectl describe` and `kubectl get events` show why without the status.
+    /// One that never started already had its `Failed` event.
+    pub(super) fn report_failure(&mut self, pod: &Pod, kind: Kind, index: usize) {
+        let record = self.record(kind, index);
+        let ContainerState::Terminated {
+            exit_code,
+            reason,
+            message,
+            started_at: Some(_),
+            ..
+        } = &record.state
+        else {
+            return;
+        };
+        if *exit_code == 0 {
+            return;
+        }
+        let name = record.name.clone();
+        let text = format!(
+            "Container {name} failed: exit code {exit_code} ({reason}){}",
+            message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+        self.event(pod, Some(&name), EventType::Warning, "Failed", &text);
+    }
+
+    /// Moves a terminated container to waiting for its next instance.
+    pub(super) fn prepare_restart(
+        &mut self,
+        kind: Kind,
+        index: usize,
+        delay: Duration,
+        pod_name: &str,
+    ) {
+        let record = self.record(kind, index);
+        record.last_terminated = Some(record.state.clone());
+        record.restart_count += 1;
+        record.state = if delay.is_zero() {
+            ContainerState::waiting("ContainerCreating", None)
+        } else {
+            ContainerState::waiting(
+                "CrashLoopBackOff",
+                Some(format!(
+                    "back-off {}s restarting failed container={} pod={pod_name}",
+                    delay.as_secs(),
+                    record.name
+                )),
+            )
+        };
+    }
+
+    /// A container could not be started: its state says why, and it counts as a failed run.
+    pub(super) async fn start_failed(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+        err: ContainerError,
+    ) -> ContainerExit {
+        let name = self.record(kind, index).name.clone();
+        self.event(
+            pod,
+            Some(&name),
+            EventType::Warning,
+            "Failed",
+            &format!("Error: {}", err.message),
+        );
+        self.record(kind, index).state =
+            ContainerState::waiting(&err.reason, Some(err.message.clone()));
+        self.publish().await;
+        ContainerExit {
+            exit_code: 128,
+            reason: err.reason,
+            message: Some(err.message),
+        }
+    }
+
+    /// A start failure that no retry can mend (a malformed annotation, say) fails the pod
+    /// at once, as a fatal pull error does, instead of crash-looping on it.
+    pub(super) async fn fail_to_start(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+        err: ContainerError,
+        exits: &mut FuturesUnordered<ExitFuture>,
+    ) -> Next {
+        let (reason, message) = (err.reason.clone(), err.message.clone());
+        self.start_failed(pod, kind, index, err).await;
+        self.stop_containers(pod, exits).await;
+        self.state
+            .finish(Phase::Failed, Some(&reason), Some(message));
+        Next::Stage(Stage::Finished)
+    }
+}

@@ -1,0 +1,314 @@
+//! One task per pod: the pod's owner. It walks an explicit stage machine
+//!
+//! ```text
+//!   Rejected ──────────────────────────────────────────────────────┐
+//!   Mount ──▶ Pull ──▶ Init(0) ──▶ … ──▶ Init(n) ──▶ Run ──▶ Finished ──┤ deletion
+//!     └── any stage, on deletion ────────────────────────────────────┴──▶ terminate, delete object
+//! ```
+//!
+//! and it alone writes the pod's status, only when it changed. Deletion is watched at every
+//! await point, so no stage can keep a deleted pod alive. Each stage is a module with one
+//! job: `mount` (volumes), `pull` (images), `run` (init and app containers, restarts),
+//! `launch` (one container instance: its env, root dir, log and provider start), `status`
+//! (publishing the status to the store, the table and the API) and `stop` (stopping,
+//! eviction and removal). The pod object reaches the worker through its [`Inbox`].
+
+mod inbox;
+mod launch;
+mod mount;
+mod pull;
+mod run;
+mod status;
+mod stop;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::admission::{Capacity, Rejection, Requests};
+use super::backoff::CrashLoop;
+use super::state::{ContainerRecord, ContainerState, Phase, PodState, overwritten};
+use super::table::PodTable;
+use super::trace::StartTrace;
+use super::{env, quantity};
+use crate::events::{EventRecorder, EventType};
+use crate::link::{Link, Restorations};
+use crate::logs::{LogHub, LogLimits, LogSink, Stream, reader};
+use crate::metrics::AgentMetrics;
+use crate::node::registration::FIELD_MANAGER;
+use crate::provider::{
+    ContainerError, ContainerExit, ContainerStart, ImageRequest, PodKey, Provider, PulledImage,
+};
+use crate::store::{LocalStore, PodSource};
+use crate::usage::ContainerUsage;
+use crate::volumes::{PodVolumes, VolumeContext};
+
+pub(crate) use inbox::{Desired, Inbox};
+
+/// What every worker shares.
+pub(crate) struct WorkerContext<P> {
+    /// None on a standalone node (static pods, no API server).
+    pub(crate) client: Option<kube::Client>,
+    /// The node's local store: the pod's status is kept there for the next run.
+    pub(crate) store: LocalStore,
+    /// The link to the API server, which status patches report on.
+    pub(crate) link: Link,
+    pub(crate) provider: Arc<P>,
+    pub(crate) recorder: EventRecorder,
+    pub(crate) host_ip: String,
+    pub(crate) pods_dir: PathBuf,
+    pub(crate) log_limits: LogLimits,
+    pub(crate) logs: LogHub,
+    pub(crate) table: Arc<PodTable>,
+    pub(crate) metrics: Arc<AgentMetrics>,
+    /// Requests of pods holding node resources, by UID; a worker leaves when it finishes.
+    pub(crate) admitted: Arc<Mutex<HashMap<String, Requests>>>,
+    /// The node's allocatable resources, which the downward API reports for unset limits.
+    pub(crate) allocatable: Capacity,
+    /// How often a running pod's ConfigMap, Secret and token volumes are brought up to date
+    /// and its emptyDir size limits checked (the kubelet's `--sync-frequency`).
+    pub(crate) sync_frequency: Duration,
+}
+
+impl<P> WorkerContext<P> {
+    fn volume_context(&self) -> VolumeContext<'_> {
+        VolumeContext {
+            client: self.client.as_ref(),
+            store: &self.store,
+            allocatable: self.allocatable,
+        }
+    }
+}
+
+/// Where a worker starts.
+#[derive(Debug)]
+pub(crate) enum Stage {
+    Rejected(Rejection),
+    Mount,
+    Pull,
+    Init(usize),
+    Run,
+    Finished,
+}
+
+enum Next {
+    Stage(Stage),
+    Terminate,
+}
+
+/// A pull that failed and will be retried after this long.
+const PULL_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A volume that cannot be set up is tried again after this long, doubling, as the kubelet's
+/// volume manager retries (its cap is about two minutes).
+const MOUNT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+const MOUNT_BACKOFF_MAX: Duration = Duration::from_secs(122);
+/// A status the API server did not accept is sent again after this long.
+const STATUS_RETRY: Duration = Duration::from_secs(5);
+/// How long the log writer may take to flush after a container ends.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Exit code reported for a container the agent had to kill, as for SIGKILL.
+const KILLED_EXIT_CODE: i32 = 137;
+
+type ExitFuture = Pin<Box<dyn Future<Output = (Kind, usize, ContainerExit)> + Send>>;
+
+/// A running container instance.
+struct Live {
+    stop: CancellationToken,
+    abort: AbortHandle,
+    started: Instant,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Init,
+    App,
+}
+
+/// Runs a pod from `stage` until it is deleted.
+pub(crate) async fn run<P: Provider>(
+    ctx: Arc<WorkerContext<P>>,
+    pod: Pod,
+    source: PodSource,
+    rx: watch::Receiver<Desired>,
+    stage: Stage,
+    seen: Instant,
+) {
+    let key = PodKey {
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+    };
+    let state = PodState::new(&pod, &ctx.host_ip);
+    let volumes = PodVolumes::new(&ctx.pods_dir.join(&key.uid));
+    let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+    let mut worker = Worker {
+        // A static pod's status belongs on its mirror pod, which this node does not make
+        // yet: until it does, the store and the table hold it.
+        api: ctx
+            .client
+            .clone()
+            .filter(|_| source == PodSource::Api)
+            .map(|client| Api::namespaced(client, &key.namespace)),
+        restorations: ctx.link.watch(),
+        source,
+        ctx,
+        key,
+        state,
+        volumes,
+        images: HashMap::new(),
+        live_init: None,
+        live_app: (0..containers).map(|_| None).collect(),
+        crash_init: CrashLoop::default(),
+        crash_app: vec![CrashLoop::default(); containers],
+        last_sent: None,
+        last_stored: None,
+        unsent: false,
+        trace: Some(StartTrace::new(seen)),
+    };
+    let mut inbox = Inbox::new(rx, pod);
+    worker.drive(&mut inbox, stage).await;
+}
+
+struct Worker<P: Provider> {
+    ctx: Arc<WorkerContext<P>>,
+    /// None on a standalone node: the store and the table are then the only readers.
+    api: Option<Api<Pod>>,
+    /// Where the pod came from: a static pod's status goes to its mirror pod, and its
+    /// object is never deleted through the API.
+    source: PodSource,
+    /// Tells the worker when the link to the API server comes back.
+    restorations: Restorations,
+    key: PodKey,
+    state: PodState,
+    volumes: PodVolumes,
+    images: HashMap<String, P::Image>,
+    live_init: Option<Live>,
+    live_app: Vec<Option<Live>>,
+    crash_init: CrashLoop,
+    crash_app: Vec<CrashLoop>,
+    /// The last status the API server accepted.
+    last_sent: Option<PodStatus>,
+    /// The last status written to the store and the table.
+    last_stored: Option<PodStatus>,
+    /// The last status patch failed.
+    unsent: bool,
+    /// The pod's first start, from its watch event until its containers first all ran and
+    /// the API server had that status.
+    trace: Option<StartTrace>,
+}
+
+impl<P: Provider> Worker<P> {
+    async fn drive(&mut self, inbox: &mut Inbox, mut stage: Stage) {
+        debug!(pod = %self.key.name, ?stage, "pod worker started");
+        self.mark("admit");
+        let mut exits: FuturesUnordered<ExitFuture> = FuturesUnordered::new();
+        loop {
+            if inbox.deleting() {
+                break;
+            }
+            let next = match stage {
+                Stage::Rejected(rejection) => {
+                    self.reject(&inbox.pod, rejection).await;
+                    self.release();
+                    self.idle_until_deleted(inbox).await
+                }
+                Stage::Finished => {
+                    self.release();
+                    self.idle_until_deleted(inbox).await
+                }
+                Stage::Mount => self.mount_all(inbox).await,
+                Stage::Pull => self.pull_all(inbox).await,
+                Stage::Init(i) => self.run_init(inbox, &mut exits, i).await,
+                Stage::Run => self.run_app(inbox, &mut exits).await,
+            };
+            match next {
+                Next::Stage(s) => stage = s,
+                Next::Terminate => break,
+            }
+        }
+        self.terminate(inbox, &mut exits).await;
+        self.release();
+    }
+
+    pub(super) fn containers(pod: &Pod, kind: Kind) -> Vec<Container> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        match kind {
+            Kind::Init => spec.init_containers.unwrap_or_default(),
+            Kind::App => spec.containers,
+        }
+    }
+
+    pub(super) fn record(&mut self, kind: Kind, index: usize) -> &mut ContainerRecord {
+        match kind {
+            Kind::Init => &mut self.state.init[index],
+            Kind::App => &mut self.state.app[index],
+        }
+    }
+
+    /// Ends stage `name` of the pod's first start.
+    pub(super) fn mark(&mut self, name: &'static str) {
+        if let Some(trace) = &mut self.trace {
+            trace.mark(name);
+        }
+    }
+
+    pub(super) fn event(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        self.ctx
+            .recorder
+            .record(pod, container, kind, reason, message);
+    }
+
+    pub(super) fn restart_policy(pod: &Pod) -> String {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+}
+
+/// Removes instance `restart`'s log and its rotations, beside `current` (another instance's log).
+async fn remove_instance_logs(current: &std::path::Path, restart: i32) {
+    let Some(dir) = current.parent() else { return };
+    let prefix = format!("{restart}.log");
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == prefix || name.starts_with(&format!("{prefix}.")) {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

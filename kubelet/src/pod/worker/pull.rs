@@ -1,0 +1,114 @@
+//! The Pull stage: every container's image, with the kubelet's events and back-off.
+
+use super::*;
+
+impl<P: Provider> Worker<P> {
+    pub(super) async fn pull_all(&mut self, inbox: &mut Inbox) -> Next {
+        let pod = inbox.pod.clone();
+        let secrets = env::pull_secrets(self.ctx.client.as_ref(), &self.ctx.store, &pod).await;
+        let mut delay = PULL_BACKOFF_INITIAL;
+        for (kind, container) in Self::containers(&pod, Kind::Init)
+            .into_iter()
+            .map(|c| (Kind::Init, c))
+            .chain(
+                Self::containers(&pod, Kind::App)
+                    .into_iter()
+                    .map(|c| (Kind::App, c)),
+            )
+        {
+            let index = match kind {
+                Kind::Init => self
+                    .state
+                    .init
+                    .iter()
+                    .position(|r| r.name == container.name),
+                Kind::App => self.state.app.iter().position(|r| r.name == container.name),
+            }
+            .unwrap_or(0);
+            let image = container.image.clone().unwrap_or_default();
+            loop {
+                let request = ImageRequest {
+                    pod: &self.key,
+                    image: &image,
+                    pull_policy: container.image_pull_policy.as_deref(),
+                    pull_secrets: &secrets,
+                    command: container.command.as_deref().unwrap_or_default(),
+                };
+                self.event(
+                    &pod,
+                    Some(&container.name),
+                    EventType::Normal,
+                    "Pulling",
+                    &format!("Pulling image \"{image}\""),
+                );
+                let started = Instant::now();
+                let pulled = tokio::select! {
+                    result = self.ctx.provider.pull(request) => result,
+                    _ = inbox.deletion() => return Next::Terminate,
+                };
+                match pulled {
+                    Ok(pulled) => {
+                        let took = started.elapsed();
+                        self.ctx.metrics.observe_image_pull(took);
+                        self.event(
+                            &pod,
+                            Some(&container.name),
+                            EventType::Normal,
+                            "Pulled",
+                            &format!(
+                                "Successfully pulled image \"{image}\" in {:.3}s",
+                                took.as_secs_f64()
+                            ),
+                        );
+                        self.record(kind, index).image_id = Some(pulled.image_id());
+                        self.images.insert(container.name.clone(), pulled);
+                        break;
+                    }
+                    Err(err) => {
+                        self.event(
+                            &pod,
+                            Some(&container.name),
+                            EventType::Warning,
+                            "Failed",
+                            &format!("Failed to pull image \"{image}\": {}", err.message),
+                        );
+                        self.record(kind, index).state =
+                            ContainerState::waiting(&err.reason, Some(err.message.clone()));
+                        if err.fatal {
+                            self.state
+                                .finish(Phase::Failed, Some(&err.reason), Some(err.message));
+                            return Next::Stage(Stage::Finished);
+                        }
+                        self.publish().await;
+                        self.record(kind, index).state = ContainerState::waiting(
+                            "ImagePullBackOff",
+                            Some(format!(
+                                "Back-off pulling image \"{image}\": {}",
+                                err.message
+                            )),
+                        );
+                        self.event(
+                            &pod,
+                            Some(&container.name),
+                            EventType::Normal,
+                            "BackOff",
+                            &format!("Back-off pulling image \"{image}\""),
+                        );
+                        self.publish().await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = inbox.deletion() => return Next::Terminate,
+                        }
+                        delay = (delay * 2).min(PULL_BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+        self.mark("pull");
+        Next::Stage(if self.state.init.is_empty() {
+            Stage::Run
+        } else {
+            Stage::Init(0)
+        })
+    }
+}

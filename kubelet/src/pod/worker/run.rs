@@ -1,0 +1,188 @@
+//! The Init and Run stages: init containers one at a time, then the app containers with
+//! their restarts under the pod's `restartPolicy`, the sync tick and eviction.
+
+use super::*;
+
+impl<P: Provider> Worker<P> {
+    pub(super) async fn run_init(
+        &mut self,
+        inbox: &mut Inbox,
+        exits: &mut FuturesUnordered<ExitFuture>,
+        index: usize,
+    ) -> Next {
+        let pod = inbox.pod.clone();
+        let policy = Self::restart_policy(&pod);
+        loop {
+            let exit = match self.launch(&pod, Kind::Init, index).await {
+                Ok(mut exit) => {
+                    self.publish().await;
+                    tokio::select! {
+                        (_, _, exit) = &mut exit => exit,
+                        _ = inbox.deletion() => {
+                            // Termination stops it and waits for this exit with the others.
+                            exits.push(exit);
+                            return Next::Terminate;
+                        }
+                    }
+                }
+                Err(err) if err.fatal => {
+                    return self
+                        .fail_to_start(&pod, Kind::Init, index, err, exits)
+                        .await;
+                }
+                Err(err) => self.start_failed(&pod, Kind::Init, index, err).await,
+            };
+            let delay = self.record_exit(Kind::Init, index, &exit);
+            self.report_failure(&pod, Kind::Init, index);
+            if exit.exit_code == 0 {
+                let next = index + 1;
+                if next == self.state.init.len() {
+                    self.state.initialized = true;
+                    for app in &mut self.state.app {
+                        app.state = ContainerState::waiting("ContainerCreating", None);
+                    }
+                    self.mark("init");
+                    return Next::Stage(Stage::Run);
+                }
+                return Next::Stage(Stage::Init(next));
+            }
+            if policy == "Never" {
+                self.state.finish(
+                    Phase::Failed,
+                    None,
+                    Some(format!(
+                        "init container {} failed",
+                        self.state.init[index].name
+                    )),
+                );
+                return Next::Stage(Stage::Finished);
+            }
+            self.prepare_restart(
+                Kind::Init,
+                index,
+                delay,
+                &pod.metadata.name.clone().unwrap_or_default(),
+            );
+            self.publish().await;
+            if !delay.is_zero() {
+                self.event(
+                    &pod,
+                    Some(&self.state.init[index].name.clone()),
+                    EventType::Warning,
+                    "BackOff",
+                    "Back-off restarting failed container",
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = inbox.deletion() => return Next::Terminate,
+            }
+        }
+    }
+
+    pub(super) async fn run_app(
+        &mut self,
+        inbox: &mut Inbox,
+        exits: &mut FuturesUnordered<ExitFuture>,
+    ) -> Next {
+        let pod = inbox.pod.clone();
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let policy = Self::restart_policy(&pod);
+        let count = self.state.app.len();
+        let mut due: Vec<Option<Instant>> = vec![Some(Instant::now()); count];
+        let period = self.ctx.sync_frequency;
+        let mut sync = tokio::time::interval_at((Instant::now() + period).into(), period);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = Instant::now();
+            let starting: Vec<usize> = (0..count)
+                .filter(|&i| due[i].is_some_and(|at| at <= now))
+                .collect();
+            for index in starting {
+                due[index] = None;
+                match self.launch(&pod, Kind::App, index).await {
+                    Ok(exit) => exits.push(exit),
+                    Err(err) if err.fatal => {
+                        return self.fail_to_start(&pod, Kind::App, index, err, exits).await;
+                    }
+                    Err(err) => {
+                        let exit = self.start_failed(&pod, Kind::App, index, err).await;
+                        exits.push(Box::pin(async move { (Kind::App, index, exit) }));
+                    }
+                }
+            }
+            if self.state.app.iter().any(ContainerRecord::is_running)
+                || due.iter().any(Option::is_some)
+            {
+                self.state.phase = Phase::Running;
+            }
+            let first_run =
+                self.state.app.iter().all(ContainerRecord::is_running) && self.trace.is_some();
+            if first_run {
+                self.mark("start");
+            }
+            if exits.is_empty() && due.iter().all(Option::is_none) {
+                let all_ok =
+                    self.state.app.iter().all(|c| {
+                        matches!(c.state, ContainerState::Terminated { exit_code: 0, .. })
+                    });
+                self.state.finish(
+                    if all_ok {
+                        Phase::Succeeded
+                    } else {
+                        Phase::Failed
+                    },
+                    None,
+                    None,
+                );
+                return Next::Stage(Stage::Finished);
+            }
+            self.publish().await;
+            if first_run && let Some(mut trace) = self.trace.take() {
+                trace.mark("status_patch");
+                self.ctx.metrics.observe_pod_start(trace.total());
+                info!(pod = %pod_name, total_ms = trace.total().as_secs_f64() * 1e3, stages = %trace, "pod started");
+            }
+            let next_due = due.iter().flatten().min().copied();
+            tokio::select! {
+                Some((_, index, exit)) = exits.next() => {
+                    let delay = self.record_exit(Kind::App, index, &exit);
+                    self.report_failure(&pod, Kind::App, index);
+                    let restart = match policy.as_str() {
+                        "Never" => false,
+                        "OnFailure" => exit.exit_code != 0,
+                        _ => true,
+                    };
+                    info!(pod = %pod_name, container = %self.state.app[index].name, exit = exit.exit_code, restart, "container exited");
+                    if restart {
+                        self.prepare_restart(Kind::App, index, delay, &pod_name);
+                        if !delay.is_zero() {
+                            let name = self.state.app[index].name.clone();
+                            self.event(&pod, Some(&name), EventType::Warning, "BackOff", "Back-off restarting failed container");
+                        }
+                        due[index] = Some(Instant::now() + delay);
+                    }
+                }
+                _ = sleep_until(next_due) => {}
+                _ = self.resend_due() => self.last_sent = None,
+                _ = sync.tick() => {
+                    // The latest object: a label change shows in downwardAPI volumes.
+                    let current = inbox.pod.clone();
+                    if self.last_sent.as_ref().is_some_and(|sent| overwritten(sent, current.status.as_ref())) {
+                        info!(pod = %pod_name, "the pod's status was changed by another writer; sending the node's again");
+                        self.last_sent = None;
+                    }
+                    let ctx = self.ctx.clone();
+                    let updated = self.volumes.refresh(&ctx.volume_context(), &current).await;
+                    if !updated.is_empty() {
+                        info!(pod = %pod_name, volumes = ?updated, "volumes updated");
+                    }
+                    if let Some(message) = self.volumes.over_size_limit().await {
+                        return self.evict(&current, exits, message).await;
+                    }
+                }
+                _ = inbox.deletion() => return Next::Terminate,
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Publishing a pod's status: to the table the kubelet API reads, to the local store, and
+//! to the API server, each only when it changed; and the terminal states (rejected, finished)
+//! in which publishing is all that is left to do.
+
+use super::*;
+
+impl<P: Provider> Worker<P> {
+    /// Records the status where the node keeps it (the table the kubelet API reads, the
+    /// local store for the next run) when it changed, and sends it to the API server if it
+    /// changed since the last one the API server accepted.
+    pub(super) async fn publish(&mut self) {
+        let status = self.state.to_status();
+        if self.last_stored.as_ref() != Some(&status) {
+            self.ctx.table.set_status(&self.key.uid, status.clone());
+            self.ctx.store.put_status(&self.key.uid, &status).await;
+            self.last_stored = Some(status.clone());
+        }
+        if self.last_sent.as_ref() == Some(&status) {
+            return;
+        }
+        let Some(api) = &self.api else {
+            // A standalone node: the store and the table are all there is to tell.
+            self.last_sent = Some(status);
+            return;
+        };
+        let patch = Pod {
+            status: Some(status.clone()),
+            ..Default::default()
+        };
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        match api
+            .patch_status(&self.key.name, &params, &Patch::Strategic(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.ctx.link.succeeded();
+                self.ctx.metrics.observe_status_patch(started.elapsed());
+                self.last_sent = Some(status);
+                self.unsent = false;
+            }
+            Err(err) => {
+                let reachable = matches!(err, kube::Error::Api(_));
+                if reachable {
+                    warn!(pod = %self.key.name, %err, "pod status update failed; retrying");
+                } else if self.ctx.link.failed() {
+                    warn!(pod = %self.key.name, %err, "the API server cannot be reached; pods run on and their status is sent when it answers");
+                } else {
+                    debug!(pod = %self.key.name, %err, "pod status update failed; retrying");
+                }
+                self.unsent = true;
+            }
+        }
+    }
+
+    /// Resolves when the status must be sent again though it did not change: the last one
+    /// was not accepted and its retry is due, or the link to the API server came back (while
+    /// the node was cut off, the node lifecycle controller may have rewritten the status
+    /// the API holds). The caller then forgets what it sent. Cancel-safe.
+    pub(super) async fn resend_due(&mut self) {
+        let unsent = self.unsent;
+        let retry = async move {
+            if unsent {
+                tokio::time::sleep(STATUS_RETRY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = retry => {}
+            () = self.restorations.restored() => {}
+        }
+    }
+
+    pub(super) async fn reject(&mut self, pod: &Pod, rejection: Rejection) {
+        self.state.finish(
+            Phase::Failed,
+            Some(&rejection.reason),
+            Some(rejection.message.clone()),
+        );
+        self.ctx.recorder.record(
+            pod,
+            None,
+            EventType::Warning,
+            &rejection.reason,
+            &rejection.message,
+        );
+    }
+
+    pub(super) async fn idle_until_deleted(&mut self, inbox: &mut Inbox) -> Next {
+        loop {
+            self.publish().await;
+            tokio::select! {
+                _ = inbox.deletion() => return Next::Terminate,
+                _ = self.resend_due() => self.last_sent = None,
+            }
+        }
+    }
+
+    pub(super) fn release(&self) {
+        let mut admitted = self.ctx.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        admitted.remove(&self.key.uid);
+    }
+}

@@ -1,0 +1,121 @@
+//! Stopping: every container within the grace period, eviction, and removing the pod
+//! object, its files and its record in the local store when it is gone.
+
+use super::*;
+
+impl<P: Provider> Worker<P> {
+    /// Stops every running container: at once, since a Wasm guest cannot catch SIGTERM, and
+    /// aborted if the runtime takes longer than the pod's grace period to wind it down.
+    pub(super) async fn stop_containers(
+        &mut self,
+        pod: &Pod,
+        exits: &mut FuturesUnordered<ExitFuture>,
+    ) {
+        let grace = Duration::from_secs(
+            pod.metadata
+                .deletion_grace_period_seconds
+                .or_else(|| {
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                })
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        let mut stopping = Vec::new();
+        if let Some(live) = self.live_init.take() {
+            stopping.push(live);
+        }
+        for (index, live) in self.live_app.iter_mut().enumerate() {
+            if let Some(live) = live.take() {
+                let name = self.state.app[index].name.clone();
+                self.ctx.recorder.record(
+                    pod,
+                    Some(&name),
+                    EventType::Normal,
+                    "Killing",
+                    &format!("Stopping container {name}"),
+                );
+                stopping.push(live);
+            }
+        }
+        for live in &stopping {
+            live.stop.cancel();
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while let Some((kind, index, exit)) = exits.next().await {
+                self.record_exit(kind, index, &exit);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            for live in &stopping {
+                live.abort.abort();
+            }
+            while let Some((kind, index, exit)) = exits.next().await {
+                self.record_exit(kind, index, &exit);
+            }
+        }
+    }
+
+    /// Evicts the pod, as the kubelet's eviction manager does when a pod outgrows what it
+    /// asked for: its containers stop and it fails with reason `Evicted`.
+    pub(super) async fn evict(
+        &mut self,
+        pod: &Pod,
+        exits: &mut FuturesUnordered<ExitFuture>,
+        message: String,
+    ) -> Next {
+        warn!(pod = %self.key.name, %message, "evicting pod");
+        self.event(pod, None, EventType::Warning, "Evicted", &message);
+        self.stop_containers(pod, exits).await;
+        self.state
+            .finish(Phase::Failed, Some("Evicted"), Some(message));
+        Next::Stage(Stage::Finished)
+    }
+
+    /// Stops whatever runs, within the grace period, then deletes the pod object, the pod's
+    /// files and its record in the local store. When only the agent is stopping, all of that
+    /// stays (logs for `--previous`, emptyDir data) for the agent's next run. A static pod's
+    /// object is its manifest: its mirror pod is the mirror keeper's to remove.
+    pub(super) async fn terminate(
+        &mut self,
+        inbox: &mut Inbox,
+        exits: &mut FuturesUnordered<ExitFuture>,
+    ) {
+        let pod = inbox.pod.clone();
+        self.stop_containers(&pod, exits).await;
+        if inbox.agent_stopping {
+            return;
+        }
+        if !inbox.gone && self.source == PodSource::Api {
+            self.publish().await;
+            self.delete_object().await;
+        }
+        self.ctx.store.remove_pod(&self.key.uid).await;
+        let dir = self.ctx.pods_dir.join(&self.key.uid);
+        if let Err(err) = tokio::fs::remove_dir_all(&dir).await
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(dir = %dir.display(), %err, "could not remove the pod's files");
+        }
+    }
+
+    /// Confirms the deletion to the API server (grace 0, for this UID only).
+    async fn delete_object(&self) {
+        let Some(api) = &self.api else { return };
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.key.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&self.key.name, &params).await {
+            Ok(_) => info!(pod = %self.key.name, "pod deleted"),
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {}
+            Err(err) => warn!(pod = %self.key.name, %err, "could not remove the pod object"),
+        }
+    }
+}
