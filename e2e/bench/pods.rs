@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use e2e::demos::{push_demo, push_file};
 use e2e::oci_layout::sleeper_module_of_size;
-use e2e::{WasmCluster, wait_for, wasm_pod};
+use e2e::{WasmCluster, rss_kib, wait_for, wasm_pod};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -484,16 +484,6 @@ fn percentiles(sorted: &[Duration]) -> Value {
     }
     let at = |q: f64| ms(sorted[((sorted.len() - 1) as f64 * q).round() as usize]);
     json!({"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0)})
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
 }
 
 /// The agent's user + system CPU time so far, from `/proc/<pid>/stat` (in USER_HZ = 100).

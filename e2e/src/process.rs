@@ -100,3 +100,14 @@ impl Drop for Supervised {
         self.stop();
     }
 }
+
+/// The resident set size of process `pid`, in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
+}

@@ -34,6 +34,10 @@ pub struct WasmletOptions {
     /// Reach the API server through a [`CloudLink`] the node owns, so a test can cut the
     /// node off while the control plane runs on ([`WasmletNode::uplink`]).
     pub behind_link: bool,
+    /// `--data-dir`; `None`: a directory of the plane's, named after the node.
+    pub data_dir: Option<PathBuf>,
+    /// `--static-pods`.
+    pub static_pods: Option<PathBuf>,
 }
 
 impl WasmletOptions {
@@ -51,6 +55,8 @@ impl WasmletOptions {
             bootstrap_kubeconfig: None,
             sync_frequency: None,
             behind_link: false,
+            data_dir: None,
+            static_pods: None,
         }
     }
 }
@@ -77,7 +83,10 @@ impl WasmletNode {
     /// register; tests wait for what they want to see.
     pub fn start(plane: &ControlPlane, options: &WasmletOptions) -> anyhow::Result<Self> {
         let name = &options.node_name;
-        let data_dir = plane.dir().join("nodes").join(name);
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| plane.dir().join("nodes").join(name));
         let link = options
             .behind_link
             .then(|| CloudLink::to(plane.api_addr()))
@@ -95,6 +104,9 @@ impl WasmletNode {
         cmd.env("RUST_LOG", "info,kubelet=debug,wasi_provider=debug");
         if let Some(bootstrap) = &options.bootstrap_kubeconfig {
             cmd.arg("--bootstrap-kubeconfig").arg(bootstrap);
+        }
+        if let Some(manifests) = &options.static_pods {
+            cmd.arg("--static-pods").arg(manifests);
         }
         cmd.arg("--kubeconfig")
             .arg(&kubeconfig)
@@ -416,9 +428,22 @@ impl StandaloneWasmlet {
         self.dir.path().join("manifests")
     }
 
+    /// Its data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// Runs a wasmlet tool (`ps`, `logs POD`) against its data dir.
     pub fn tool(&self, args: &[&str]) -> anyhow::Result<String> {
-        run_tool(&self.dir.path().join("data"), args)
+        run_tool(&self.data_dir(), args)
+    }
+
+    /// Stops it with SIGTERM, leaving its directory for another wasmlet to take on; fails if
+    /// it has not exited within 10 s.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        self.process
+            .signal_and_wait(Signal::TERM, Duration::from_secs(10))
+            .with_context(|| format!("wasmlet did not stop:\n{}", self.log_tail(20)))
     }
 
     /// The last lines of its log.

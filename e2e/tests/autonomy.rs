@@ -156,6 +156,7 @@ async fn a_node_restarted_while_cut_off_runs_its_pods_from_its_store_and_reconci
 
     // Cut off, then restarted: nothing from the API server now.
     cluster.node.uplink().unwrap().cut();
+    let restarted_at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
     cluster
         .node
         .restart_with(rustix::process::Signal::TERM)
@@ -217,6 +218,7 @@ async fn a_node_restarted_while_cut_off_runs_its_pods_from_its_store_and_reconci
         ))
         .unwrap();
 
+    let restored_at = jiff::Timestamp::now();
     cluster.node.uplink().unwrap().restore();
     let restored = Instant::now();
     let ticker = cluster
@@ -275,6 +277,28 @@ async fn a_node_restarted_while_cut_off_runs_its_pods_from_its_store_and_reconci
         ps_row(&ps, "doomed").is_none(),
         "gone from the node too:\n{ps}"
     );
+    // The Started event of the instance that began while the node was cut off waited for
+    // the link, and carries the time it happened, not the time it was sent.
+    let cut_off_start = cluster
+        .wait_events(
+            "ticker",
+            "a Started event recorded while cut off",
+            Duration::from_secs(30),
+            |events| {
+                let started: Vec<jiff::Timestamp> = events
+                    .iter()
+                    .filter(|e| e.reason.as_deref() == Some("Started"))
+                    .filter_map(|e| e.first_timestamp.as_ref().map(|t| t.0))
+                    .collect();
+                started
+                    .iter()
+                    .copied()
+                    .find(|t| *t >= restarted_at && *t < restored_at)
+            },
+        )
+        .await
+        .unwrap();
+    eprintln!("Started event of {cut_off_start}, recorded while cut off, written after");
     // kubectl reads the same truth: every tick of the current instance, from 0, including
     // those written while the node was cut off, and the previous instance's.
     let current = ticks(&cluster.kubectl.run(&["logs", "ticker"]).unwrap());
@@ -292,4 +316,76 @@ async fn a_node_restarted_while_cut_off_runs_its_pods_from_its_store_and_reconci
         previous_via_api.starts_with(&before),
         "{previous_via_api:?}"
     );
+}
+
+#[tokio::test]
+async fn a_node_killed_during_a_burst_of_pods_comes_back_with_each_pod_once() {
+    let mut cluster = WasmCluster::start("edge-burst", 110).await.unwrap();
+    let image = push_demo(&cluster.registry.host(), "ticker").unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("burst-{i:02}")).collect();
+    let manifests: Vec<String> = names
+        .iter()
+        .map(|name| {
+            wasm_pod(
+                name,
+                &format!("  automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: {image}\n"),
+            )
+        })
+        .collect();
+    cluster.kubectl.apply(&manifests.join("---\n")).unwrap();
+    // Killed while the burst is still being taken on: some pods run, some are on their way.
+    wait_for("a few pods of the burst to run", MINUTE, || {
+        let ps = cluster.node.tool(&["ps"]);
+        async move {
+            let ps = ps.map_err(|e| format!("{e:#}"))?;
+            Ok((ps.lines().filter(|l| l.contains(" Running ")).count() >= 3).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    cluster
+        .node
+        .restart_with(rustix::process::Signal::KILL)
+        .unwrap();
+
+    wait_for("every pod of the burst to run, once", MINUTE, || {
+        let ps = cluster.node.tool(&["ps"]);
+        let names = names.clone();
+        async move {
+            let ps = ps.map_err(|e| format!("{e:#}"))?;
+            let rows: Vec<&str> = ps.lines().filter(|l| l.contains("burst-")).collect();
+            let all = names.iter().all(|name| {
+                rows.iter()
+                    .filter(|row| row.split_whitespace().nth(1) == Some(name.as_str()))
+                    .count()
+                    == 1
+            });
+            let running = rows.iter().all(|row| row.contains(" Running "));
+            if rows.len() > names.len() {
+                return Err(format!("a pod is listed twice:\n{ps}"));
+            }
+            Ok((all && running && rows.len() == names.len()).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    for name in &names {
+        cluster
+            .wait_pod(name, "Running in the API", MINUTE, |p| running(p, "app"))
+            .await
+            .unwrap();
+    }
+    let on_node = cluster.node_pods().unwrap();
+    for name in &names {
+        assert_eq!(
+            on_node.iter().filter(|p| *p == name).count(),
+            1,
+            "{name} on the node: {on_node:?}"
+        );
+    }
+    let moved_aside = std::fs::read_dir(cluster.node.data_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
+    assert!(!moved_aside, "the store opened cleanly after kill -9");
 }

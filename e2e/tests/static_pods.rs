@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use e2e::demos::{push_demo, tick};
-use e2e::{Registry, StandaloneWasmlet, wait_for};
+use e2e::status::running;
+use e2e::{Registry, StandaloneWasmlet, WasmCluster, WasmletOptions, wait_for};
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// The `wasmlet ps` columns of `pod`'s row, if it is listed.
 fn ps_row(ps: &str, pod: &str) -> Option<Vec<String>> {
@@ -73,4 +76,113 @@ async fn a_standalone_node_runs_its_static_pods_and_follows_its_manifest_directo
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_standalone_node_joined_later_shows_its_static_pods_as_mirror_pods() {
+    let first_registry = Registry::start().unwrap();
+    let image = push_demo(&first_registry.host(), "ticker").unwrap();
+    let mut alone = StandaloneWasmlet::start("edge-static", &[first_registry.host()]).unwrap();
+    let manifest = alone.manifests().join("ticker.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ticker\n  labels: {{app: ticker}}\nspec:\n  containers:\n  - name: app\n    image: {image}\n    env: [{{name: INTERVAL_MS, value: \"100\"}}]\n"
+        ),
+    )
+    .unwrap();
+    wait_for("the static pod to run standalone", MINUTE, || {
+        let ps = alone.tool(&["ps"]);
+        async move {
+            let ps = ps.map_err(|e| format!("{e:#}"))?;
+            Ok(ps_row(&ps, "ticker-edge-static")
+                .filter(|cols| cols[4] == "Running")
+                .map(|_| ()))
+        }
+    })
+    .await
+    .unwrap();
+    alone.stop().unwrap();
+
+    // The same device joins a cluster with a node identity, under NodeRestriction.
+    let cluster = WasmCluster::start_with_options(WasmletOptions {
+        data_dir: Some(alone.data_dir()),
+        static_pods: Some(alone.manifests()),
+        insecure_registries: vec![first_registry.host()],
+        ..WasmletOptions::named("edge-static")
+    })
+    .await
+    .unwrap();
+    let mirror = cluster
+        .wait_pod("ticker-edge-static", "a running mirror pod", MINUTE, |p| {
+            running(p, "app")
+        })
+        .await
+        .unwrap();
+    let annotations = mirror.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get("kubernetes.io/config.mirror"),
+        annotations.get("kubernetes.io/config.hash"),
+        "{annotations:?}"
+    );
+    assert_eq!(
+        annotations
+            .get("kubernetes.io/config.source")
+            .map(String::as_str),
+        Some("file")
+    );
+    let owners = mirror.metadata.owner_references.clone().unwrap_or_default();
+    assert!(
+        matches!(&owners[..], [o] if o.kind == "Node" && o.name == "edge-static" && o.controller == Some(true)),
+        "{owners:?}"
+    );
+    assert_eq!(
+        cluster
+            .node
+            .tool(&["ps"])
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("ticker-edge-static"))
+            .count(),
+        1,
+        "the mirror pod is not run as a second pod"
+    );
+
+    // A deleted mirror pod comes back, with the static pod's status; the pod never stopped.
+    let first_uid = mirror.metadata.uid.clone().unwrap_or_default();
+    cluster
+        .kubectl
+        .run(&["delete", "pod", "ticker-edge-static", "--wait=false"])
+        .unwrap();
+    cluster
+        .wait_pod(
+            "ticker-edge-static",
+            "a new mirror pod, running",
+            MINUTE,
+            |p| p.metadata.uid.as_deref() != Some(first_uid.as_str()) && running(p, "app"),
+        )
+        .await
+        .unwrap();
+    let ps = cluster.node.tool(&["ps"]).unwrap();
+    assert_eq!(
+        ps_row(&ps, "ticker-edge-static")
+            .map(|c| c[5].clone())
+            .as_deref(),
+        Some("1"),
+        "one restart, when the node was restarted to join; none for the mirror: {ps}"
+    );
+
+    // Removing the manifest removes the pod and its mirror.
+    std::fs::remove_file(&manifest).unwrap();
+    wait_for("the mirror pod to go with its manifest", MINUTE, || {
+        let pods = cluster.kubectl.run(&["get", "pods", "-o", "name"]);
+        async move {
+            let pods = pods.map_err(|e| format!("{e:#}"))?;
+            Ok((!pods.lines().any(|l| l == "pod/ticker-edge-static")).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    let ps = cluster.node.tool(&["ps", "--all"]).unwrap();
+    assert!(ps_row(&ps, "ticker-edge-static").is_none(), "{ps}");
 }

@@ -23,7 +23,9 @@ use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
 use crate::node::{LEASE_RENEW_INTERVAL, STATUS_UPDATE_INTERVAL, object, registration};
 use crate::pod::admission::{Capacity, ExtendedCapacity};
+use crate::pod::mirror::MirrorKeeper;
 use crate::pod::quantity;
+use crate::pod::table::PodTable;
 use crate::pod::{PodManager, PodSettings, PodSources, SharedPodState};
 use crate::provider::{GC_PERIOD, NodeContribution, Provider};
 use crate::server;
@@ -127,15 +129,27 @@ impl<P: Provider> Kubelet<P> {
             self.store.clone(),
             link.clone(),
         );
+        let mirrors = self.client.clone().map(|client| {
+            MirrorKeeper::new(
+                client,
+                &self.config.node_name,
+                &pods.mirrors(),
+                shared.table.clone(),
+            )
+        });
         let node = async {
             if let Some(client) = &self.client {
-                self.keep_node(client, &link, &cancel).await;
+                tokio::join!(self.keep_node(client, &link, &cancel), async {
+                    if let Some(mirrors) = mirrors {
+                        mirrors.run(cancel.clone()).await;
+                    }
+                },);
             }
         };
         tokio::join!(
             node,
             pods.run(cancel.clone()),
-            collect_garbage(self.provider.as_ref(), &cancel),
+            collect_garbage(self.provider.as_ref(), &shared.table, &cancel),
         );
         if let Some(server) = server
             && let Err(err) = server.await
@@ -203,9 +217,9 @@ async fn register_until_done(
     }
 }
 
-async fn collect_garbage<P: Provider>(provider: &P, cancel: &CancellationToken) {
+async fn collect_garbage<P: Provider>(provider: &P, table: &PodTable, cancel: &CancellationToken) {
     while sleep_unless_cancelled(GC_PERIOD, cancel).await {
-        provider.collect_garbage().await;
+        provider.collect_garbage(&table.images()).await;
     }
 }
 

@@ -183,9 +183,14 @@ pub trait Provider: Send + Sync + 'static {
         start: ContainerStart,
     ) -> impl Future<Output = Result<JoinHandle<ContainerExit>, ContainerError>> + Send;
 
-    /// Frees what no running container needs (e.g. unused images). The agent calls it every
-    /// [`GC_PERIOD`], as the kubelet runs its image garbage collection.
-    fn collect_garbage(&self) -> impl Future<Output = ()> + Send {
+    /// Frees what no container of the node needs (e.g. unused images). `images` are the
+    /// images every pod the node holds names, running or not: those are kept. The agent calls
+    /// it every [`GC_PERIOD`], as the kubelet runs its image garbage collection.
+    fn collect_garbage(
+        &self,
+        images: &std::collections::HashSet<String>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = images;
         async {}
     }
 }

@@ -45,10 +45,13 @@ pub struct GcReport {
 
 impl Puller {
     /// Frees unused artifacts if `usage` is over the policy's high mark. `in_use` holds the
-    /// Wasm digests that running pods use; those and everything they need are kept.
+    /// Wasm digests that running pods use, and `pinned` the image references that the node's
+    /// pods name, running or not (a pod in back-off, or waiting to start again after a
+    /// restart while offline, must find its image); those and everything they need are kept.
     pub async fn collect_garbage(
         &self,
         in_use: &HashSet<String>,
+        pinned: &HashSet<String>,
         usage: DiskUsage,
         policy: GcPolicy,
     ) -> Result<GcReport> {
@@ -68,10 +71,9 @@ impl Puller {
         // Orphans (blobs of a pull that failed halfway) go first: nothing needs them.
         report.freed_bytes += sweep(self, &records, in_use).await?;
         let mut remaining = records.clone();
-        for record in records
-            .iter()
-            .filter(|r| !in_use.contains(&r.artifact.wasm_digest))
-        {
+        for record in records.iter().filter(|r| {
+            !in_use.contains(&r.artifact.wasm_digest) && !pinned.contains(reference_of(&r.key))
+        }) {
             if report.freed_bytes >= to_free {
                 break;
             }
@@ -82,6 +84,12 @@ impl Puller {
         }
         Ok(report)
     }
+}
+
+/// The image reference a record's key names: the key is the reference, plus `#<entry>` for
+/// compat images.
+fn reference_of(key: &str) -> &str {
+    key.split_once('#').map_or(key, |(reference, _)| reference)
 }
 
 /// Deletes blobs no record needs and no running pod uses; returns the bytes freed.
@@ -124,7 +132,7 @@ mod tests {
             available_bytes: 500,
         };
         let report = puller
-            .collect_garbage(&HashSet::new(), usage, GcPolicy::default())
+            .collect_garbage(&HashSet::new(), &HashSet::new(), usage, GcPolicy::default())
             .await
             .unwrap();
         assert_eq!(report, GcReport::default());
@@ -147,7 +155,7 @@ mod tests {
         };
         let in_use: HashSet<String> = [used.clone()].into();
         let report = puller
-            .collect_garbage(&in_use, usage, GcPolicy::default())
+            .collect_garbage(&in_use, &HashSet::new(), usage, GcPolicy::default())
             .await
             .unwrap();
         assert_eq!(report.removed, vec!["old".to_string()]);
@@ -155,5 +163,33 @@ mod tests {
         assert!(!store.has_blob(&old));
         assert!(store.has_blob(&used) && store.has_blob(&newer) && store.has_blob(&recent));
         assert!(store.record("newer").await.is_some());
+    }
+
+    #[tokio::test]
+    async fn an_image_a_pod_of_the_node_names_is_kept_though_nothing_runs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        // Each artifact's blob is its name's first byte repeated: the names differ there.
+        let pinned_plain = artifact(&store, "pinned.example/app:v1", 1, 100).await;
+        let pinned_compat = artifact(&store, "compat.example/app:v1#app.wasm", 2, 100).await;
+        let unused = artifact(&store, "unused.example/app:v1", 3, 100).await;
+        let puller = Puller::new(store.clone(), PullerConfig::default());
+        // 95% full: everything unpinned must go.
+        let usage = DiskUsage {
+            capacity_bytes: 1000,
+            available_bytes: 50,
+        };
+        let pinned: HashSet<String> = [
+            "pinned.example/app:v1".to_string(),
+            "compat.example/app:v1".to_string(),
+        ]
+        .into();
+        let report = puller
+            .collect_garbage(&HashSet::new(), &pinned, usage, GcPolicy::default())
+            .await
+            .unwrap();
+        assert_eq!(report.removed, vec!["unused.example/app:v1".to_string()]);
+        assert!(store.has_blob(&pinned_plain) && store.has_blob(&pinned_compat));
+        assert!(!store.has_blob(&unused));
     }
 }

@@ -14,6 +14,7 @@ pub mod admission;
 pub mod backoff;
 mod ended;
 pub mod env;
+pub mod mirror;
 pub mod quantity;
 pub mod state;
 pub mod table;
@@ -40,12 +41,13 @@ use crate::link::Link;
 use crate::logs::{LogHub, LogLimits};
 use crate::metrics::AgentMetrics;
 use crate::provider::Provider;
-use crate::static_pods::StaticPod;
+use crate::static_pods::{self, StaticPod};
 use crate::store::{LocalStore, PodSource, StoredPod};
 use admission::{Capacity, ExtendedCapacity, Requests};
 use ended::Ended;
+use mirror::MirrorBoard;
 use table::PodTable;
-use worker::{Desired, Stage, WorkerContext};
+use worker::{Desired, Outcome, Stage, WorkerContext};
 
 /// How long a stopping agent waits for its pod workers to stop their containers and flush
 /// their logs.
@@ -102,8 +104,9 @@ pub struct PodManager<P> {
     extended: ExtendedCapacity,
     static_pods: Option<watch::Receiver<Vec<StaticPod>>>,
     workers: HashMap<String, WorkerHandle>,
-    tasks: JoinSet<String>,
+    tasks: JoinSet<(String, Outcome)>,
     ended: Ended,
+    mirrors: MirrorBoard,
 }
 
 impl<P: Provider> PodManager<P> {
@@ -141,7 +144,14 @@ impl<P: Provider> PodManager<P> {
             workers: HashMap::new(),
             tasks: JoinSet::new(),
             ended: Ended::default(),
+            mirrors: MirrorBoard::default(),
         }
+    }
+
+    /// Where this manager posts static pods and the mirror pods it sees, for the
+    /// [`mirror::MirrorKeeper`].
+    pub fn mirrors(&self) -> MirrorBoard {
+        self.mirrors.clone()
     }
 
     /// Runs the stored pods, then watches until `cancel` fires. The watch retries through API
@@ -163,8 +173,8 @@ impl<P: Provider> PodManager<P> {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(done) = self.tasks.join_next() => {
-                    if let Ok(uid) = done {
-                        self.worker_ended(&uid);
+                    if let Ok((uid, outcome)) = done {
+                        self.worker_ended(&uid, outcome).await;
                     }
                 }
                 changed = changed(&mut self.static_pods) => {
@@ -184,7 +194,10 @@ impl<P: Provider> PodManager<P> {
                     }
                     Some(Ok(Event::Apply(pod))) => self.api_pod(pod).await,
                     Some(Ok(Event::Delete(pod))) => self.api_pod_gone(&pod),
-                    Some(Ok(Event::Init)) => relisted = Some(HashSet::new()),
+                    Some(Ok(Event::Init)) => {
+                        relisted = Some(HashSet::new());
+                        self.mirrors.relisting();
+                    }
                     Some(Ok(Event::InitApply(pod))) => {
                         if let (Some(seen), Some(uid)) = (relisted.as_mut(), pod.metadata.uid.clone()) {
                             seen.insert(uid);
@@ -198,6 +211,7 @@ impl<P: Provider> PodManager<P> {
                         if let Some(seen) = relisted.take() {
                             self.forget_unlisted(&seen);
                         }
+                        self.mirrors.listed();
                     }
                 },
             }
@@ -240,6 +254,10 @@ impl<P: Provider> PodManager<P> {
     }
 
     async fn api_pod(&mut self, pod: Pod) {
+        if static_pods::is_mirror(&pod) {
+            self.mirrors.seen(pod);
+            return;
+        }
         let Some(uid) = pod.metadata.uid.as_deref() else {
             return;
         };
@@ -252,6 +270,10 @@ impl<P: Provider> PodManager<P> {
     }
 
     fn api_pod_gone(&mut self, pod: &Pod) {
+        if static_pods::is_mirror(pod) {
+            self.mirrors.gone(pod);
+            return;
+        }
         if let Some(handle) = pod
             .metadata
             .uid
@@ -291,6 +313,7 @@ impl<P: Provider> PodManager<P> {
                 handle.desired.send_replace(Desired::Gone);
             }
         }
+        self.mirrors.want(current);
     }
 
     /// Hands `pod` to its worker, starting one if it has none.
@@ -330,19 +353,33 @@ impl<P: Provider> PodManager<P> {
         );
         let ctx = self.ctx.clone();
         self.tasks.spawn(async move {
-            worker::run(ctx, pod, source, rx, stage, seen).await;
-            uid
+            let outcome = worker::run(ctx, pod, source, rx, stage, seen).await;
+            (uid, outcome)
         });
     }
 
-    fn worker_ended(&mut self, uid: &str) {
-        if let Some(handle) = self.workers.remove(uid)
-            && handle.source == PodSource::Api
-        {
-            // A static pod's UID is its manifest's hash: the same manifest may come back.
-            self.ended.insert(uid);
-        }
+    /// Forgets a pod whose worker ended. The manager is the only writer of pod records, and
+    /// it ignores every later event for an ended UID, so a late event can never write back
+    /// the record of a pod that is gone.
+    async fn worker_ended(&mut self, uid: &str, outcome: Outcome) {
+        let handle = self.workers.remove(uid);
         self.ctx.table.remove(uid);
+        if outcome == Outcome::AgentStopping {
+            return;
+        }
+        self.ctx.store.remove_pod(uid).await;
+        match handle.map(|h| h.source) {
+            Some(PodSource::Api) => self.ended.insert(uid),
+            Some(PodSource::File) => {
+                // A static pod's UID is its manifest's hash: the same manifest may have come
+                // back while its old worker was stopping.
+                if let Some(manifests) = &self.static_pods {
+                    let current = manifests.borrow().clone();
+                    self.reconcile_static(&current).await;
+                }
+            }
+            None => {}
+        }
     }
 
     /// Lets every worker wind down (their channels close: the pods and their files stay for

@@ -3,7 +3,7 @@
 //! Pod workers are the only writers: each keeps its own pod's entry current and removes it
 //! when it ends. Readers get copies, so a slow API client never holds up a worker.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use jiff::Timestamp;
@@ -65,6 +65,21 @@ impl PodTable {
         if let Some(entry) = self.write().get_mut(uid) {
             entry.pod.status = Some(status);
         }
+    }
+
+    /// Every image the node's pods name, in init and app containers, running or not.
+    pub fn images(&self) -> HashSet<String> {
+        self.read()
+            .values()
+            .filter_map(|e| e.pod.spec.as_ref())
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .filter_map(|c| c.image.clone())
+            .collect()
+    }
+
+    /// The status the node last computed for `uid`.
+    pub fn status(&self, uid: &str) -> Option<PodStatus> {
+        self.read().get(uid).and_then(|e| e.pod.status.clone())
     }
 
     /// Records that `container` started a new instance accounted in `usage`.
@@ -160,5 +175,26 @@ mod tests {
         assert!(table.find("other", "a").is_none());
         table.remove("u1");
         assert!(table.snapshot().is_empty());
+    }
+
+    #[test]
+    fn images_of_every_pod_are_listed_running_or_not() {
+        use k8s_openapi::api::core::v1::{Container, PodSpec};
+        let container = |image: &str| Container {
+            name: image.into(),
+            image: Some(image.into()),
+            ..Default::default()
+        };
+        let mut waiting = pod("default", "a");
+        waiting.spec = Some(PodSpec {
+            init_containers: Some(vec![container("reg/init:v1")]),
+            containers: vec![container("reg/app:v1")],
+            ..Default::default()
+        });
+        let table = PodTable::default();
+        table.put("u1", waiting);
+        let images = table.images();
+        assert_eq!(images.len(), 2);
+        assert!(images.contains("reg/init:v1") && images.contains("reg/app:v1"));
     }
 }

@@ -247,7 +247,7 @@ impl Provider for WasiProvider {
         }))
     }
 
-    async fn collect_garbage(&self) {
+    async fn collect_garbage(&self, images: &HashSet<String>) {
         let in_use: HashSet<String> = self
             .in_use
             .lock()
@@ -265,7 +265,7 @@ impl Provider for WasiProvider {
         };
         match self
             .puller
-            .collect_garbage(&in_use, usage, oci::gc::GcPolicy::default())
+            .collect_garbage(&in_use, images, usage, oci::gc::GcPolicy::default())
             .await
         {
             Ok(report) if !report.removed.is_empty() => {

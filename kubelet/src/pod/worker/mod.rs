@@ -138,7 +138,16 @@ enum Kind {
     App,
 }
 
-/// Runs a pod from `stage` until it is deleted.
+/// How a worker ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The pod is gone and so are its files: the manager forgets it, store included.
+    Removed,
+    /// The agent is stopping: the pod, its files and its record stay for the next run.
+    AgentStopping,
+}
+
+/// Runs a pod from `stage` until it is deleted or the agent stops.
 pub(crate) async fn run<P: Provider>(
     ctx: Arc<WorkerContext<P>>,
     pod: Pod,
@@ -146,7 +155,7 @@ pub(crate) async fn run<P: Provider>(
     rx: watch::Receiver<Desired>,
     stage: Stage,
     seen: Instant,
-) {
+) -> Outcome {
     let key = PodKey {
         namespace: pod
             .metadata
@@ -160,12 +169,10 @@ pub(crate) async fn run<P: Provider>(
     let volumes = PodVolumes::new(&ctx.pods_dir.join(&key.uid));
     let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
     let mut worker = Worker {
-        // A static pod's status belongs on its mirror pod, which this node does not make
-        // yet: until it does, the store and the table hold it.
+        // A static pod's status goes to its mirror pod, which has the same name.
         api: ctx
             .client
             .clone()
-            .filter(|_| source == PodSource::Api)
             .map(|client| Api::namespaced(client, &key.namespace)),
         restorations: ctx.link.watch(),
         source,
@@ -185,6 +192,11 @@ pub(crate) async fn run<P: Provider>(
     };
     let mut inbox = Inbox::new(rx, pod);
     worker.drive(&mut inbox, stage).await;
+    if inbox.agent_stopping {
+        Outcome::AgentStopping
+    } else {
+        Outcome::Removed
+    }
 }
 
 struct Worker<P: Provider> {

@@ -44,7 +44,11 @@ impl<P: Provider> Worker<P> {
             }
             Err(err) => {
                 let reachable = matches!(err, kube::Error::Api(_));
-                if reachable {
+                let no_mirror_yet = self.source == PodSource::File
+                    && matches!(&err, kube::Error::Api(status) if status.is_not_found());
+                if no_mirror_yet {
+                    debug!(pod = %self.key.name, "the static pod has no mirror pod yet; its status waits");
+                } else if reachable {
                     warn!(pod = %self.key.name, %err, "pod status update failed; retrying");
                 } else if self.ctx.link.failed() {
                     warn!(pod = %self.key.name, %err, "the API server cannot be reached; pods run on and their status is sent when it answers");

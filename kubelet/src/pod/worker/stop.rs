@@ -1,5 +1,5 @@
 //! Stopping: every container within the grace period, eviction, and removing the pod
-//! object, its files and its record in the local store when it is gone.
+//! object and its files when it is gone.
 
 use super::*;
 
@@ -74,9 +74,9 @@ impl<P: Provider> Worker<P> {
         Next::Stage(Stage::Finished)
     }
 
-    /// Stops whatever runs, within the grace period, then deletes the pod object, the pod's
-    /// files and its record in the local store. When only the agent is stopping, all of that
-    /// stays (logs for `--previous`, emptyDir data) for the agent's next run. A static pod's
+    /// Stops whatever runs, within the grace period, then deletes the pod object and the
+    /// pod's files (the manager then forgets its record in the local store). When only the
+    /// agent is stopping, all of that stays (logs for `--previous`, emptyDir data) for the agent's next run. A static pod's
     /// object is its manifest: its mirror pod is the mirror keeper's to remove.
     pub(super) async fn terminate(
         &mut self,
@@ -92,7 +92,6 @@ impl<P: Provider> Worker<P> {
             self.publish().await;
             self.delete_object().await;
         }
-        self.ctx.store.remove_pod(&self.key.uid).await;
         let dir = self.ctx.pods_dir.join(&self.key.uid);
         if let Err(err) = tokio::fs::remove_dir_all(&dir).await
             && err.kind() != std::io::ErrorKind::NotFound
