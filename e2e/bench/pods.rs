@@ -1,5 +1,7 @@
 //! The pod benchmark against the real control plane and registry, with a wasmlet release
-//! build: footprint, start latency (a fresh 2 MB module, then cached: one at a time, burst),
+//! build: footprint, start latency (a fresh 2 MB module, then cached: one at a time and a
+//! burst, for a default pod with its token mounted, a token-less pod, and a pod with a
+//! ConfigMap volume and a Secret env var, under the node's NodeRestriction identity),
 //! deleting 100 pods, density up to N pods with RSS/CPU at each step, node health under
 //! load, where a start spends its time (from the node's start trace), follow-log latency,
 //! and deletion of everything.
@@ -17,7 +19,7 @@ use e2e::oci_layout::sleeper_module_of_size;
 use e2e::{WasmCluster, rss_kib, wait_for, wasm_pod};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
@@ -51,15 +53,8 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("footprint: {footprint}");
 
     let ticker = push_demo(&cluster.registry.host(), "ticker")?;
-    let manifest = |name: &str, interval_ms: u64| -> anyhow::Result<Pod> {
-        let yaml = wasm_pod(
-            name,
-            &format!(
-                "  nodeName: {NODE}\n  automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: {ticker}\n    env: [{{name: INTERVAL_MS, value: \"{interval_ms}\"}}]\n"
-            ),
-        );
-        Ok(serde_yaml::from_str(&yaml)?)
-    };
+    let manifest =
+        |name: &str, interval_ms: u64| shaped(PodShape::TokenLess, name, &ticker, interval_ms);
     let idle = |name: &str| manifest(name, 3_600_000);
     let mut watch: PodWatch = pods
         .watch(&WatchParams::default().timeout(290), "0")
@@ -89,18 +84,62 @@ async fn main() -> anyhow::Result<()> {
     // The ticker's own first pull and compile, so the cached figures below are cached.
     time_to_running(&pods, &mut watch, vec![idle("warm-up")?]).await?;
 
-    let mut sequential = Vec::new();
-    for i in 0..SEQUENTIAL {
-        sequential
-            .extend(time_to_running(&pods, &mut watch, vec![idle(&format!("one-{i}"))?]).await?);
+    // What the config series reads: one ConfigMap volume and one Secret env var per pod.
+    let configs: kube::Api<ConfigMap> = kube::Api::default_namespaced(client.clone());
+    configs
+        .create(
+            &PostParams::default(),
+            &serde_yaml::from_str(
+                "metadata: {name: bench-config}\ndata: {app.conf: \"level=info\"}\n",
+            )?,
+        )
+        .await?;
+    let secrets: kube::Api<Secret> = kube::Api::default_namespaced(client.clone());
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_yaml::from_str(
+                "metadata: {name: bench-secret}\nstringData: {password: hunter2}\n",
+            )?,
+        )
+        .await?;
+    let mut series = serde_json::Map::new();
+    for shape in [
+        PodShape::Default,
+        PodShape::TokenLess,
+        PodShape::ConfigAndSecret,
+    ] {
+        let retries_before = token_retries(&client).await?;
+        let pod = |name: &str| {
+            shaped(
+                shape,
+                &format!("{}-{name}", shape.prefix()),
+                &ticker,
+                3_600_000,
+            )
+        };
+        let mut sequential = Vec::new();
+        for i in 0..SEQUENTIAL {
+            sequential
+                .extend(time_to_running(&pods, &mut watch, vec![pod(&format!("one-{i}"))?]).await?);
+        }
+        let burst: Vec<Pod> = (0..BURST)
+            .map(|i| pod(&format!("burst-{i}")))
+            .collect::<anyhow::Result<_>>()?;
+        let started = Instant::now();
+        let mut burst_latencies = time_to_running(&pods, &mut watch, burst).await?;
+        let burst_all = started.elapsed();
+        let retries = token_retries(&client).await? - retries_before;
+        sequential.sort();
+        burst_latencies.sort();
+        let result = json!({
+            "single_pod_cached_create_to_running_ms": percentiles(&sequential),
+            "burst": {"pods": BURST, "all_running_after_ms": ms(burst_all), "create_to_running_ms": percentiles(&burst_latencies)},
+            "token_request_retries_per_100_pods": (retries * 100.0 / (SEQUENTIAL + BURST) as f64 * 10.0).round() / 10.0,
+        });
+        eprintln!("{}: {result}", shape.prefix());
+        series.insert(shape.name().to_string(), result);
     }
-
-    let burst: Vec<Pod> = (0..BURST)
-        .map(|i| idle(&format!("burst-{i}")))
-        .collect::<anyhow::Result<_>>()?;
-    let started = Instant::now();
-    let burst_latencies = time_to_running(&pods, &mut watch, burst).await?;
-    let burst_all = started.elapsed();
 
     let logs = follow_latency(&pods, &mut watch, manifest("logger", 20)?).await?;
     eprintln!("log latency: {logs}");
@@ -109,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("delete {DELETE_BATCH}: {delete_batch}");
 
     // Density: ramp the idle pods up in steps, reading the agent's cost at each.
-    let already = 2 + SEQUENTIAL + BURST + 1;
+    let already = 2 + 3 * (SEQUENTIAL + BURST) + 1;
     let mut steps = Vec::new();
     let mut created = 0;
     let ramp_started = Instant::now();
@@ -183,9 +222,6 @@ async fn main() -> anyhow::Result<()> {
     let deleted = deleting.elapsed();
     let total = created + already;
 
-    sequential.sort();
-    let mut burst_sorted = burst_latencies;
-    burst_sorted.sort();
     let report = json!({
         "benchmark": "pods",
         "wasmlet_binary": e2e::wasmlet_binary()?.display().to_string(),
@@ -193,8 +229,7 @@ async fn main() -> anyhow::Result<()> {
         "observed_by": "pod watch; pods created already bound",
         "footprint": footprint,
         "fresh_module": {"bytes": sleeper.len(), "create_to_running_ms": ms(fresh)},
-        "single_pod_cached_create_to_running_ms": percentiles(&sequential),
-        "burst": {"pods": BURST, "all_running_after_ms": ms(burst_all), "create_to_running_ms": percentiles(&burst_sorted)},
+        "cached_start_series": series,
         "log_follow_latency_ms": logs,
         "density": {
             "pods": total,
@@ -212,6 +247,73 @@ async fn main() -> anyhow::Result<()> {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/pods.json");
     std::fs::write(out, format!("{text}\n"))?;
     Ok(())
+}
+
+/// The pods whose cached start is timed, each a series of its own.
+#[derive(Clone, Copy)]
+enum PodShape {
+    /// A default pod: its service account token is mounted (a TokenRequest per pod).
+    Default,
+    /// `automountServiceAccountToken: false`: no volume at all.
+    TokenLess,
+    /// A default pod that also mounts a ConfigMap and reads a Secret into its env.
+    ConfigAndSecret,
+}
+
+impl PodShape {
+    fn name(self) -> &'static str {
+        match self {
+            PodShape::Default => "default_pod",
+            PodShape::TokenLess => "token_less_pod",
+            PodShape::ConfigAndSecret => "configmap_volume_and_secret_env_pod",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            PodShape::Default => "default",
+            PodShape::TokenLess => "tokenless",
+            PodShape::ConfigAndSecret => "config",
+        }
+    }
+}
+
+/// A ticker pod of `shape`, bound to the node, writing a line every `interval_ms`.
+fn shaped(shape: PodShape, name: &str, image: &str, interval_ms: u64) -> anyhow::Result<Pod> {
+    let token = match shape {
+        PodShape::TokenLess => "  automountServiceAccountToken: false\n",
+        _ => "",
+    };
+    let (env, mounts, volumes) = match shape {
+        PodShape::ConfigAndSecret => (
+            "\n    - name: PASSWORD\n      valueFrom: {secretKeyRef: {name: bench-secret, key: password}}",
+            "    volumeMounts: [{name: config, mountPath: /config}]\n",
+            "  volumes: [{name: config, configMap: {name: bench-config}}]\n",
+        ),
+        _ => ("", "", ""),
+    };
+    let yaml = wasm_pod(
+        name,
+        &format!(
+            "  nodeName: {NODE}\n{token}{volumes}  containers:\n  - name: app\n    image: {image}\n{mounts}    env:\n    - {{name: INTERVAL_MS, value: \"{interval_ms}\"}}{env}\n"
+        ),
+    );
+    Ok(serde_yaml::from_str(&yaml)?)
+}
+
+/// The node's count of TokenRequests sent again (`wasmlet_token_request_retries_total`),
+/// read through the API server's node proxy.
+async fn token_retries(client: &kube::Client) -> anyhow::Result<f64> {
+    let text = client
+        .request_text(
+            http::Request::get(format!("/api/v1/nodes/{NODE}/proxy/metrics")).body(Vec::new())?,
+        )
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmlet_token_request_retries_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
 }
 
 /// Binary size, idle RSS after 60 s with no pods, and the node's API requests per minute

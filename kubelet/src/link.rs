@@ -56,11 +56,6 @@ impl Link {
             .send_if_modified(|state| !std::mem::replace(&mut state.down, true))
     }
 
-    /// Whether the last request failed.
-    pub fn is_down(&self) -> bool {
-        self.state.borrow().down
-    }
-
     /// A watch that resolves each time the link is restored from now on.
     pub fn watch(&self) -> Restorations {
         let rx = self.state.subscribe();
@@ -105,7 +100,6 @@ mod tests {
         link.succeeded();
         assert!(link.failed(), "the first failure of an outage");
         assert!(!link.failed(), "later ones are quiet");
-        assert!(link.is_down());
         link.succeeded();
         tokio::time::timeout(Duration::from_secs(1), restored.restored())
             .await

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -30,6 +31,7 @@ pub struct AgentMetrics {
     container_start: Histogram,
     status_patch: Histogram,
     log_followers: Gauge,
+    token_request_retries: Counter,
 }
 
 impl Default for AgentMetrics {
@@ -69,6 +71,12 @@ impl Default for AgentMetrics {
             "Open `kubectl logs -f` streams",
             log_followers.clone(),
         );
+        let token_request_retries = Counter::default();
+        registry.register(
+            "token_request_retries",
+            "Service account token requests sent again because the API server had not yet seen the pod bound to this node",
+            token_request_retries.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             pods,
@@ -77,6 +85,7 @@ impl Default for AgentMetrics {
             container_start,
             status_patch,
             log_followers,
+            token_request_retries,
         }
     }
 }
@@ -100,6 +109,11 @@ impl AgentMetrics {
     /// Records how long one pod status patch took.
     pub fn observe_status_patch(&self, took: Duration) {
         self.status_patch.observe(took.as_secs_f64());
+    }
+
+    /// Counts a token request sent again because the API server had not caught up.
+    pub fn count_token_retry(&self) {
+        self.token_request_retries.inc();
     }
 
     /// Counts an open log follower until the guard is dropped.

@@ -245,6 +245,7 @@ impl<P: Provider> PodManager<P> {
             if source == PodSource::File && self.static_pods.is_none() {
                 info!(%uid, "a stored static pod has no manifest directory any more; removing it");
                 self.ctx.store.remove_pod(&uid).await;
+                remove_files(&self.ctx.pods_dir, &uid).await;
                 continue;
             }
             // The node's own last status: restart counts and last states carry on from it.
@@ -418,6 +419,16 @@ impl<P: Provider> PodManager<P> {
             }
             Err(rejection) => Stage::Rejected(rejection),
         }
+    }
+}
+
+/// Removes pod `uid`'s files (logs, volumes, writable roots) under `pods_dir`.
+async fn remove_files(pods_dir: &std::path::Path, uid: &str) {
+    let dir = pods_dir.join(uid);
+    if let Err(err) = tokio::fs::remove_dir_all(&dir).await
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(dir = %dir.display(), %err, "could not remove the pod's files");
     }
 }
 

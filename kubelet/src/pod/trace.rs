@@ -25,7 +25,13 @@ impl StartTrace {
 
     /// Ends stage `name` now. A stage met again (a retried pull) adds to its time.
     pub(crate) fn mark(&mut self, name: &'static str) {
-        let now = Instant::now();
+        self.mark_at(name, Instant::now());
+    }
+
+    /// Ends stage `name` at `at`. Stages that ran side by side (volumes and pulls) are
+    /// marked in the order they ended, each covering the time since the one before ended.
+    pub(crate) fn mark_at(&mut self, name: &'static str, at: Instant) {
+        let now = at.max(self.last);
         let took = now.duration_since(self.last);
         self.last = now;
         match self.stages.iter_mut().find(|(stage, _)| *stage == name) {

@@ -113,6 +113,9 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// A read on the blocking pool did not finish (the runtime is shutting down).
+    #[error("local store read did not finish")]
+    Join(#[source] tokio::task::JoinError),
     /// The store's file could not be prepared or moved aside.
     #[error("local store {path}: {operation}")]
     Io {
@@ -161,11 +164,6 @@ impl LocalStore {
             reads: Arc::new(Mutex::new(reads)),
             path,
         })
-    }
-
-    /// The store's file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Every stored pod, with the status this node last computed.
@@ -333,14 +331,9 @@ fn io(path: &Path, operation: &'static str, source: std::io::Error) -> StoreErro
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(err) => Err(StoreError::Io {
-            path: PathBuf::new(),
-            operation: "run a store read",
-            source: std::io::Error::other(err),
-        }),
-    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|err| Err(StoreError::Join(err)))
 }
 
 /// Opens the store for writing and proves it usable: readable schema of this version and a

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeProjection};
 use tracing::warn;
 
+use crate::metrics::AgentMetrics;
 use crate::pod::admission::Capacity;
 use crate::pod::env::Sources;
 use crate::pod::quantity;
@@ -44,6 +45,8 @@ pub struct VolumeContext<'a> {
     pub store: &'a LocalStore,
     /// The node's allocatable resources: a downwardAPI limit that is unset reports them.
     pub allocatable: Capacity,
+    /// Where token request retries are counted.
+    pub metrics: &'a AgentMetrics,
 }
 
 /// A set-up volume.

@@ -26,6 +26,9 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 struct Objects {
     config: Arc<Mutex<Option<String>>>,
     tokens_issued: Arc<Mutex<u32>>,
+    /// Token requests still to refuse, and with what message, as an API server refuses them
+    /// before it has seen the pod bound to the node.
+    refusals: Arc<Mutex<(u32, &'static str)>>,
 }
 
 fn client(objects: Objects) -> kube::Client {
@@ -58,6 +61,13 @@ fn client(objects: Objects) -> kube::Client {
                     })
                     .unwrap(),
                 ),
+                "/api/v1/namespaces/ns/serviceaccounts/robot/token"
+                    if objects.refusals.lock().unwrap().0 > 0 =>
+                {
+                    let mut refusals = objects.refusals.lock().unwrap();
+                    refusals.0 -= 1;
+                    (403, forbidden(refusals.1))
+                }
                 "/api/v1/namespaces/ns/serviceaccounts/robot/token" => {
                     let mut issued = objects.tokens_issued.lock().unwrap();
                     *issued += 1;
@@ -95,12 +105,27 @@ fn store() -> &'static LocalStore {
     &STORE
 }
 
+fn metrics() -> &'static crate::metrics::AgentMetrics {
+    static METRICS: std::sync::LazyLock<crate::metrics::AgentMetrics> =
+        std::sync::LazyLock::new(Default::default);
+    &METRICS
+}
+
 fn context(client: &kube::Client) -> VolumeContext<'_> {
     VolumeContext {
         client: Some(client),
         store: store(),
         allocatable: Capacity::default(),
+        metrics: metrics(),
     }
+}
+
+fn forbidden(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "Forbidden", "code": 403, "message": message,
+    }))
+    .unwrap()
 }
 
 fn not_found() -> Vec<u8> {
@@ -350,6 +375,59 @@ async fn projected_tokens_are_requested_once_and_renewed_when_due() {
     }
     assert_eq!(volumes.refresh(&ctx, &pod).await, vec!["sa".to_string()]);
     assert_eq!(std::fs::read_to_string(&token).unwrap(), "token-2");
+}
+
+fn token_pod() -> Pod {
+    pod(vec![Volume {
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    path: "token".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..volume("sa")
+    }])
+}
+
+#[tokio::test]
+async fn a_token_refused_while_the_api_server_catches_up_with_the_binding_is_asked_again_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    *objects.refusals.lock().unwrap() = (
+        3,
+        r#"serviceaccounts "robot" is forbidden: User "system:node:edge" cannot create resource "serviceaccounts/token": no relationship found between node 'edge' and this object"#,
+    );
+    let client = client(objects.clone());
+    let mut volumes = PodVolumes::new(dir.path());
+    volumes
+        .set_up(&context(&client), &token_pod())
+        .await
+        .expect("the fourth request gets the token, in the same set-up");
+    assert_eq!(*objects.tokens_issued.lock().unwrap(), 1);
+    assert_eq!(objects.refusals.lock().unwrap().0, 0);
+}
+
+#[tokio::test]
+async fn a_token_refused_for_another_reason_fails_the_set_up_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    *objects.refusals.lock().unwrap() = (2, "serviceaccounts \"robot\" is forbidden: by policy");
+    let client = client(objects.clone());
+    let mut volumes = PodVolumes::new(dir.path());
+    let err = volumes
+        .set_up(&context(&client), &token_pod())
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("by policy"), "{err}");
+    assert_eq!(
+        objects.refusals.lock().unwrap().0,
+        1,
+        "asked once, not again"
+    );
 }
 
 #[tokio::test]

@@ -86,7 +86,7 @@ pub(crate) async fn obtain(
             "cannot get a service account token: this node has no API server".into()
         });
     };
-    match request(client, pod, audience, expiration_seconds).await {
+    match request_when_caught_up(ctx, client, pod, audience, expiration_seconds).await {
         Ok(token) => {
             ctx.store.put_object(uid, &stored_key, &token).await;
             Ok(token)
@@ -96,6 +96,52 @@ pub(crate) async fn obtain(
             None => Err(describe(pod, &err)),
         },
         Err(err) => Err(describe(pod, &err)),
+    }
+}
+
+/// A token request right after the pod was bound can reach an API server whose view of the
+/// node's pods lags by a few milliseconds: it answers that the pod does not exist (404) or
+/// that the node has no relationship with it (403). Those two answers are asked again at
+/// once, doubling from 2 ms with jitter up to 100 ms, for at most 3 s; anything else is
+/// returned as it is, for the volume's usual back-off.
+async fn request_when_caught_up(
+    ctx: &VolumeContext<'_>,
+    client: &kube::Client,
+    pod: &Pod,
+    audience: Option<&str>,
+    expiration_seconds: Option<i64>,
+) -> Result<IssuedToken, kube::Error> {
+    let deadline = std::time::Instant::now() + CATCH_UP_BUDGET;
+    let mut delay = CATCH_UP_FIRST;
+    loop {
+        let answer = request(client, pod, audience, expiration_seconds).await;
+        match answer {
+            Err(err) if not_caught_up(&err) && std::time::Instant::now() + delay < deadline => {
+                ctx.metrics.count_token_retry();
+                let jitter = Duration::from_micros(fastrand::u64(0..=delay.as_micros() as u64 / 2));
+                tokio::time::sleep(delay + jitter).await;
+                delay = (delay * 2).min(CATCH_UP_MAX);
+            }
+            answer => return answer,
+        }
+    }
+}
+
+const CATCH_UP_FIRST: Duration = Duration::from_millis(2);
+const CATCH_UP_MAX: Duration = Duration::from_millis(100);
+const CATCH_UP_BUDGET: Duration = Duration::from_secs(3);
+
+/// Whether `err` is the API server not yet knowing that the pod is bound to this node.
+fn not_caught_up(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => {
+            let pod_missing =
+                status.code == 404 && status.details.as_ref().is_some_and(|d| d.kind == "pods");
+            let no_relationship =
+                status.code == 403 && status.message.contains("no relationship found");
+            pod_missing || no_relationship
+        }
+        _ => false,
     }
 }
 

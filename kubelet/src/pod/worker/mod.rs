@@ -89,6 +89,7 @@ impl<P> WorkerContext<P> {
             client: self.client.as_ref(),
             store: &self.store,
             allocatable: self.allocatable,
+            metrics: &self.metrics,
         }
     }
 }
@@ -277,8 +278,13 @@ impl<P: Provider> Worker<P> {
 
     /// Ends stage `name` of the pod's first start.
     pub(super) fn mark(&mut self, name: &'static str) {
+        self.mark_at(name, Instant::now());
+    }
+
+    /// Ends stage `name` of the pod's first start at `at`.
+    pub(super) fn mark_at(&mut self, name: &'static str, at: Instant) {
         if let Some(trace) = &mut self.trace {
-            trace.mark(name);
+            trace.mark_at(name, at);
         }
     }
 

@@ -1,23 +1,59 @@
-//! The Mount stage: a pod's volumes, set up before anything is pulled, as the kubelet does.
+//! The Mount stage: a pod's volumes, set up as the kubelet does before it starts anything,
+//! while its images are pulled (and compiled) side by side, since neither needs the other.
 
 use super::*;
+
+/// What pulling one container's image gave, and how long it took.
+type Prefetched<I> = (String, Result<I, ContainerError>, Duration);
 
 impl<P: Provider> Worker<P> {
     /// Sets up the pod's volumes, as the kubelet does before it pulls: a volume that cannot
     /// be set up (a Secret that does not exist yet, say) holds the pod in ContainerCreating
-    /// with a FailedMount event, and is retried.
+    /// with a FailedMount event, and is retried. The first attempt runs beside the pulls of
+    /// every image; what they fetched is kept once the volumes are set up, and the Pull stage
+    /// retries what they did not.
     pub(super) async fn mount_all(&mut self, inbox: &mut Inbox) -> Next {
         let mut delay = MOUNT_BACKOFF_INITIAL;
+        let mut prefetch = Some(prefetch(
+            self.ctx.clone(),
+            self.key.clone(),
+            inbox.pod.clone(),
+        ));
+        // Kept until the volumes are set up: only then are the pulls reported, in the
+        // kubelet's order (a pod whose volumes fail shows no Pulling or Pulled).
+        let mut fetched = Vec::new();
+        let mut pulls_done = None;
         loop {
             let pod = inbox.pod.clone();
             let ctx = self.ctx.clone();
             let volume_ctx = ctx.volume_context();
-            let mounted = tokio::select! {
-                result = self.volumes.set_up(&volume_ctx, &pod) => result,
+            let pulls = async {
+                match prefetch.take() {
+                    Some(pulls) => Some(pulls.await),
+                    None => None,
+                }
+            };
+            let mount = async {
+                let result = self.volumes.set_up(&volume_ctx, &pod).await;
+                (result, Instant::now())
+            };
+            let ((mounted, mounted_at), pulled) = tokio::select! {
+                done = async { tokio::join!(mount, pulls) } => done,
                 _ = inbox.deletion() => return Next::Terminate,
             };
+            if let Some((pulled, pulled_at)) = pulled {
+                fetched = pulled;
+                pulls_done = Some(pulled_at);
+            }
             let Err(err) = mounted else {
-                self.mark("mount");
+                // Stages that ran side by side are marked in the order they ended.
+                let mut ends = vec![("mount", mounted_at)];
+                ends.extend(pulls_done.map(|at| ("pull", at)));
+                ends.sort_by_key(|(_, at)| *at);
+                for (stage, at) in ends {
+                    self.mark_at(stage, at);
+                }
+                self.keep_prefetched(&pod, fetched);
                 return Next::Stage(Stage::Pull);
             };
             let message = err.to_string();
@@ -34,4 +70,70 @@ impl<P: Provider> Worker<P> {
             delay = (delay * 2).min(MOUNT_BACKOFF_MAX);
         }
     }
+
+    /// Keeps the images the prefetch pulled, with their events; a failure is left for the
+    /// Pull stage, which retries and reports it with the kubelet's back-off.
+    fn keep_prefetched(&mut self, pod: &Pod, pulled: Vec<Prefetched<P::Image>>) {
+        for (name, result, took) in pulled {
+            let Ok(image) = result else { continue };
+            let spec = Self::containers(pod, Kind::Init)
+                .into_iter()
+                .map(|c| (Kind::Init, c))
+                .chain(
+                    Self::containers(pod, Kind::App)
+                        .into_iter()
+                        .map(|c| (Kind::App, c)),
+                )
+                .find(|(_, c)| c.name == name);
+            let Some((kind, container)) = spec else {
+                continue;
+            };
+            let reference = container.image.clone().unwrap_or_default();
+            self.event(
+                pod,
+                Some(&container.name),
+                EventType::Normal,
+                "Pulling",
+                &format!("Pulling image \"{reference}\""),
+            );
+            self.pulled(pod, kind, &container, image, took);
+        }
+    }
+}
+
+/// Pulls every container's image of `pod` at once, with its pull secrets; returns what each
+/// gave and when the last finished.
+async fn prefetch<P: Provider>(
+    ctx: Arc<WorkerContext<P>>,
+    key: PodKey,
+    pod: Pod,
+) -> (Vec<Prefetched<P::Image>>, Instant) {
+    let secrets = env::pull_secrets(ctx.client.as_ref(), &ctx.store, &pod).await;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let containers: Vec<Container> = spec
+        .init_containers
+        .unwrap_or_default()
+        .into_iter()
+        .chain(spec.containers)
+        .collect();
+    let pulls = containers.iter().map(|container| {
+        let (ctx, key, secrets) = (&ctx, &key, &secrets);
+        async move {
+            let image = container.image.clone().unwrap_or_default();
+            let started = Instant::now();
+            let result = ctx
+                .provider
+                .pull(ImageRequest {
+                    pod: key,
+                    image: &image,
+                    pull_policy: container.image_pull_policy.as_deref(),
+                    pull_secrets: secrets,
+                    command: container.command.as_deref().unwrap_or_default(),
+                })
+                .await;
+            (container.name.clone(), result, started.elapsed())
+        }
+    });
+    let pulled = futures::future::join_all(pulls).await;
+    (pulled, Instant::now())
 }

@@ -16,15 +16,11 @@ impl<P: Provider> Worker<P> {
                     .map(|c| (Kind::App, c)),
             )
         {
-            let index = match kind {
-                Kind::Init => self
-                    .state
-                    .init
-                    .iter()
-                    .position(|r| r.name == container.name),
-                Kind::App => self.state.app.iter().position(|r| r.name == container.name),
+            if self.images.contains_key(&container.name) {
+                // Pulled beside the volumes' set-up.
+                continue;
             }
-            .unwrap_or(0);
+            let index = self.index_of(kind, &container.name);
             let image = container.image.clone().unwrap_or_default();
             loop {
                 let request = ImageRequest {
@@ -48,20 +44,7 @@ impl<P: Provider> Worker<P> {
                 };
                 match pulled {
                     Ok(pulled) => {
-                        let took = started.elapsed();
-                        self.ctx.metrics.observe_image_pull(took);
-                        self.event(
-                            &pod,
-                            Some(&container.name),
-                            EventType::Normal,
-                            "Pulled",
-                            &format!(
-                                "Successfully pulled image \"{image}\" in {:.3}s",
-                                took.as_secs_f64()
-                            ),
-                        );
-                        self.record(kind, index).image_id = Some(pulled.image_id());
-                        self.images.insert(container.name.clone(), pulled);
+                        self.pulled(&pod, kind, &container, pulled, started.elapsed());
                         break;
                     }
                     Err(err) => {
@@ -110,5 +93,40 @@ impl<P: Provider> Worker<P> {
         } else {
             Stage::Init(0)
         })
+    }
+
+    /// The record index of container `name` of `kind`.
+    fn index_of(&self, kind: Kind, name: &str) -> usize {
+        let records = match kind {
+            Kind::Init => &self.state.init,
+            Kind::App => &self.state.app,
+        };
+        records.iter().position(|r| r.name == name).unwrap_or(0)
+    }
+
+    /// Keeps the image pulled for `container` after `took`, with its `Pulled` event.
+    pub(super) fn pulled(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        container: &Container,
+        image: P::Image,
+        took: Duration,
+    ) {
+        self.ctx.metrics.observe_image_pull(took);
+        let reference = container.image.clone().unwrap_or_default();
+        self.event(
+            pod,
+            Some(&container.name),
+            EventType::Normal,
+            "Pulled",
+            &format!(
+                "Successfully pulled image \"{reference}\" in {:.3}s",
+                took.as_secs_f64()
+            ),
+        );
+        let index = self.index_of(kind, &container.name);
+        self.record(kind, index).image_id = Some(image.image_id());
+        self.images.insert(container.name.clone(), image);
     }
 }

@@ -92,12 +92,7 @@ impl<P: Provider> Worker<P> {
             self.publish().await;
             self.delete_object().await;
         }
-        let dir = self.ctx.pods_dir.join(&self.key.uid);
-        if let Err(err) = tokio::fs::remove_dir_all(&dir).await
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(dir = %dir.display(), %err, "could not remove the pod's files");
-        }
+        super::super::remove_files(&self.ctx.pods_dir, &self.key.uid).await;
     }
 
     /// Confirms the deletion to the API server (grace 0, for this UID only).
