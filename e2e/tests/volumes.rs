@@ -674,3 +674,64 @@ async fn bad_volumes_get_clear_statuses_and_the_pod_waits_for_a_missing_secret()
             .all(|l| !l.contains("panicked"))
     );
 }
+
+#[tokio::test]
+async fn a_configmap_change_reaches_a_running_pods_volume_at_once_through_its_watch() {
+    // The default sync frequency (1 m): only the ConfigMap's watch can bring the change in
+    // time.
+    let cluster = WasmCluster::start_with_options(WasmletOptions::named("vol-watched"))
+        .await
+        .unwrap();
+    let image = push_demo(&cluster.registry.host(), "ticker").unwrap();
+    cluster
+        .kubectl
+        .apply("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: live\ndata:\n  level: one\n")
+        .unwrap();
+    cluster
+        .kubectl
+        .apply(&wasm_pod(
+            "watcher",
+            &format!(
+                "  volumes: [{{name: live, configMap: {{name: live}}}}]\n  containers:\n  - name: app\n    image: {image}\n    volumeMounts: [{{name: live, mountPath: /live}}]\n"
+            ),
+        ))
+        .unwrap();
+    let pod = cluster
+        .wait_pod("watcher", "Running", MINUTE, |p| phase(p) == "Running")
+        .await
+        .unwrap();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let file = cluster
+        .node
+        .data_dir()
+        .join("pods")
+        .join(&uid)
+        .join("volumes/live/level");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "one");
+
+    cluster
+        .kubectl
+        .run(&[
+            "patch",
+            "configmap",
+            "live",
+            "-p",
+            r#"{"data":{"level":"two"}}"#,
+        ])
+        .unwrap();
+    let patched = Instant::now();
+    wait_for(
+        "the new value in the pod's volume",
+        Duration::from_secs(10),
+        || {
+            let now = std::fs::read_to_string(&file).unwrap_or_default();
+            async move { Ok((now == "two").then_some(())) }
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "ConfigMap change in the pod's volume {:.0} ms after the patch returned",
+        patched.elapsed().as_secs_f64() * 1e3
+    );
+}

@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::admission::Capacity;
 use super::quantity;
+use super::watched::WatchedObjects;
 use crate::provider::PullSecret;
 use crate::store::{LocalStore, ObjectKey};
 
@@ -24,26 +25,30 @@ pub struct ConfigError(pub String);
 /// stored copy stands in for it, so a pod restarted offline gets the same environment and
 /// volumes it had.
 pub(crate) struct Sources<'a> {
-    client: Option<&'a kube::Client>,
-    store: &'a LocalStore,
+    reads: ObjectReads<'a>,
     pod_uid: &'a str,
     namespace: &'a str,
     config_maps: BTreeMap<String, Option<ConfigMap>>,
     secrets: BTreeMap<String, Option<Secret>>,
 }
 
+/// Where a pod's ConfigMaps and Secrets come from: the node's watches of them, else the API,
+/// else (while it cannot be reached) the local store.
+#[derive(Clone, Copy)]
+pub struct ObjectReads<'a> {
+    /// The API server; None on a standalone node.
+    pub client: Option<&'a kube::Client>,
+    /// The shared watches; None on a standalone node.
+    pub watched: Option<&'a WatchedObjects>,
+    /// What the API server last said.
+    pub store: &'a LocalStore,
+}
+
 impl<'a> Sources<'a> {
-    /// Sources for the pod `pod_uid` in `namespace`; with no client (a standalone node),
-    /// only what the store holds.
-    pub(crate) fn new(
-        client: Option<&'a kube::Client>,
-        store: &'a LocalStore,
-        pod_uid: &'a str,
-        namespace: &'a str,
-    ) -> Self {
+    /// Sources for the pod `pod_uid` in `namespace`.
+    pub(crate) fn new(reads: ObjectReads<'a>, pod_uid: &'a str, namespace: &'a str) -> Self {
         Self {
-            client,
-            store,
+            reads,
             pod_uid,
             namespace,
             config_maps: BTreeMap::new(),
@@ -57,7 +62,11 @@ impl<'a> Sources<'a> {
     ) -> Result<Option<&ConfigMap>, ConfigError> {
         if !self.config_maps.contains_key(name) {
             let key = ObjectKey::config_map(self.namespace, name);
-            let found = self.read("configmap", name, &key).await?;
+            let watched = match self.reads.watched {
+                Some(w) => Some(w.config_map(self.pod_uid, self.namespace, name).await),
+                None => None,
+            };
+            let found = self.read("configmap", name, &key, watched).await?;
             self.config_maps.insert(name.to_string(), found);
         }
         Ok(self.config_maps.get(name).and_then(Option::as_ref))
@@ -66,19 +75,25 @@ impl<'a> Sources<'a> {
     pub(crate) async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, ConfigError> {
         if !self.secrets.contains_key(name) {
             let key = ObjectKey::secret(self.namespace, name);
-            let found = self.read("secret", name, &key).await?;
+            let watched = match self.reads.watched {
+                Some(w) => Some(w.secret(self.pod_uid, self.namespace, name).await),
+                None => None,
+            };
+            let found = self.read("secret", name, &key, watched).await?;
             self.secrets.insert(name.to_string(), found);
         }
         Ok(self.secrets.get(name).and_then(Option::as_ref))
     }
 
-    /// Reads `kind` `name` from the API and stores the answer; falls back to the stored copy
-    /// when the API server cannot be reached.
+    /// `kind` `name` as its watch saw it (`watched`), else read from the API; the answer is
+    /// kept in the store, and the stored copy stands in when the API server cannot be
+    /// reached.
     async fn read<K>(
         &self,
         kind: &str,
         name: &str,
         key: &ObjectKey,
+        watched: Option<Result<Option<K>, String>>,
     ) -> Result<Option<K>, ConfigError>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -89,8 +104,12 @@ impl<'a> Sources<'a> {
             + Send
             + 'static,
     {
-        let Some(client) = self.client else {
-            return match self.store.object(key).await {
+        if let Some(Ok(found)) = watched {
+            self.remember(key, found.as_ref()).await;
+            return Ok(found);
+        }
+        let Some(client) = self.reads.client else {
+            return match self.reads.store.object(key).await {
                 Some(object) => Ok(Some(object)),
                 None => Err(ConfigError(format!(
                     "cannot read {kind} {name:?}: this node has no API server"
@@ -99,15 +118,11 @@ impl<'a> Sources<'a> {
         };
         let api: Api<K> = Api::namespaced(client.clone(), self.namespace);
         match api.get_opt(name).await {
-            Ok(Some(object)) => {
-                self.store.put_object(self.pod_uid, key, &object).await;
-                Ok(Some(object))
+            Ok(found) => {
+                self.remember(key, found.as_ref()).await;
+                Ok(found)
             }
-            Ok(None) => {
-                self.store.forget_object(self.pod_uid, key).await;
-                Ok(None)
-            }
-            Err(err) if unreachable(&err) => match self.store.object(key).await {
+            Err(err) if unreachable(&err) => match self.reads.store.object(key).await {
                 Some(object) => {
                     debug!(%kind, %name, %err, "the API server cannot be reached; using the stored copy");
                     Ok(Some(object))
@@ -115,6 +130,16 @@ impl<'a> Sources<'a> {
                 None => Err(ConfigError(format!("cannot read {kind} {name:?}: {err}"))),
             },
             Err(err) => Err(ConfigError(format!("cannot read {kind} {name:?}: {err}"))),
+        }
+    }
+}
+
+impl Sources<'_> {
+    /// Keeps what the API server answered for the object under `key` in the store.
+    async fn remember<K: serde::Serialize>(&self, key: &ObjectKey, found: Option<&K>) {
+        match found {
+            Some(object) => self.reads.store.put_object(self.pod_uid, key, object).await,
+            None => self.reads.store.forget_object(self.pod_uid, key).await,
         }
     }
 }
@@ -179,8 +204,7 @@ fn keyed_value(
 
 /// The container's environment: `envFrom` first, then `env`, later entries winning.
 pub async fn resolve(
-    client: Option<&kube::Client>,
-    store: &LocalStore,
+    reads: ObjectReads<'_>,
     pod: &Pod,
     container: &Container,
     host_ip: &str,
@@ -188,7 +212,7 @@ pub async fn resolve(
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-    let mut sources = Sources::new(client, store, uid, namespace);
+    let mut sources = Sources::new(reads, uid, namespace);
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, name: String, value: String| {
         env.retain(|(n, _)| *n != name);
@@ -357,14 +381,10 @@ pub fn resource_field_value(
 
 /// The pod's `imagePullSecrets` that exist. A missing one is skipped, as the kubelet does,
 /// and the pull then says whether credentials were needed.
-pub async fn pull_secrets(
-    client: Option<&kube::Client>,
-    store: &LocalStore,
-    pod: &Pod,
-) -> Vec<PullSecret> {
+pub async fn pull_secrets(reads: ObjectReads<'_>, pod: &Pod) -> Vec<PullSecret> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-    let mut sources = Sources::new(client, store, uid, namespace);
+    let mut sources = Sources::new(reads, uid, namespace);
     let mut secrets = Vec::new();
     let names = pod
         .spec

@@ -19,6 +19,7 @@ pub mod quantity;
 pub mod state;
 pub mod table;
 mod trace;
+pub mod watched;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -47,6 +48,7 @@ use admission::{Capacity, ExtendedCapacity, Requests};
 use ended::Ended;
 use mirror::MirrorBoard;
 use table::PodTable;
+use watched::WatchedObjects;
 use worker::{Desired, Outcome, Stage, WorkerContext};
 
 /// How long a stopping agent waits for its pod workers to stop their containers and flush
@@ -123,6 +125,7 @@ impl<P: Provider> PodManager<P> {
         Self {
             ctx: Arc::new(WorkerContext {
                 recorder: EventRecorder::new(sources.client.clone(), &settings.node_name),
+                watched: sources.client.clone().map(WatchedObjects::new),
                 client: sources.client,
                 store,
                 link,
@@ -365,6 +368,9 @@ impl<P: Provider> PodManager<P> {
     async fn worker_ended(&mut self, uid: &str, outcome: Outcome) {
         let handle = self.workers.remove(uid);
         self.ctx.table.remove(uid);
+        if let Some(watched) = &self.ctx.watched {
+            watched.release(uid);
+        }
         if outcome == Outcome::AgentStopping {
             return;
         }

@@ -20,10 +20,9 @@ use tracing::warn;
 
 use crate::metrics::AgentMetrics;
 use crate::pod::admission::Capacity;
-use crate::pod::env::Sources;
+use crate::pod::env::{ObjectReads, Sources};
 use crate::pod::quantity;
 use crate::provider::Mount;
-use crate::store::LocalStore;
 use payload::Payload;
 use token::IssuedToken;
 
@@ -39,10 +38,8 @@ pub struct MountError {
 
 /// What a volume's set-up needs from the agent.
 pub struct VolumeContext<'a> {
-    /// For ConfigMaps, Secrets and service account tokens; None on a standalone node.
-    pub client: Option<&'a kube::Client>,
-    /// Where what the API server gave is kept, to stand in for it while it is unreachable.
-    pub store: &'a LocalStore,
+    /// Where ConfigMaps, Secrets and service account tokens come from.
+    pub reads: ObjectReads<'a>,
     /// The node's allocatable resources: a downwardAPI limit that is unset reports them.
     pub allocatable: Capacity,
     /// Where token request retries are counted.
@@ -82,7 +79,7 @@ impl PodVolumes {
     pub async fn set_up(&mut self, ctx: &VolumeContext<'_>, pod: &Pod) -> Result<(), MountError> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let mut sources = Sources::new(ctx.client, ctx.store, uid, namespace);
+        let mut sources = Sources::new(ctx.reads, uid, namespace);
         for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             let prepared = self
                 .materialise(ctx, &mut sources, pod, volume)
@@ -101,7 +98,7 @@ impl PodVolumes {
     pub async fn refresh(&mut self, ctx: &VolumeContext<'_>, pod: &Pod) -> Vec<String> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let mut sources = Sources::new(ctx.client, ctx.store, uid, namespace);
+        let mut sources = Sources::new(ctx.reads, uid, namespace);
         let mut updated = Vec::new();
         for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             if !self.volumes.get(&volume.name).is_some_and(|v| v.from_api) {

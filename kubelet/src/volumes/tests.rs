@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::client::Body;
 
 use super::*;
+use crate::pod::env::ObjectReads;
 use crate::store::LocalStore;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -113,8 +114,11 @@ fn metrics() -> &'static crate::metrics::AgentMetrics {
 
 fn context(client: &kube::Client) -> VolumeContext<'_> {
     VolumeContext {
-        client: Some(client),
-        store: store(),
+        reads: ObjectReads {
+            client: Some(client),
+            watched: None,
+            store: store(),
+        },
         allocatable: Capacity::default(),
         metrics: metrics(),
     }

@@ -76,19 +76,20 @@ pub(crate) async fn obtain(
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     let stored_key = ObjectKey::token(uid, key, audience);
     let stored = || async {
-        ctx.store
+        ctx.reads
+            .store
             .object::<IssuedToken>(&stored_key)
             .await
             .filter(|token| !token.expired(Timestamp::now()))
     };
-    let Some(client) = ctx.client else {
+    let Some(client) = ctx.reads.client else {
         return stored().await.ok_or_else(|| {
             "cannot get a service account token: this node has no API server".into()
         });
     };
     match request_when_caught_up(ctx, client, pod, audience, expiration_seconds).await {
         Ok(token) => {
-            ctx.store.put_object(uid, &stored_key, &token).await;
+            ctx.reads.store.put_object(uid, &stored_key, &token).await;
             Ok(token)
         }
         Err(err) if unreachable(&err) => match stored().await {

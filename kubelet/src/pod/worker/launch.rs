@@ -21,8 +21,7 @@ impl<P: Provider> Worker<P> {
                 fatal: true,
             })?;
         let env = env::resolve(
-            self.ctx.client.as_ref(),
-            &self.ctx.store,
+            self.ctx.reads(),
             pod,
             &container,
             &self.ctx.host_ip,

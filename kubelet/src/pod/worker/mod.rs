@@ -40,9 +40,11 @@ use tracing::{debug, info, warn};
 
 use super::admission::{Capacity, Rejection, Requests};
 use super::backoff::CrashLoop;
+use super::env::ObjectReads;
 use super::state::{ContainerRecord, ContainerState, Phase, PodState, overwritten};
 use super::table::PodTable;
 use super::trace::StartTrace;
+use super::watched::WatchedObjects;
 use super::{env, quantity};
 use crate::events::{EventRecorder, EventType};
 use crate::link::{Link, Restorations};
@@ -64,6 +66,8 @@ pub(crate) struct WorkerContext<P> {
     pub(crate) client: Option<kube::Client>,
     /// The node's local store: the pod's status is kept there for the next run.
     pub(crate) store: LocalStore,
+    /// The ConfigMaps and Secrets pods read, each watched once (None on a standalone node).
+    pub(crate) watched: Option<WatchedObjects>,
     /// The link to the API server, which status patches report on.
     pub(crate) link: Link,
     pub(crate) provider: Arc<P>,
@@ -84,10 +88,17 @@ pub(crate) struct WorkerContext<P> {
 }
 
 impl<P> WorkerContext<P> {
+    fn reads(&self) -> ObjectReads<'_> {
+        ObjectReads {
+            client: self.client.as_ref(),
+            watched: self.watched.as_ref(),
+            store: &self.store,
+        }
+    }
+
     fn volume_context(&self) -> VolumeContext<'_> {
         VolumeContext {
-            client: self.client.as_ref(),
-            store: &self.store,
+            reads: self.reads(),
             allocatable: self.allocatable,
             metrics: &self.metrics,
         }
@@ -176,6 +187,7 @@ pub(crate) async fn run<P: Provider>(
             .clone()
             .map(|client| Api::namespaced(client, &key.namespace)),
         restorations: ctx.link.watch(),
+        changes: ctx.watched.as_ref().map(|w| w.changes(&key.uid)),
         source,
         ctx,
         key,
@@ -209,6 +221,8 @@ struct Worker<P: Provider> {
     source: PodSource,
     /// Tells the worker when the link to the API server comes back.
     restorations: Restorations,
+    /// Tells the worker when a ConfigMap or Secret it reads changes.
+    changes: Option<watch::Receiver<u64>>,
     key: PodKey,
     state: PodState,
     volumes: PodVolumes,

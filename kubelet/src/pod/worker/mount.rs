@@ -108,7 +108,7 @@ async fn prefetch<P: Provider>(
     key: PodKey,
     pod: Pod,
 ) -> (Vec<Prefetched<P::Image>>, Instant) {
-    let secrets = env::pull_secrets(ctx.client.as_ref(), &ctx.store, &pod).await;
+    let secrets = env::pull_secrets(ctx.reads(), &pod).await;
     let spec = pod.spec.clone().unwrap_or_default();
     let containers: Vec<Container> = spec
         .init_containers

@@ -5,7 +5,7 @@ use super::*;
 impl<P: Provider> Worker<P> {
     pub(super) async fn pull_all(&mut self, inbox: &mut Inbox) -> Next {
         let pod = inbox.pod.clone();
-        let secrets = env::pull_secrets(self.ctx.client.as_ref(), &self.ctx.store, &pod).await;
+        let secrets = env::pull_secrets(self.ctx.reads(), &pod).await;
         let mut delay = PULL_BACKOFF_INITIAL;
         for (kind, container) in Self::containers(&pod, Kind::Init)
             .into_iter()

@@ -91,6 +91,9 @@ impl<P: Provider> Worker<P> {
         let count = self.state.app.len();
         let mut due: Vec<Option<Instant>> = vec![Some(Instant::now()); count];
         let period = self.ctx.sync_frequency;
+        // A clone sees every change since the worker subscribed, before its volumes were set
+        // up: none is missed.
+        let mut changes = self.changes.clone();
         let mut sync = tokio::time::interval_at((Instant::now() + period).into(), period);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -165,6 +168,10 @@ impl<P: Provider> Worker<P> {
                 }
                 _ = sleep_until(next_due) => {}
                 _ = self.resend_due() => self.last_sent = None,
+                () = sources_changed(&mut changes) => {
+                    // A ConfigMap or Secret it reads changed: its volumes follow at once.
+                    self.refresh_volumes(&inbox.pod.clone()).await;
+                }
                 _ = sync.tick() => {
                     // The latest object: a label change shows in downwardAPI volumes.
                     let current = inbox.pod.clone();
@@ -172,11 +179,7 @@ impl<P: Provider> Worker<P> {
                         info!(pod = %pod_name, "the pod's status was changed by another writer; sending the node's again");
                         self.last_sent = None;
                     }
-                    let ctx = self.ctx.clone();
-                    let updated = self.volumes.refresh(&ctx.volume_context(), &current).await;
-                    if !updated.is_empty() {
-                        info!(pod = %pod_name, volumes = ?updated, "volumes updated");
-                    }
+                    self.refresh_volumes(&current).await;
                     if let Some(message) = self.volumes.over_size_limit().await {
                         return self.evict(&current, exits, message).await;
                     }
@@ -184,5 +187,24 @@ impl<P: Provider> Worker<P> {
                 _ = inbox.deletion() => return Next::Terminate,
             }
         }
+    }
+
+    /// Rewrites the API-backed volumes whose sources changed.
+    async fn refresh_volumes(&mut self, pod: &Pod) {
+        let ctx = self.ctx.clone();
+        let updated = self.volumes.refresh(&ctx.volume_context(), pod).await;
+        if !updated.is_empty() {
+            info!(pod = %self.key.name, volumes = ?updated, "volumes updated");
+        }
+    }
+}
+
+/// Resolves when an object the pod reads changed; never without watches.
+async fn sources_changed(changes: &mut Option<watch::Receiver<u64>>) {
+    let Some(rx) = changes else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
