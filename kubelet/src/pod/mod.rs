@@ -129,6 +129,7 @@ impl<P: Provider> PodManager<P> {
                 client: sources.client,
                 store,
                 link,
+                status_patches: tokio::sync::Semaphore::new(worker::STATUS_PATCHES_IN_FLIGHT),
                 provider,
                 host_ip: settings.host_ip.clone(),
                 pods_dir: shared.pods_dir.clone(),

@@ -70,6 +70,8 @@ pub(crate) struct WorkerContext<P> {
     pub(crate) watched: Option<WatchedObjects>,
     /// The link to the API server, which status patches report on.
     pub(crate) link: Link,
+    /// Permits for status patches in flight ([`STATUS_PATCHES_IN_FLIGHT`]).
+    pub(crate) status_patches: tokio::sync::Semaphore,
     pub(crate) provider: Arc<P>,
     pub(crate) recorder: EventRecorder,
     pub(crate) host_ip: String,
@@ -128,8 +130,12 @@ const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// volume manager retries (its cap is about two minutes).
 const MOUNT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 const MOUNT_BACKOFF_MAX: Duration = Duration::from_secs(122);
-/// A status the API server did not accept is sent again after this long.
+/// A status the API server did not accept is sent again after this long, plus up to
+/// this much jitter.
 const STATUS_RETRY: Duration = Duration::from_secs(5);
+const STATUS_RETRY_JITTER_MS: u64 = 1000;
+/// Status patches in flight at once, across the node's pods.
+pub(crate) const STATUS_PATCHES_IN_FLIGHT: usize = 64;
 /// How long the log writer may take to flush after a container ends.
 const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Exit code reported for a container the agent had to kill, as for SIGKILL.

@@ -31,6 +31,9 @@ impl<P: Provider> Worker<P> {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
+        // Under a burst, patches for different pods go out side by side, at most
+        // STATUS_PATCHES_IN_FLIGHT at once; the permit is only ever held for one request.
+        let _permit = self.ctx.status_patches.acquire().await;
         let started = Instant::now();
         match api
             .patch_status(&self.key.name, &params, &Patch::Strategic(&patch))
@@ -66,9 +69,11 @@ impl<P: Provider> Worker<P> {
     /// the API holds). The caller then forgets what it sent. Cancel-safe.
     pub(super) async fn resend_due(&mut self) {
         let unsent = self.unsent;
+        // Jittered, so pods whose patches failed together do not retry in lockstep.
+        let jitter = Duration::from_millis(fastrand::u64(0..=STATUS_RETRY_JITTER_MS));
         let retry = async move {
             if unsent {
-                tokio::time::sleep(STATUS_RETRY).await;
+                tokio::time::sleep(STATUS_RETRY + jitter).await;
             } else {
                 std::future::pending::<()>().await;
             }
