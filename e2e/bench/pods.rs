@@ -32,6 +32,8 @@ const BURST: usize = 20;
 const LOG_LINES: usize = 200;
 /// Pods created, then deleted together, for the deletion target.
 const DELETE_BATCH: usize = 100;
+/// ConfigMap patches timed until they show in a pod's volume.
+const CONFIG_CHANGES: usize = 20;
 /// The fresh module: about 2 MB, nearly all of it code to compile.
 const FRESH_MODULE_BYTES: usize = 2_000_000;
 
@@ -141,6 +143,9 @@ async fn main() -> anyhow::Result<()> {
         series.insert(shape.name().to_string(), result);
     }
 
+    let config_change = config_change_latency(&cluster, &pods, &configs).await?;
+    eprintln!("ConfigMap change → pod volume: {config_change}");
+
     let logs = follow_latency(&pods, &mut watch, manifest("logger", 20)?).await?;
     eprintln!("log latency: {logs}");
 
@@ -230,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
         "footprint": footprint,
         "fresh_module": {"bytes": sleeper.len(), "create_to_running_ms": ms(fresh)},
         "cached_start_series": series,
+        "configmap_change_to_pod_volume_ms": config_change,
         "log_follow_latency_ms": logs,
         "density": {
             "pods": total,
@@ -299,6 +305,49 @@ fn shaped(shape: PodShape, name: &str, image: &str, interval_ms: u64) -> anyhow:
         ),
     );
     Ok(serde_yaml::from_str(&yaml)?)
+}
+
+/// ConfigMap changes to visible in a running pod's volume on the node: `CONFIG_CHANGES`
+/// patches of `bench-config`, each timed from the patch returning to the new content in the
+/// volume file of a pod of the config series (polled every millisecond).
+async fn config_change_latency(
+    cluster: &WasmCluster,
+    pods: &kube::Api<Pod>,
+    configs: &kube::Api<ConfigMap>,
+) -> anyhow::Result<Value> {
+    let reader = pods.get("config-one-0").await?;
+    let uid = reader.metadata.uid.unwrap_or_default();
+    let file = cluster
+        .node
+        .data_dir()
+        .join("pods")
+        .join(uid)
+        .join("volumes/config/app.conf");
+    let mut latencies = Vec::new();
+    for i in 0..CONFIG_CHANGES {
+        let value = format!("level=debug-{i}");
+        let patch = json!({"data": {"app.conf": value}});
+        configs
+            .patch(
+                "bench-config",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+        let patched = Instant::now();
+        let deadline = patched + Duration::from_secs(30);
+        while std::fs::read_to_string(&file).unwrap_or_default() != value {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the change never reached {}",
+                file.display()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        latencies.push(patched.elapsed());
+    }
+    latencies.sort();
+    Ok(percentiles(&latencies))
 }
 
 /// The node's count of TokenRequests sent again (`wasmlet_token_request_retries_total`),

@@ -9,7 +9,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, Pod, PodSpec, PodStatus, Toleration};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -243,51 +242,63 @@ fn parse_documents(text: &str, file: &Path, node_name: &str) -> Vec<Parsed> {
 }
 
 /// The pods of a YAML stream; empty and `null` documents (a leading or trailing `---`) are
-/// no pod and no error.
-///
-/// Syntax is checked over the whole stream first: serde_yaml reports a document's syntax
-/// error only after its events, so a typed read would report a type error that is only a
-/// symptom (`[unclosed` read as a sequence), and every document after a syntax error would
-/// repeat it. Documents before the error are still used; none after it can be read.
+/// no pod and no error. Each document is read on its own (a `---` at the start of a line
+/// always begins a new one), so a bad document spoils only itself and its errors carry the
+/// line in the file. serde-saphyr is the YAML reader kube already brings.
 fn yaml_documents(text: &str) -> Vec<Parsed> {
-    let mut readable = 0;
-    let mut stopped = None;
-    for document in serde_yaml::Deserializer::from_str(text) {
-        if readable == MAX_DOCUMENTS {
-            stopped = Some((None, too_many_documents()));
+    let mut documents = Vec::new();
+    for (index, (first_line, document)) in split_documents(text).into_iter().enumerate() {
+        if index == MAX_DOCUMENTS {
+            documents.push(Err((None, too_many_documents())));
             break;
         }
-        if let Err(error) = serde::de::IgnoredAny::deserialize(document) {
-            stopped = Some(yaml_error(&error));
-            break;
+        if is_blank(document) {
+            continue;
         }
-        readable += 1;
+        match serde_saphyr::from_str::<Option<Pod>>(document) {
+            Ok(Some(pod)) => documents.push(Ok(pod)),
+            Ok(None) => {}
+            Err(error) => documents.push(Err(yaml_error(&error, first_line))),
+        }
     }
-    let mut documents: Vec<Parsed> = serde_yaml::Deserializer::from_str(text)
-        .take(readable)
-        .filter_map(|document| match Option::<Pod>::deserialize(document) {
-            Ok(pod) => pod.map(Ok),
-            Err(error) => Some(Err(yaml_error(&error))),
-        })
-        .collect();
-    documents.extend(stopped.map(Err));
     documents
 }
 
-/// The line of a serde_yaml error, and its message without the "at line L column C" that
-/// `file:line:` already says (the column is kept).
-fn yaml_error(error: &serde_yaml::Error) -> (Option<usize>, String) {
+/// The documents of a YAML stream, each with the number of lines before it.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0, 0, 0);
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        let marker = line.trim_end();
+        let starts_document =
+            marker == "---" || marker.starts_with("--- ") || marker.starts_with("---\t");
+        if starts_document && offset > start {
+            documents.push((start_line, &text[start..offset]));
+            (start, start_line) = (offset, number);
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &text[start..]));
+    documents
+}
+
+/// Whether a document holds nothing but markers, comments and blank lines.
+fn is_blank(document: &str) -> bool {
+    document.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line == "---" || line == "..." || line.starts_with('#')
+    })
+}
+
+/// The line in the file of a YAML error in a document that starts after `lines_before`
+/// lines, and its message.
+fn yaml_error(error: &serde_saphyr::Error, lines_before: usize) -> (Option<usize>, String) {
     let message = error.to_string();
-    let Some(location) = error.location() else {
-        return (None, message);
-    };
-    let (line, column) = (location.line(), location.column());
-    let message = message.replacen(
-        &format!(" at line {line} column {column}"),
-        &format!(" (column {column})"),
-        1,
-    );
-    (Some(line), message)
+    let line = error
+        .location()
+        .and_then(|at| usize::try_from(at.line()).ok())
+        .and_then(|line| line.checked_add(lines_before));
+    (line, message.lines().next().unwrap_or_default().to_string())
 }
 
 /// The pods of a JSON file: one object, or several one after another.
