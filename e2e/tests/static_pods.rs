@@ -163,14 +163,25 @@ async fn a_standalone_node_joined_later_shows_its_static_pods_as_mirror_pods() {
         )
         .await
         .unwrap();
-    let ps = cluster.node.tool(&["ps"]).unwrap();
-    assert_eq!(
-        ps_row(&ps, "ticker-edge-static")
-            .map(|c| c[5].clone())
-            .as_deref(),
-        Some("1"),
-        "one restart, when the node was restarted to join; none for the mirror: {ps}"
-    );
+    // The store is written by its own thread just after the API is told: wait for it.
+    wait_for(
+        "one restart in wasmlet ps: the node's restart to join; none for the mirror",
+        Duration::from_secs(10),
+        || {
+            let ps = cluster.node.tool(&["ps"]);
+            async move {
+                let ps = ps.map_err(|e| format!("{e:#}"))?;
+                let restarts = ps_row(&ps, "ticker-edge-static").map(|c| c[5].clone());
+                match restarts.as_deref() {
+                    Some("1") => Ok(Some(())),
+                    other => Err(format!("restarts {other:?}:\n{ps}")),
+                }
+            }
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", cluster.node.log_tail(60)))
+    .unwrap();
 
     // Removing the manifest removes the pod and its mirror.
     std::fs::remove_file(&manifest).unwrap();
