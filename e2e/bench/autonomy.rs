@@ -72,7 +72,13 @@ async fn offline_restart(count: usize) -> anyhow::Result<Value> {
             let ps = cluster.node.tool(&["ps"]);
             async move {
                 let ps = ps.map_err(|e| format!("{e:#}"))?;
-                let running = ps.lines().filter(|l| l.contains(" Running ")).count();
+                // The new instances: Running, with the restart counted. The rows from
+                // before the restart say Running too, with no restart.
+                let running = ps
+                    .lines()
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                    .filter(|cols| cols.get(4) == Some(&"Running") && cols.get(5) == Some(&"1"))
+                    .count();
                 Ok((running >= count).then_some(()))
             }
         },
