@@ -607,7 +607,7 @@ fn is_dns_label_part(part: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const NODE: &str = "node-a";
@@ -624,7 +624,8 @@ mod tests {
             .collect()
     }
 
-    const WEB: &str = "\
+    /// A minimal valid manifest, shared with the watcher's tests.
+    pub(in crate::static_pods) const WEB: &str = "\
 apiVersion: v1
 kind: Pod
 metadata:

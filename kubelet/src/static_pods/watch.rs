@@ -325,16 +325,7 @@ mod tests {
     use super::*;
 
     const NODE: &str = "node-a";
-    const WEB: &str = "\
-apiVersion: v1
-kind: Pod
-metadata:
-  name: web
-spec:
-  containers:
-  - name: app
-    image: registry.example/app:1
-";
+    use super::super::manifest::tests::WEB;
     /// The requirement is well within 1 s; the slack is for a loaded CI machine.
     const DEADLINE: Duration = Duration::from_secs(3);
 
