@@ -451,3 +451,11 @@ impl StandaloneWasmlet {
         self.process.log_tail(lines)
     }
 }
+
+/// The `wasmlet ps` row of `pod`'s (only) container, split into its columns: namespace, pod,
+/// phase, container, state, restarts, age, source.
+pub fn ps_row(ps: &str, pod: &str) -> Option<Vec<String>> {
+    ps.lines()
+        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .find(|cols| cols.get(1).map(String::as_str) == Some(pod))
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use e2e::demos::{cri_ticks, push_demo, tick};
 use e2e::status::{condition, container, running};
-use e2e::{WasmCluster, WasmletOptions, wait_for, wasm_pod};
+use e2e::{WasmCluster, WasmletOptions, ps_row, wait_for, wasm_pod};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -110,13 +110,6 @@ fn ticks(log: &str) -> Vec<u64> {
     log.lines()
         .filter_map(|l| tick(l).map(|(n, _)| n))
         .collect()
-}
-
-/// The `wasmlet ps` row of `pod`'s only container, split into its columns.
-fn ps_row(ps: &str, pod: &str) -> Option<Vec<String>> {
-    ps.lines()
-        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
-        .find(|cols| cols.get(1).map(String::as_str) == Some(pod))
 }
 
 #[tokio::test]

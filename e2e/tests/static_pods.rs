@@ -5,16 +5,9 @@ use std::time::Duration;
 
 use e2e::demos::{push_demo, tick};
 use e2e::status::running;
-use e2e::{Registry, StandaloneWasmlet, WasmCluster, WasmletOptions, wait_for};
+use e2e::{Registry, StandaloneWasmlet, WasmCluster, WasmletOptions, ps_row, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// The `wasmlet ps` columns of `pod`'s row, if it is listed.
-fn ps_row(ps: &str, pod: &str) -> Option<Vec<String>> {
-    ps.lines()
-        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
-        .find(|cols| cols.get(1).map(String::as_str) == Some(pod))
-}
 
 #[tokio::test]
 async fn a_standalone_node_runs_its_static_pods_and_follows_its_manifest_directory() {
