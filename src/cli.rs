@@ -71,6 +71,15 @@ pub struct Cli {
     /// brought up to date, e.g. 1m or 10s
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_period)]
     pub sync_frequency: std::time::Duration,
+    /// How a module or component the node has not run before is compiled:
+    /// baseline-then-optimised (Winch so the pod starts at once, Cranelift in the background
+    /// for later instances), optimised (Cranelift only) or baseline (Winch only)
+    #[arg(
+        long,
+        value_name = "TIERING",
+        default_value = "baseline-then-optimised"
+    )]
+    pub compile_tiering: wasi_provider::Tiering,
 }
 
 /// A positive duration as the kubelet's flags take it (`1m`, `10s`, `1m30s`).
@@ -366,6 +375,30 @@ mod tests {
         for bad in ["0s", "-5s", "soon"] {
             assert!(period(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn compile_tiering_names_each_setting_and_refuses_others() {
+        let tiering = |arg: &str| {
+            Cli::try_parse_from(["wasmlet", "--compile-tiering", arg]).map(|c| c.compile_tiering)
+        };
+        assert_eq!(
+            Cli::try_parse_from(["wasmlet"]).unwrap().compile_tiering,
+            wasi_provider::Tiering::BaselineThenOptimised
+        );
+        assert_eq!(
+            tiering("optimised").unwrap(),
+            wasi_provider::Tiering::Optimised
+        );
+        assert_eq!(
+            tiering("baseline").unwrap(),
+            wasi_provider::Tiering::Baseline
+        );
+        let err = tiering("fast").unwrap_err().to_string();
+        assert!(
+            err.contains("baseline-then-optimised, optimised, baseline"),
+            "{err}"
+        );
     }
 
     #[test]

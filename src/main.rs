@@ -198,6 +198,7 @@ fn wasi_provider(
         store_dir: data_dir.path().join("oci"),
         max_pods: node.max_pods,
         insecure_registries: cli.insecure_registries.clone(),
+        tiering: cli.compile_tiering,
     })
     .context("cannot start the WASI provider")
 }

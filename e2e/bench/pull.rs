@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
             policy: PullPolicy::IfNotPresent,
             auth: RegistryAuth::Anonymous,
             entry: None,
+            on_verified: None,
         };
 
         let mut fresh = Vec::new();

@@ -113,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         store_dir: work.path().join("store"),
         max_pods: 110,
         insecure_registries: vec![registry.host()],
+        tiering: wasi_provider::Tiering::default(),
     })?;
     let pod = PodKey {
         namespace: "default".into(),

@@ -33,6 +33,7 @@ fn request(image: &str, policy: PullPolicy) -> PullRequest<'_> {
         policy,
         auth: RegistryAuth::Anonymous,
         entry: None,
+        on_verified: None,
     }
 }
 

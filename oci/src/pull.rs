@@ -44,7 +44,7 @@ impl Default for PullerConfig {
 }
 
 /// One pull.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PullRequest<'a> {
     /// The image reference, as in the pod spec.
     pub image: &'a str,
@@ -55,6 +55,20 @@ pub struct PullRequest<'a> {
     /// For compat images: the file the container's command names, overriding the image's
     /// entrypoint. Ignored by the single-layer shapes, which hold exactly one Wasm.
     pub entry: Option<&'a str>,
+    /// Called once with a downloaded artifact as soon as its Wasm bytes are verified, before
+    /// the pull finishes: a runtime starts compiling here.
+    pub on_verified: Option<&'a (dyn Fn(&WasmArtifact) + Send + Sync)>,
+}
+
+impl std::fmt::Debug for PullRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullRequest")
+            .field("image", &self.image)
+            .field("policy", &self.policy)
+            .field("entry", &self.entry)
+            .field("on_verified", &self.on_verified.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Pulls artifacts into a [`Store`]. Concurrent pulls of one reference collapse into one
@@ -316,6 +330,9 @@ impl Puller {
             }
             (_, None) => return Err(not_wasm("no Wasm layer".into())),
         };
+        if let Some(verified) = request.on_verified {
+            verified(&artifact);
+        }
         Ok(ArtifactRecord {
             key: key.to_string(),
             artifact,
@@ -587,6 +604,7 @@ mod tests {
                 policy: PullPolicy::IfNotPresent,
                 auth: RegistryAuth::Anonymous,
                 entry: None,
+                on_verified: None,
             };
             puller.pull(&request).await.unwrap();
         }

@@ -1,24 +1,24 @@
-//! The node-wide Wasmtime engine and the clock that drives epoch interruption.
+//! The node's two Wasmtime engines, one per compiler tier, and the clock that drives epoch
+//! interruption.
 
 use std::time::Duration;
 
-use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
 use crate::WasiProviderConfig;
+use crate::code::{TierKind, Tiering};
 
-/// The engine could not be built with the node's settings.
+/// The engines could not be built with the node's settings.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The compiled-code cache could not be set up in its directory.
-    #[error("cannot set up the compiled-module cache in {dir}")]
+    #[error("cannot set up the compiled-code cache in {dir}")]
     Cache {
         /// The cache directory.
         dir: std::path::PathBuf,
         /// The cause.
         #[source]
-        source: wasmtime::Error,
+        source: std::io::Error,
     },
     /// Wasmtime rejected the configuration.
     #[error("cannot build the wasmtime engine")]
@@ -31,54 +31,60 @@ const INSTANCES_PER_POD: u32 = 4;
 /// How often the epoch advances: a guest that never yields gives the CPU back this often.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-pub(crate) fn build(config: &WasiProviderConfig) -> Result<Engine, EngineError> {
-    with_cache(config, disk_cache(config)?)
-}
-
-/// The on-disk cache of compiled code in `config.cache_dir`. Wasmtime keys each entry by the
-/// Wasm bytes and the engine's settings, so a changed setting never loads stale code.
-fn disk_cache(config: &WasiProviderConfig) -> Result<Cache, EngineError> {
-    let mut cache_config = CacheConfig::new();
-    cache_config.with_directory(&config.cache_dir);
-    Cache::new(cache_config).map_err(|source| EngineError::Cache {
-        dir: config.cache_dir.clone(),
-        source,
-    })
-}
-
-fn with_cache(config: &WasiProviderConfig, cache: Cache) -> Result<Engine, EngineError> {
-    let slots = config
-        .max_pods
-        .saturating_mul(INSTANCES_PER_POD)
-        .max(INSTANCES_PER_POD);
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_core_instances(slots)
-        .total_component_instances(slots)
-        .total_memories(slots)
-        .total_tables(slots)
-        .total_stacks(slots);
-
+/// The engine for `tier`. Both share the settings every guest relies on (epochs, the
+/// component model); they differ in compiler and allocator.
+pub(crate) fn build(config: &WasiProviderConfig, tier: TierKind) -> Result<Engine, EngineError> {
     let mut wasm = Config::new();
-    wasm.epoch_interruption(true)
-        .wasm_component_model(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-        .cache(Some(cache));
+    wasm.epoch_interruption(true).wasm_component_model(true);
+    match tier {
+        TierKind::Optimised => {
+            let slots = config
+                .max_pods
+                .saturating_mul(INSTANCES_PER_POD)
+                .max(INSTANCES_PER_POD);
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_core_instances(slots)
+                .total_component_instances(slots)
+                .total_memories(slots)
+                .total_tables(slots)
+                .total_stacks(slots);
+            wasm.strategy(Strategy::Cranelift)
+                .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+                // Tiered, Cranelift works in the background and leaves a core to the pods;
+                // alone, it is what a new pod waits for, so it gets every core.
+                .parallel_compilation(config.tiering == Tiering::Optimised);
+        }
+        TierKind::Baseline => {
+            // Baseline code runs only until the optimised code is ready, so it does not get
+            // a pool of its own (that would double the address space the node reserves);
+            // its instances are allocated on demand.
+            wasm.strategy(Strategy::Winch)
+                .allocation_strategy(InstanceAllocationStrategy::OnDemand)
+                .parallel_compilation(true);
+        }
+    }
     Engine::new(&wasm).map_err(EngineError::Engine)
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on one thread for the whole node (a
-/// signal-safe atomic add; the thread ends when the engine is dropped).
+/// Advances the engines' epochs every [`EPOCH_TICK`] on one thread for the whole node (a
+/// signal-safe atomic add; the thread ends when the engines are dropped).
 pub(crate) struct EpochTicker;
 
 impl EpochTicker {
-    pub(crate) fn start(engine: &Engine) -> Self {
-        let weak = engine.weak();
+    pub(crate) fn start(engines: &[&Engine]) -> Self {
+        let weak: Vec<_> = engines.iter().map(|e| e.weak()).collect();
         let spawned = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
+                loop {
+                    let mut alive = false;
+                    for engine in weak.iter().filter_map(|w| w.upgrade()) {
+                        engine.increment_epoch();
+                        alive = true;
+                    }
+                    if !alive {
+                        break;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                 }
             });
@@ -94,41 +100,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn engine_builds_with_pooling_epochs_and_cache_for_a_dense_node() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = build(&WasiProviderConfig {
-            cache_dir: dir.path().join("cache"),
-            store_dir: dir.path().join("store"),
-            max_pods: 1000,
-            insecure_registries: vec![],
-        })
-        .unwrap();
-        let module = wasmtime::Module::new(&engine, "(module)").unwrap();
-        let mut store = wasmtime::Store::new(&engine, ());
-        store.set_epoch_deadline(1);
-        wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-    }
-
-    #[test]
-    fn compiled_code_is_cached_on_disk_and_loaded_by_the_next_engine() {
+    fn both_engines_build_for_a_dense_node_and_run_with_epochs() {
         let dir = tempfile::tempdir().unwrap();
         let config = WasiProviderConfig {
             cache_dir: dir.path().join("cache"),
             store_dir: dir.path().join("store"),
-            max_pods: 10,
+            max_pods: 1000,
             insecure_registries: vec![],
+            tiering: Tiering::default(),
         };
-        let wasm = r#"(module (func (export "f") (result i32) i32.const 42))"#;
-        // Two engines, as two runs of the node: the second must load what the first compiled.
-        for (run, (hits, misses)) in [(0, 1), (1, 0)].into_iter().enumerate() {
-            let cache = disk_cache(&config).unwrap();
-            let engine = with_cache(&config, cache.clone()).unwrap();
-            wasmtime::Module::new(&engine, wasm).unwrap();
-            assert_eq!(
-                (cache.cache_hits(), cache.cache_misses()),
-                (hits, misses),
-                "run {run}: (hits, misses)"
-            );
+        for tier in [TierKind::Baseline, TierKind::Optimised] {
+            let engine = build(&config, tier).unwrap();
+            let module = wasmtime::Module::new(&engine, "(module)").unwrap();
+            let mut store = wasmtime::Store::new(&engine, ());
+            store.set_epoch_deadline(1);
+            wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
         }
     }
 }

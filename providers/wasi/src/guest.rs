@@ -3,13 +3,13 @@
 
 use kubelet::{ContainerExit, ContainerStart};
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::compile::Compiled;
+use crate::code::{Code, Compiled};
 use crate::http::{HttpPolicy, OutboundHttp};
 use crate::metering::{CpuQuota, MeteredLimits, cpu_metered};
 
@@ -103,12 +103,7 @@ impl Plan {
 }
 
 /// Runs the instance until it exits or `start.stop` fires.
-pub(crate) async fn run(
-    engine: Engine,
-    compiled: Compiled,
-    plan: Plan,
-    start: ContainerStart,
-) -> ContainerExit {
+pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -> ContainerExit {
     let stop = start.stop.clone();
     let mut builder = WasiCtxBuilder::new();
     if let Err(message) = preopen(&mut builder, &start).await {
@@ -133,8 +128,9 @@ pub(crate) async fn run(
         .build();
     let limits = MeteredLimits::new(limits, start.usage.clone());
     let running = async {
-        match compiled {
-            Compiled::Module(pre) => {
+        let engine = compiled.engine;
+        match compiled.code {
+            Code::Module(pre) => {
                 let mut store = Store::new(
                     &engine,
                     P1Host {
@@ -148,7 +144,7 @@ pub(crate) async fn run(
                 let main = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                 main.call_async(&mut store, ()).await.map(|()| true)
             }
-            Compiled::Component(pre) => {
+            Code::Component(pre) => {
                 let mut store = Store::new(
                     &engine,
                     P2Host {

@@ -3,12 +3,13 @@
 //! It owns one Wasmtime [`Engine`](wasmtime::Engine) for the whole node, configured the way
 //! a dense edge node needs: async execution so pods are tasks rather than threads, epoch
 //! interruption so a guest that never yields still gives the CPU back every tick and can be
-//! stopped, the pooling allocator so instantiation is cheap, and an on-disk cache of
-//! compiled code. Images come from the `oci` crate; each distinct Wasm binary is compiled
-//! and linked once, then instantiated per container start.
+//! stopped, the pooling allocator so instantiation is cheap, and a verified on-disk cache of
+//! compiled code. New code is compiled by Winch first and by Cranelift in the background
+//! (see `code`). Images come from the `oci` crate; each distinct Wasm binary is compiled
+//! and linked once per tier, then instantiated per container start.
 #![deny(missing_docs)]
 
-mod compile;
+mod code;
 mod engine;
 mod guest;
 mod http;
@@ -25,7 +26,7 @@ use kubelet::{
 use oci::{PullPolicy, PullRequest, Puller, PullerConfig, RegistryCredentials, Store};
 use tokio::task::JoinHandle;
 
-pub use compile::Compiled;
+pub use code::{Compiled, TierKind, Tiering};
 pub use engine::EngineError;
 pub use http::{ALLOWED_DOMAINS, HttpPolicy, MAX_CONCURRENT_REQUESTS, PolicyError};
 
@@ -43,6 +44,8 @@ pub struct WasiProviderConfig {
     pub max_pods: u32,
     /// Registries spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// How new code is compiled.
+    pub tiering: Tiering,
 }
 
 /// Errors setting up the provider.
@@ -70,10 +73,8 @@ impl PulledImage for WasiImage {
 
 /// Runs pods as WASI modules and components on Wasmtime.
 pub struct WasiProvider {
-    engine: wasmtime::Engine,
-    linkers: compile::Linkers,
+    code: code::CodeCache,
     puller: Puller,
-    compiled: Mutex<HashMap<String, Compiled>>,
     in_use: Arc<Mutex<HashMap<String, usize>>>,
     _ticker: engine::EpochTicker,
 }
@@ -112,15 +113,26 @@ impl Drop for InUse {
 }
 
 impl WasiProvider {
-    /// Builds the engine and opens the artifact store; fails when the host cannot support
-    /// the configuration (e.g. not enough address space for the pool).
+    /// Builds the engines and opens the artifact store and the code cache; fails when the
+    /// host cannot support the configuration (e.g. not enough address space for the pool).
     pub fn new(config: &WasiProviderConfig) -> Result<Self, SetupError> {
-        let engine = engine::build(config)?;
+        let tier = |kind| {
+            let engine = engine::build(config, kind)?;
+            code::Tier::new(kind, engine, &config.cache_dir).map_err(|source| EngineError::Cache {
+                dir: config.cache_dir.clone(),
+                source,
+            })
+        };
+        let code = code::CodeCache::new(
+            config.tiering,
+            tier(TierKind::Baseline)?,
+            tier(TierKind::Optimised)?,
+            &config.cache_dir,
+        );
         let store = Arc::new(Store::open(&config.store_dir)?);
         Ok(Self {
-            linkers: compile::Linkers::new(&engine).map_err(EngineError::Engine)?,
-            _ticker: engine::EpochTicker::start(&engine),
-            engine,
+            _ticker: engine::EpochTicker::start(&code.engines()),
+            code,
             puller: Puller::new(
                 store,
                 PullerConfig {
@@ -128,32 +140,8 @@ impl WasiProvider {
                     ..Default::default()
                 },
             ),
-            compiled: Mutex::new(HashMap::new()),
             in_use: Arc::new(Mutex::new(HashMap::new())),
         })
-    }
-
-    /// The shared engine.
-    pub fn engine(&self) -> &wasmtime::Engine {
-        &self.engine
-    }
-
-    async fn compile(&self, artifact: &oci::WasmArtifact) -> Result<Compiled, ContainerError> {
-        let cached = self
-            .compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&artifact.wasm_digest)
-            .cloned();
-        if let Some(compiled) = cached {
-            return Ok(compiled);
-        }
-        let compiled = compile::compile(&self.engine, &self.linkers, artifact).await?;
-        self.compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(artifact.wasm_digest.clone(), compiled.clone());
-        Ok(compiled)
     }
 }
 
@@ -211,18 +199,20 @@ impl Provider for WasiProvider {
             policy: PullPolicy::for_container(request.pull_policy, request.image),
             auth: credentials.for_registry(registry),
             entry: request.command.first().map(String::as_str),
+            on_verified: Some(&|artifact| self.code.prefetch(artifact)),
         };
         let began = std::time::Instant::now();
         let artifact = self.puller.pull(&pull).await.map_err(pull_error)?;
         let looked_up = began.elapsed();
-        let compiled = self.compile(&artifact).await?;
+        let compiled = self.code.get(&artifact).await?;
         // The two halves of a pull, for the start trace: the artifact (from the store or the
-        // registry) and its compiled code (from memory, the disk cache or Cranelift).
+        // registry) and its compiled code (from memory, the disk cache or a compiler).
         tracing::debug!(
             pod = %request.pod.name,
             image = request.image,
             artifact_ms = looked_up.as_secs_f64() * 1e3,
             code_ms = (began.elapsed() - looked_up).as_secs_f64() * 1e3,
+            compiler = compiled.tier().compiler(),
             "image ready"
         );
         Ok(WasiImage { artifact, compiled })
@@ -239,11 +229,10 @@ impl Provider for WasiProvider {
             HttpPolicy::from_annotations(&start.annotations).map_err(invalid_annotation)?;
         let plan = guest::Plan::new(&image.artifact, &start, outbound);
         let compiled = image.compiled.clone();
-        let engine = self.engine.clone();
         let in_use = InUse::new(&self.in_use, &image.artifact.wasm_digest);
         Ok(tokio::spawn(async move {
             let _in_use = in_use;
-            guest::run(engine, compiled, plan, start).await
+            guest::run(compiled, plan, start).await
         }))
     }
 
@@ -270,8 +259,7 @@ impl Provider for WasiProvider {
         {
             Ok(report) if !report.removed.is_empty() => {
                 tracing::info!(removed = ?report.removed, freed_bytes = report.freed_bytes, "collected unused images");
-                let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
-                compiled.retain(|digest, _| store.has_blob(digest));
+                self.code.retain(|digest| store.has_blob(digest));
             }
             Ok(_) => {}
             Err(err) => tracing::warn!(%err, "image garbage collection failed"),
