@@ -1,7 +1,7 @@
 //! The Wasmtime/WASI provider for wasmlet.
 //!
-//! It owns one Wasmtime [`Engine`](wasmtime::Engine) for the whole node, configured the way
-//! a dense edge node needs: async execution so pods are tasks rather than threads, epoch
+//! It owns two Wasmtime [`Engine`](wasmtime::Engine)s for the whole node, one per compiler
+//! tier, configured the way a dense edge node needs: async execution so pods are tasks rather than threads, epoch
 //! interruption so a guest that never yields still gives the CPU back every tick and can be
 //! stopped, the pooling allocator so instantiation is cheap, and a verified on-disk cache of
 //! compiled code. New code is compiled by Winch first and by Cranelift in the background
@@ -116,13 +116,7 @@ impl WasiProvider {
     /// Builds the engines and opens the artifact store and the code cache; fails when the
     /// host cannot support the configuration (e.g. not enough address space for the pool).
     pub fn new(config: &WasiProviderConfig) -> Result<Self, SetupError> {
-        let tier = |kind| {
-            let engine = engine::build(config, kind)?;
-            code::Tier::new(kind, engine, &config.cache_dir).map_err(|source| EngineError::Cache {
-                dir: config.cache_dir.clone(),
-                source,
-            })
-        };
+        let tier = |kind| code::Tier::new(kind, engine::build(config, kind)?, &config.cache_dir);
         let code = code::CodeCache::new(
             config.tiering,
             tier(TierKind::Baseline)?,

@@ -90,6 +90,14 @@ impl DiskCache {
         })
     }
 
+    /// The directory's name below the cache root.
+    pub(crate) fn name(&self) -> &str {
+        self.dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+    }
+
     /// Where the entry for `digest` lives; `None` for a digest that is not `sha256:<hex>`,
     /// so nothing from an image ever becomes a path component.
     fn path(&self, digest: &str) -> Option<PathBuf> {

@@ -14,7 +14,6 @@ mod tier;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -126,7 +125,7 @@ impl CodeCache {
         optimised: Tier,
         cache_root: &Path,
     ) -> Self {
-        disk::remove_others(cache_root, &[&baseline.dir_name(), &optimised.dir_name()]);
+        disk::remove_others(cache_root, &[baseline.dir_name(), optimised.dir_name()]);
         Self {
             inner: Arc::new(Inner {
                 tiering,
@@ -296,14 +295,9 @@ fn compiler_failed(err: tokio::task::JoinError) -> ContainerError {
     }
 }
 
-/// How long a compile took, for the log line each one writes.
-pub(crate) fn elapsed_ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1e3
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::WasiProviderConfig;

@@ -11,6 +11,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 
 use super::disk::{self, DiskCache};
 use super::{Code, Compiled};
+use crate::EngineError;
 use crate::guest::{P1Host, P2Host};
 
 /// Which compiler produced a piece of code.
@@ -78,9 +79,18 @@ fn invalid(artifact: &oci::WasmArtifact, what: &str, err: wasmtime::Error) -> Co
 
 impl Tier {
     /// The tier for `engine`, caching its code in `cache_root` under [`Tier::dir_name`].
-    pub(crate) fn new(kind: TierKind, engine: Engine, cache_root: &Path) -> std::io::Result<Self> {
-        let disk = DiskCache::open(cache_root, &disk::dir_name(kind.compiler(), &engine))?;
-        let linkers = Linkers::new(&engine).map_err(std::io::Error::other)?;
+    pub(crate) fn new(
+        kind: TierKind,
+        engine: Engine,
+        cache_root: &Path,
+    ) -> Result<Self, EngineError> {
+        let linkers = Linkers::new(&engine).map_err(EngineError::Engine)?;
+        let disk = DiskCache::open(cache_root, &disk::dir_name(kind.compiler(), &engine)).map_err(
+            |source| EngineError::Cache {
+                dir: cache_root.to_path_buf(),
+                source,
+            },
+        )?;
         Ok(Self {
             kind,
             engine,
@@ -91,8 +101,8 @@ impl Tier {
     }
 
     /// The directory, below the cache root, that holds this tier's code.
-    pub(crate) fn dir_name(&self) -> String {
-        disk::dir_name(self.kind.compiler(), &self.engine)
+    pub(crate) fn dir_name(&self) -> &str {
+        self.disk.name()
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -147,7 +157,7 @@ impl Tier {
             .compiles
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        tracing::info!(digest = %artifact.wasm_digest, compiler = self.kind.compiler(), wasm_bytes = bytes.len(), elapsed_ms = super::elapsed_ms(began), compiles, "compiled");
+        tracing::info!(digest = %artifact.wasm_digest, compiler = self.kind.compiler(), wasm_bytes = bytes.len(), elapsed_ms = began.elapsed().as_secs_f64() * 1e3, compiles, "compiled");
         let serialized = match &code {
             Unlinked::Module(module) => module.serialize(),
             Unlinked::Component(component) => component.serialize(),
