@@ -102,7 +102,7 @@ impl PressureThresholds {
                 },
                 None => quantity::bytes(&Quantity(value.to_string()))
                     .map(Threshold::Bytes)
-                    .ok_or_else(|| invalid(format!("{value:?} is not a quantity like 500Mi")))?,
+                    .map_err(|_| invalid(format!("{value:?} is not a quantity like 500Mi")))?,
             };
             match signal.trim() {
                 "memory.available" => {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use super::quantity;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::quantity::{self, QuantityError};
 
 /// What the node can give pods in all (cpu, memory, pods; extended resources are in
 /// [`ExtendedCapacity`]).
@@ -36,62 +38,97 @@ pub struct Requests {
 }
 
 impl Requests {
-    /// The pod's effective requests.
-    pub fn of(pod: &Pod) -> Self {
+    /// The pod's effective requests, or why they cannot be counted: a quantity that does not
+    /// parse, or amounts too large to count.
+    pub fn of(pod: &Pod) -> Result<Self, Rejection> {
         let Some(spec) = &pod.spec else {
-            return Self::default();
+            return Ok(Self::default());
         };
-        let apps =
-            spec.containers
-                .iter()
-                .map(Self::of_container)
-                .fold(Self::default(), |mut sum, one| {
-                    sum.cpu_millis += one.cpu_millis;
-                    sum.memory_bytes += one.memory_bytes;
-                    for (name, count) in one.extended {
-                        *sum.extended.entry(name).or_default() += count;
-                    }
-                    sum
-                });
-        spec.init_containers
-            .iter()
-            .flatten()
-            .map(Self::of_container)
-            .fold(apps, |mut most, one| {
-                most.cpu_millis = most.cpu_millis.max(one.cpu_millis);
-                most.memory_bytes = most.memory_bytes.max(one.memory_bytes);
-                for (name, count) in one.extended {
-                    let entry = most.extended.entry(name).or_default();
-                    *entry = (*entry).max(count);
-                }
-                most
-            })
+        let mut requests = Self::default();
+        for container in &spec.containers {
+            requests.add(Self::of_container(container)?)?;
+        }
+        for container in spec.init_containers.iter().flatten() {
+            requests.raise_to(Self::of_container(container)?);
+        }
+        Ok(requests)
     }
 
-    fn of_container(container: &Container) -> Self {
+    fn of_container(container: &Container) -> Result<Self, Rejection> {
         let resources = container.resources.as_ref();
         let requests = resources.and_then(|r| r.requests.as_ref());
         let limits = resources.and_then(|r| r.limits.as_ref());
+        let read = |kind: &str, name: &str, q: &Quantity, as_count: Count| {
+            as_count(q).map_err(|err| match err {
+                QuantityError::Malformed => Rejection {
+                    reason: "InvalidResourceQuantity".into(),
+                    message: format!(
+                        "container {:?}: {kind}.{name} {:?} {err}",
+                        container.name, q.0
+                    ),
+                },
+                QuantityError::OutOfRange => too_much(name, &q.0),
+            })
+        };
         // An extended resource may be given as a limit only; its request is then the
         // limit, as the API server defaults it (they must be equal).
-        let extended = limits
-            .into_iter()
-            .flatten()
-            .chain(requests.into_iter().flatten())
-            .filter(|(name, _)| is_extended(name))
-            .filter_map(|(name, q)| Some((name.clone(), quantity::bytes(q)?)))
-            .collect();
-        Self {
-            cpu_millis: requests
-                .and_then(|r| r.get("cpu"))
-                .and_then(quantity::cpu_millis)
-                .unwrap_or(0),
-            memory_bytes: requests
-                .and_then(|r| r.get("memory"))
-                .and_then(quantity::bytes)
-                .unwrap_or(0),
-            extended,
+        let mut extended = BTreeMap::new();
+        for (kind, set) in [("limits", limits), ("requests", requests)] {
+            for (name, q) in set.into_iter().flatten() {
+                if is_extended(name) {
+                    extended.insert(name.clone(), read(kind, name, q, quantity::bytes)?);
+                }
+            }
         }
+        let request = |name: &str, as_count: Count| {
+            requests
+                .and_then(|r| r.get(name))
+                .map_or(Ok(0), |q| read("requests", name, q, as_count))
+        };
+        Ok(Self {
+            cpu_millis: request("cpu", quantity::cpu_millis)?,
+            memory_bytes: request("memory", quantity::bytes)?,
+            extended,
+        })
+    }
+
+    /// Adds `other`'s requests to these, as app containers' requests add up.
+    fn add(&mut self, other: Self) -> Result<(), Rejection> {
+        let total = |resource: &str, a: u64, b: u64| {
+            a.checked_add(b)
+                .ok_or_else(|| too_much(resource, "the sum of the containers' requests"))
+        };
+        self.cpu_millis = total("cpu", self.cpu_millis, other.cpu_millis)?;
+        self.memory_bytes = total("memory", self.memory_bytes, other.memory_bytes)?;
+        for (name, count) in other.extended {
+            let sum = total(&name, self.extended.get(&name).copied().unwrap_or(0), count)?;
+            self.extended.insert(name, sum);
+        }
+        Ok(())
+    }
+
+    /// Raises these requests to `other`'s where `other` asks for more, as an init container
+    /// that runs alone counts.
+    fn raise_to(&mut self, other: Self) {
+        self.cpu_millis = self.cpu_millis.max(other.cpu_millis);
+        self.memory_bytes = self.memory_bytes.max(other.memory_bytes);
+        for (name, count) in other.extended {
+            let entry = self.extended.entry(name).or_default();
+            *entry = (*entry).max(count);
+        }
+    }
+}
+
+/// Reads a quantity as a count of its resource's unit.
+type Count = fn(&Quantity) -> Result<u64, QuantityError>;
+
+/// The refusal of a request too large to count.
+fn too_much(resource: &str, requested: &str) -> Rejection {
+    Rejection {
+        reason: format!("OutOf{resource}"),
+        message: format!(
+            "Node didn't have enough resource: {resource}, requested: {requested}, which is more than can be counted"
+        ),
     }
 }
 
@@ -111,13 +148,13 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// Decides whether `pod` fits beside the `admitted` pods.
+/// Decides whether `pod` fits beside the `admitted` pods; if it does, what it takes.
 pub fn admit(
     pod: &Pod,
     admitted: &[Requests],
     capacity: Capacity,
     extended: &ExtendedCapacity,
-) -> Result<(), Rejection> {
+) -> Result<Requests, Rejection> {
     if let Some(rejection) = not_meant_for_wasm(pod) {
         return Err(rejection);
     }
@@ -131,9 +168,11 @@ pub fn admit(
             ),
         });
     }
-    let wanted = Requests::of(pod);
-    let used_cpu: u64 = admitted.iter().map(|r| r.cpu_millis).sum();
-    let used_memory: u64 = admitted.iter().map(|r| r.memory_bytes).sum();
+    let wanted = Requests::of(pod)?;
+    // Each admitted pod fitted the capacity, so these sums cannot overflow; saturating keeps
+    // that true even if the capacity shrank since.
+    let used = |of: fn(&Requests) -> u64| admitted.iter().map(of).fold(0, u64::saturating_add);
+    let (used_cpu, used_memory) = (used(|r| r.cpu_millis), used(|r| r.memory_bytes));
     let checks = [
         ("cpu", "m", wanted.cpu_millis, used_cpu, capacity.cpu_millis),
         (
@@ -145,13 +184,19 @@ pub fn admit(
         ),
     ];
     let devices = wanted.extended.iter().map(|(name, requested)| {
-        let used = admitted.iter().filter_map(|r| r.extended.get(name)).sum();
+        let used = admitted
+            .iter()
+            .filter_map(|r| r.extended.get(name))
+            .fold(0u64, |sum, n| sum.saturating_add(*n));
         // A resource the node does not advertise has a capacity of nothing.
         let capacity = extended.get(name).copied().unwrap_or(0);
         (name.as_str(), "", *requested, used, capacity)
     });
     for (resource, unit, requested, used, capacity) in checks.into_iter().chain(devices) {
-        if used + requested > capacity {
+        if used
+            .checked_add(requested)
+            .is_none_or(|total| total > capacity)
+        {
             return Err(Rejection {
                 reason: format!("OutOf{resource}"),
                 message: format!(
@@ -160,7 +205,7 @@ pub fn admit(
             });
         }
     }
-    Ok(())
+    Ok(wanted)
 }
 
 /// A DaemonSet that tolerates everything lands on every node, including this one, but its
@@ -252,6 +297,43 @@ mod tests {
     }
 
     #[test]
+    fn absurd_requests_are_refused_not_wrapped() {
+        // Each container's request fits a u64; their sum does not.
+        let mut pod = pod_requesting("0", "18446744073709551615");
+        let spec = pod.spec.as_mut().unwrap();
+        spec.containers.push(spec.containers[0].clone());
+        let err = admit(&pod, &[], ROOMY, &NONE).unwrap_err();
+        assert_eq!(err.reason, "OutOfmemory");
+        assert!(
+            err.message.contains("more than can be counted"),
+            "{}",
+            err.message
+        );
+
+        let err = admit(&pod_requesting("1e30", "0"), &[], ROOMY, &NONE).unwrap_err();
+        assert_eq!(err.reason, "OutOfcpu");
+        assert!(err.message.contains("1e30"), "{}", err.message);
+
+        // A manifest on the node's disk has had no API server validate it.
+        let err = admit(&pod_requesting("lots", "0"), &[], ROOMY, &NONE).unwrap_err();
+        assert_eq!(err.reason, "InvalidResourceQuantity");
+        assert!(
+            err.message
+                .contains(r#"requests.cpu "lots" is not a quantity"#),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_request_that_fills_the_node_exactly_fits() {
+        let full = admit(&pod_requesting("2", "1Gi"), &[], ROOMY, &NONE).unwrap();
+        assert_eq!((full.cpu_millis, full.memory_bytes), (2000, 1 << 30));
+        let err = admit(&pod_requesting("1m", "0"), &[full], ROOMY, &NONE).unwrap_err();
+        assert_eq!(err.reason, "OutOfcpu");
+    }
+
+    #[test]
     fn catch_all_daemon_set_pods_are_not_wasm_but_targeted_ones_are() {
         let mut pod = pod_requesting("0", "0");
         pod.metadata.owner_references = Some(vec![OwnerReference {
@@ -285,7 +367,7 @@ mod tests {
             pod
         };
         let advertised: ExtendedCapacity = [(GPIO.to_string(), 3)].into();
-        let holding_two = Requests::of(&wanting("2"));
+        let holding_two = Requests::of(&wanting("2")).unwrap();
         assert_eq!(holding_two.extended.get(GPIO), Some(&2));
         assert!(
             admit(
@@ -313,6 +395,7 @@ mod tests {
         );
         assert!(
             Requests::of(&pod_requesting("1", "1Mi"))
+                .unwrap()
                 .extended
                 .is_empty(),
             "cpu and memory are not extended resources"

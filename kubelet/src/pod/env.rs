@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, ResourceFieldSelector, Secret};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 
 use tracing::debug;
 
@@ -359,24 +362,28 @@ pub fn resource_field_value(
         "requests" => resources.and_then(|r| r.requests.as_ref()),
         _ => return Err(format!("unsupported resource {:?}", selector.resource)),
     };
-    let divisor = selector
-        .divisor
-        .as_ref()
-        .and_then(quantity::parse)
-        .filter(|d| *d > 0.0)
-        .unwrap_or(1.0);
-    let value = match (
-        set.and_then(|s| s.get(resource)).and_then(quantity::parse),
-        kind,
-        resource,
-    ) {
-        (Some(v), _, _) => v,
-        (None, "limits", "cpu") => allocatable.cpu_millis as f64 / 1000.0,
-        (None, "limits", "memory") => allocatable.memory_bytes as f64,
-        (None, _, "cpu" | "memory" | "ephemeral-storage") => 0.0,
+    let read = |what: &str, q: &Quantity| {
+        quantity::parse(q).map_err(|err| format!("resourceFieldRef {what} {:?} {err}", q.0))
+    };
+    let divisor = match &selector.divisor {
+        Some(q) => Some(read("divisor", q)?).filter(|d| d.is_sign_positive() && !d.is_zero()),
+        None => None,
+    }
+    .unwrap_or(Decimal::ONE);
+    let value = match (set.and_then(|s| s.get(resource)), kind, resource) {
+        (Some(q), _, _) => read(&selector.resource, q)?,
+        (None, "limits", "cpu") => {
+            Decimal::new(i64::try_from(allocatable.cpu_millis).unwrap_or(i64::MAX), 3)
+        }
+        (None, "limits", "memory") => Decimal::from(allocatable.memory_bytes),
+        (None, _, "cpu" | "memory" | "ephemeral-storage") => Decimal::ZERO,
         _ => return Err(format!("unsupported resource {:?}", selector.resource)),
     };
-    Ok(format!("{}", (value / divisor).ceil() as i64))
+    value
+        .checked_div(divisor)
+        .and_then(|v| v.ceil().to_i64())
+        .map(|v| v.to_string())
+        .ok_or_else(|| format!("resourceFieldRef {:?} is out of range", selector.resource))
 }
 
 /// The pod's `imagePullSecrets` that exist. A missing one is skipped, as the kubelet does,

@@ -418,10 +418,10 @@ impl<P: Provider> PodManager<P> {
             .map(|(_, r)| r.clone())
             .collect();
         let admitted_here = admission::admit(pod, &others, self.capacity, &self.extended)
-            .and_then(|()| self.ctx.provider.admit(pod));
+            .and_then(|takes| self.ctx.provider.admit(pod).map(|()| takes));
         match admitted_here {
-            Ok(()) => {
-                admitted.insert(uid.to_string(), Requests::of(pod));
+            Ok(takes) => {
+                admitted.insert(uid.to_string(), takes);
                 Stage::Mount
             }
             Err(rejection) => Stage::Rejected(rejection),

@@ -131,7 +131,12 @@ impl PodVolumes {
             let size_limit = empty
                 .size_limit
                 .as_ref()
-                .and_then(|q| quantity::bytes(q).map(|b| (b, q.0.clone())));
+                .map(|q| {
+                    quantity::bytes(q)
+                        .map(|b| (b, q.0.clone()))
+                        .map_err(|err| format!("sizeLimit {:?} {err}", q.0))
+                })
+                .transpose()?;
             return Ok((
                 Prepared {
                     path,

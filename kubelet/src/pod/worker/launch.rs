@@ -103,8 +103,9 @@ impl<P: Provider> Worker<P> {
             root_dir,
             mounts,
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
-            memory_limit_bytes: limits.get("memory").and_then(quantity::bytes),
-            cpu_limit_millis: limits.get("cpu").and_then(quantity::cpu_millis),
+            // Admission read every request; a limit too large to count is no limit.
+            memory_limit_bytes: limits.get("memory").and_then(|q| quantity::bytes(q).ok()),
+            cpu_limit_millis: limits.get("cpu").and_then(|q| quantity::cpu_millis(q).ok()),
             usage: usage.clone(),
             stop: stop.clone(),
         };
