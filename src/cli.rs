@@ -1,9 +1,11 @@
 //! The command-line contract (see MISSION.md) and turning it into the agent's configuration.
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use certs::rate_limit::ApiRateLimit;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubelet::NodeConfig;
@@ -80,6 +82,14 @@ pub struct Cli {
         default_value = "baseline-then-optimised"
     )]
     pub compile_tiering: wasi_provider::Tiering,
+    /// Requests per second the node sends the API server on average, as the kubelet's
+    /// --kube-api-qps (the kubelet's 50 is for 110 pods; this default is for 1,000)
+    #[arg(long, value_name = "QPS", default_value_t = ApiRateLimit::default().qps)]
+    pub kube_api_qps: NonZeroU32,
+    /// Requests the node may send at once after a quiet spell, as the kubelet's
+    /// --kube-api-burst
+    #[arg(long, value_name = "N", default_value_t = ApiRateLimit::default().burst)]
+    pub kube_api_burst: NonZeroU32,
 }
 
 /// A positive duration as the kubelet's flags take it (`1m`, `10s`, `1m30s`).
@@ -234,6 +244,14 @@ impl Cli {
         })
     }
 
+    /// The client-side API rate limit the flags set.
+    pub fn api_rate_limit(&self) -> ApiRateLimit {
+        ApiRateLimit {
+            qps: self.kube_api_qps,
+            burst: self.kube_api_burst,
+        }
+    }
+
     /// The kubeconfig to use: the flag, then `$KUBECONFIG`, then `~/.kube/config`.
     pub fn kubeconfig_path(&self) -> anyhow::Result<PathBuf> {
         if let Some(path) = &self.kubeconfig {
@@ -374,6 +392,19 @@ mod tests {
         );
         for bad in ["0s", "-5s", "soon"] {
             assert!(period(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_api_rate_limit_has_defaults_and_refuses_zero() {
+        let defaults = Cli::try_parse_from(["wasmlet"]).unwrap().api_rate_limit();
+        assert_eq!((defaults.qps.get(), defaults.burst.get()), (500, 1000));
+        let set = Cli::try_parse_from(["wasmlet", "--kube-api-qps=5", "--kube-api-burst", "10"])
+            .unwrap()
+            .api_rate_limit();
+        assert_eq!((set.qps.get(), set.burst.get()), (5, 10));
+        for zero in ["--kube-api-qps=0", "--kube-api-burst=0"] {
+            assert!(Cli::try_parse_from(["wasmlet", zero]).is_err(), "{zero}");
         }
     }
 

@@ -117,12 +117,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let kube_config = kube_config.context("no kubeconfig")?;
     let client_ca = cli.client_ca_pem(&kube_config, &kubeconfig_path)?;
     let (client, client_certificate) =
-        certs::client::node_client(kube_config, &pki_dir, &node.node_name).with_context(|| {
-            format!(
-                "cannot build a client from kubeconfig {}",
-                kubeconfig_path.display()
-            )
-        })?;
+        certs::client::node_client(kube_config, &pki_dir, &node.node_name, cli.api_rate_limit())
+            .with_context(|| {
+                format!(
+                    "cannot build a client from kubeconfig {}",
+                    kubeconfig_path.display()
+                )
+            })?;
     let serving = certs::serving::serving_certificate(
         client.clone(),
         &pki_dir,
@@ -138,7 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("the client CA of the kubelet API")?;
     let provider = wasi_provider(&data_dir, &node, &cli)?;
 
-    info!(node = %node.node_name, ip = %node.node_ip, port = node.port, data_dir = %node.data_dir.display(), "starting wasmlet");
+    info!(node = %node.node_name, host_arch = std::env::consts::ARCH, ip = %node.node_ip, port = node.port, data_dir = %node.data_dir.display(), "starting wasmlet");
     let managers: Vec<_> = [serving.manager, client_certificate]
         .into_iter()
         .flatten()
@@ -180,7 +181,7 @@ async fn run_standalone(
         cancel.clone(),
     )
     .await?;
-    info!(node = %node.node_name, manifests = %manifests.display(), data_dir = %node.data_dir.display(), "starting wasmlet standalone (no API server)");
+    info!(node = %node.node_name, host_arch = std::env::consts::ARCH, manifests = %manifests.display(), data_dir = %node.data_dir.display(), "starting wasmlet standalone (no API server)");
     kubelet::Kubelet::new(None, node, provider, data_dir, store)
         .with_static_pods(static_pods)
         .run(None, cancel)

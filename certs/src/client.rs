@@ -26,6 +26,7 @@ use tower::{BoxError, ServiceBuilder};
 
 use crate::csr::NodeCertificate;
 use crate::manager::CertificateManager;
+use crate::rate_limit::{ApiRateLimit, RateLimitLayer};
 use crate::rotating::RotatingCert;
 use crate::store::CertStore;
 use crate::{Error, Result};
@@ -35,18 +36,23 @@ use crate::{Error, Result};
 /// client presents whatever that certificate currently is, and a manager is returned that
 /// renews it before it expires using the node's own identity. Any other kubeconfig gives the
 /// ordinary client and no manager: wasmlet does not rotate credentials it did not issue.
+/// Either way, the client sends no faster than `limit`.
 pub fn node_client(
     config: kube::Config,
     pki_dir: &Path,
     node_name: &str,
+    limit: ApiRateLimit,
 ) -> Result<(kube::Client, Option<CertificateManager>)> {
     let store = CertStore::client(pki_dir);
     let server = config.cluster_url.to_string();
     if !uses_store(&config, &store) {
-        let client = kube::Client::try_from(config).map_err(|source| Error::Client {
-            server: server.clone(),
-            source,
-        })?;
+        let client = kube::client::ClientBuilder::try_from(config)
+            .map_err(|source| Error::Client {
+                server: server.clone(),
+                source,
+            })?
+            .with_layer(&RateLimitLayer::new(limit))
+            .build();
         return Ok((client, None));
     }
     let stored = store.load_current().ok_or_else(|| Error::Pem {
@@ -55,7 +61,7 @@ pub fn node_client(
     })?;
     let rotating = Arc::new(RotatingCert::new(&stored.cert_pem, &stored.key_pem)?);
     let connections = Arc::new(Connections::default());
-    let client = rotating_client(&config, rotating.clone(), connections.clone())?;
+    let client = rotating_client(&config, rotating.clone(), connections.clone(), limit)?;
     let manager = CertificateManager::new(
         client.clone(),
         NodeCertificate::client(node_name),
@@ -79,11 +85,13 @@ fn uses_store(config: &kube::Config, store: &CertStore) -> bool {
 }
 
 /// A kube client for `config` whose TLS client certificate comes from `certificates` at each
-/// handshake and whose connections all close when `connections` is told to.
+/// handshake, whose connections all close when `connections` is told to, and which sends no
+/// faster than `limit`.
 pub(crate) fn rotating_client(
     config: &kube::Config,
     certificates: Arc<RotatingCert>,
     connections: Arc<Connections>,
+    limit: ApiRateLimit,
 ) -> Result<kube::Client> {
     let client_err = |source| Error::Client {
         server: config.cluster_url.to_string(),
@@ -124,6 +132,7 @@ pub(crate) fn rotating_client(
     let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
     let service = ServiceBuilder::new()
+        .layer(RateLimitLayer::new(limit))
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer().map_err(client_err)?)
         .layer(config.extra_headers_layer().map_err(client_err)?)
@@ -329,6 +338,7 @@ mod tests {
             &kube_config(addr, &ca),
             rotating.clone(),
             connections.clone(),
+            ApiRateLimit::default(),
         )
         .unwrap();
         assert_eq!(whoami(&client).await.unwrap(), "system:node:old");

@@ -26,6 +26,7 @@ pub mod csr;
 mod error;
 mod files;
 mod manager;
+pub mod rate_limit;
 mod request;
 pub mod rotating;
 pub mod rotation;
