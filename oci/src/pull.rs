@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use hashlink::LruCache;
 use oci_client::client::ClientProtocol;
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
@@ -71,13 +72,41 @@ impl std::fmt::Debug for PullRequest<'_> {
     }
 }
 
+/// Registry clients kept, one per credential; each holds a connection pool and tokens.
+const MAX_CLIENTS: usize = 64;
+
+/// A pull's hold on its key's entry in [`Puller::in_flight`]. Dropping it, whether the pull
+/// finished or was cancelled mid-way (its pod deleted, say), removes the entry once no other
+/// pull of the key holds it, so the map holds only pulls in progress.
+struct InFlight<'a> {
+    puller: &'a Puller,
+    key: &'a str,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .puller
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Two holders: the map and this one. Anyone else waiting keeps the entry alive.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(self.key);
+        }
+    }
+}
+
 /// Pulls artifacts into a [`Store`]. Concurrent pulls of one reference collapse into one
 /// download: the second waits for the first and then finds the artifact in the store.
 pub struct Puller {
     protocol: ClientProtocol,
     /// One client per credential: an oci-client `Client` remembers the first credential it
-    /// sees for a registry, and pods with different pull secrets may share a registry.
-    clients: Mutex<HashMap<String, Client>>,
+    /// sees for a registry, and pods with different pull secrets may share a registry. The
+    /// least recently used go past [`MAX_CLIENTS`]: credentials come from pods, and pods
+    /// come and go.
+    clients: Mutex<LruCache<String, Client>>,
     store: Arc<Store>,
     max_layer_bytes: u64,
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -91,7 +120,7 @@ impl Puller {
     pub fn new(store: Arc<Store>, config: PullerConfig) -> Self {
         Self {
             protocol: ClientProtocol::HttpsExcept(config.insecure_registries),
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(LruCache::new(MAX_CLIENTS)),
             store,
             max_layer_bytes: config.max_layer_bytes,
             in_flight: Mutex::new(HashMap::new()),
@@ -118,10 +147,12 @@ impl Puller {
             }
         };
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(key)
-            .or_insert_with(|| new_client(self.protocol.clone()))
-            .clone()
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        let client = new_client(self.protocol.clone());
+        clients.insert(key, client.clone());
+        client
     }
 
     pub(crate) async fn exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
@@ -143,13 +174,9 @@ impl Puller {
             None => request.image.to_string(),
         };
         let _shared = self.gc_gate.read().await;
-        let lock = self.lock_for(&key);
-        let result = {
-            let _one_at_a_time = lock.lock().await;
-            self.pull_locked(&reference, &key, request).await
-        };
-        self.release(&key, lock);
-        result
+        let in_flight = self.in_flight(&key);
+        let _one_at_a_time = in_flight.lock.lock().await;
+        self.pull_locked(&reference, &key, request).await
     }
 
     async fn pull_locked(
@@ -201,16 +228,13 @@ impl Puller {
         Ok(record.artifact)
     }
 
-    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// A hold on `key`'s pull lock, shared with every other pull of `key` now.
+    fn in_flight<'a>(&'a self, key: &'a str) -> InFlight<'a> {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key.to_string()).or_default().clone()
-    }
-
-    fn release(&self, key: &str, lock: Arc<tokio::sync::Mutex<()>>) {
-        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        // Two holders: the map and us. Anyone else waiting keeps the entry alive.
-        if Arc::strong_count(&lock) == 2 {
-            map.remove(key);
+        InFlight {
+            puller: self,
+            key,
+            lock: map.entry(key.to_string()).or_default().clone(),
         }
     }
 
@@ -615,6 +639,59 @@ mod tests {
         };
         assert_eq!(last_used("reg.example/fresh:v1").await, now - 5);
         assert!(last_used("reg.example/stale:v1").await >= now);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_pull_leaves_no_in_flight_entry_behind() {
+        // A registry that accepts connections and never answers: the pull hangs on it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                open.push(conn);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let puller = Puller::new(
+            Arc::new(Store::open(dir.path()).unwrap()),
+            PullerConfig {
+                insecure_registries: vec![host.clone()],
+                ..PullerConfig::default()
+            },
+        );
+        let image = format!("{host}/demo/silent:v1");
+        let request = PullRequest {
+            image: &image,
+            policy: PullPolicy::Always,
+            auth: RegistryAuth::Anonymous,
+            entry: None,
+            on_verified: None,
+        };
+        let in_flight = || puller.in_flight.lock().unwrap().len();
+        {
+            let pull = puller.pull(&request);
+            tokio::pin!(pull);
+            let waited =
+                tokio::time::timeout(std::time::Duration::from_millis(200), pull.as_mut()).await;
+            assert!(waited.is_err(), "the silent registry answered: {waited:?}");
+            assert_eq!(in_flight(), 1, "the pull is in flight");
+        }
+        assert_eq!(in_flight(), 0, "dropping the pull released its entry");
+        held.abort();
+    }
+
+    #[test]
+    fn registry_clients_are_kept_for_the_most_recent_credentials_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let puller = Puller::new(
+            Arc::new(Store::open(dir.path()).unwrap()),
+            PullerConfig::default(),
+        );
+        for n in 0..MAX_CLIENTS + 10 {
+            puller.client_for(&RegistryAuth::Basic(format!("user-{n}"), "pw".into()));
+        }
+        assert_eq!(puller.clients.lock().unwrap().len(), MAX_CLIENTS);
     }
 
     #[tokio::test]
