@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use flate2::read::GzDecoder;
 use tar::EntryType;
@@ -41,6 +43,81 @@ const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// `read_all` reserves at most 128 KiB for the same reason).
 const PREALLOC_BYTES: u64 = 1024 * 1024;
 
+/// The most layers an image may have (Docker's own limit is 127).
+const MAX_LAYERS: usize = 128;
+/// The most tar entries read across an image's layers: a distro base has tens of thousands.
+const MAX_ENTRIES: usize = 500_000;
+/// The most bytes an image's layers may come to once inflated, across every read of them:
+/// a gzip layer of a few MiB can inflate to terabytes, and indexing reads it all.
+const MAX_INFLATED_BYTES: u64 = 4 << 30;
+
+/// What reading one image may still inflate, shared by every layer reader of the image,
+/// and how many tar entries it may hold.
+struct Budget {
+    inflated_bytes: u64,
+    remaining: AtomicU64,
+    exceeded: AtomicBool,
+    entries: usize,
+}
+
+impl Budget {
+    fn new(inflated_bytes: u64, entries: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inflated_bytes,
+            remaining: AtomicU64::new(inflated_bytes),
+            exceeded: AtomicBool::new(false),
+            entries,
+        })
+    }
+
+    /// The error for a layer that failed to read: the budget's own if it ran out.
+    fn error(&self, reference: &str, layer: &Layer, source: std::io::Error) -> Error {
+        if self.exceeded.load(Ordering::Relaxed) {
+            Error::CompatLimit {
+                reference: reference.to_string(),
+                detail: format!(
+                    "its layers inflate to more than {} bytes (at layer {})",
+                    self.inflated_bytes, layer.digest
+                ),
+            }
+        } else {
+            Error::BadLayer {
+                reference: reference.to_string(),
+                digest: layer.digest.clone(),
+                source,
+            }
+        }
+    }
+}
+
+/// A layer's bytes as the tar reader sees them, counted against the image's [`Budget`].
+struct Budgeted<R> {
+    inner: R,
+    budget: Arc<Budget>,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let remaining = self.budget.remaining.load(Ordering::Relaxed);
+        if remaining == 0 {
+            // At the limit exactly is fine if the stream ends here.
+            let mut probe = [0u8; 1];
+            if buf.is_empty() || self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.budget.exceeded.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("inflated past the image's limit"));
+        }
+        let allowed = usize::try_from(remaining).map_or(buf.len(), |r| buf.len().min(r));
+        let read = self.inner.read(&mut buf[..allowed])?;
+        // `read` ≤ `allowed` ≤ `remaining`; readers run one after another.
+        self.budget
+            .remaining
+            .store(remaining.saturating_sub(read as u64), Ordering::Relaxed);
+        Ok(read)
+    }
+}
+
 /// Reads the file that `entry` (absolute, or relative to `working_dir`) names in the merged
 /// layers. `None` when no such regular file exists.
 pub(crate) fn read_entry(
@@ -50,7 +127,34 @@ pub(crate) fn read_entry(
     working_dir: &str,
     max_bytes: u64,
 ) -> Result<Option<Vec<u8>>> {
-    let tree = index(reference, layers)?;
+    read_entry_within(
+        reference,
+        layers,
+        entry,
+        working_dir,
+        max_bytes,
+        &Budget::new(MAX_INFLATED_BYTES, MAX_ENTRIES),
+    )
+}
+
+fn read_entry_within(
+    reference: &str,
+    layers: &[Layer],
+    entry: &str,
+    working_dir: &str,
+    max_bytes: u64,
+    budget: &Arc<Budget>,
+) -> Result<Option<Vec<u8>>> {
+    if layers.len() > MAX_LAYERS {
+        return Err(Error::CompatLimit {
+            reference: reference.to_string(),
+            detail: format!(
+                "it has {} layers, over the {MAX_LAYERS}-layer limit",
+                layers.len()
+            ),
+        });
+    }
+    let tree = index(reference, layers, budget)?;
     let start = if entry.starts_with('/') {
         entry.to_string()
     } else {
@@ -59,33 +163,48 @@ pub(crate) fn read_entry(
     let Some((path, layer)) = resolve(reference, &tree, &start)? else {
         return Ok(None);
     };
-    read_file(reference, &layers[layer], &path, max_bytes).map(Some)
+    read_file(reference, &layers[layer], &path, max_bytes, budget).map(Some)
 }
 
-fn open(reference: &str, layer: &Layer) -> Result<tar::Archive<Box<dyn Read>>> {
+fn open(
+    reference: &str,
+    layer: &Layer,
+    budget: &Arc<Budget>,
+) -> Result<tar::Archive<Box<dyn Read>>> {
     let file = std::fs::File::open(&layer.path).map_err(|source| Error::BadLayer {
         reference: reference.to_string(),
         digest: layer.digest.clone(),
         source,
     })?;
-    let reader: Box<dyn Read> = match layer.compression {
+    let inflated: Box<dyn Read> = match layer.compression {
         TarCompression::None => Box::new(std::io::BufReader::new(file)),
         TarCompression::Gzip => Box::new(GzDecoder::new(std::io::BufReader::new(file))),
     };
-    Ok(tar::Archive::new(reader))
+    Ok(tar::Archive::new(Box::new(Budgeted {
+        inner: inflated,
+        budget: budget.clone(),
+    })))
 }
 
-fn index(reference: &str, layers: &[Layer]) -> Result<BTreeMap<String, Node>> {
+fn index(
+    reference: &str,
+    layers: &[Layer],
+    budget: &Arc<Budget>,
+) -> Result<BTreeMap<String, Node>> {
     let mut tree = BTreeMap::new();
+    let mut entries = 0usize;
     for (i, layer) in layers.iter().enumerate() {
-        let bad = |source| Error::BadLayer {
-            reference: reference.to_string(),
-            digest: layer.digest.clone(),
-            source,
-        };
-        let mut archive = open(reference, layer)?;
+        let bad = |source| budget.error(reference, layer, source);
+        let mut archive = open(reference, layer, budget)?;
         for entry in archive.entries().map_err(bad)? {
             let entry = entry.map_err(bad)?;
+            entries += 1;
+            if entries > budget.entries {
+                return Err(Error::CompatLimit {
+                    reference: reference.to_string(),
+                    detail: format!("its layers hold more than {} entries", budget.entries),
+                });
+            }
             let raw = entry.path().map_err(bad)?.into_owned();
             let path = confine(reference, &raw, Path::new("/"), false)?;
             let name = path.rsplit('/').next().unwrap_or_default();
@@ -262,13 +381,15 @@ fn split(path: &str) -> Vec<String> {
         .collect()
 }
 
-fn read_file(reference: &str, layer: &Layer, wanted: &str, max_bytes: u64) -> Result<Vec<u8>> {
-    let bad = |source| Error::BadLayer {
-        reference: reference.to_string(),
-        digest: layer.digest.clone(),
-        source,
-    };
-    let mut archive = open(reference, layer)?;
+fn read_file(
+    reference: &str,
+    layer: &Layer,
+    wanted: &str,
+    max_bytes: u64,
+    budget: &Arc<Budget>,
+) -> Result<Vec<u8>> {
+    let bad = |source| budget.error(reference, layer, source);
+    let mut archive = open(reference, layer, budget)?;
     let mut found = None;
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -376,6 +497,73 @@ pub(crate) mod tests {
 
     const WASM: &[u8] = b"\0asm\x01\0\0\0";
 
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_gzip_layer_that_inflates_past_the_budget_is_refused_and_one_within_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // A megabyte of zeros beside the module squeezes to about a kilobyte.
+        let zeros = vec![0u8; 1 << 20];
+        let tar = tar_bytes(&[Item::File("filler", &zeros), Item::File("app.wasm", WASM)]);
+        let mut l = layers(dir.path(), &[gzip(&tar)]);
+        l[0].compression = TarCompression::Gzip;
+        let read = |budget: u64| {
+            read_entry_within(
+                "img",
+                &l,
+                "/app.wasm",
+                "/",
+                1 << 20,
+                &Budget::new(budget, 10),
+            )
+        };
+        let err = read(256 << 10).unwrap_err();
+        assert!(matches!(err, Error::CompatLimit { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("inflate to more than 262144 bytes"),
+            "{err}"
+        );
+        // Indexing and then reading the file both inflate the layer.
+        let room = 2 * tar.len() as u64;
+        assert_eq!(read(room).unwrap().as_deref(), Some(WASM));
+    }
+
+    #[test]
+    fn too_many_layers_or_entries_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let many = layers(dir.path(), &vec![tar_bytes(&[]); MAX_LAYERS + 1]);
+        let err = read_entry("img", &many, "/app.wasm", "/", 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("129 layers"), "{err}");
+
+        let crowded = layers(
+            dir.path(),
+            &[tar_bytes(&[
+                Item::Dir("a"),
+                Item::Dir("b"),
+                Item::File("app.wasm", WASM),
+            ])],
+        );
+        let within = |entries| {
+            read_entry_within(
+                "img",
+                &crowded,
+                "/app.wasm",
+                "/",
+                1 << 20,
+                &Budget::new(1 << 20, entries),
+            )
+        };
+        let err = within(2).unwrap_err();
+        assert!(err.to_string().contains("more than 2 entries"), "{err}");
+        assert_eq!(within(3).unwrap().as_deref(), Some(WASM));
+    }
+
     #[test]
     fn entrypoint_is_found_through_later_layers_and_symlinks() {
         let dir = tempfile::tempdir().unwrap();
@@ -473,7 +661,8 @@ pub(crate) mod tests {
 
         // `read_file` itself, not `read_entry`: `index` walks the whole archive first and
         // stops at its early end today, but the read must not depend on that walk.
-        let err = read_file("img", &l[0], "/app.wasm", 512 << 20).unwrap_err();
+        let budget = Budget::new(MAX_INFLATED_BYTES, MAX_ENTRIES);
+        let err = read_file("img", &l[0], "/app.wasm", 512 << 20, &budget).unwrap_err();
         assert!(matches!(err, Error::BadLayer { .. }), "{err}");
         let cause = std::error::Error::source(&err).map(|c| c.to_string());
         assert!(

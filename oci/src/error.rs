@@ -102,6 +102,15 @@ pub enum Error {
         /// `..`, an absolute path, or a link target.
         how: String,
     },
+    /// A compat image past one of the bounds on what is read of it: its layers, their
+    /// entries, or what its gzip layers inflate to.
+    #[error("{reference} is refused: {detail}")]
+    CompatLimit {
+        /// The image.
+        reference: String,
+        /// Which bound, and the image's figure.
+        detail: String,
+    },
     /// A compat layer is not a readable tar.
     #[error("{reference}: layer {digest} is not a readable tar")]
     BadLayer {
