@@ -111,7 +111,8 @@ impl Scheme {
 }
 
 /// One allowed-domains entry. A URL entry pins the scheme and the port (its default port if
-/// none is written); a bare host allows any scheme, and any port unless one is written.
+/// none is written); a bare host allows either scheme, on that scheme's default port unless
+/// a port is written: `example.com` must not open `example.com:22`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Allowed {
     scheme: Option<Scheme>,
@@ -202,7 +203,7 @@ impl HttpPolicy {
         self.allowed.iter().any(|a| {
             a.host == host
                 && a.scheme.is_none_or(|s| s == scheme)
-                && a.port.is_none_or(|p| p == port)
+                && a.port.unwrap_or(scheme.default_port()) == port
         })
     }
 }
@@ -428,10 +429,19 @@ mod tests {
     }
 
     #[test]
-    fn a_bare_host_allows_any_scheme_and_a_written_port_must_match() {
+    fn a_bare_host_allows_either_scheme_on_its_default_port_or_the_written_one() {
         let p = policy(r#"["example.com", "other.org:8443", "[::1]:9000"]"#);
         assert!(allows(&p, "http://example.com/"));
-        assert!(allows(&p, "https://example.com:4443/"));
+        assert!(allows(&p, "https://example.com/"));
+        assert!(allows(&p, "http://example.com:80/"));
+        assert!(
+            !allows(&p, "https://example.com:4443/"),
+            "no port written: default only"
+        );
+        assert!(
+            !allows(&p, "http://example.com:443/"),
+            "443 is https's, not http's"
+        );
         assert!(allows(&p, "https://other.org:8443/"));
         assert!(allows(&p, "http://other.org:8443/"));
         assert!(!allows(&p, "https://other.org/"));
