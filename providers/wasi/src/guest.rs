@@ -11,12 +11,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::code::{Code, Compiled};
 use crate::http::{HttpPolicy, OutboundHttp};
-use crate::metering::{CpuQuota, MeteredLimits, cpu_metered};
+use crate::metering::{CpuQuota, GROW_REFUSED, MeteredLimits, cpu_metered};
 
 /// Bytes a guest may write before its output stream applies back-pressure.
 const OUTPUT_BUDGET: usize = 64 * 1024;
-/// The limiter's refusal, as wasmtime words it with `trap_on_grow_failure`.
-const GROW_REFUSED: &str = "forcing trap when growing memory";
 
 /// Store data for a preview 1 module.
 pub struct P1Host {
@@ -126,7 +124,7 @@ pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -
         )
         .trap_on_grow_failure(true)
         .build();
-    let limits = MeteredLimits::new(limits, start.usage.clone());
+    let limits = MeteredLimits::new(limits, start.usage.clone(), start.memory_limit_bytes);
     let running = async {
         let engine = compiled.engine;
         match compiled.code {

@@ -133,20 +133,53 @@ fn thread_cpu_nanos() -> u64 {
     u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
-/// The store's limits, recording the memory they let the guest have.
+/// How a refused growth begins its error, as wasmtime's own `StoreLimits` words it with
+/// `trap_on_grow_failure`, so that every refusal reads as the container's OOM kill.
+pub(crate) const GROW_REFUSED: &str = "forcing trap when growing memory";
+
+/// What the host keeps per table element (a function reference), counted as memory.
+const TABLE_ELEMENT_BYTES: u64 = std::mem::size_of::<usize>() as u64;
+
+/// The store's limits, recording the memory they let the guest have, and holding every
+/// linear memory and table of the container together to its memory limit: each memory or
+/// table is also checked alone, but a component with several memories would otherwise get
+/// the limit once per memory.
 pub(crate) struct MeteredLimits {
     limits: StoreLimits,
     usage: Arc<ContainerUsage>,
+    /// The container's `resources.limits.memory`, if any.
+    memory_limit: Option<u64>,
+    /// Linear memories' bytes plus tables' elements, as bytes.
     memory_bytes: u64,
 }
 
 impl MeteredLimits {
-    pub(crate) fn new(limits: StoreLimits, usage: Arc<ContainerUsage>) -> Self {
+    pub(crate) fn new(
+        limits: StoreLimits,
+        usage: Arc<ContainerUsage>,
+        memory_limit: Option<u64>,
+    ) -> Self {
         Self {
             limits,
             usage,
+            memory_limit,
             memory_bytes: 0,
         }
+    }
+
+    /// Takes `growth` more bytes if the total stays within the limit.
+    fn grow_total(&mut self, growth: u64, what: &str) -> wasmtime::Result<()> {
+        let total = self.memory_bytes.saturating_add(growth);
+        if let Some(limit) = self.memory_limit
+            && total > limit
+        {
+            return Err(wasmtime::format_err!(
+                "{GROW_REFUSED}: the container's memories and tables would come to {total} bytes with this {what}, over its limit of {limit}"
+            ));
+        }
+        self.memory_bytes = total;
+        self.usage.set_memory_bytes(total);
+        Ok(())
     }
 }
 
@@ -159,10 +192,7 @@ impl ResourceLimiter for MeteredLimits {
     ) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         if allowed {
-            self.memory_bytes = self
-                .memory_bytes
-                .saturating_add(desired.saturating_sub(current) as u64);
-            self.usage.set_memory_bytes(self.memory_bytes);
+            self.grow_total(desired.saturating_sub(current) as u64, "memory")?;
         }
         Ok(allowed)
     }
@@ -177,7 +207,12 @@ impl ResourceLimiter for MeteredLimits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
+        let allowed = self.limits.table_growing(current, desired, maximum)?;
+        if allowed {
+            let elements = desired.saturating_sub(current) as u64;
+            self.grow_total(elements.saturating_mul(TABLE_ELEMENT_BYTES), "table")?;
+        }
+        Ok(allowed)
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -206,12 +241,43 @@ mod tests {
     fn granted_growth_is_recorded_and_refused_growth_is_not() {
         let usage = Arc::new(ContainerUsage::default());
         let limits = StoreLimitsBuilder::new().memory_size(1 << 20).build();
-        let mut metered = MeteredLimits::new(limits, usage.clone());
+        let mut metered = MeteredLimits::new(limits, usage.clone(), None);
         assert!(metered.memory_growing(0, 65536, None).unwrap());
         assert!(metered.memory_growing(65536, 131072, None).unwrap());
         assert_eq!(usage.memory_bytes(), 131072);
         assert!(!metered.memory_growing(131072, 2 << 20, None).unwrap());
         assert_eq!(usage.memory_bytes(), 131072);
+    }
+
+    #[test]
+    fn every_memory_and_table_of_the_container_counts_against_one_limit() {
+        // Two memories of two pages each and a table, against a limit of three pages.
+        let wat = r#"(module
+            (memory 2) (memory 2)
+            (table 16 funcref))"#;
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(&engine, wat).unwrap();
+        let instantiate = |limit: u64| {
+            let usage = Arc::new(ContainerUsage::default());
+            let limits = StoreLimitsBuilder::new().trap_on_grow_failure(true).build();
+            let metered = MeteredLimits::new(limits, usage.clone(), Some(limit));
+            let mut store = wasmtime::Store::new(&engine, metered);
+            store.limiter(|limits| limits);
+            wasmtime::Instance::new(&mut store, &module, &[])
+                .map(|_| usage.memory_bytes())
+                .map_err(|err| format!("{err:#}"))
+        };
+        const PAGE: u64 = 65536;
+        let err = instantiate(3 * PAGE).unwrap_err();
+        assert!(err.contains(GROW_REFUSED), "{err}");
+        assert!(err.contains("over its limit of 196608"), "{err}");
+        // Both memories and the table's 16 elements, counted together.
+        let needed = 4 * PAGE + 16 * TABLE_ELEMENT_BYTES;
+        assert_eq!(instantiate(needed), Ok(needed));
+        assert!(
+            instantiate(needed - 1).is_err(),
+            "one byte short is refused"
+        );
     }
 
     #[tokio::test]
