@@ -82,6 +82,11 @@ pub struct Cli {
         default_value = "baseline-then-optimised"
     )]
     pub compile_tiering: wasi_provider::Tiering,
+    /// Networks (CIDRs or addresses) that pods' outbound HTTP may reach although the node
+    /// refuses them by default: loopback, link-local (cloud metadata) and the node's own
+    /// addresses. A pod's allowed-domains list cannot open them
+    #[arg(long, value_name = "CIDR,...", default_value = "", value_parser = wasi_provider::EgressPolicy::parse)]
+    pub outbound_http_allow_networks: wasi_provider::EgressPolicy,
     /// Requests per second the node sends the API server on average, as the kubelet's
     /// --kube-api-qps (the kubelet's 50 is for 110 pods; this default is for 1,000)
     #[arg(long, value_name = "QPS", default_value_t = ApiRateLimit::default().qps)]

@@ -200,6 +200,7 @@ fn wasi_provider(
         max_pods: node.max_pods,
         insecure_registries: cli.insecure_registries.clone(),
         tiering: cli.compile_tiering,
+        egress: cli.outbound_http_allow_networks.clone(),
     })
     .context("cannot start the WASI provider")
 }

@@ -13,7 +13,10 @@
 //! - `wasmlet_limits`: the same with a memory limit and a CPU limit (2000m) set high enough
 //!   never to throttle, so only the limits' bookkeeping is added;
 //! - `wasmlet_cpu_500m`: a CPU limit of half a core, to show throttling at work (wall time
-//!   about twice the CPU time).
+//!   about twice the CPU time);
+//! - `wasmlet_winch`: `wasmlet` with the baseline tier's code (Winch) instead of the
+//!   optimised tier's (Cranelift), which every other `wasmlet` configuration runs: what a
+//!   pod's first instance of a new module pays until Cranelift's code is ready.
 //!
 //! Prints JSON and writes `e2e/bench/results/sandbox.json`. Asserts no times; fails if a run
 //! does not exit 0 or prints a different digest. Arguments: rounds (default 4000, about
@@ -33,7 +36,7 @@ use oci::RegistryAuth;
 use oci::push::{PushFormat, push};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use wasi_provider::{WasiImage, WasiProvider, WasiProviderConfig};
+use wasi_provider::{Tiering, WasiImage, WasiProvider, WasiProviderConfig};
 use wasmtime::{Config, Engine, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -58,11 +61,13 @@ struct Limits {
 enum Runner {
     /// Plain Wasmtime, with or without epoch interruption compiled in.
     Plain { epochs: bool },
-    /// wasmlet's provider, with these limits.
+    /// wasmlet's provider with Cranelift's code, with these limits.
     Provider(Limits),
+    /// wasmlet's provider with Winch's code, no limits.
+    BaselineProvider,
 }
 
-const CONFIGURATIONS: [(&str, Runner); 5] = [
+const CONFIGURATIONS: [(&str, Runner); 6] = [
     ("plain_wasmtime", Runner::Plain { epochs: false }),
     ("plain_wasmtime_epochs", Runner::Plain { epochs: true }),
     (
@@ -86,6 +91,7 @@ const CONFIGURATIONS: [(&str, Runner); 5] = [
             cpu_millis: Some(500),
         }),
     ),
+    ("wasmlet_winch", Runner::BaselineProvider),
 ];
 
 #[tokio::main]
@@ -108,28 +114,15 @@ async fn main() -> anyhow::Result<()> {
         true,
     )
     .await?;
-    let provider = WasiProvider::new(&WasiProviderConfig {
-        cache_dir: work.path().join("cache"),
-        store_dir: work.path().join("store"),
-        max_pods: 110,
-        insecure_registries: vec![registry.host()],
-        tiering: wasi_provider::Tiering::default(),
-    })?;
     let pod = PodKey {
         namespace: "default".into(),
         name: "bench".into(),
         uid: "bench".into(),
     };
-    let pulled = provider
-        .pull(ImageRequest {
-            pod: &pod,
-            image: &image,
-            pull_policy: None,
-            pull_secrets: &[],
-            command: &[],
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.reason, e.message))?;
+    let (provider, pulled) =
+        provider_with(Tiering::Optimised, work.path(), &registry, &image, &pod).await?;
+    let (baseline, baseline_pulled) =
+        provider_with(Tiering::Baseline, work.path(), &registry, &image, &pod).await?;
 
     let plain = Plain::new(&wasm, false)?;
     let plain_epochs = Plain::new(&wasm, true)?;
@@ -143,6 +136,14 @@ async fn main() -> anyhow::Result<()> {
                 Runner::Provider(limits) => {
                     let dir = work.path().join(format!("{label}-{run}"));
                     run_in_provider(&provider, &pulled, &pod, &dir, rounds, limits).await?
+                }
+                Runner::BaselineProvider => {
+                    let dir = work.path().join(format!("{label}-{run}"));
+                    let limits = Limits {
+                        memory_bytes: None,
+                        cpu_millis: None,
+                    };
+                    run_in_provider(&baseline, &baseline_pulled, &pod, &dir, rounds, limits).await?
                 }
             };
             eprintln!(
@@ -205,6 +206,9 @@ async fn main() -> anyhow::Result<()> {
             "wasmlet": overhead("wasmlet"),
             "wasmlet_limits": overhead("wasmlet_limits"),
         },
+        "winch_code_cpu_over_cranelift_code": round2(
+            median(cpu("wasmlet_winch")) / median(cpu("wasmlet"))
+        ),
         "cpu_500m_wall_over_cpu": round2(
             median(wall("wasmlet_cpu_500m")) / median(cpu("wasmlet_cpu_500m"))
         ),
@@ -214,6 +218,37 @@ async fn main() -> anyhow::Result<()> {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/sandbox.json");
     std::fs::write(out, format!("{text}\n"))?;
     Ok(())
+}
+
+/// A provider that runs only `tiering`'s code, with its own directories under `work`, and
+/// `image` pulled with it.
+async fn provider_with(
+    tiering: Tiering,
+    work: &Path,
+    registry: &Registry,
+    image: &str,
+    pod: &PodKey,
+) -> anyhow::Result<(WasiProvider, WasiImage)> {
+    let dir = work.join(format!("{tiering:?}"));
+    let provider = WasiProvider::new(&WasiProviderConfig {
+        cache_dir: dir.join("cache"),
+        store_dir: dir.join("store"),
+        max_pods: 110,
+        insecure_registries: vec![registry.host()],
+        tiering,
+        egress: Default::default(),
+    })?;
+    let pulled = provider
+        .pull(ImageRequest {
+            pod,
+            image,
+            pull_policy: None,
+            pull_secrets: &[],
+            command: &[],
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.reason, e.message))?;
+    Ok((provider, pulled))
 }
 
 /// Plain Wasmtime: the defaults a first embedding would use, optionally with epoch

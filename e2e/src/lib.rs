@@ -30,4 +30,7 @@ pub use link::CloudLink;
 pub use process::rss_kib;
 pub use registry::{REGISTRY_PASSWORD, REGISTRY_USER, Registry};
 pub use wait::wait_for;
-pub use wasmlet::{StandaloneWasmlet, WasmletNode, WasmletOptions, ps_row, wasmlet_binary};
+pub use wasmlet::{
+    StandaloneWasmlet, WasmletNode, WasmletOptions, emulated_aarch64_wasmlet, ps_row,
+    wasmlet_binary,
+};

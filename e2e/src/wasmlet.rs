@@ -38,6 +38,8 @@ pub struct WasmletOptions {
     pub data_dir: Option<PathBuf>,
     /// `--static-pods`.
     pub static_pods: Option<PathBuf>,
+    /// `--outbound-http-allow-networks`: tests that serve HTTP on 127.0.0.1 open it.
+    pub outbound_http_allow_networks: Option<String>,
 }
 
 impl WasmletOptions {
@@ -57,6 +59,7 @@ impl WasmletOptions {
             behind_link: false,
             data_dir: None,
             static_pods: None,
+            outbound_http_allow_networks: None,
         }
     }
 }
@@ -107,6 +110,9 @@ impl WasmletNode {
         }
         if let Some(manifests) = &options.static_pods {
             cmd.arg("--static-pods").arg(manifests);
+        }
+        if let Some(networks) = &options.outbound_http_allow_networks {
+            cmd.arg(format!("--outbound-http-allow-networks={networks}"));
         }
         cmd.arg("--kubeconfig")
             .arg(&kubeconfig)
@@ -374,6 +380,30 @@ pub fn wasmlet_binary() -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
+/// Where Debian's cross toolchain keeps the aarch64 C library: the root qemu-user gives an
+/// aarch64 binary.
+const AARCH64_SYSROOT: &str = "/usr/aarch64-linux-gnu";
+
+/// The aarch64 wasmlet under qemu-user: `$WASMLET_AARCH64_BIN`, else the CI build
+/// (`target/aarch64-unknown-linux-gnu/aarch64-ci/wasmlet`) beside this test executable's
+/// target directory. The test command builds it first.
+pub fn emulated_aarch64_wasmlet() -> anyhow::Result<Command> {
+    let binary = match std::env::var_os("WASMLET_AARCH64_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => std::env::current_exe()?
+            .ancestors()
+            .map(|dir| dir.join("aarch64-unknown-linux-gnu/aarch64-ci/wasmlet"))
+            .find(|path| path.is_file())
+            .context(
+                "no aarch64 wasmlet in target/; run `cargo build --profile aarch64-ci \
+                 --target aarch64-unknown-linux-gnu --bin wasmlet` or set WASMLET_AARCH64_BIN",
+            )?,
+    };
+    let mut cmd = Command::new("qemu-aarch64");
+    cmd.arg("-L").arg(AARCH64_SYSROOT).arg(binary);
+    Ok(cmd)
+}
+
 /// Runs `wasmlet <tool> --data-dir <data_dir> <rest>` and returns what it printed.
 fn run_tool(data_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let (command, rest) = args.split_first().context("no tool named")?;
@@ -404,9 +434,18 @@ impl StandaloneWasmlet {
     /// Starts `wasmlet --static-pods <dir>/manifests --data-dir <dir>/data` with no kubeconfig,
     /// as node `name`, pulling over plain HTTP from `insecure_registries`.
     pub fn start(name: &str, insecure_registries: &[String]) -> anyhow::Result<Self> {
+        Self::start_as(Command::new(wasmlet_binary()?), name, insecure_registries)
+    }
+
+    /// As [`start`](Self::start), run by `cmd` instead of the native binary: an emulator
+    /// with the binary it runs, say.
+    pub fn start_as(
+        mut cmd: Command,
+        name: &str,
+        insecure_registries: &[String],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir_all(dir.path().join("manifests"))?;
-        let mut cmd = Command::new(wasmlet_binary()?);
         cmd.env("RUST_LOG", "info,kubelet=debug")
             .env_remove("KUBECONFIG")
             .env("HOME", dir.path())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use e2e::demos::push_demo;
 use e2e::status::{container, phase};
-use e2e::{WasmCluster, wasm_pod};
+use e2e::{WasmCluster, WasmletOptions, wasm_pod};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStateWaiting, Pod};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -193,7 +193,13 @@ fn stdout_lines(cluster: &WasmCluster, pod: &Pod) -> Vec<String> {
 #[tokio::test]
 async fn components_reach_only_allowed_hosts_and_at_most_the_allowed_concurrency() {
     let server = TestServer::start().await.unwrap();
-    let cluster = WasmCluster::start("edge-http", 110).await.unwrap();
+    // The test server is on loopback, which the node refuses unless the operator opens it.
+    let cluster = WasmCluster::start_with_options(WasmletOptions {
+        outbound_http_allow_networks: Some("127.0.0.0/8".into()),
+        ..WasmletOptions::named("edge-http")
+    })
+    .await
+    .unwrap();
     let image = push_demo(&cluster.registry.host(), "http-client").unwrap();
     let allow_server = format!(
         "    {ALLOWED_DOMAINS}: '[\"http://127.0.0.1:{}\"]'\n",
@@ -304,6 +310,49 @@ async fn components_reach_only_allowed_hosts_and_at_most_the_allowed_concurrency
     // Exactly two: never more than the bound, and the client really did overlap them.
     assert_eq!(server.max_in_flight("slow"), 2);
     eprintln!("bounded: 6 requests held {SLOW:?} each, at most 2 in flight, all answered 200");
+}
+
+#[tokio::test]
+async fn the_node_refuses_its_own_loopback_whatever_the_pods_list_allows() {
+    let server = TestServer::start().await.unwrap();
+    let cluster = WasmCluster::start("edge-http-egress", 110).await.unwrap();
+    let image = push_demo(&cluster.registry.host(), "http-client").unwrap();
+    // By address, and by a name that resolves to it: the check is on the address dialled.
+    for (name, host) in [("by-address", "127.0.0.1"), ("by-name", "localhost")] {
+        let url = format!("http://{host}:{}/{name}/1", server.port);
+        let annotations = format!(
+            "    {ALLOWED_DOMAINS}: '[\"http://{host}:{}\"]'\n",
+            server.port
+        );
+        cluster
+            .kubectl
+            .apply(&client_pod(name, &image, &annotations, &[url]))
+            .unwrap();
+    }
+    for (name, host) in [("by-address", "127.0.0.1"), ("by-name", "localhost")] {
+        let pod = cluster
+            .wait_pod(name, "Failed", FIRST_POD, |p| phase(p) == "Failed")
+            .await
+            .unwrap();
+        assert_eq!(
+            stdout_lines(&cluster, &pod),
+            [format!(
+                "GET http://{host}:{}/{name}/1 -> error: DestinationIpProhibited",
+                server.port
+            )],
+            "{name}"
+        );
+        assert_eq!(server.requests(name), 0, "{name} reached the server");
+    }
+    let node_log = cluster.node.log_tail(usize::MAX);
+    let refusal = node_log
+        .lines()
+        .find(|l| l.contains("outbound HTTP refused by the node: a loopback address"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{node_log}"));
+    assert!(
+        refusal.contains("--outbound-http-allow-networks"),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]

@@ -108,6 +108,7 @@ mod tests {
             max_pods: 1000,
             insecure_registries: vec![],
             tiering: Tiering::default(),
+            egress: Default::default(),
         };
         for tier in [TierKind::Baseline, TierKind::Optimised] {
             let engine = build(&config, tier).unwrap();

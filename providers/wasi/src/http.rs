@@ -8,11 +8,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use kubelet::PodKey;
 use tokio::sync::Semaphore;
+
+use crate::egress::{EgressPolicy, SendResult};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
 /// The pod annotation listing the hosts a pod may send HTTP requests to.
@@ -85,6 +86,8 @@ pub struct HttpPolicy {
     /// Whether the pod has the allowed-domains annotation at all (for the denial's log line).
     annotated: bool,
     max_concurrent: Option<usize>,
+    /// The node's own rule, which the pod's list cannot widen.
+    egress: Arc<EgressPolicy>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +141,7 @@ impl HttpPolicy {
                 allowed: Vec::new(),
                 annotated: false,
                 max_concurrent,
+                egress: Arc::default(),
             });
         };
         let json: serde_json::Value =
@@ -168,7 +172,13 @@ impl HttpPolicy {
             allowed,
             annotated: true,
             max_concurrent,
+            egress: Arc::default(),
         })
+    }
+
+    /// This policy, with its requests connecting only where the node's `egress` allows.
+    pub fn under(self, egress: Arc<EgressPolicy>) -> Self {
+        Self { egress, ..self }
     }
 
     /// The most requests a container may have waiting for a response head, if bounded.
@@ -293,11 +303,6 @@ fn shorten(value: &str) -> String {
     }
 }
 
-type SendResult = wasmtime_wasi_http::Result<(
-    ::http::Response<WasiBody>,
-    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-)>;
-
 /// The `wasi:http` hooks of one container instance: the policy's gate in front of
 /// wasmtime-wasi-http's default sender.
 pub(crate) struct OutboundHttp {
@@ -350,9 +355,12 @@ impl WasiHttpHooks for OutboundHttp {
             // The guest sees `error-code.HTTP-request-denied` from the response future.
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        // The default sender's future does nothing until polled, so it is created here and
-        // only starts (connects) once a permit is held.
-        let send = wasmtime_wasi_http::default_hooks().send_request(request, options, fut);
+        // `fut` reports a request body's failure to whoever built it; the sender, like the
+        // default one, has no use for it.
+        drop(fut);
+        // The sender does nothing until polled, so it only starts (connects) once a permit is
+        // held.
+        let send = crate::egress::send(request, options, self.policy.egress.clone());
         let in_flight = self.in_flight.clone();
         Box::new(async move {
             // A permit is held from before the connection is opened until the response head
@@ -367,13 +375,15 @@ impl WasiHttpHooks for OutboundHttp {
                 })?),
                 None => None,
             };
-            Pin::from(send).await
+            send.await
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+
     use super::*;
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -566,7 +576,8 @@ mod tests {
             name: "p".into(),
             uid: "u".into(),
         };
-        let mut p = policy(&format!(r#"["http://127.0.0.1:{port}"]"#));
+        let mut p = policy(&format!(r#"["http://127.0.0.1:{port}"]"#))
+            .under(Arc::new(EgressPolicy::parse("127.0.0.1").unwrap()));
         p.max_concurrent = Some(1);
         let mut hooks = OutboundHttp::new(p, &pod, "app");
         let mut send = || {

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 mod code;
+mod egress;
 mod engine;
 mod guest;
 mod http;
@@ -27,6 +28,7 @@ use oci::{PullPolicy, PullRequest, Puller, PullerConfig, RegistryCredentials, St
 use tokio::task::JoinHandle;
 
 pub use code::{Compiled, TierKind, Tiering};
+pub use egress::EgressPolicy;
 pub use engine::EngineError;
 pub use http::{ALLOWED_DOMAINS, HttpPolicy, MAX_CONCURRENT_REQUESTS, PolicyError};
 
@@ -46,6 +48,8 @@ pub struct WasiProviderConfig {
     pub insecure_registries: Vec<String>,
     /// How new code is compiled.
     pub tiering: Tiering,
+    /// Where pods' outbound HTTP may connect, whatever their allow-lists say.
+    pub egress: EgressPolicy,
 }
 
 /// Errors setting up the provider.
@@ -76,6 +80,7 @@ pub struct WasiProvider {
     code: code::CodeCache,
     puller: Puller,
     in_use: Arc<Mutex<HashMap<String, usize>>>,
+    egress: Arc<EgressPolicy>,
     _ticker: engine::EpochTicker,
 }
 
@@ -135,6 +140,7 @@ impl WasiProvider {
                 },
             ),
             in_use: Arc::new(Mutex::new(HashMap::new())),
+            egress: Arc::new(config.egress.clone()),
         })
     }
 }
@@ -219,8 +225,9 @@ impl Provider for WasiProvider {
     ) -> Result<JoinHandle<ContainerExit>, ContainerError> {
         // Read before anything runs, so a malformed annotation becomes the container's status
         // instead of a guest that silently can, or cannot, reach the network.
-        let outbound =
-            HttpPolicy::from_annotations(&start.annotations).map_err(invalid_annotation)?;
+        let outbound = HttpPolicy::from_annotations(&start.annotations)
+            .map_err(invalid_annotation)?
+            .under(self.egress.clone());
         let plan = guest::Plan::new(&image.artifact, &start, outbound);
         let compiled = image.compiled.clone();
         let in_use = InUse::new(&self.in_use, &image.artifact.wasm_digest);

@@ -332,6 +332,7 @@ mod tests {
                 max_pods: 4,
                 insecure_registries: vec![],
                 tiering,
+                egress: Default::default(),
             };
             let tier = |kind| {
                 Tier::new(
