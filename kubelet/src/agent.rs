@@ -168,7 +168,7 @@ impl<P: Provider> Kubelet<P> {
             self.provider.clone(),
             self.data_dir.clone(),
         );
-        let desired = object::new_node(&self.config, reporter.current_status());
+        let desired = object::new_node(&self.config, reporter.current_status().await);
         let Some(node) =
             register_until_done(&Api::all(client.clone()), &desired, link, cancel).await
         else {

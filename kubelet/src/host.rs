@@ -36,7 +36,7 @@ impl HostFacts {
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
-            memory_bytes: read_meminfo_kib("MemTotal:").unwrap_or(0) * 1024,
+            memory_bytes: memory_total_bytes().unwrap_or(0),
             kernel_version: uname.release().to_string_lossy().into_owned(),
             os_image: read_os_image().unwrap_or_else(|| "unknown".into()),
             operating_system: std::env::consts::OS.to_string(),
@@ -46,6 +46,11 @@ impl HostFacts {
             hostname: uname.nodename().to_string_lossy().into_owned(),
         }
     }
+}
+
+/// The host's memory, in bytes.
+pub fn memory_total_bytes() -> Option<u64> {
+    read_meminfo_kib("MemTotal:").map(|kib| kib * 1024)
 }
 
 /// Memory the kernel says is available for new work, in bytes.

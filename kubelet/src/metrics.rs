@@ -136,7 +136,8 @@ impl AgentMetrics {
             let phase = entry
                 .pod
                 .status
-                .and_then(|s| s.phase)
+                .as_ref()
+                .and_then(|s| s.phase.clone())
                 .unwrap_or_else(|| "Pending".into());
             self.pods.get_or_create(&PhaseLabel { phase }).inc();
         }

@@ -27,7 +27,7 @@ pub(super) async fn get(
             format!("pod \"{pod}\" in namespace \"{namespace}\" is not on this node"),
         );
     };
-    let spec = entry.pod.spec.unwrap_or_default();
+    let spec = entry.pod.spec.clone().unwrap_or_default();
     let known = spec
         .containers
         .iter()

@@ -16,7 +16,8 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<k8s_openapi::Lis
             .table
             .snapshot()
             .into_iter()
-            .map(|e| e.pod)
+            // Copied outside the table's lock, for the response.
+            .map(|e| std::sync::Arc::unwrap_or_clone(e.pod))
             .collect(),
         metadata: Default::default(),
     })

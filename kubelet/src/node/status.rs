@@ -50,12 +50,23 @@ impl<P: Provider> StatusReporter<P> {
     }
 
     /// The status as it is right now.
-    pub fn current_status(&mut self) -> NodeStatus {
-        let disk = DiskUsage::of(self.data_dir.path()).ok();
+    pub async fn current_status(&mut self) -> NodeStatus {
+        // File reads, a statvfs and a probe write: off the runtime's threads.
+        let data_dir = self.data_dir.clone();
+        let (memory_available_bytes, disk, data_dir_error) =
+            tokio::task::spawn_blocking(move || {
+                (
+                    host::memory_available_bytes(),
+                    DiskUsage::of(data_dir.path()).ok(),
+                    data_dir.check_writable().err().map(|e| e.to_string()),
+                )
+            })
+            .await
+            .unwrap_or_else(|err| (None, None, Some(format!("the host check failed: {err}"))));
         let observed = Observations {
-            memory_available_bytes: host::memory_available_bytes(),
+            memory_available_bytes,
             data_dir_disk: disk,
-            data_dir_error: self.data_dir.check_writable().err().map(|e| e.to_string()),
+            data_dir_error,
             provider_error: self.provider.health().err(),
         };
         let now = Time(jiff::Timestamp::now());
@@ -79,7 +90,7 @@ impl<P: Provider> StatusReporter<P> {
     /// Sends the current status if it differs from the last one sent or the last one is
     /// older than the report interval. Returns whether a patch went out.
     pub async fn report(&mut self) -> Result<bool, kube::Error> {
-        let status = self.current_status();
+        let status = self.current_status().await;
         let comparable = without_heartbeats(&status);
         if !needs_sending(
             self.last_sent.as_ref(),

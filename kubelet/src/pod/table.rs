@@ -23,8 +23,9 @@ pub struct RunningContainer {
 /// One pod as the API sees it.
 #[derive(Clone, Debug)]
 pub struct PodEntry {
-    /// The pod object, with the status this node computed (sent or not).
-    pub pod: Pod,
+    /// The pod object, with the status this node computed (sent or not). Shared, so a
+    /// snapshot for an API request copies a pointer under the lock, not the object.
+    pub pod: Arc<Pod>,
     /// When this node took the pod on.
     pub started: Timestamp,
     /// Its running containers, by name.
@@ -43,15 +44,15 @@ impl PodTable {
         let mut pods = self.write();
         match pods.get_mut(uid) {
             Some(entry) => {
-                let status = entry.pod.status.take();
-                entry.pod = pod;
-                entry.pod.status = status.or(entry.pod.status.take());
+                let mut pod = pod;
+                pod.status = entry.pod.status.clone().or(pod.status.take());
+                entry.pod = Arc::new(pod);
             }
             None => {
                 pods.insert(
                     uid.to_string(),
                     PodEntry {
-                        pod,
+                        pod: Arc::new(pod),
                         started: Timestamp::now(),
                         running: BTreeMap::new(),
                     },
@@ -63,7 +64,8 @@ impl PodTable {
     /// Records the status the worker computed.
     pub fn set_status(&self, uid: &str, status: PodStatus) {
         if let Some(entry) = self.write().get_mut(uid) {
-            entry.pod.status = Some(status);
+            // Copies the object only if a snapshot still holds the old one.
+            Arc::make_mut(&mut entry.pod).status = Some(status);
         }
     }
 
@@ -118,7 +120,7 @@ impl PodTable {
             .map(|(uid, e)| (uid.clone(), e.clone()))
     }
 
-    /// Every pod, ordered by namespace and name.
+    /// Every pod, ordered by namespace and name. The lock is held only to copy pointers.
     pub fn snapshot(&self) -> Vec<PodEntry> {
         let mut entries: Vec<PodEntry> = self.read().values().cloned().collect();
         entries.sort_by(|a, b| {
@@ -167,7 +169,10 @@ mod tests {
         table.put("u1", pod("default", "a"));
         let (uid, entry) = table.find("default", "a").unwrap();
         assert_eq!(uid, "u1");
-        assert_eq!(entry.pod.status.unwrap().phase.as_deref(), Some("Running"));
+        assert_eq!(
+            entry.pod.status.as_ref().unwrap().phase.as_deref(),
+            Some("Running")
+        );
         table.container_started("u1", "c", Arc::default());
         assert!(table.snapshot()[0].running.contains_key("c"));
         table.container_stopped("u1", "c");
@@ -175,6 +180,25 @@ mod tests {
         assert!(table.find("other", "a").is_none());
         table.remove("u1");
         assert!(table.snapshot().is_empty());
+    }
+
+    #[test]
+    fn snapshots_share_the_pod_objects_until_one_changes() {
+        let table = PodTable::default();
+        table.put("u1", pod("default", "a"));
+        let (first, second) = (table.snapshot(), table.snapshot());
+        assert!(
+            Arc::ptr_eq(&first[0].pod, &second[0].pod),
+            "no copy per snapshot"
+        );
+        table.set_status("u1", PodStatus::default());
+        let third = table.snapshot();
+        assert!(!Arc::ptr_eq(&first[0].pod, &third[0].pod));
+        assert!(
+            first[0].pod.status.is_none(),
+            "a taken snapshot does not change"
+        );
+        assert!(third[0].pod.status.is_some());
     }
 
     #[test]
