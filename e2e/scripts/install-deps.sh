@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the e2e suite needs on a Debian bookworm machine, idempotently:
 #   - apt packages (etcd-server, docker-registry, skopeo, golang-1.19, dpkg-dev, rsync, ...);
-#   - the wasm32 rustup targets;
+#   - the wasm32 rustup targets, and the aarch64 one with Debian's cross linker and qemu-user
+#     for the emulated aarch64 test;
 #   - kube-apiserver, kube-controller-manager and kube-scheduler built from Debian's
 #     `kubernetes` source package, cached outside the checkout and keyed by version, so
 #     the (slow) Go build happens once per machine.
@@ -11,7 +12,8 @@ set -euo pipefail
 cache_root="${WASMLET_CACHE:-$HOME/.cache/wasmlet}"
 log() { printf '[install-deps] %s\n' "$*" >&2; }
 
-apt_packages=(dpkg-dev golang-1.19-go rsync etcd-server docker-registry skopeo apache2-utils openssl curl jq)
+apt_packages=(dpkg-dev golang-1.19-go rsync etcd-server docker-registry skopeo apache2-utils openssl curl jq
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 
 ensure_deb_src() {
     # `apt-get source` needs a deb-src line for the same suites as the binary sources.
@@ -52,7 +54,8 @@ ensure_apt_packages() {
 }
 
 ensure_rust_targets() {
-    rustup target add wasm32-wasip1 wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip1 wasm32-wasip2
+    local targets=(wasm32-wasip1 wasm32-wasip2 aarch64-unknown-linux-gnu)
+    rustup target add "${targets[@]}" >/dev/null 2>&1 || rustup target add "${targets[@]}"
 }
 
 build_control_plane() {
