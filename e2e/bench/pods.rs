@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use e2e::demos::{push_demo, push_file};
-use e2e::oci_layout::sleeper_module_of_size;
+use e2e::demos::{demo_wasm, push_demo, push_file};
+use e2e::oci_layout::{component_with_code_of_size, sleeper_module_of_size};
 use e2e::{WasmCluster, rss_kib, wait_for, wasm_pod};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -36,6 +36,8 @@ const DELETE_BATCH: usize = 100;
 const CONFIG_CHANGES: usize = 20;
 /// The fresh module: about 2 MB, nearly all of it code to compile.
 const FRESH_MODULE_BYTES: usize = 2_000_000;
+/// The new component: about 10 MB, nearly all of it code to compile.
+const BIG_COMPONENT_BYTES: usize = 10_000_000;
 
 type PodWatch =
     std::pin::Pin<Box<dyn futures::Stream<Item = kube::Result<WatchEvent<Pod>>> + Send>>;
@@ -46,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
-    let cluster = WasmCluster::start(NODE, (count + SEQUENTIAL + BURST + 20) as u32).await?;
+    let mut cluster = WasmCluster::start(NODE, (count + SEQUENTIAL + BURST + 20) as u32).await?;
     let client = cluster.plane.client().await?;
     let pods: kube::Api<Pod> = kube::Api::default_namespaced(client.clone());
     let pid = cluster.node.pid();
@@ -65,12 +67,8 @@ async fn main() -> anyhow::Result<()> {
 
     // The first pod pulls a module the node has never seen and compiles it.
     let sleeper = sleeper_module_of_size(FRESH_MODULE_BYTES)?;
-    let sleeper_file =
-        std::env::temp_dir().join(format!("bench-sleeper-{}.wasm", std::process::id()));
-    std::fs::write(&sleeper_file, &sleeper)?;
     let sleeper_image = format!("{}/bench/sleeper:v1", cluster.registry.host());
-    push_file(&sleeper_file, &sleeper_image, &[])?;
-    std::fs::remove_file(&sleeper_file)?;
+    push_wasm(&sleeper, &sleeper_image)?;
     let fresh_pod: Pod = serde_yaml::from_str(&wasm_pod(
         "fresh",
         &format!(
@@ -83,6 +81,44 @@ async fn main() -> anyhow::Result<()> {
             let pod = cluster.pod("fresh").map(|p| e2e::status_summary(&p));
             anyhow::anyhow!("{err:#}; fresh pod: {pod:?}\n{}", cluster.node.log_tail(30))
         })?[0];
+    // Cranelift's pass over it runs in the background; let it finish so that it does not
+    // share the cores with what is timed next.
+    let sleeper_compiles = optimised_code(&cluster, sleeper.len()).await?;
+
+    // A new 10 MB component: its first start, then its start after a process restart, with
+    // its code on disk.
+    let component = component_with_code_of_size(
+        &std::fs::read(demo_wasm("config-reader")?)?,
+        BIG_COMPONENT_BYTES,
+    )?;
+    let component_image = format!("{}/bench/big-component:v1", cluster.registry.host());
+    push_wasm(&component, &component_image)?;
+    let component_pod = |name: &str| -> anyhow::Result<Pod> {
+        Ok(serde_yaml::from_str(&wasm_pod(
+            name,
+            &format!(
+                "  nodeName: {NODE}\n  automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: {component_image}\n    args: [\"--every\", \"3600\", \"/\"]\n"
+            ),
+        ))?)
+    };
+    let fresh_component =
+        time_to_running(&pods, &mut watch, vec![component_pod("fresh-component")?]).await?[0];
+    let component_compiles = optimised_code(&cluster, component.len()).await?;
+    delete_and_wait(&pods, "fresh-component").await?;
+    let log_before_restart = cluster.node.log_tail(usize::MAX);
+    cluster.node.restart_with(rustix::process::Signal::TERM)?;
+    wait_for(
+        "the restarted node to report",
+        Duration::from_secs(60),
+        || {
+            let log = cluster.node.log_tail(usize::MAX);
+            async move { Ok(log.contains("node status sent").then_some(())) }
+        },
+    )
+    .await?;
+    let cached_component =
+        time_to_running(&pods, &mut watch, vec![component_pod("cached-component")?]).await?[0];
+
     // The ticker's own first pull and compile, so the cached figures below are cached.
     time_to_running(&pods, &mut watch, vec![idle("warm-up")?]).await?;
 
@@ -153,7 +189,8 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("delete {DELETE_BATCH}: {delete_batch}");
 
     // Density: ramp the idle pods up in steps, reading the agent's cost at each.
-    let already = 2 + 3 * (SEQUENTIAL + BURST) + 1;
+    // fresh, cached-component, warm-up, the three series and the logger.
+    let already = 3 + 3 * (SEQUENTIAL + BURST) + 1;
     let mut steps = Vec::new();
     let mut created = 0;
     let ramp_started = Instant::now();
@@ -208,7 +245,10 @@ async fn main() -> anyhow::Result<()> {
         .windows(2)
         .map(|w| (w[1] - w[0]) as f64 / 1e3)
         .collect();
-    let stages = start_stages(&cluster.node.log_tail(usize::MAX));
+    let stages = start_stages(&format!(
+        "{log_before_restart}{}",
+        cluster.node.log_tail(usize::MAX)
+    ));
 
     let deleting = Instant::now();
     pods.delete_collection(&DeleteParams::default(), &ListParams::default())
@@ -233,7 +273,13 @@ async fn main() -> anyhow::Result<()> {
         "cpus": std::thread::available_parallelism()?.get(),
         "observed_by": "pod watch; pods created already bound",
         "footprint": footprint,
-        "fresh_module": {"bytes": sleeper.len(), "create_to_running_ms": ms(fresh)},
+        "fresh_module": {"bytes": sleeper.len(), "create_to_running_ms": ms(fresh), "compiles": sleeper_compiles},
+        "big_component": {
+            "bytes": component.len(),
+            "fresh_create_to_running_ms": ms(fresh_component),
+            "compiles": component_compiles,
+            "after_process_restart_create_to_running_ms": ms(cached_component),
+        },
         "cached_start_series": series,
         "configmap_change_to_pod_volume_ms": config_change,
         "log_follow_latency_ms": logs,
@@ -489,25 +535,91 @@ async fn follow_latency(
     Ok(json!({"lines": latencies.len(), "guest_write_to_client_ms": percentiles(&latencies)}))
 }
 
+/// Waits for the node's log to show Cranelift's code for the `wasm_bytes`-byte artifact, then
+/// returns each of its "compiled" lines: compiler, milliseconds and Wasm MB/s.
+async fn optimised_code(cluster: &WasmCluster, wasm_bytes: usize) -> anyhow::Result<Value> {
+    let bytes = wasm_bytes.to_string();
+    let compiles = wait_for(
+        "Cranelift's code in the background",
+        Duration::from_secs(300),
+        || {
+            let log = cluster.node.log_tail(usize::MAX);
+            let bytes = bytes.clone();
+            async move {
+                let lines: Vec<String> = log
+                    .lines()
+                    .filter(|l| {
+                        l.contains(" compiled ")
+                            && log_field(l, "wasm_bytes").as_deref() == Some(bytes.as_str())
+                    })
+                    .map(String::from)
+                    .collect();
+                let optimised = lines
+                    .iter()
+                    .any(|l| log_field(l, "compiler").as_deref() == Some("cranelift"));
+                Ok(optimised.then_some(lines))
+            }
+        },
+    )
+    .await?;
+    Ok(compiles
+        .iter()
+        .filter_map(|line| {
+            let elapsed_ms: f64 = log_field(line, "elapsed_ms")?.parse().ok()?;
+            Some(json!({
+                "compiler": log_field(line, "compiler")?,
+                "elapsed_ms": elapsed_ms,
+                "wasm_mb_per_s": (wasm_bytes as f64 / 1e6 / (elapsed_ms / 1e3) * 10.0).round() / 10.0,
+            }))
+        })
+        .collect())
+}
+
+/// Publishes the Wasm binary `wasm` as `image`.
+fn push_wasm(wasm: &[u8], image: &str) -> anyhow::Result<()> {
+    let file = tempfile::Builder::new().suffix(".wasm").tempfile()?;
+    std::fs::write(file.path(), wasm)?;
+    push_file(file.path(), image, &[])
+}
+
+/// Deletes pod `name` and waits until the API has no such pod.
+async fn delete_and_wait(pods: &kube::Api<Pod>, name: &str) -> anyhow::Result<()> {
+    pods.delete(name, &DeleteParams::default()).await?;
+    wait_for(
+        &format!("pod {name} to be gone"),
+        Duration::from_secs(60),
+        || {
+            let pods = pods.clone();
+            async move {
+                let left = pods.get_opt(name).await.map_err(|e| e.to_string())?;
+                Ok(left.is_none().then_some(()))
+            }
+        },
+    )
+    .await
+}
+
+/// The value of `key=` in a log line, quotes trimmed.
+fn log_field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    Some(
+        line[start..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}
+
 /// Where starts spent their time, from the node's log: each pod's `pod started` trace
 /// (watch event → admitted worker → volumes → pulls → container starts → the Running
 /// status accepted) and, within the pull, the provider's `image ready` split between the
 /// artifact lookup and loading its compiled code. The fresh pod on its own, and p50/p99 per
 /// stage over the pods started one at a time, image and code cached.
 fn start_stages(log: &str) -> Value {
-    let field = |line: &str, key: &str| -> Option<String> {
-        let start = line.find(&format!(" {key}="))? + key.len() + 2;
-        Some(
-            line[start..]
-                .split_whitespace()
-                .next()?
-                .trim_matches('"')
-                .to_string(),
-        )
-    };
     let mut per_pod: HashMap<String, Vec<(String, f64)>> = HashMap::new();
     for line in log.lines() {
-        let Some(pod) = field(line, "pod") else {
+        let Some(pod) = log_field(line, "pod") else {
             continue;
         };
         let mut stages = Vec::new();
@@ -523,13 +635,13 @@ fn start_stages(log: &str) -> Value {
                 }
             }
             stages.extend(
-                field(line, "total_ms")
+                log_field(line, "total_ms")
                     .and_then(|t| t.parse().ok())
                     .map(|t| ("total".to_string(), t)),
             );
         } else if line.contains("image ready") {
             for key in ["artifact_ms", "code_ms"] {
-                if let Some(ms) = field(line, key).and_then(|v| v.parse::<f64>().ok()) {
+                if let Some(ms) = log_field(line, key).and_then(|v| v.parse::<f64>().ok()) {
                     stages.push((format!("pull.{}", key.trim_end_matches("_ms")), ms));
                 }
             }

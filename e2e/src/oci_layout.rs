@@ -222,6 +222,20 @@ pub fn sleeper_module_of_size(size: usize) -> anyhow::Result<Vec<u8>> {
     Ok(wat::parse_str(&wat)?)
 }
 
+/// `component` with a core module of about `size` bytes of code appended (a
+/// [`sleeper_module_of_size`]): never instantiated, but compiled, as every module a component
+/// holds is, so the component runs as `component` does and compiles as a large one.
+pub fn component_with_code_of_size(component: &[u8], size: usize) -> anyhow::Result<Vec<u8>> {
+    /// The component binary format's section id for a core module.
+    const CORE_MODULE_SECTION: u8 = 1;
+    let module = sleeper_module_of_size(size)?;
+    let mut out = component.to_vec();
+    out.push(CORE_MODULE_SECTION);
+    leb128(&mut out, module.len().try_into()?);
+    out.extend(module);
+    Ok(out)
+}
+
 /// The smallest valid component.
 pub fn empty_component() -> Vec<u8> {
     b"\0asm\x0d\0\x01\0".to_vec()
@@ -236,5 +250,19 @@ fn leb128(out: &mut Vec<u8>, mut value: u64) {
             return;
         }
         out.push(byte | 0x80);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_with_code_appended_is_a_valid_component_that_much_larger() {
+        let base = empty_component();
+        let big = component_with_code_of_size(&base, 50_000).unwrap();
+        assert!(big.len() >= base.len() + 45_000, "{} bytes", big.len());
+        let engine = wasmtime::Engine::default();
+        wasmtime::component::Component::new(&engine, &big).unwrap();
     }
 }
