@@ -314,7 +314,9 @@ impl PodVolumes {
         staging: &Path,
     ) -> Result<Vec<Mount>, String> {
         let mut mounts: Vec<Mount> = Vec::new();
-        let mut files: BTreeMap<String, (PathBuf, bool)> = BTreeMap::new();
+        // Per guest directory: the staging directory, whether its files are read-only, and
+        // the first file's path (to name in a refusal).
+        let mut files: BTreeMap<String, (PathBuf, bool, String)> = BTreeMap::new();
         for wanted in container.volume_mounts.iter().flatten() {
             let volume = self.volumes.get(&wanted.name).ok_or_else(|| {
                 format!("volumeMount {:?} names no volume of the pod", wanted.name)
@@ -354,13 +356,27 @@ impl PodVolumes {
                 ));
             }
             let next = staging.join(files.len().to_string());
-            let entry = files.entry(parent.to_string()).or_insert((next, true));
-            entry.1 &= read_only;
+            let entry = files
+                .entry(parent.to_string())
+                .or_insert((next, read_only, guest.clone()));
+            // One directory is one preopen with one mode, and the staged files share their
+            // source's inode: a writable file beside a read-only one would make the
+            // read-only one writable, through to its source.
+            if entry.1 != read_only {
+                let (writable, read_only_file) = if read_only {
+                    (&entry.2, &guest)
+                } else {
+                    (&guest, &entry.2)
+                };
+                return Err(format!(
+                    "cannot mount the read-only file {read_only_file} and the writable file {writable} into one directory: a WASI guest is given whole directories, each with one mode; mount them into different directories"
+                ));
+            }
             confine::stage_file(&source, &entry.0, name)
                 .await
                 .map_err(|e| format!("cannot mount the file {guest}: {e}"))?;
         }
-        for (parent, (dir, read_only)) in files {
+        for (parent, (dir, read_only, _)) in files {
             if mounts.iter().any(|m| m.guest_path == parent) {
                 return Err(format!(
                     "cannot mount files into {parent}, which is itself a mount: a WASI guest cannot see both"

@@ -255,6 +255,39 @@ async fn a_missing_secret_is_a_mount_error_unless_optional() {
 }
 
 #[tokio::test]
+async fn a_read_only_file_mount_beside_a_writable_one_is_refused_not_made_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    *objects.config.lock().unwrap() = Some("conf".into());
+    let client = client(objects);
+    let ctx = context(&client);
+    let scratch = Volume {
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..volume("scratch")
+    };
+    let pod = pod(vec![config_volume(), scratch]);
+    let mut volumes = PodVolumes::new(dir.path());
+    volumes.set_up(&ctx, &pod).await.unwrap();
+    std::fs::write(dir.path().join("volumes/scratch/notes"), "n").unwrap();
+    let container = Container {
+        volume_mounts: Some(vec![
+            // A ConfigMap is read-only; the emptyDir file is writable.
+            mount("config", "/etc/app.conf", Some("app.conf")),
+            mount("scratch", "/etc/notes", Some("notes")),
+        ]),
+        ..Default::default()
+    };
+    let err = volumes
+        .mounts_for(&container, &[], &dir.path().join("staging"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("read-only file /etc/app.conf and the writable file /etc/notes"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn file_sub_paths_are_staged_and_directories_mount_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let objects = Objects::default();
