@@ -29,8 +29,8 @@ pub use agent::{ApiServing, Kubelet};
 pub use config::NodeConfig;
 pub use error::Error;
 pub use provider::{
-    ContainerError, ContainerExit, ContainerStart, ImageRequest, Mount, NodeContribution, PodKey,
-    Provider, PullSecret, PulledImage,
+    ContainerError, ContainerExit, ContainerStart, HeldPath, ImageRequest, Mount, NodeContribution,
+    PodKey, Provider, PullSecret, PulledImage,
 };
 
 /// A result whose error is this crate's [`Error`].

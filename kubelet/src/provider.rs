@@ -109,11 +109,47 @@ pub struct ContainerStart {
 pub struct Mount {
     /// The absolute path the guest sees, e.g. `/etc/config`.
     pub guest_path: String,
-    /// The directory on the host; already confined to its volume by the kubelet.
+    /// The directory on the host; already confined to its volume by the kubelet. For a
+    /// `subPath`, the path of a directory the kubelet holds open (`/proc/self/fd/N`), so
+    /// opening it opens exactly what was checked; open it while the [`Mount`] lives.
     pub host_path: std::path::PathBuf,
     /// The guest may read but not change what is there.
     pub read_only: bool,
+    /// Keeps `host_path` open when it names a held directory.
+    pub held: Option<HeldPath>,
 }
+
+/// A file or directory resolved beneath its volume and held open.
+#[derive(Clone, Debug)]
+pub struct HeldPath {
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    is_dir: bool,
+}
+
+impl HeldPath {
+    pub(crate) fn new(fd: std::sync::Arc<std::os::fd::OwnedFd>, is_dir: bool) -> Self {
+        Self { fd, is_dir }
+    }
+
+    /// A path that opens the held file itself: `/proc/self/fd/N`.
+    pub fn path(&self) -> std::path::PathBuf {
+        use std::os::fd::AsRawFd;
+        std::path::PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    /// Whether it is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.is_dir
+    }
+}
+
+impl PartialEq for HeldPath {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.fd, &other.fd)
+    }
+}
+
+impl Eq for HeldPath {}
 
 /// A failure to pull or start, as the pod's status and events should show it.
 #[derive(Clone, Debug, PartialEq, Eq)]

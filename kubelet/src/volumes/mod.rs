@@ -328,24 +328,33 @@ impl PodVolumes {
                 (_, Some(sub)) if !sub.is_empty() => Some(sub.clone()),
                 _ => None,
             };
-            let source = match sub {
-                Some(sub) => confine::sub_path(&volume.path, &sub).await.map_err(|e| {
+            let held = match sub {
+                Some(sub) => Some(confine::sub_path(&volume.path, &sub).await.map_err(|e| {
                     format!(
                         "failed to prepare subPath for volumeMount {:?} of container {:?}: {e}",
                         wanted.name, container.name
                     )
-                })?,
-                None => volume.path.clone(),
+                })?),
+                None => None,
             };
-            let is_dir = tokio::fs::metadata(&source)
-                .await
-                .map_err(|e| format!("cannot mount {}: {e}", source.display()))?
-                .is_dir();
+            let (source, is_dir) = match &held {
+                Some(held) => (held.path(), held.is_dir()),
+                // The volume's own directory (or a hostPath file), which the kubelet made or
+                // checked and no container can replace.
+                None => {
+                    let is_dir = tokio::fs::metadata(&volume.path)
+                        .await
+                        .map_err(|e| format!("cannot mount {}: {e}", volume.path.display()))?
+                        .is_dir();
+                    (volume.path.clone(), is_dir)
+                }
+            };
             if is_dir {
                 mounts.push(Mount {
                     guest_path: guest,
                     host_path: source,
                     read_only,
+                    held,
                 });
                 continue;
             }
@@ -386,6 +395,7 @@ impl PodVolumes {
                 guest_path: parent,
                 host_path: dir,
                 read_only,
+                held: None,
             });
         }
         Ok(mounts)

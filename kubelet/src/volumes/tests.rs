@@ -320,7 +320,14 @@ async fn file_sub_paths_are_staged_and_directories_mount_in_place() {
         .unwrap();
     let by_path = |p: &str| mounts.iter().find(|m| m.guest_path == p).unwrap();
     assert!(!by_path("/work").read_only);
-    assert!(by_path("/cache").host_path.ends_with("scratch/cache/p"));
+    // A subPath is handed over as the directory the kubelet resolved and holds open.
+    let cache = by_path("/cache");
+    assert!(cache.held.is_some());
+    assert!(
+        std::fs::read_link(&cache.host_path)
+            .unwrap()
+            .ends_with("scratch/cache/p")
+    );
     let etc = by_path("/etc");
     assert!(etc.read_only);
     assert!(etc.host_path.starts_with(&staging));
