@@ -18,7 +18,10 @@ use kube::Api;
 use kube::api::PostParams;
 use tracing::{debug, warn};
 
+use std::num::NonZeroU32;
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use super::review_cache::TtlCache;
 use super::{ApiState, plain_error};
@@ -30,6 +33,17 @@ const TOKEN_ACCEPTED_TTL: Duration = Duration::from_secs(120);
 const TOKEN_REFUSED_TTL: Duration = Duration::from_secs(10);
 const ALLOWED_TTL: Duration = Duration::from_secs(300);
 const DENIED_TTL: Duration = Duration::from_secs(30);
+/// Reviews of tokens the node has no answer for: at most this many at once, then
+/// [`NEW_TOKEN_REVIEWS_PER_SECOND`]. Anyone who can reach the port can present a new token
+/// per request, and each would otherwise cost the API server a TokenReview.
+const NEW_TOKEN_REVIEW_BURST: u32 = 20;
+const NEW_TOKEN_REVIEWS_PER_SECOND: u32 = 10;
+
+type ReviewLimiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    governor::clock::MonotonicClock,
+>;
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -115,14 +129,22 @@ impl Attributes {
 pub struct Gatekeeper {
     client: kube::Client,
     node_name: String,
-    tokens: TtlCache<String, Option<User>>,
+    /// Answers by the token's SHA-256, so the cache holds no bearer tokens.
+    tokens: TtlCache<[u8; 32], Option<User>>,
     decisions: TtlCache<(User, Attributes), bool>,
+    new_token_reviews: ReviewLimiter,
 }
 
-/// Why a caller could not be checked: the API server did not answer.
+/// Why a caller could not be checked.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reach the API server to check the caller: {0}")]
-pub struct ReviewError(#[from] kube::Error);
+pub enum ReviewError {
+    /// The API server did not answer.
+    #[error("cannot reach the API server to check the caller: {0}")]
+    Unreachable(#[from] kube::Error),
+    /// Too many tokens the node had no answer for, too fast.
+    #[error("too many new bearer tokens to review; try again shortly")]
+    Throttled,
+}
 
 impl Gatekeeper {
     /// A gatekeeper for node `node_name`.
@@ -132,14 +154,24 @@ impl Gatekeeper {
             node_name: node_name.to_string(),
             tokens: TtlCache::new(),
             decisions: TtlCache::new(),
+            new_token_reviews: governor::RateLimiter::direct_with_clock(
+                governor::Quota::per_second(
+                    NonZeroU32::new(NEW_TOKEN_REVIEWS_PER_SECOND).unwrap_or(NonZeroU32::MIN),
+                )
+                .allow_burst(NonZeroU32::new(NEW_TOKEN_REVIEW_BURST).unwrap_or(NonZeroU32::MIN)),
+                governor::clock::MonotonicClock,
+            ),
         }
     }
 
     /// The user a bearer token belongs to, or `None` if the API server does not accept it.
     pub async fn review_token(&self, token: &str) -> Result<Option<User>, ReviewError> {
-        let key = token.to_string();
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(known) = self.tokens.get(&key) {
             return Ok(known);
+        }
+        if self.new_token_reviews.check().is_err() {
+            return Err(ReviewError::Throttled);
         }
         let user = self.ask_about_token(token).await?;
         let ttl = if user.is_some() {
@@ -251,8 +283,16 @@ pub(super) async fn authorize(
 }
 
 fn unavailable(err: ReviewError) -> Response {
-    warn!(%err, "could not check a kubelet API caller");
-    plain_error(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+    match err {
+        ReviewError::Throttled => {
+            debug!(%err, "kubelet API caller refused");
+            plain_error(StatusCode::TOO_MANY_REQUESTS, err.to_string())
+        }
+        ReviewError::Unreachable(_) => {
+            warn!(%err, "could not check a kubelet API caller");
+            plain_error(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+        }
+    }
 }
 
 fn bearer_token(request: &Request) -> Option<String> {

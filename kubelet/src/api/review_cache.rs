@@ -2,30 +2,31 @@
 //! authenticator and authorizer do, so a scraper polling every few seconds costs the API
 //! server one review per TTL rather than two per scrape.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The most answers kept; past it, expired ones are dropped, and if none were, all are (a
-/// flood of distinct tokens must not grow memory without bound).
+use hashlink::LruCache;
+
+/// The most answers kept; past it, the least recently used go (a flood of distinct tokens
+/// must not grow memory without bound, nor push out the answers in use).
 const CAPACITY: usize = 4096;
 
 /// Answers by key, each until its own deadline.
-pub(crate) struct TtlCache<K, V> {
-    entries: Mutex<HashMap<K, (Instant, V)>>,
+pub(crate) struct TtlCache<K: Eq + Hash, V> {
+    entries: Mutex<LruCache<K, (Instant, V)>>,
 }
 
 impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     pub(crate) fn new() -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(LruCache::new(CAPACITY)),
         }
     }
 
     /// The answer for `key`, if one is still fresh.
     pub(crate) fn get(&self, key: &K) -> Option<V> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(key)
             .filter(|(deadline, _)| *deadline > Instant::now())
@@ -34,15 +35,8 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
 
     /// Keeps `value` for `ttl`.
     pub(crate) fn put(&self, key: K, value: V, ttl: Duration) {
-        let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= CAPACITY {
-            entries.retain(|_, (deadline, _)| *deadline > now);
-            if entries.len() >= CAPACITY {
-                entries.clear();
-            }
-        }
-        entries.insert(key, (now + ttl, value));
+        entries.insert(key, (Instant::now() + ttl, value));
     }
 }
 
@@ -53,17 +47,24 @@ mod tests {
     #[test]
     fn answers_expire_and_the_cache_stays_bounded() {
         let cache = TtlCache::new();
-        cache.put("a", 1, Duration::from_secs(60));
-        cache.put("gone", 2, Duration::ZERO);
-        assert_eq!(cache.get(&"a"), Some(1));
-        assert_eq!(cache.get(&"gone"), None);
+        cache.put("a".to_string(), 1, Duration::from_secs(60));
+        cache.put("gone".to_string(), 2, Duration::ZERO);
+        assert_eq!(cache.get(&"a".to_string()), Some(1));
+        assert_eq!(cache.get(&"gone".to_string()), None);
         for n in 0..CAPACITY * 2 {
-            cache.put(
-                Box::leak(n.to_string().into_boxed_str()),
-                n,
-                Duration::from_secs(60),
-            );
+            cache.put(n.to_string(), n, Duration::from_secs(60));
         }
-        assert!(cache.entries.lock().unwrap().len() <= CAPACITY);
+        assert_eq!(cache.entries.lock().unwrap().len(), CAPACITY);
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_pushes_out_the_least_recently_used_not_everything() {
+        let cache = TtlCache::new();
+        cache.put("scraper".to_string(), 1, Duration::from_secs(60));
+        for n in 0..CAPACITY * 2 {
+            // The scraper keeps asking while the flood goes on.
+            assert_eq!(cache.get(&"scraper".to_string()), Some(1), "lost at {n}");
+            cache.put(format!("flood-{n}"), 0, Duration::from_secs(60));
+        }
     }
 }

@@ -312,3 +312,38 @@ async fn answers_are_remembered_so_a_scraper_costs_one_review_per_ttl() {
         "a denial is remembered too"
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_made_up_tokens_costs_the_api_server_a_bounded_number_of_reviews() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let dir = tempfile::tempdir().unwrap();
+    let state = ApiState {
+        gate: Arc::new(Gatekeeper::new(reviewing_client(asked.clone()), "edge-1")),
+        ..state(dir.path())
+    };
+    let mut throttled = 0;
+    for n in 0..200 {
+        let (code, body) = call(&state, "/healthz", None, Some(&format!("made-up-{n}"))).await;
+        match code {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(body.contains("too many new bearer tokens"), "{body}");
+                throttled += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let reviews = asked.load(Ordering::SeqCst);
+    // The burst, plus what the rate refills while the loop runs (well under a second).
+    assert!(
+        (20..=40).contains(&reviews),
+        "{reviews} reviews for 200 tokens"
+    );
+    assert_eq!(reviews + throttled, 200);
+    // A token already answered is still answered from the cache, throttle or not.
+    assert_eq!(
+        call(&state, "/healthz", None, Some("made-up-0")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), reviews);
+}
