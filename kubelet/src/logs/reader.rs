@@ -82,15 +82,20 @@ pub fn stream(
             let Some(mut file) = Cursor::open(&path).await? else { continue };
             let mut chunk = Vec::new();
             file.read_lines(|record| {
-                let Some(line) = format.line(record) else { return };
+                let Some(line) = format.line(record) else { return true };
                 match &mut tail {
+                    // The last lines cannot be known before the end.
                     Some((n, kept)) => {
                         kept.push_back(line);
                         if kept.len() > *n {
                             kept.pop_front();
                         }
+                        true
                     }
-                    None => chunk.extend_from_slice(&line),
+                    None => {
+                        chunk.extend_from_slice(&line);
+                        limit.wants_more(chunk.len())
+                    }
                 }
             })
             .await?;
@@ -120,6 +125,7 @@ pub fn stream(
                 if let Some(line) = format.line(record) {
                     chunk.extend_from_slice(&line);
                 }
+                limit.wants_more(chunk.len())
             };
             // The writer rotates by renaming the file away and creating a new one: finish
             // the old handle, then move to the new file from its start.
@@ -197,6 +203,11 @@ impl Limit {
     fn reached(&self) -> bool {
         self.0 == Some(0)
     }
+
+    /// Whether a chunk of `len` bytes is still short of what is left, so reading goes on.
+    fn wants_more(&self, len: usize) -> bool {
+        self.0.is_none_or(|left| (len as u64) < left)
+    }
 }
 
 /// An open log file and the bytes after its last complete record.
@@ -229,9 +240,10 @@ impl Cursor {
             .map_or(true, |m| m.ino() != self.inode)
     }
 
-    /// Reads to EOF and hands each complete record to `each`. A record the writer has not
-    /// finished flushing waits for the next read.
-    async fn read_lines(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    /// Reads to EOF and hands each complete record to `each`, stopping early when `each`
+    /// says it has enough (`limitBytes` reached: the rest is never read). A record the writer
+    /// has not finished flushing waits for the next read.
+    async fn read_lines(&mut self, mut each: impl FnMut(&[u8]) -> bool) -> io::Result<()> {
         let mut buf = vec![0; 64 * 1024];
         loop {
             let n = self.file.read(&mut buf).await?;
@@ -243,7 +255,10 @@ impl Cursor {
                 continue;
             };
             for record in self.carry[..end].split(|b| *b == b'\n') {
-                each(record);
+                if !each(record) {
+                    self.carry.clear();
+                    return Ok(());
+                }
             }
             self.carry.drain(..=end);
         }

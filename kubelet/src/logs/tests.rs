@@ -160,3 +160,46 @@ async fn follow_sends_new_lines_through_rotation_and_ends_with_the_writer() {
         .expect("the follow ends when the writer does");
     assert_eq!(rest, "");
 }
+
+#[tokio::test]
+async fn limit_bytes_reads_only_as_far_as_it_needs() {
+    // The log is a pipe whose writer sends three records and then holds it open: reading
+    // past what limitBytes asks for would wait for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let path = instance_path(dir.path(), 0);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let (done, hold) = std::sync::mpsc::channel::<()>();
+    let writer_path = path.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut pipe = std::fs::OpenOptions::new()
+            .write(true)
+            .open(writer_path)
+            .unwrap();
+        for text in ["one", "two", "three"] {
+            writeln!(pipe, "2026-01-01T00:00:00Z stdout F {text}").unwrap();
+        }
+        // Held open until the test is done.
+        let _ = hold.recv();
+    });
+    let limited = LogQuery {
+        limit_bytes: Some(6),
+        ..Default::default()
+    };
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        collect(stream(path, limited, None)),
+    )
+    .await
+    .expect("the reader stopped at limitBytes instead of reading on");
+    assert_eq!(got, "one\ntw");
+    drop(done);
+    writer.join().unwrap();
+}
