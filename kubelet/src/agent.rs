@@ -102,6 +102,7 @@ impl<P: Provider> Kubelet<P> {
                     api.listener,
                     api.tls,
                     router,
+                    server::ConnectionLimits::default(),
                     cancel.clone(),
                 )))
             }
