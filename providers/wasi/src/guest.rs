@@ -147,7 +147,7 @@ pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -
                     &engine,
                     P2Host {
                         ctx: builder.build(),
-                        table: ResourceTable::new(),
+                        table: resource_table(),
                         http: WasiHttpCtx::new(),
                         outbound: OutboundHttp::new(plan.outbound, &start.pod, &start.container),
                         limits,
@@ -176,6 +176,18 @@ pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -
             message: Some("stopped by wasmlet".into()),
         },
     }
+}
+
+/// Host-side handles a component may hold at once (files, streams, pollables, HTTP requests
+/// and bodies): wasmtime's default is a million per store, host memory that no
+/// `resources.limits.memory` counts.
+const MAX_RESOURCES: usize = 16_384;
+
+/// A component's resource table, bounded to [`MAX_RESOURCES`].
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
 }
 
 /// Gives the guest its writable root at `/` and each volume mount at its path. The guest's
@@ -265,5 +277,19 @@ fn exit_of(outcome: wasmtime::Result<bool>) -> ContainerExit {
                 message: Some(trap.unwrap_or(text)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_holds_at_most_max_resources_handles() {
+        let mut table = resource_table();
+        for n in 0..MAX_RESOURCES {
+            assert!(table.push(n).is_ok(), "refused at {n}");
+        }
+        assert!(table.push(MAX_RESOURCES).is_err(), "one past the bound");
     }
 }
