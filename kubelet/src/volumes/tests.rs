@@ -254,8 +254,9 @@ async fn a_missing_secret_is_a_mount_error_unless_optional() {
     );
 }
 
-#[tokio::test]
-async fn a_read_only_file_mount_beside_a_writable_one_is_refused_not_made_writable() {
+/// A pod's volumes, set up under a temporary directory: the ConfigMap `config` (key
+/// `app.conf`) and the emptyDir `scratch`.
+async fn config_and_scratch() -> (tempfile::TempDir, PodVolumes) {
     let dir = tempfile::tempdir().unwrap();
     let objects = Objects::default();
     *objects.config.lock().unwrap() = Some("conf".into());
@@ -268,6 +269,12 @@ async fn a_read_only_file_mount_beside_a_writable_one_is_refused_not_made_writab
     let pod = pod(vec![config_volume(), scratch]);
     let mut volumes = PodVolumes::new(dir.path());
     volumes.set_up(&ctx, &pod).await.unwrap();
+    (dir, volumes)
+}
+
+#[tokio::test]
+async fn a_read_only_file_mount_beside_a_writable_one_is_refused_not_made_writable() {
+    let (dir, volumes) = config_and_scratch().await;
     std::fs::write(dir.path().join("volumes/scratch/notes"), "n").unwrap();
     let container = Container {
         volume_mounts: Some(vec![
@@ -289,18 +296,7 @@ async fn a_read_only_file_mount_beside_a_writable_one_is_refused_not_made_writab
 
 #[tokio::test]
 async fn file_sub_paths_are_staged_and_directories_mount_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let objects = Objects::default();
-    *objects.config.lock().unwrap() = Some("conf".into());
-    let client = client(objects);
-    let ctx = context(&client);
-    let scratch = Volume {
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..volume("scratch")
-    };
-    let pod = pod(vec![config_volume(), scratch]);
-    let mut volumes = PodVolumes::new(dir.path());
-    volumes.set_up(&ctx, &pod).await.unwrap();
+    let (dir, volumes) = config_and_scratch().await;
     let container = Container {
         volume_mounts: Some(vec![
             mount("config", "/etc/app.conf", Some("app.conf")),
