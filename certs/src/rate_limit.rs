@@ -25,7 +25,8 @@ pub const DEFAULT_QPS: u32 = 500;
 /// See [`DEFAULT_QPS`].
 pub const DEFAULT_BURST: u32 = 1000;
 
-type Bucket = RateLimiter<NotKeyed, InMemoryState, MonotonicClock>;
+/// A token bucket on the monotonic clock; [`ApiRateLimit::bucket`] makes one.
+pub type Bucket = RateLimiter<NotKeyed, InMemoryState, MonotonicClock>;
 
 /// Requests per second on average, and how many may go at once after a quiet spell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +46,16 @@ impl Default for ApiRateLimit {
     }
 }
 
+impl ApiRateLimit {
+    /// A bucket that hands out tokens at this rate: `check()` takes one if there is one.
+    pub fn bucket(self) -> Bucket {
+        RateLimiter::direct_with_clock(
+            Quota::per_second(self.qps).allow_burst(self.burst),
+            MonotonicClock,
+        )
+    }
+}
+
 /// The layer: every service it wraps shares one bucket.
 #[derive(Clone)]
 pub struct RateLimitLayer {
@@ -54,9 +65,8 @@ pub struct RateLimitLayer {
 impl RateLimitLayer {
     /// A layer whose services together send at most `limit`.
     pub fn new(limit: ApiRateLimit) -> Self {
-        let quota = Quota::per_second(limit.qps).allow_burst(limit.burst);
         Self {
-            bucket: Arc::new(RateLimiter::direct_with_clock(quota, MonotonicClock)),
+            bucket: Arc::new(limit.bucket()),
         }
     }
 }

@@ -39,12 +39,6 @@ const DENIED_TTL: Duration = Duration::from_secs(30);
 const NEW_TOKEN_REVIEW_BURST: u32 = 20;
 const NEW_TOKEN_REVIEWS_PER_SECOND: u32 = 10;
 
-type ReviewLimiter = governor::RateLimiter<
-    governor::state::NotKeyed,
-    governor::state::InMemoryState,
-    governor::clock::MonotonicClock,
->;
-
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct User {
@@ -132,7 +126,7 @@ pub struct Gatekeeper {
     /// Answers by the token's SHA-256, so the cache holds no bearer tokens.
     tokens: TtlCache<[u8; 32], Option<User>>,
     decisions: TtlCache<(User, Attributes), bool>,
-    new_token_reviews: ReviewLimiter,
+    new_token_reviews: certs::rate_limit::Bucket,
 }
 
 /// Why a caller could not be checked.
@@ -154,13 +148,11 @@ impl Gatekeeper {
             node_name: node_name.to_string(),
             tokens: TtlCache::new(),
             decisions: TtlCache::new(),
-            new_token_reviews: governor::RateLimiter::direct_with_clock(
-                governor::Quota::per_second(
-                    NonZeroU32::new(NEW_TOKEN_REVIEWS_PER_SECOND).unwrap_or(NonZeroU32::MIN),
-                )
-                .allow_burst(NonZeroU32::new(NEW_TOKEN_REVIEW_BURST).unwrap_or(NonZeroU32::MIN)),
-                governor::clock::MonotonicClock,
-            ),
+            new_token_reviews: certs::rate_limit::ApiRateLimit {
+                qps: NonZeroU32::new(NEW_TOKEN_REVIEWS_PER_SECOND).unwrap_or(NonZeroU32::MIN),
+                burst: NonZeroU32::new(NEW_TOKEN_REVIEW_BURST).unwrap_or(NonZeroU32::MIN),
+            }
+            .bucket(),
         }
     }
 
