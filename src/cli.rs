@@ -246,6 +246,8 @@ impl Cli {
             pressure: kubelet::node::pressure::PressureThresholds::parse(&self.eviction_hard)?,
             sync_frequency: self.sync_frequency,
             extra_labels: kubelet::config::parse_labels(&self.node_labels)?,
+            // Set by `main`, which alone can tell.
+            secrets_in_memory: false,
         })
     }
 

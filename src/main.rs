@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         // Colour only for a person at a terminal: a log file or journal gets plain text.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let secrets_in_memory = cli.command.is_none() && private_mount_namespace();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -38,11 +39,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, secrets_in_memory)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("wasmlet: {}", one_line(&err));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Moves the agent into a mount namespace of its own, so that Secret and token volumes can
+/// each live on a tmpfs that nothing outside the agent sees and that goes when it does.
+/// Without root that cannot be done, and those volumes are written to the data dir instead.
+fn private_mount_namespace() -> bool {
+    // SAFETY: called from `main` before the runtime, or anything else, starts a thread.
+    match unsafe { kubelet::volumes::enter_private_mount_namespace() } {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(
+                %err,
+                "cannot enter a mount namespace of its own (that needs root): Secret and token volumes are written to the data dir (mode 0700), not to a tmpfs"
+            );
+            false
         }
     }
 }
@@ -63,7 +81,7 @@ fn one_line(err: &anyhow::Error) -> String {
         .join(": ")
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, secrets_in_memory: bool) -> anyhow::Result<()> {
     match &cli.command {
         Some(cli::Command::Push(push)) => {
             println!("{}", push.run().await?);
@@ -75,7 +93,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => {}
     }
-    let node = cli.node_config()?;
+    let mut node = cli.node_config()?;
+    node.secrets_in_memory = secrets_in_memory;
     let kubeconfig_path = cli.kubeconfig_path()?;
     if let Some(manifests) = &cli.static_pods
         && cli.kubeconfig.is_none()

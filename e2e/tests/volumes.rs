@@ -45,7 +45,14 @@ async fn wait_log(cluster: &WasmCluster, pod: &str, wanted: &[&str], timeout: Du
 }
 
 /// Where the node keeps volume `volume` of pod `uid` (`<data-dir>/pods/<uid>/volumes/…`).
+/// A volume's directory as the node's agent sees it: through its root, because it runs in a
+/// mount namespace of its own, where Secret and projected volumes are tmpfs mounts.
 fn volume_dir(cluster: &WasmCluster, uid: &str, volume: &str) -> PathBuf {
+    agents_view(cluster, &node_volume_dir(cluster, uid, volume))
+}
+
+/// A volume's directory on the node, by its path.
+fn node_volume_dir(cluster: &WasmCluster, uid: &str, volume: &str) -> PathBuf {
     cluster
         .node
         .data_dir()
@@ -53,6 +60,21 @@ fn volume_dir(cluster: &WasmCluster, uid: &str, volume: &str) -> PathBuf {
         .join(uid)
         .join("volumes")
         .join(volume)
+}
+
+/// `path` as the node's agent sees it.
+fn agents_view(cluster: &WasmCluster, path: &Path) -> PathBuf {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    PathBuf::from(format!("/proc/{}/root", cluster.node.pid())).join(relative)
+}
+
+/// The mount points in the mount table `mountinfo` that are a tmpfs.
+fn tmpfs_mounts(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter(|line| line.contains(" - tmpfs "))
+        .filter_map(|line| line.split(' ').nth(4).map(str::to_string))
+        .collect()
 }
 
 /// The permission bits of `path` on the host, following the volume's `..data` links as the
@@ -287,6 +309,34 @@ async fn every_volume_type_is_mounted_updates_reach_the_pod_and_pods_cannot_see_
     };
     modes("as first written");
 
+    // Secret and projected volumes (the latter holds the token) are in memory, each on a tmpfs
+    // of its own that exists only in the agent's mount namespace; a ConfigMap and an emptyDir
+    // are on disk.
+    let in_memory = |uid: &str, volume: &str| {
+        let mounts =
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", cluster.node.pid())).unwrap();
+        let point = node_volume_dir(&cluster, uid, volume).display().to_string();
+        tmpfs_mounts(&mounts).contains(&point)
+    };
+    if rustix::process::geteuid().is_root() {
+        for volume in ["secret", "projected"] {
+            assert!(in_memory(&first, volume), "{volume} is not on a tmpfs");
+            let point = node_volume_dir(&cluster, &first, volume)
+                .display()
+                .to_string();
+            let ours = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert!(
+                !tmpfs_mounts(&ours).contains(&point),
+                "{volume}'s tmpfs is visible outside the agent"
+            );
+        }
+        for volume in ["config", "scratch"] {
+            assert!(!in_memory(&first, volume), "{volume} is on a tmpfs");
+        }
+    } else {
+        eprintln!("skipped: the tmpfs checks need wasmlet to run as root");
+    }
+
     // A second pod on the node, with volumes of the same names, tries every way to the first
     // pod's files: the first pod's own guest paths, the host paths of its volume directories
     // on the node, and `..` out of its root and out of each of its own mounts up to the
@@ -296,8 +346,11 @@ async fn every_volume_type_is_mounted_updates_reach_the_pod_and_pods_cannot_see_
     let foreign = [
         "/etc/app/conf/greeting.txt".to_string(),
         "/host/host.txt".to_string(),
-        first_scratch.join("note").display().to_string(),
-        volume_dir(&cluster, &first, "secret")
+        node_volume_dir(&cluster, &first, "scratch")
+            .join("note")
+            .display()
+            .to_string(),
+        node_volume_dir(&cluster, &first, "secret")
             .join("password")
             .display()
             .to_string(),
@@ -429,6 +482,20 @@ async fn every_volume_type_is_mounted_updates_reach_the_pod_and_pods_cannot_see_
     );
     let pod = cluster.pod("volumes").unwrap();
     assert_eq!(phase(&pod), "Running");
+
+    // A deleted pod's in-memory volumes are unmounted with its files.
+    if rustix::process::geteuid().is_root() {
+        assert!(in_memory(&second, "secret"));
+        cluster
+            .kubectl
+            .run(&["delete", "pod", "neighbour", "--wait=false"])
+            .unwrap();
+        wait_for("the neighbour's secret tmpfs to go", MINUTE, || async {
+            Ok((!in_memory(&second, "secret")).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
 }
 
 #[tokio::test]
@@ -559,6 +626,35 @@ async fn bad_volumes_get_clear_statuses_and_the_pod_waits_for_a_missing_secret()
         .wait_event("fills-scratch", "Evicted", MINUTE)
         .await
         .unwrap();
+
+    // A container that writes past its ephemeral-storage limit in its own writable root is
+    // evicted, with the kubelet's message naming it and the limit as written.
+    let filling_root = wasm_pod(
+        "fills-root",
+        &format!(
+            r#"  automountServiceAccountToken: false
+  restartPolicy: Never
+  containers:
+  - name: writer
+    image: {image}
+    args: ["--fill", "/big=2048", "--every", "1", "/"]
+    resources: {{limits: {{ephemeral-storage: 1Mi}}}}
+"#
+        ),
+    );
+    cluster.kubectl.apply(&filling_root).unwrap();
+    let pod = cluster
+        .wait_pod("fills-root", "evicted", MINUTE, |p| {
+            p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Evicted")
+        })
+        .await
+        .unwrap();
+    let status = pod.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Container writer exceeded its local ephemeral storage limit \"1Mi\". ")
+    );
 
     // A volume type the node cannot provide is named, and the pod is held, not run blind.
     let unsupported = wasm_pod(

@@ -17,7 +17,7 @@ use crate::api::{self, ApiState};
 use crate::backoff::{Backoff, sleep_unless_cancelled};
 use crate::config::NodeConfig;
 use crate::data_dir::DataDir;
-use crate::host::HostFacts;
+use crate::host::{DiskUsage, HostFacts};
 use crate::link::Link;
 use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
@@ -122,9 +122,13 @@ impl<P: Provider> Kubelet<P> {
                     pods: self.config.max_pods as usize,
                     cpu_millis: u64::from(host.cpus) * 1000,
                     memory_bytes: host.memory_bytes,
+                    // As the node's status reports it, in whole KiB.
+                    ephemeral_storage_bytes: DiskUsage::of(self.data_dir.path())
+                        .map_or(0, |d| d.total_bytes / 1024 * 1024),
                 },
                 extended: extended_capacity(&self.provider.node_contribution()),
                 sync_frequency: self.config.sync_frequency,
+                secrets_in_memory: self.config.secrets_in_memory,
             },
             &shared,
             self.store.clone(),

@@ -28,6 +28,9 @@ pub struct NodeConfig {
     pub pressure: PressureThresholds,
     /// Labels added to the node besides the ones wasmlet always sets.
     pub extra_labels: BTreeMap<String, String>,
+    /// Secret and projected volumes each get a tmpfs, as the kubelet's do. Only for an
+    /// agent that runs as root in a mount namespace of its own, which the binary sets up.
+    pub secrets_in_memory: bool,
 }
 
 /// Parses `k=v,k2=v2` as `--node-labels` takes it, checking each key and value the way the

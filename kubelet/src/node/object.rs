@@ -151,6 +151,7 @@ pub(crate) mod tests {
             max_pods: 110,
             pressure: Default::default(),
             sync_frequency: std::time::Duration::from_secs(60),
+            secrets_in_memory: false,
             extra_labels: [("site".to_string(), "lab".to_string())].into(),
         }
     }

@@ -20,6 +20,8 @@ pub struct Capacity {
     pub cpu_millis: u64,
     /// Allocatable memory in bytes.
     pub memory_bytes: u64,
+    /// Allocatable local storage in bytes: the data dir's filesystem.
+    pub ephemeral_storage_bytes: u64,
 }
 
 /// Extended resources the node advertises (`vendor.example/gpio: 2`), in whole units.
@@ -33,6 +35,8 @@ pub struct Requests {
     pub cpu_millis: u64,
     /// Memory in bytes.
     pub memory_bytes: u64,
+    /// Local ephemeral storage in bytes.
+    pub ephemeral_storage_bytes: u64,
     /// Extended resources by name, in whole units.
     pub extended: BTreeMap<String, u64>,
 }
@@ -88,6 +92,7 @@ impl Requests {
         Ok(Self {
             cpu_millis: request("cpu", quantity::cpu_millis)?,
             memory_bytes: request("memory", quantity::bytes)?,
+            ephemeral_storage_bytes: request("ephemeral-storage", quantity::bytes)?,
             extended,
         })
     }
@@ -100,6 +105,11 @@ impl Requests {
         };
         self.cpu_millis = total("cpu", self.cpu_millis, other.cpu_millis)?;
         self.memory_bytes = total("memory", self.memory_bytes, other.memory_bytes)?;
+        self.ephemeral_storage_bytes = total(
+            "ephemeral-storage",
+            self.ephemeral_storage_bytes,
+            other.ephemeral_storage_bytes,
+        )?;
         for (name, count) in other.extended {
             let sum = total(&name, self.extended.get(&name).copied().unwrap_or(0), count)?;
             self.extended.insert(name, sum);
@@ -112,6 +122,9 @@ impl Requests {
     fn raise_to(&mut self, other: Self) {
         self.cpu_millis = self.cpu_millis.max(other.cpu_millis);
         self.memory_bytes = self.memory_bytes.max(other.memory_bytes);
+        self.ephemeral_storage_bytes = self
+            .ephemeral_storage_bytes
+            .max(other.ephemeral_storage_bytes);
         for (name, count) in other.extended {
             let entry = self.extended.entry(name).or_default();
             *entry = (*entry).max(count);
@@ -173,6 +186,7 @@ pub fn admit(
     // that true even if the capacity shrank since.
     let used = |of: fn(&Requests) -> u64| admitted.iter().map(of).fold(0, u64::saturating_add);
     let (used_cpu, used_memory) = (used(|r| r.cpu_millis), used(|r| r.memory_bytes));
+    let used_storage = used(|r| r.ephemeral_storage_bytes);
     let checks = [
         ("cpu", "m", wanted.cpu_millis, used_cpu, capacity.cpu_millis),
         (
@@ -181,6 +195,13 @@ pub fn admit(
             wanted.memory_bytes,
             used_memory,
             capacity.memory_bytes,
+        ),
+        (
+            "ephemeral-storage",
+            "",
+            wanted.ephemeral_storage_bytes,
+            used_storage,
+            capacity.ephemeral_storage_bytes,
         ),
     ];
     let devices = wanted.extended.iter().map(|(name, requested)| {
@@ -267,6 +288,7 @@ mod tests {
         pods: 2,
         cpu_millis: 2000,
         memory_bytes: 1 << 30,
+        ephemeral_storage_bytes: 1 << 40,
     };
 
     const NONE: ExtendedCapacity = ExtendedCapacity::new();
@@ -320,6 +342,31 @@ mod tests {
         assert!(
             err.message
                 .contains(r#"requests.cpu "lots" is not a quantity"#),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn ephemeral_storage_requests_are_counted_against_the_nodes_disk() {
+        let wanting = |storage: &str| {
+            let mut pod = pod_requesting("0", "0");
+            let resources = pod.spec.as_mut().unwrap().containers[0]
+                .resources
+                .as_mut()
+                .unwrap();
+            resources
+                .requests
+                .get_or_insert_default()
+                .insert("ephemeral-storage".into(), Quantity(storage.into()));
+            pod
+        };
+        let half = admit(&wanting("512Gi"), &[], ROOMY, &NONE).unwrap();
+        assert_eq!(half.ephemeral_storage_bytes, 1 << 39);
+        let err = admit(&wanting("513Gi"), &[half], ROOMY, &NONE).unwrap_err();
+        assert_eq!(err.reason, "OutOfephemeral-storage");
+        assert!(
+            err.message.contains("capacity: 1099511627776"),
             "{}",
             err.message
         );

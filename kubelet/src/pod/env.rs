@@ -376,6 +376,7 @@ pub fn resource_field_value(
             Decimal::new(i64::try_from(allocatable.cpu_millis).unwrap_or(i64::MAX), 3)
         }
         (None, "limits", "memory") => Decimal::from(allocatable.memory_bytes),
+        (None, "limits", "ephemeral-storage") => Decimal::from(allocatable.ephemeral_storage_bytes),
         (None, _, "cpu" | "memory" | "ephemeral-storage") => Decimal::ZERO,
         _ => return Err(format!("unsupported resource {:?}", selector.resource)),
     };
@@ -490,6 +491,7 @@ mod tests {
             pods: 10,
             cpu_millis: 2000,
             memory_bytes: 1 << 30,
+            ephemeral_storage_bytes: 1 << 40,
         };
         let field = |resource: &str, divisor: Option<&str>| {
             resource_field_value(

@@ -17,6 +17,7 @@ pub mod env;
 pub mod mirror;
 pub mod quantity;
 pub mod state;
+pub mod storage;
 pub mod table;
 mod trace;
 pub mod watched;
@@ -82,6 +83,10 @@ pub struct PodSettings {
     pub extended: ExtendedCapacity,
     /// How often running pods' API-backed volumes are resynchronised (`--sync-frequency`).
     pub sync_frequency: Duration,
+    /// Secret and projected volumes each get a tmpfs ([`NodeConfig::secrets_in_memory`]).
+    ///
+    /// [`NodeConfig::secrets_in_memory`]: crate::NodeConfig::secrets_in_memory
+    pub secrets_in_memory: bool,
 }
 
 /// Where the pod manager learns which pods to run.
@@ -140,6 +145,7 @@ impl<P: Provider> PodManager<P> {
                 admitted: Arc::new(Mutex::new(HashMap::new())),
                 allocatable: settings.capacity,
                 sync_frequency: settings.sync_frequency,
+                secrets_in_memory: settings.secrets_in_memory,
             }),
             node_name: settings.node_name,
             capacity: settings.capacity,
@@ -429,9 +435,20 @@ impl<P: Provider> PodManager<P> {
     }
 }
 
-/// Removes pod `uid`'s files (logs, volumes, writable roots) under `pods_dir`.
+/// Removes pod `uid`'s files (logs, volumes, writable roots) under `pods_dir`, unmounting its
+/// in-memory volumes first so that only the pod's own files go.
 async fn remove_files(pods_dir: &std::path::Path, uid: &str) {
     let dir = pods_dir.join(uid);
+    let unmounting = dir.clone();
+    let unmounted = tokio::task::spawn_blocking(move || crate::volumes::unmount_under(&unmounting))
+        .await
+        .unwrap_or_else(|err| Err(std::io::Error::other(err)));
+    if let Err(err) = unmounted {
+        // Removing the files now would empty the mounted volumes and fail on their mount
+        // points; they are left for the next clean-up.
+        warn!(dir = %dir.display(), %err, "could not unmount the pod's volumes; keeping its files");
+        return;
+    }
     if let Err(err) = tokio::fs::remove_dir_all(&dir).await
         && err.kind() != std::io::ErrorKind::NotFound
     {
@@ -578,9 +595,11 @@ mod tests {
                 pods: 10,
                 cpu_millis: 1000,
                 memory_bytes: 1 << 30,
+                ephemeral_storage_bytes: 1 << 40,
             },
             extended: [("devices.example/gpio".to_string(), 1)].into(),
             sync_frequency: std::time::Duration::from_secs(60),
+            secrets_in_memory: false,
         };
         let store_dir = tempfile::tempdir().unwrap();
         let manager = PodManager::new(

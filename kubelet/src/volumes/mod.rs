@@ -9,6 +9,7 @@
 mod atomic_writer;
 mod confine;
 mod host_path;
+mod memory;
 mod payload;
 mod token;
 
@@ -21,10 +22,16 @@ use tracing::warn;
 use crate::metrics::AgentMetrics;
 use crate::pod::admission::Capacity;
 use crate::pod::env::{ObjectReads, Sources};
-use crate::pod::quantity;
+use crate::pod::{quantity, storage};
 use crate::provider::Mount;
+pub use memory::enter_private_mount_namespace;
+pub(crate) use memory::unmount_under;
 use payload::Payload;
 use token::IssuedToken;
+
+/// The least size of a Secret or projected volume's tmpfs; only the pages its files use are
+/// taken from memory.
+const MEMORY_VOLUME_SIZE: u64 = 16 << 20;
 
 /// A volume that could not be set up, worded as the kubelet's FailedMount event.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +51,8 @@ pub struct VolumeContext<'a> {
     pub allocatable: Capacity,
     /// Where token request retries are counted.
     pub metrics: &'a AgentMetrics,
+    /// Secret and projected volumes go on a tmpfs of their own (see [`memory`]).
+    pub secrets_in_memory: bool,
 }
 
 /// A set-up volume.
@@ -54,6 +63,8 @@ struct Prepared {
     from_api: bool,
     /// An emptyDir's `sizeLimit`, in bytes and as written.
     size_limit: Option<(u64, String)>,
+    /// An emptyDir: its files count towards the pod's ephemeral storage.
+    empty_dir: bool,
 }
 
 /// The volumes of one pod.
@@ -142,6 +153,7 @@ impl PodVolumes {
                     path,
                     from_api: false,
                     size_limit,
+                    empty_dir: true,
                 },
                 false,
             ));
@@ -154,11 +166,25 @@ impl PodVolumes {
                     path,
                     from_api: false,
                     size_limit: None,
+                    empty_dir: false,
                 },
                 false,
             ));
         }
         let payload = self.payload(ctx, sources, pod, volume).await?;
+        if ctx.secrets_in_memory && (volume.secret.is_some() || volume.projected.is_some()) {
+            // Room for the old and the new version side by side while one replaces the other.
+            let bytes = payload
+                .values()
+                .fold(0u64, |sum, f| sum.saturating_add(f.data.len() as u64));
+            let size = bytes
+                .saturating_mul(2)
+                .saturating_add(1 << 20)
+                .max(MEMORY_VOLUME_SIZE);
+            memory::mount_tmpfs(&path, size)
+                .await
+                .map_err(|e| format!("cannot mount a tmpfs for the volume: {e}"))?;
+        }
         let changed = atomic_writer::write(&path, &payload)
             .await
             .map_err(|e| format!("cannot write the volume's files: {e}"))?;
@@ -167,6 +193,7 @@ impl PodVolumes {
                 path,
                 from_api: true,
                 size_limit: None,
+                empty_dir: false,
             },
             changed,
         ))
@@ -401,6 +428,15 @@ impl PodVolumes {
         Ok(mounts)
     }
 
+    /// Where the pod's emptyDirs are.
+    pub fn empty_dirs(&self) -> Vec<PathBuf> {
+        self.volumes
+            .values()
+            .filter(|v| v.empty_dir)
+            .map(|v| v.path.clone())
+            .collect()
+    }
+
     /// The eviction message for the first emptyDir grown past its `sizeLimit`, if any.
     pub async fn over_size_limit(&self) -> Option<String> {
         for (name, volume) in &self.volumes {
@@ -408,7 +444,7 @@ impl PodVolumes {
                 continue;
             };
             let path = volume.path.clone();
-            let used = tokio::task::spawn_blocking(move || disk_usage(&path))
+            let used = tokio::task::spawn_blocking(move || storage::disk_usage(&path))
                 .await
                 .unwrap_or(0);
             if used > *limit {
@@ -473,21 +509,6 @@ fn expand(expr: &str, env: &[(String, String)]) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// Bytes of files under `dir`, not following symlinks.
-fn disk_usage(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => disk_usage(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
 }
 
 /// A volume's type, named for a message.

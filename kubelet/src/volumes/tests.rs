@@ -121,6 +121,7 @@ fn context(client: &kube::Client) -> VolumeContext<'_> {
         },
         allocatable: Capacity::default(),
         metrics: metrics(),
+        secrets_in_memory: false,
     }
 }
 

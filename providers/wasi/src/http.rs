@@ -29,6 +29,16 @@ const QUOTED_CHARS: usize = 120;
 /// Distinct denied authorities warned about per instance; later denials log at debug, so a
 /// guest retrying in a loop cannot flood the node's log.
 const WARNED_AUTHORITIES: usize = 64;
+/// Connections a container instance may hold open: from the connect until its response body
+/// is read or dropped. Each is a socket and hyper's buffers on the node, and a guest that
+/// never reads its responses would otherwise hold as many as its resource table has handles.
+/// Past it a request fails at once with `connection-limit-reached`.
+const OPEN_CONNECTIONS: usize = 128;
+/// The largest write a guest may make to an outgoing body; one more is buffered while hyper
+/// sends. wasmtime-wasi-http's default is 1 MiB, which lets a guest that fills bodies it never
+/// sends hold 2 MiB of node memory per body; at 16 KiB, every body a full resource table can
+/// hold (a third of its 16,384 handles) comes to at most 171 MiB.
+const OUTGOING_BODY_CHUNK: usize = 16 * 1024;
 
 /// A pod's outbound HTTP annotations could not be understood.
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +319,8 @@ pub(crate) struct OutboundHttp {
     policy: HttpPolicy,
     /// One per instance, so a restarted container starts with every permit free.
     in_flight: Option<Arc<Semaphore>>,
+    /// [`OPEN_CONNECTIONS`] permits, one held by each open connection.
+    open: Arc<Semaphore>,
     pod: String,
     container: String,
     warned: HashSet<String>,
@@ -321,6 +333,7 @@ impl OutboundHttp {
             in_flight: policy
                 .max_concurrent
                 .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)))),
+            open: Arc::new(Semaphore::new(OPEN_CONNECTIONS)),
             policy,
             pod: format!("{}/{}", pod.namespace, pod.name),
             container: container.to_string(),
@@ -355,6 +368,10 @@ impl WasiHttpHooks for OutboundHttp {
             // The guest sees `error-code.HTTP-request-denied` from the response future.
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let Ok(open) = self.open.clone().try_acquire_owned() else {
+            tracing::debug!(pod = %self.pod, container = %self.container, "outbound HTTP request refused: {OPEN_CONNECTIONS} connections are open");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+        };
         // `fut` reports a request body's failure to whoever built it; the sender, like the
         // default one, has no use for it.
         drop(fut);
@@ -375,8 +392,20 @@ impl WasiHttpHooks for OutboundHttp {
                 })?),
                 None => None,
             };
-            send.await
+            let (response, io) = send.await?;
+            // wasmtime-wasi-http keeps the connection's task alive with the response body
+            // and aborts it when the body is dropped: the connection's permit goes with it.
+            let io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                Box::new(async move {
+                    let _open = open;
+                    Box::into_pin(io).await
+                });
+            Ok((response, io))
         })
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_BODY_CHUNK
     }
 }
 
@@ -609,5 +638,70 @@ mod tests {
         reply_second.send(()).unwrap();
         let (response, _io) = second.await.unwrap().unwrap();
         assert_eq!(response.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_container_holds_at_most_its_open_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = socket.read(&mut buf).await;
+                    // A body the guest has not read yet: the connection stays open.
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                        .await;
+                    let _ = socket.read(&mut buf).await;
+                });
+            }
+        });
+        let pod = PodKey {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: "u".into(),
+        };
+        let p = policy(&format!(r#"["http://127.0.0.1:{port}"]"#))
+            .under(Arc::new(EgressPolicy::parse("127.0.0.1").unwrap()));
+        let mut hooks = OutboundHttp::new(p, &pod, "app");
+        let mut send = || {
+            let request = ::http::Request::get(format!("http://127.0.0.1:{port}/"))
+                .body(WasiBody::default())
+                .unwrap();
+            Pin::from(hooks.send_request(request, None, Box::new(async { Ok(()) })))
+        };
+        // Each response is kept with its connection's task, as wasmtime-wasi-http keeps them
+        // while the guest holds the body.
+        let mut open = Vec::new();
+        for _ in 0..OPEN_CONNECTIONS {
+            open.push(send().await.expect("a connection under the bound"));
+        }
+        let refused = send().await;
+        assert!(
+            matches!(
+                refused,
+                Err(wasmtime_wasi_http::Error::ConnectionLimitReached)
+            ),
+            "{:?}",
+            refused.map(|(r, _)| r.status())
+        );
+        // The guest drops one body: its connection's permit is free again.
+        drop(open.pop());
+        let (response, _io) = send().await.expect("a permit was released");
+        assert_eq!(response.status(), 200);
+    }
+
+    #[test]
+    fn outgoing_bodies_buffer_small_chunks() {
+        let pod = PodKey {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: "u".into(),
+        };
+        let mut hooks = OutboundHttp::new(policy("[]"), &pod, "app");
+        assert_eq!(hooks.p2_outgoing_body_chunk_size(), 16 * 1024);
+        assert_eq!(hooks.p2_outgoing_body_buffer_chunks(), 1);
     }
 }

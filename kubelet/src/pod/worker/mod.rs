@@ -87,6 +87,8 @@ pub(crate) struct WorkerContext<P> {
     /// How often a running pod's ConfigMap, Secret and token volumes are brought up to date
     /// and its emptyDir size limits checked (the kubelet's `--sync-frequency`).
     pub(crate) sync_frequency: Duration,
+    /// Secret and projected volumes each get a tmpfs.
+    pub(crate) secrets_in_memory: bool,
 }
 
 impl<P> WorkerContext<P> {
@@ -103,6 +105,7 @@ impl<P> WorkerContext<P> {
             reads: self.reads(),
             allocatable: self.allocatable,
             metrics: &self.metrics,
+            secrets_in_memory: self.secrets_in_memory,
         }
     }
 }

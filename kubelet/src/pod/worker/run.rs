@@ -2,6 +2,7 @@
 //! their restarts under the pod's `restartPolicy`, the sync tick and eviction.
 
 use super::*;
+use crate::pod::storage::{self, StorageLimits, StorageUsage};
 
 impl<P: Provider> Worker<P> {
     pub(super) async fn run_init(
@@ -180,13 +181,47 @@ impl<P: Provider> Worker<P> {
                         self.last_sent = None;
                     }
                     self.refresh_volumes(&current).await;
-                    if let Some(message) = self.volumes.over_size_limit().await {
+                    if let Some(message) = self.over_storage(&current).await {
                         return self.evict(&current, exits, message).await;
                     }
                 }
                 _ = inbox.deletion() => return Next::Terminate,
             }
         }
+    }
+
+    /// The kubelet's eviction message if the pod has outgrown its local storage: an emptyDir
+    /// its `sizeLimit`, or its containers' writes and logs their `ephemeral-storage` limits.
+    async fn over_storage(&self, pod: &Pod) -> Option<String> {
+        if let Some(message) = self.volumes.over_size_limit().await {
+            return Some(message);
+        }
+        let limits = StorageLimits::of(pod);
+        if limits.is_empty() {
+            return None;
+        }
+        let pods_dir = self.ctx.pods_dir.clone();
+        let uid = self.key.uid.clone();
+        let names: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .map(|c| c.name.clone())
+            .collect();
+        let empty_dirs = self.volumes.empty_dirs();
+        let usage = tokio::task::spawn_blocking(move || {
+            let empty_dirs: Vec<&std::path::Path> =
+                empty_dirs.iter().map(|p| p.as_path()).collect();
+            StorageUsage::measure(
+                &pods_dir,
+                &uid,
+                names.iter().map(String::as_str),
+                &empty_dirs,
+            )
+        })
+        .await
+        .ok()?;
+        storage::exceeded(&limits, &usage)
     }
 
     /// Rewrites the API-backed volumes whose sources changed.
