@@ -3,6 +3,7 @@
 #   - apt packages (etcd-server, docker-registry, skopeo, golang-1.19, dpkg-dev, rsync, ...);
 #   - the wasm32 rustup targets, and the aarch64 one with Debian's cross linker and qemu-user
 #     for the emulated aarch64 test;
+#   - cargo-fuzz, which builds the fuzz targets with libFuzzer (e2e/scripts/fuzz.sh);
 #   - kube-apiserver, kube-controller-manager and kube-scheduler built from Debian's
 #     `kubernetes` source package, cached outside the checkout and keyed by version, so
 #     the (slow) Go build happens once per machine.
@@ -58,6 +59,12 @@ ensure_rust_targets() {
     rustup target add "${targets[@]}" >/dev/null 2>&1 || rustup target add "${targets[@]}"
 }
 
+ensure_cargo_fuzz() {
+    cargo fuzz --version >/dev/null 2>&1 && return
+    log "installing cargo-fuzz"
+    cargo install --locked --quiet cargo-fuzz
+}
+
 build_control_plane() {
     local version
     version=$(apt-cache showsrc kubernetes | awk '/^Version:/ {print $2; exit}')
@@ -106,4 +113,5 @@ build_control_plane() {
 ensure_deb_src
 ensure_apt_packages
 ensure_rust_targets
+ensure_cargo_fuzz
 build_control_plane

@@ -12,6 +12,8 @@ pub mod config;
 pub mod data_dir;
 mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod link;
 pub mod logs;

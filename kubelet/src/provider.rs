@@ -177,6 +177,8 @@ pub struct ContainerExit {
 pub trait PulledImage: Send + Sync + 'static {
     /// Reported as the container's `imageID`, e.g. `sha256:…` of the exact code run.
     fn image_id(&self) -> String;
+    /// Its size on the node in bytes, which the `Pulled` event reports.
+    fn size_bytes(&self) -> u64;
 }
 
 /// A workload runtime plugged into the node agent.

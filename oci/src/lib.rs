@@ -18,6 +18,8 @@ pub mod auth;
 mod client;
 mod compat;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gc;
 pub mod media;
 pub mod policy;

@@ -476,7 +476,7 @@ impl Puller {
 }
 
 #[derive(Deserialize, Default)]
-struct ImageConfig {
+pub(crate) struct ImageConfig {
     config: Option<ContainerConfig>,
 }
 
@@ -493,7 +493,7 @@ struct ContainerConfig {
     working_dir: String,
 }
 
-fn pick_wasm_platform(
+pub(crate) fn pick_wasm_platform(
     reference: &Reference,
     index: &oci_client::manifest::OciImageIndex,
 ) -> Result<String> {

@@ -529,6 +529,10 @@ mod tests {
         fn image_id(&self) -> String {
             String::new()
         }
+
+        fn size_bytes(&self) -> u64 {
+            0
+        }
     }
 
     impl Provider for Picky {

@@ -217,7 +217,7 @@ fn too_large() -> String {
 type Parsed = Result<Pod, (Option<usize>, String)>;
 
 /// Parses and normalises every document of one file, in order.
-fn parse_documents(text: &str, file: &Path, node_name: &str) -> Vec<Parsed> {
+pub(crate) fn parse_documents(text: &str, file: &Path, node_name: &str) -> Vec<Parsed> {
     let documents = if text.trim_start().starts_with('{') {
         json_documents(text)
     } else {

@@ -24,6 +24,7 @@ use crate::pod::admission::Capacity;
 use crate::pod::env::{ObjectReads, Sources};
 use crate::pod::{quantity, storage};
 use crate::provider::Mount;
+pub(crate) use confine::guest_path;
 pub use memory::enter_private_mount_namespace;
 pub(crate) use memory::unmount_under;
 use payload::Payload;
@@ -486,7 +487,7 @@ async fn keyed_files(
 
 /// `$(NAME)` in a `subPathExpr`, replaced by the container's environment; an unknown name is
 /// left as written, as the kubelet leaves it.
-fn expand(expr: &str, env: &[(String, String)]) -> String {
+pub(crate) fn expand(expr: &str, env: &[(String, String)]) -> String {
     let mut out = String::new();
     let mut rest = expr;
     while let Some(start) = rest.find("$(") {

@@ -10,8 +10,9 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::code::{Code, Compiled};
-use crate::http::{HttpPolicy, OutboundHttp};
+use crate::http::OutboundHttp;
 use crate::metering::{CpuQuota, GROW_REFUSED, MeteredLimits, cpu_metered};
+use wasi_policy::HttpPolicy;
 
 /// Bytes a guest may write before its output stream applies back-pressure.
 const OUTPUT_BUDGET: usize = 64 * 1024;

@@ -28,9 +28,10 @@ use oci::{PullPolicy, PullRequest, Puller, PullerConfig, RegistryCredentials, St
 use tokio::task::JoinHandle;
 
 pub use code::{Compiled, TierKind, Tiering};
-pub use egress::EgressPolicy;
 pub use engine::EngineError;
-pub use http::{ALLOWED_DOMAINS, HttpPolicy, MAX_CONCURRENT_REQUESTS, PolicyError};
+pub use wasi_policy::{
+    ALLOWED_DOMAINS, EgressPolicy, HttpPolicy, MAX_CONCURRENT_REQUESTS, PolicyError,
+};
 
 /// The runtime version the node reports, e.g. `wasmtime://48.0.8`.
 pub const RUNTIME_VERSION: &str = concat!("wasmtime://", env!("WASMTIME_VERSION"));
@@ -67,11 +68,17 @@ pub enum SetupError {
 pub struct WasiImage {
     artifact: oci::WasmArtifact,
     compiled: Compiled,
+    /// The Wasm file's size.
+    size_bytes: u64,
 }
 
 impl PulledImage for WasiImage {
     fn image_id(&self) -> String {
         self.artifact.wasm_digest.clone()
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
     }
 }
 
@@ -215,7 +222,14 @@ impl Provider for WasiProvider {
             compiler = compiled.tier().compiler(),
             "image ready"
         );
-        Ok(WasiImage { artifact, compiled })
+        let size_bytes = tokio::fs::metadata(&artifact.wasm_path)
+            .await
+            .map_or(0, |m| m.len());
+        Ok(WasiImage {
+            artifact,
+            compiled,
+            size_bytes,
+        })
     }
 
     async fn start(

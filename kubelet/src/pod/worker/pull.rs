@@ -121,8 +121,9 @@ impl<P: Provider> Worker<P> {
             EventType::Normal,
             "Pulled",
             &format!(
-                "Successfully pulled image \"{reference}\" in {:.3}s",
-                took.as_secs_f64()
+                "Successfully pulled image \"{reference}\" in {:.3}s. Image size: {} bytes.",
+                took.as_secs_f64(),
+                image.size_bytes()
             ),
         );
         let index = self.index_of(kind, &container.name);
