@@ -12,11 +12,22 @@ use kubelet::NodeConfig;
 
 /// A kubelet that runs WebAssembly pods.
 #[derive(Debug, Parser)]
-#[command(name = "wasmlet", version, args_conflicts_with_subcommands = true)]
+// A flag given twice keeps the last value: the config file's settings come first.
+#[command(
+    name = "wasmlet",
+    version,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
 pub struct Cli {
     /// Run a tool instead of the node agent.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// A YAML file (apiVersion wasmlet.dev/v1alpha1, kind WasmletConfiguration) holding any of
+    /// these settings by camelCase name; flags given here override it. `wasmlet config
+    /// defaults` prints a complete one
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The kubeconfig the node uses to reach the API server [default: $KUBECONFIG, then ~/.kube/config]
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
@@ -118,6 +129,16 @@ pub enum Command {
     Ps(PsArgs),
     /// Print a container's log from the node's data dir.
     Logs(LogsArgs),
+    /// The config file (`--config`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `wasmlet config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a complete config file: every setting, its help and its default.
+    Defaults,
 }
 
 /// `wasmlet ps`.

@@ -5,20 +5,26 @@
 //! node agent until SIGTERM or SIGINT.
 
 mod cli;
+mod config_file;
 mod local;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match config_file::parse_cli(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("wasmlet: {}", one_line(&err));
+            return ExitCode::FAILURE;
+        }
+    };
     // kube and oci-client both build rustls configs from the process default; pinning it here
     // means a dependency that enables a second backend cannot make that choice ambiguous.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
@@ -90,6 +96,10 @@ async fn run(cli: Cli, secrets_in_memory: bool) -> anyhow::Result<()> {
         Some(cli::Command::Ps(ps)) => return local::ps(&cli.data_dir_or_default()?, ps),
         Some(cli::Command::Logs(logs)) => {
             return local::logs(&cli.data_dir_or_default()?, logs).await;
+        }
+        Some(cli::Command::Config(cli::ConfigCommand::Defaults)) => {
+            print!("{}", config_file::defaults());
+            return Ok(());
         }
         None => {}
     }

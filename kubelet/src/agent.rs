@@ -17,8 +17,10 @@ use crate::api::{self, ApiState};
 use crate::backoff::{Backoff, sleep_unless_cancelled};
 use crate::config::NodeConfig;
 use crate::data_dir::DataDir;
+use crate::events::{EventRecorder, EventType};
 use crate::host::{DiskUsage, HostFacts};
 use crate::link::Link;
+use crate::node::events as node_events;
 use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
 use crate::node::{LEASE_RENEW_INTERVAL, STATUS_UPDATE_INTERVAL, object, registration};
@@ -166,12 +168,22 @@ impl<P: Provider> Kubelet<P> {
 
     /// Registers the Node, then keeps its Lease and status current until cancelled.
     async fn keep_node(&self, client: &kube::Client, link: &Link, cancel: &CancellationToken) {
+        let events = EventRecorder::new(Some(client.clone()), &self.config.node_name);
+        let host = HostFacts::read();
+        events.record_node(EventType::Normal, "Starting", "Starting wasmlet.");
+        let name = &self.config.node_name;
+        if let Some(message) =
+            node_events::rebooted(self.data_dir.path(), name, &host.boot_id).await
+        {
+            events.record_node(EventType::Warning, "Rebooted", &message);
+        }
         let mut reporter = StatusReporter::new(
             client.clone(),
             self.config.clone(),
-            HostFacts::read(),
+            host,
             self.provider.clone(),
             self.data_dir.clone(),
+            events,
         );
         let desired = object::new_node(&self.config, reporter.current_status().await);
         let Some(node) =

@@ -1,5 +1,6 @@
-//! Pod events (`Pulling`, `Pulled`, `Created`, `Started`, `Killing`, `BackOff`, `Failed`, …),
-//! written as core/v1 Events: the group the `system:node` role may create, and the one
+//! Pod events (`Pulling`, `Pulled`, `Created`, `Started`, `Killing`, `BackOff`, `Failed`, …)
+//! and node events (`Starting`, `NodeReady`, `NodeHasSufficientMemory`, …), written as core/v1
+//! Events: the group the `system:node` role may create, and the one
 //! `kubectl describe` shows.
 //!
 //! Recording never waits for the API server. As with the kubelet's event broadcaster, an
@@ -38,7 +39,7 @@ pub enum EventType {
     Warning,
 }
 
-/// Writes events about pods on behalf of one node.
+/// Writes events about pods and the node on behalf of one node.
 #[derive(Clone)]
 pub struct EventRecorder {
     /// None on a standalone node: there is no API server to record to.
@@ -78,23 +79,46 @@ impl EventRecorder {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.metadata.name.clone().unwrap_or_default()),
+            namespace: Some(namespace),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            field_path: container.map(|c| format!("spec.containers{{{c}}}")),
+        };
+        self.emit(involved, kind, reason, message);
+    }
+
+    /// Records an event about the node itself (`Starting`, `NodeReady`, …), as the kubelet
+    /// does: in the `default` namespace, naming the node with its name as UID, where
+    /// `kubectl describe node` finds it.
+    pub fn record_node(&self, kind: EventType, reason: &str, message: &str) {
+        let involved = ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(self.node_name.clone()),
+            uid: Some(self.node_name.clone()),
+            ..Default::default()
+        };
+        self.emit(involved, kind, reason, message);
+    }
+
+    fn emit(&self, involved: ObjectReference, kind: EventType, reason: &str, message: &str) {
+        let name = involved.name.clone().unwrap_or_default();
         let now = jiff::Timestamp::now();
         let event = Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{pod_name}.")),
-                namespace: Some(namespace.clone()),
+                generate_name: Some(format!("{name}.")),
+                namespace: Some(
+                    involved
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                ),
                 ..Default::default()
             },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(pod_name.clone()),
-                namespace: Some(namespace.clone()),
-                uid: pod.metadata.uid.clone(),
-                resource_version: pod.metadata.resource_version.clone(),
-                field_path: container.map(|c| format!("spec.containers{{{c}}}")),
-            },
+            involved_object: involved,
             reason: Some(reason.to_string()),
             message: Some(message.to_string()),
             type_: Some(
@@ -118,11 +142,11 @@ impl EventRecorder {
             ..Default::default()
         };
         let Some(queue) = &self.queue else {
-            debug!(pod = %pod_name, reason, message, "event (standalone node: not recorded)");
+            debug!(object = %name, reason, message, "event (standalone node: not recorded)");
             return;
         };
         if let Err(err) = queue.try_send(event) {
-            warn!(pod = %pod_name, reason, %err, "event dropped");
+            warn!(object = %name, reason, %err, "event dropped");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The Node object: what it should say, registering it, keeping its Lease and its status.
 
 pub mod conditions;
+pub mod events;
 pub mod lease;
 pub mod object;
 pub mod pressure;

@@ -12,8 +12,10 @@ use tracing::{debug, info};
 
 use crate::config::NodeConfig;
 use crate::data_dir::DataDir;
+use crate::events::EventRecorder;
 use crate::host::{self, DiskUsage, HostFacts};
 use crate::node::conditions::{self, Observations};
+use crate::node::events;
 use crate::node::registration::FIELD_MANAGER;
 use crate::node::{STATUS_REPORT_INTERVAL, object};
 use crate::provider::Provider;
@@ -27,6 +29,8 @@ pub struct StatusReporter<P> {
     data_dir: Arc<DataDir>,
     conditions: Vec<NodeCondition>,
     last_sent: Option<(NodeStatus, Instant)>,
+    /// Where a condition's change is recorded as the kubelet's node event.
+    events: EventRecorder,
 }
 
 impl<P: Provider> StatusReporter<P> {
@@ -37,8 +41,10 @@ impl<P: Provider> StatusReporter<P> {
         host: HostFacts,
         provider: Arc<P>,
         data_dir: Arc<DataDir>,
+        events: EventRecorder,
     ) -> Self {
         Self {
+            events,
             api: Api::all(client),
             config,
             host,
@@ -70,8 +76,14 @@ impl<P: Provider> StatusReporter<P> {
             provider_error: self.provider.health().err(),
         };
         let now = Time(jiff::Timestamp::now());
-        self.conditions =
+        let conditions =
             conditions::compute(&observed, &self.config.pressure, &self.conditions, &now);
+        for (kind, reason, message) in
+            events::condition_events(&self.config.node_name, &self.conditions, &conditions)
+        {
+            self.events.record_node(kind, reason, &message);
+        }
+        self.conditions = conditions;
         object::status(
             &self.config,
             &self.host,
