@@ -230,3 +230,54 @@ fn push_to_a_closed_port_says_the_registry_is_unreachable() {
     let (_, out) = push(dir.path(), Some(b"\0asm\x01\0\0\0"));
     assert_one_line_error(&out, &["registry 127.0.0.1:1 is unreachable"]);
 }
+
+#[test]
+fn a_config_file_with_unknown_fields_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wasmlet.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: wasmlet.dev/v1alpha1\nkind: WasmletConfiguration\nmaxPods: 5\nmaxPod: 6\n",
+    )
+    .unwrap();
+    let out = wasmlet(&["--config", &config.display().to_string()]);
+    assert_one_line_error(
+        &out,
+        &[
+            "config file",
+            &config.display().to_string(),
+            "unknown fields: maxPod",
+        ],
+    );
+}
+
+#[test]
+fn config_defaults_prints_a_file_the_agent_reads_back() {
+    let out = wasmlet(&["config", "defaults"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "apiVersion: wasmlet.dev/v1alpha1",
+        "kind: WasmletConfiguration",
+        "maxPods: \"110\"",
+        "syncFrequency: \"1m\"",
+        "# kubeconfig:",
+    ] {
+        assert!(text.contains(line), "{line:?} not in:\n{text}");
+    }
+    // Read back, with a kubeconfig that does not exist: the file is accepted and the agent
+    // gets as far as the kubeconfig.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wasmlet.yaml");
+    std::fs::write(&config, &text).unwrap();
+    let missing = dir.path().join("nope").display().to_string();
+    let out = wasmlet(&[
+        "--config",
+        &config.display().to_string(),
+        "--kubeconfig",
+        &missing,
+        "--data-dir",
+        &dir.path().display().to_string(),
+    ]);
+    assert_one_line_error(&out, &["cannot read kubeconfig", &missing]);
+}

@@ -288,6 +288,30 @@ async fn restart_updates_the_same_node_with_new_labels_and_thresholds_and_sigter
     })
     .await
     .unwrap();
+    // `kubectl describe node` lists the kubelet's node events: each start, each condition as
+    // first reported, and the change the new threshold made.
+    let events = [
+        "Starting wasmlet.",
+        "NodeHasSufficientMemory",
+        "NodeReady",
+        "Node edge-restart status is now: NodeHasDiskPressure",
+    ];
+    wait_for(
+        "the node's events in kubectl describe node",
+        Duration::from_secs(20),
+        || {
+            let described = cluster.kubectl.run(&["describe", "node", "edge-restart"]);
+            async move {
+                let described = described.map_err(|e| e.to_string())?;
+                match events.iter().find(|e| !described.contains(*e)) {
+                    None => Ok(Some(())),
+                    Some(missing) => Err(format!("no {missing:?} in:\n{described}")),
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
     assert!(cluster.node.is_running());
 }
 

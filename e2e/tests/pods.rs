@@ -127,6 +127,16 @@ spec:
             "{reason} not in {reasons:?}"
         );
     }
+    // `kubectl describe pod` reads as for any kubelet: the pull in the kubelet's words.
+    let described = cluster
+        .kubectl
+        .run(&["describe", "pod", "ce-wasi-example"])
+        .unwrap();
+    let pulled = format!("Successfully pulled image \"{image}\" in ");
+    assert!(
+        described.contains(&pulled) && described.contains(". Image size: "),
+        "no {pulled:?}… Image size in:\n{described}"
+    );
 
     // A preview 2 component runs the same way, beside a module whose `command` replaces
     // the image's argv[0] and is followed by its `args`, each word kept whole.

@@ -107,6 +107,9 @@ impl EventRecorder {
     fn emit(&self, involved: ObjectReference, kind: EventType, reason: &str, message: &str) {
         let name = involved.name.clone().unwrap_or_default();
         let now = jiff::Timestamp::now();
+        // The API server takes an event about a cluster-scoped object (the node) only in the
+        // legacy form, without `eventTime`, as the kubelet writes its node events.
+        let event_time = involved.namespace.is_some().then_some(MicroTime(now));
         let event = Event {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{name}.")),
@@ -136,7 +139,7 @@ impl EventRecorder {
             reporting_instance: Some(self.node_name.clone()),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
+            event_time,
             action: Some(reason.to_string()),
             count: Some(1),
             ..Default::default()
@@ -221,12 +224,12 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>) {
                 None => {}
             },
             Some((event, result)) = in_flight.next() => {
-                let pod = event.involved_object.name.clone().unwrap_or_default();
+                let object = event.involved_object.name.clone().unwrap_or_default();
                 let reason = event.reason.clone().unwrap_or_default();
                 match result {
                     Ok(_) => {
                         backoff.reset();
-                        debug!(%pod, %reason, message = ?event.message, "event");
+                        debug!(%object, %reason, message = ?event.message, "event");
                     }
                     Err(err) if is_transient(&err) => {
                         if paused_until.is_none() {
@@ -237,7 +240,7 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>) {
                         // Back at the front, so events keep their order.
                         pending.push_front(event);
                     }
-                    Err(err) => warn!(%pod, %reason, %err, "could not record event"),
+                    Err(err) => warn!(%object, %reason, %err, "could not record event"),
                 }
             }
             () = sleep_until(paused_until) => paused_until = None,

@@ -1,0 +1,287 @@
+//! `--config FILE`: every setting that an agent flag has, in a versioned YAML file, in the
+//! manner of the kubelet's KubeletConfiguration.
+//!
+//! A key is its flag's long name in camelCase (`--max-pods` is `maxPods`). The file's settings
+//! become flags placed before the command line's, so the same parsers check both and a flag
+//! given on the command line wins. Unknown keys are refused by name; so is a value of the
+//! wrong shape, with the key and the file in the message.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use clap::{CommandFactory, Parser};
+
+use crate::cli::Cli;
+
+/// The file's `apiVersion`.
+pub const API_VERSION: &str = "wasmlet.dev/v1alpha1";
+/// The file's `kind`.
+pub const KIND: &str = "WasmletConfiguration";
+/// Arguments that are about reading the command line, not settings.
+const NOT_SETTINGS: [&str; 3] = ["help", "version", "config"];
+/// A config file is a few kilobytes; a larger one is a mistake, not a setting.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Parses the command line, with the settings of `--config FILE` (if given) before its own.
+pub fn parse_cli(args: Vec<OsString>) -> anyhow::Result<Cli> {
+    let Some(path) = config_path(&args) else {
+        return Ok(Cli::parse_from(args));
+    };
+    let settings = read(Path::new(&path))?;
+    let program = args.first().cloned().unwrap_or_else(|| "wasmlet".into());
+    // The file alone first, so that a bad value is reported as the file's.
+    Cli::try_parse_from(std::iter::once(program.clone()).chain(settings.iter().cloned()))
+        .map_err(|err| anyhow::anyhow!("{}", first_line(&err.to_string())))
+        .with_context(|| format!("config file {}", path.to_string_lossy()))?;
+    Ok(Cli::parse_from(
+        std::iter::once(program)
+            .chain(settings)
+            .chain(args.into_iter().skip(1)),
+    ))
+}
+
+/// The value of `--config` on the command line, if any.
+fn config_path(args: &[OsString]) -> Option<OsString> {
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        if arg == "--" {
+            return None;
+        }
+        if arg == "--config" {
+            return iter.next().cloned();
+        }
+        if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            return Some(path.into());
+        }
+    }
+    None
+}
+
+/// The settings of the file at `path`, as flags.
+fn read(path: &Path) -> anyhow::Result<Vec<OsString>> {
+    let context = || format!("config file {}", path.display());
+    let file = std::fs::File::open(path).with_context(context)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file, MAX_FILE_BYTES + 1),
+        &mut text,
+    )
+    .with_context(context)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        bail!("{}: larger than {MAX_FILE_BYTES} bytes", context());
+    }
+    settings(&text).with_context(context)
+}
+
+/// The settings in `text` (YAML), as flags.
+fn settings(text: &str) -> anyhow::Result<Vec<OsString>> {
+    let mut document: BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(text)
+        .map_err(|err| anyhow::anyhow!("{}", first_line(&err.to_string())))?;
+    let api_version = document.remove("apiVersion");
+    let kind = document.remove("kind");
+    if api_version.as_ref().and_then(|v| v.as_str()) != Some(API_VERSION)
+        || kind.as_ref().and_then(|v| v.as_str()) != Some(KIND)
+    {
+        bail!(
+            "apiVersion must be {API_VERSION} and kind {KIND} (found {} and {})",
+            shown(api_version.as_ref()),
+            shown(kind.as_ref())
+        );
+    }
+    let flags = settable_flags();
+    let unknown: Vec<&str> = document
+        .keys()
+        .filter(|key| !flags.contains_key(key.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        bail!("unknown fields: {}", unknown.join(", "));
+    }
+    let mut args = Vec::new();
+    for (key, value) in document {
+        let text = match value {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Bool(b) => b.to_string(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    serde_json::Value::String(s) => Ok(s.clone()),
+                    serde_json::Value::Number(n) => Ok(n.to_string()),
+                    _ => bail!("{key}: a list holds strings"),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .join(","),
+            serde_json::Value::Null => continue,
+            serde_json::Value::Object(_) => bail!("{key}: expected a value, not a map"),
+        };
+        args.push(format!("--{}={text}", flags[key.as_str()]).into());
+    }
+    Ok(args)
+}
+
+/// Every agent flag that is a setting, by its key in the file: camelCase key → long name.
+fn settable_flags() -> BTreeMap<String, String> {
+    Cli::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .filter(|long| !NOT_SETTINGS.contains(long))
+        .map(|long| (camel_case(long), long.to_string()))
+        .collect()
+}
+
+/// `max-pods` → `maxPods`.
+fn camel_case(long: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in long.chars() {
+        if c == '-' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A complete config file: every setting with its help as a comment and its default, or
+/// commented out where the default comes from the host or the environment.
+pub fn defaults() -> String {
+    let mut out = format!(
+        "# wasmlet configuration: `wasmlet --config FILE`. Flags on the command line override it.\n\
+         apiVersion: {API_VERSION}\nkind: {KIND}\n"
+    );
+    let command = Cli::command();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long().filter(|l| !NOT_SETTINGS.contains(l)) else {
+            continue;
+        };
+        out.push('\n');
+        let help = arg
+            .get_long_help()
+            .or_else(|| arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        for line in help.lines() {
+            let _ = writeln!(out, "# {}", line.trim_end());
+        }
+        let key = camel_case(long);
+        match arg.get_default_values().first() {
+            Some(value) => {
+                let value = value.to_string_lossy();
+                let _ = writeln!(out, "{key}: {}", yaml_scalar(&value));
+            }
+            None => {
+                let _ = writeln!(out, "# {key}:");
+            }
+        }
+    }
+    out
+}
+
+/// `value` as a YAML scalar that reads back as the same string.
+fn yaml_scalar(value: &str) -> String {
+    serde_json::Value::String(value.to_string()).to_string()
+}
+
+fn shown(value: Option<&serde_json::Value>) -> String {
+    value.map_or_else(|| "nothing".to_string(), |v| v.to_string())
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    fn parse(args: &[&str]) -> anyhow::Result<Cli> {
+        parse_cli(args.iter().map(OsString::from).collect())
+    }
+
+    const HEADER: &str = "apiVersion: wasmlet.dev/v1alpha1\nkind: WasmletConfiguration\n";
+
+    #[test]
+    fn the_file_sets_flags_and_the_command_line_overrides_it() {
+        let file = write(&format!(
+            "{HEADER}nodeName: from-file\nmaxPods: 7\nnodeLabels: site=lab\n\
+             rotateServerCertificates: false\ninsecureRegistries: [\"a:5000\", \"b:5000\"]\n\
+             syncFrequency: 10s\n"
+        ));
+        let path = file.path().to_str().unwrap();
+        let cli = parse(&["wasmlet", "--config", path, "--max-pods", "9"]).unwrap();
+        assert_eq!(cli.node_name.as_deref(), Some("from-file"));
+        assert_eq!(cli.max_pods, 9, "the command line wins");
+        assert_eq!(cli.node_labels, "site=lab");
+        assert!(!cli.rotate_server_certificates);
+        assert_eq!(cli.insecure_registries, ["a:5000", "b:5000"]);
+        assert_eq!(cli.sync_frequency.as_secs(), 10);
+        let cli = parse(&["wasmlet", &format!("--config={path}"), "--node-name=flag"]).unwrap();
+        assert_eq!(cli.node_name.as_deref(), Some("flag"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let file = write(&format!("{HEADER}maxPods: 3\nmaxPod: 4\nnodename: x\n"));
+        let err = parse(&["wasmlet", "--config", file.path().to_str().unwrap()]).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("unknown fields: maxPod, nodename"),
+            "{message}"
+        );
+        assert!(message.contains("config file"), "{message}");
+    }
+
+    #[test]
+    fn the_version_and_kind_are_checked() {
+        let file = write("apiVersion: v1\nkind: Pod\n");
+        let err = parse(&["wasmlet", "--config", file.path().to_str().unwrap()]).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("apiVersion must be wasmlet.dev/v1alpha1"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_the_file_and_the_setting() {
+        let file = write(&format!("{HEADER}maxPods: lots\n"));
+        let err = parse(&["wasmlet", "--config", file.path().to_str().unwrap()]).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("config file") && message.contains("max-pods"),
+            "{message}"
+        );
+        let err = parse(&["wasmlet", "--config", "/nonexistent/wasmlet.yaml"]).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/wasmlet.yaml"));
+    }
+
+    #[test]
+    fn the_defaults_file_is_complete_and_reads_back_as_the_defaults() {
+        let text = defaults();
+        for key in settable_flags().keys() {
+            assert!(
+                text.contains(&format!("{key}:")),
+                "{key} missing from:\n{text}"
+            );
+        }
+        let file = write(&text);
+        let mut from_file = parse(&["wasmlet", "--config", file.path().to_str().unwrap()]).unwrap();
+        from_file.config = None;
+        let plain = Cli::try_parse_from(["wasmlet"]).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{plain:?}"));
+    }
+}
