@@ -628,7 +628,9 @@ async fn bad_volumes_get_clear_statuses_and_the_pod_waits_for_a_missing_secret()
         .unwrap();
 
     // A container that writes past its ephemeral-storage limit in its own writable root is
-    // evicted, with the kubelet's message naming it and the limit as written.
+    // evicted, with the kubelet's message naming it and the limit as written. Its neighbour's
+    // roomy limit keeps the pod's total (the sum of the limits) unexceeded, so the container's
+    // own limit is the one that bites.
     let filling_root = wasm_pod(
         "fills-root",
         &format!(
@@ -639,6 +641,10 @@ async fn bad_volumes_get_clear_statuses_and_the_pod_waits_for_a_missing_secret()
     image: {image}
     args: ["--fill", "/big=2048", "--every", "1", "/"]
     resources: {{limits: {{ephemeral-storage: 1Mi}}}}
+  - name: idle
+    image: {image}
+    args: ["--every", "1", "/"]
+    resources: {{limits: {{ephemeral-storage: 100Mi}}}}
 "#
         ),
     );
