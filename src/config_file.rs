@@ -102,6 +102,10 @@ fn settings(text: &str) -> anyhow::Result<Vec<OsString>> {
     }
     let mut args = Vec::new();
     for (key, value) in document {
+        // Every key is known by now.
+        let Some(long) = flags.get(key.as_str()) else {
+            continue;
+        };
         let text = match value {
             serde_json::Value::String(s) => s,
             serde_json::Value::Bool(b) => b.to_string(),
@@ -118,7 +122,7 @@ fn settings(text: &str) -> anyhow::Result<Vec<OsString>> {
             serde_json::Value::Null => continue,
             serde_json::Value::Object(_) => bail!("{key}: expected a value, not a map"),
         };
-        args.push(format!("--{}={text}", flags[key.as_str()]).into());
+        args.push(format!("--{long}={text}").into());
     }
     Ok(args)
 }

@@ -77,6 +77,18 @@ mod tests {
     }
 
     #[test]
+    fn the_data_dir_is_made_private_whatever_mode_it_had() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _open = DataDir::open(&data).unwrap();
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{mode:o}");
+    }
+
+    #[test]
     fn a_path_under_a_file_is_reported_as_not_creatable() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
