@@ -85,6 +85,19 @@ fn mode(path: &Path) -> Option<u32> {
         .map(|m| m.permissions().mode() & 0o777)
 }
 
+/// Waits until `pod` is evicted, and checks it failed with the kubelet's `message`.
+async fn assert_evicted(cluster: &WasmCluster, pod: &str, message: &str) {
+    let pod = cluster
+        .wait_pod(pod, "evicted", MINUTE, |p| {
+            p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Evicted")
+        })
+        .await
+        .unwrap();
+    let status = pod.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(status.message.as_deref(), Some(message));
+}
+
 /// The pod's UID, which names its directory on the node.
 fn uid(cluster: &WasmCluster, pod: &str) -> String {
     cluster
@@ -610,18 +623,12 @@ async fn bad_volumes_get_clear_statuses_and_the_pod_waits_for_a_missing_secret()
         ),
     );
     cluster.kubectl.apply(&filling).unwrap();
-    let pod = cluster
-        .wait_pod("fills-scratch", "evicted", MINUTE, |p| {
-            p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Evicted")
-        })
-        .await
-        .unwrap();
-    let status = pod.status.unwrap();
-    assert_eq!(status.phase.as_deref(), Some("Failed"));
-    assert_eq!(
-        status.message.as_deref(),
-        Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\".")
-    );
+    assert_evicted(
+        &cluster,
+        "fills-scratch",
+        "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\".",
+    )
+    .await;
     cluster
         .wait_event("fills-scratch", "Evicted", MINUTE)
         .await
@@ -649,18 +656,12 @@ async fn bad_volumes_get_clear_statuses_and_the_pod_waits_for_a_missing_secret()
         ),
     );
     cluster.kubectl.apply(&filling_root).unwrap();
-    let pod = cluster
-        .wait_pod("fills-root", "evicted", MINUTE, |p| {
-            p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Evicted")
-        })
-        .await
-        .unwrap();
-    let status = pod.status.unwrap();
-    assert_eq!(status.phase.as_deref(), Some("Failed"));
-    assert_eq!(
-        status.message.as_deref(),
-        Some("Container writer exceeded its local ephemeral storage limit \"1Mi\". ")
-    );
+    assert_evicted(
+        &cluster,
+        "fills-root",
+        "Container writer exceeded its local ephemeral storage limit \"1Mi\". ",
+    )
+    .await;
 
     // A volume type the node cannot provide is named, and the pod is held, not run blind.
     let unsupported = wasm_pod(

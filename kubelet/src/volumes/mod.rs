@@ -173,7 +173,10 @@ impl PodVolumes {
             ));
         }
         let payload = self.payload(ctx, sources, pod, volume).await?;
-        if ctx.secrets_in_memory && (volume.secret.is_some() || volume.projected.is_some()) {
+        // Mounted at the first set-up; a refresh (every sync tick) writes into that mount.
+        let first_set_up = !self.volumes.contains_key(&volume.name);
+        let in_memory = volume.secret.is_some() || volume.projected.is_some();
+        if ctx.secrets_in_memory && in_memory && first_set_up {
             // Room for the old and the new version side by side while one replaces the other.
             let bytes = payload
                 .values()

@@ -132,6 +132,14 @@ mod tests {
 
     use super::*;
 
+    fn pod_key() -> PodKey {
+        PodKey {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: "u".into(),
+        }
+    }
+
     fn policy(domains: &str) -> HttpPolicy {
         let annotations = BTreeMap::from([(ALLOWED_DOMAINS.to_string(), domains.to_string())]);
         HttpPolicy::from_annotations(&annotations).unwrap()
@@ -139,11 +147,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_denied_request_is_http_request_denied_without_a_connection() {
-        let pod = PodKey {
-            namespace: "default".into(),
-            name: "p".into(),
-            uid: "u".into(),
-        };
+        let pod = pod_key();
         let mut hooks = OutboundHttp::new(policy("[]"), &pod, "app");
         let request = ::http::Request::get("http://127.0.0.1:1/")
             .body(WasiBody::default())
@@ -179,11 +183,7 @@ mod tests {
                 });
             }
         });
-        let pod = PodKey {
-            namespace: "default".into(),
-            name: "p".into(),
-            uid: "u".into(),
-        };
+        let pod = pod_key();
         let annotations = BTreeMap::from([
             (
                 ALLOWED_DOMAINS.to_string(),
@@ -244,11 +244,7 @@ mod tests {
                 });
             }
         });
-        let pod = PodKey {
-            namespace: "default".into(),
-            name: "p".into(),
-            uid: "u".into(),
-        };
+        let pod = pod_key();
         let p = policy(&format!(r#"["http://127.0.0.1:{port}"]"#))
             .under(Arc::new(EgressPolicy::parse("127.0.0.1").unwrap()));
         let mut hooks = OutboundHttp::new(p, &pod, "app");
@@ -281,11 +277,7 @@ mod tests {
 
     #[test]
     fn outgoing_bodies_buffer_small_chunks() {
-        let pod = PodKey {
-            namespace: "default".into(),
-            name: "p".into(),
-            uid: "u".into(),
-        };
+        let pod = pod_key();
         let mut hooks = OutboundHttp::new(policy("[]"), &pod, "app");
         assert_eq!(hooks.p2_outgoing_body_chunk_size(), 16 * 1024);
         assert_eq!(hooks.p2_outgoing_body_buffer_chunks(), 1);
