@@ -3,10 +3,12 @@
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use certs::rate_limit::ApiRateLimit;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubelet::NodeConfig;
 
@@ -23,6 +25,15 @@ pub struct Cli {
     /// Run a tool instead of the node agent.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The node agent's settings.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// The node agent's settings: the flags of `wasmlet` and of `wasmlet join`, and the keys of
+/// the config file.
+#[derive(Clone, Debug, Args)]
+pub struct AgentArgs {
     /// A YAML file (apiVersion wasmlet.dev/v1alpha1, kind WasmletConfiguration) holding any of
     /// these settings by camelCase name; flags given here override it. `wasmlet config
     /// defaults` prints a complete one
@@ -106,6 +117,22 @@ pub struct Cli {
     /// --kube-api-burst
     #[arg(long, value_name = "N", default_value_t = ApiRateLimit::default().burst)]
     pub kube_api_burst: NonZeroU32,
+    /// Log verbosity, as the kubelet's: 0-2 what an operator needs, 3-4 debugging, 5 every
+    /// step, 6-7 the API client's requests, 8 and up everything. RUST_LOG, when set, wins
+    #[arg(short = 'v', long = "v", value_name = "LEVEL", default_value_t = 0)]
+    pub verbosity: u8,
+    /// Log lines as text for a person, or as one JSON object per line for a log shipper
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured at a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A positive duration as the kubelet's flags take it (`1m`, `10s`, `1m30s`).
@@ -129,9 +156,43 @@ pub enum Command {
     Ps(PsArgs),
     /// Print a container's log from the node's data dir.
     Logs(LogsArgs),
+    /// Join a cluster as `kubeadm join` does, from the line `kubeadm token create
+    /// --print-join-command` prints, then run the agent.
+    // As at the top level: the config file's settings come before the command line's.
+    #[command(args_override_self = true)]
+    Join(Box<JoinArgs>),
     /// The config file (`--config`).
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// `wasmlet join API_HOST:PORT --token ID.SECRET --discovery-token-ca-cert-hash sha256:HEX`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The API server, HOST:PORT
+    #[arg(value_name = "API_HOST:PORT")]
+    pub endpoint: String,
+    /// The bootstrap token, ID.SECRET
+    #[arg(long, value_name = "ID.SECRET")]
+    pub token: certs::discovery::JoinToken,
+    /// The SHA-256 of the cluster CA's public key (SubjectPublicKeyInfo); give it more than
+    /// once to accept any of several
+    #[arg(long, value_name = "sha256:HEX")]
+    pub discovery_token_ca_cert_hash: Vec<certs::discovery::CaPin>,
+    /// Trust the cluster CA on the token's signature alone, without a pinned hash
+    #[arg(long)]
+    pub discovery_token_unsafe_skip_ca_verification: bool,
+    /// How long to keep trying to reach the API server
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_period)]
+    pub discovery_timeout: std::time::Duration,
+    /// Write the bootstrap kubeconfig and exit instead of running the agent, for a service
+    /// manager to start it (the package's wasmlet.service)
+    #[arg(long)]
+    pub write_only: bool,
+    /// The agent's settings; --bootstrap-kubeconfig and --kubeconfig default to files in the
+    /// data dir
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 /// `wasmlet config …`.
@@ -221,7 +282,22 @@ impl PushArgs {
             PushFormatArg::Cncf => oci::push::PushFormat::Cncf,
             PushFormatArg::WasmToOci => oci::push::PushFormat::WasmToOci,
         };
-        let pushed = oci::push::push(&self.file, &self.image, format, &auth, self.insecure).await?;
+        let progress = upload_bar(&self.file);
+        let bar = progress.clone();
+        let pushed = oci::push::push_with_progress(
+            &self.file,
+            &self.image,
+            format,
+            &auth,
+            self.insecure,
+            Arc::new(move |sent, total| {
+                bar.set_length(total);
+                bar.set_position(sent);
+            }),
+        )
+        .await;
+        progress.finish_and_clear();
+        let pushed = pushed?;
         Ok(format!(
             "pushed {} ({:?}, layer {}) to {}",
             self.file.display(),
@@ -232,7 +308,48 @@ impl PushArgs {
     }
 }
 
+/// Files from this size on get a progress bar while they upload.
+const LARGE_FILE_BYTES: u64 = 4 << 20;
+
+/// A progress bar for pushing `file`: drawn on stderr for a large file when stderr is a
+/// terminal (indicatif draws nothing otherwise), hidden for a small one.
+fn upload_bar(file: &Path) -> ProgressBar {
+    let size = std::fs::metadata(file).map_or(0, |m| m.len());
+    if size < LARGE_FILE_BYTES {
+        return ProgressBar::hidden();
+    }
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bar = ProgressBar::new(size).with_message(name);
+    if let Ok(style) = ProgressStyle::with_template(
+        "pushing {msg} {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 impl Cli {
+    /// The agent this command line runs, if it runs one: plain `wasmlet`, or `wasmlet join`
+    /// unless it only writes the bootstrap kubeconfig.
+    pub fn runs_agent(&self) -> bool {
+        match &self.command {
+            None => true,
+            Some(Command::Join(join)) => !join.write_only,
+            Some(_) => false,
+        }
+    }
+
+    /// The agent settings that apply (logging included): `wasmlet join`'s or the top level's.
+    pub fn agent(&self) -> &AgentArgs {
+        match &self.command {
+            Some(Command::Join(join)) => &join.agent,
+            _ => &self.agent,
+        }
+    }
+
     /// The data dir a local tool reads: its own `--data-dir`, else the default.
     pub fn data_dir_or_default(&self) -> anyhow::Result<PathBuf> {
         let given = match &self.command {
@@ -245,7 +362,9 @@ impl Cli {
             None => Ok(home_dir()?.join(".wasmlet")),
         }
     }
+}
 
+impl AgentArgs {
     /// The node's configuration, with defaults filled in from the host.
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
         let host = kubelet::host::HostFacts::read();
@@ -303,7 +422,7 @@ pub async fn kube_config(path: &Path) -> anyhow::Result<kube::Config> {
         .with_context(|| format!("invalid kubeconfig {}", path.display()))
 }
 
-impl Cli {
+impl AgentArgs {
     /// The CA bundle (PEM) the kubelet API verifies client certificates against:
     /// `--client-ca-file`, else the cluster CA the kubeconfig trusts for the API server (the
     /// CA that signs the API server's kubelet-client certificate in kubeadm-style clusters).
@@ -371,7 +490,7 @@ mod tests {
             "nodefs.available<1Gi",
         ])
         .unwrap();
-        let node = cli.node_config().unwrap();
+        let node = cli.agent.node_config().unwrap();
         assert_eq!(node.node_name, "edge-1");
         assert_eq!(node.node_ip.to_string(), "10.0.0.7");
         assert_eq!(node.port, 11250);
@@ -382,14 +501,14 @@ mod tests {
             node.pressure.nodefs_available,
             kubelet::node::pressure::Threshold::Bytes(1 << 30)
         );
-        assert_eq!(cli.kubeconfig_path().unwrap(), PathBuf::from("/k"));
+        assert_eq!(cli.agent.kubeconfig_path().unwrap(), PathBuf::from("/k"));
     }
 
     #[test]
     fn certificate_flags_parse_with_serving_rotation_on_by_default() {
         let cli = Cli::try_parse_from(["wasmlet"]).unwrap();
-        assert!(cli.rotate_server_certificates);
-        assert!(cli.bootstrap_kubeconfig.is_none());
+        assert!(cli.agent.rotate_server_certificates);
+        assert!(cli.agent.bootstrap_kubeconfig.is_none());
         let cli = Cli::try_parse_from([
             "wasmlet",
             "--bootstrap-kubeconfig",
@@ -399,21 +518,23 @@ mod tests {
             "--rotate-server-certificates=false",
         ])
         .unwrap();
-        assert!(!cli.rotate_server_certificates);
-        assert_eq!(cli.bootstrap_kubeconfig, Some(PathBuf::from("/b")));
-        assert_eq!(cli.client_ca_file, Some(PathBuf::from("/ca.crt")));
+        assert!(!cli.agent.rotate_server_certificates);
+        assert_eq!(cli.agent.bootstrap_kubeconfig, Some(PathBuf::from("/b")));
+        assert_eq!(cli.agent.client_ca_file, Some(PathBuf::from("/ca.crt")));
     }
 
     #[test]
     fn sync_frequency_takes_kubelet_durations_and_refuses_nonsense() {
         let period = |arg: &str| {
-            Cli::try_parse_from(["wasmlet", "--sync-frequency", arg]).map(|c| c.sync_frequency)
+            Cli::try_parse_from(["wasmlet", "--sync-frequency", arg])
+                .map(|c| c.agent.sync_frequency)
         };
         assert_eq!(period("1m30s").unwrap().as_secs(), 90);
         assert_eq!(period("2s").unwrap().as_secs(), 2);
         assert_eq!(
             Cli::try_parse_from(["wasmlet"])
                 .unwrap()
+                .agent
                 .sync_frequency
                 .as_secs(),
             60
@@ -425,10 +546,14 @@ mod tests {
 
     #[test]
     fn the_api_rate_limit_has_defaults_and_refuses_zero() {
-        let defaults = Cli::try_parse_from(["wasmlet"]).unwrap().api_rate_limit();
+        let defaults = Cli::try_parse_from(["wasmlet"])
+            .unwrap()
+            .agent
+            .api_rate_limit();
         assert_eq!((defaults.qps.get(), defaults.burst.get()), (500, 1000));
         let set = Cli::try_parse_from(["wasmlet", "--kube-api-qps=5", "--kube-api-burst", "10"])
             .unwrap()
+            .agent
             .api_rate_limit();
         assert_eq!((set.qps.get(), set.burst.get()), (5, 10));
         for zero in ["--kube-api-qps=0", "--kube-api-burst=0"] {
@@ -439,10 +564,14 @@ mod tests {
     #[test]
     fn compile_tiering_names_each_setting_and_refuses_others() {
         let tiering = |arg: &str| {
-            Cli::try_parse_from(["wasmlet", "--compile-tiering", arg]).map(|c| c.compile_tiering)
+            Cli::try_parse_from(["wasmlet", "--compile-tiering", arg])
+                .map(|c| c.agent.compile_tiering)
         };
         assert_eq!(
-            Cli::try_parse_from(["wasmlet"]).unwrap().compile_tiering,
+            Cli::try_parse_from(["wasmlet"])
+                .unwrap()
+                .agent
+                .compile_tiering,
             wasi_provider::Tiering::BaselineThenOptimised
         );
         assert_eq!(

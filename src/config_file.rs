@@ -25,10 +25,22 @@ const NOT_SETTINGS: [&str; 3] = ["help", "version", "config"];
 /// A config file is a few kilobytes; a larger one is a mistake, not a setting.
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
-/// Parses the command line, with the settings of `--config FILE` (if given) before its own.
-pub fn parse_cli(args: Vec<OsString>) -> anyhow::Result<Cli> {
+/// The command line as parsed, and what it said over the config file.
+pub struct Parsed {
+    /// The settings.
+    pub cli: Cli,
+    /// One line for each setting the file and the command line both give (the flag wins).
+    pub overridden: Vec<String>,
+}
+
+/// Parses the command line, with the settings of `--config FILE` (if given) before its own:
+/// right after the program's name, or after `join` for `wasmlet join`.
+pub fn parse_cli(args: Vec<OsString>) -> anyhow::Result<Parsed> {
     let Some(path) = config_path(&args) else {
-        return Ok(Cli::parse_from(args));
+        return Ok(Parsed {
+            cli: Cli::parse_from(args),
+            overridden: Vec::new(),
+        });
     };
     let settings = read(Path::new(&path))?;
     let program = args.first().cloned().unwrap_or_else(|| "wasmlet".into());
@@ -36,11 +48,42 @@ pub fn parse_cli(args: Vec<OsString>) -> anyhow::Result<Cli> {
     Cli::try_parse_from(std::iter::once(program.clone()).chain(settings.iter().cloned()))
         .map_err(|err| anyhow::anyhow!("{}", first_line(&err.to_string())))
         .with_context(|| format!("config file {}", path.to_string_lossy()))?;
-    Ok(Cli::parse_from(
-        std::iter::once(program)
-            .chain(settings)
-            .chain(args.into_iter().skip(1)),
-    ))
+    let split = if args.get(1).is_some_and(|a| a == "join") {
+        2
+    } else {
+        1
+    };
+    let (head, tail) = args.split_at(split.min(args.len()));
+    let given = long_names(tail);
+    let overridden = long_names(&settings)
+        .into_iter()
+        .filter(|long| given.contains(long))
+        .map(|long| {
+            format!(
+                "--{long} on the command line overrides {} in config file {}",
+                camel_case(&long),
+                path.to_string_lossy()
+            )
+        })
+        .collect();
+    let cli = Cli::parse_from(head.iter().chain(&settings).chain(tail));
+    Ok(Parsed { cli, overridden })
+}
+
+/// The long names of the flags among `args` (`-v` is `--v`), in order, each once.
+fn long_names(args: &[OsString]) -> Vec<String> {
+    let mut names = Vec::new();
+    for arg in args.iter().filter_map(|a| a.to_str()) {
+        let name = match arg.strip_prefix("--") {
+            Some(flag) => flag.split_once('=').map_or(flag, |(name, _)| name),
+            None if arg.starts_with("-v") => "v",
+            None => continue,
+        };
+        if !name.is_empty() && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    names
 }
 
 /// The value of `--config` on the command line, if any.
@@ -213,6 +256,10 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> anyhow::Result<Cli> {
+        parse_notes(args).map(|parsed| parsed.cli)
+    }
+
+    fn parse_notes(args: &[&str]) -> anyhow::Result<Parsed> {
         parse_cli(args.iter().map(OsString::from).collect())
     }
 
@@ -227,14 +274,79 @@ mod tests {
         ));
         let path = file.path().to_str().unwrap();
         let cli = parse(&["wasmlet", "--config", path, "--max-pods", "9"]).unwrap();
-        assert_eq!(cli.node_name.as_deref(), Some("from-file"));
-        assert_eq!(cli.max_pods, 9, "the command line wins");
-        assert_eq!(cli.node_labels, "site=lab");
-        assert!(!cli.rotate_server_certificates);
-        assert_eq!(cli.insecure_registries, ["a:5000", "b:5000"]);
-        assert_eq!(cli.sync_frequency.as_secs(), 10);
+        assert_eq!(cli.agent.node_name.as_deref(), Some("from-file"));
+        assert_eq!(cli.agent.max_pods, 9, "the command line wins");
+        assert_eq!(cli.agent.node_labels, "site=lab");
+        assert!(!cli.agent.rotate_server_certificates);
+        assert_eq!(cli.agent.insecure_registries, ["a:5000", "b:5000"]);
+        assert_eq!(cli.agent.sync_frequency.as_secs(), 10);
         let cli = parse(&["wasmlet", &format!("--config={path}"), "--node-name=flag"]).unwrap();
-        assert_eq!(cli.node_name.as_deref(), Some("flag"));
+        assert_eq!(cli.agent.node_name.as_deref(), Some("flag"));
+    }
+
+    #[test]
+    fn a_flag_that_overrides_the_file_is_named_once() {
+        let file = write(&format!(
+            "{HEADER}maxPods: 7
+nodeName: from-file
+v: 2
+"
+        ));
+        let path = file.path().to_str().unwrap();
+        let parsed = parse_notes(&[
+            "wasmlet",
+            "--config",
+            path,
+            "--max-pods",
+            "9",
+            "--max-pods=10",
+            "-v",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(parsed.cli.agent.max_pods, 10);
+        assert_eq!(parsed.cli.agent.verbosity, 4);
+        assert_eq!(
+            parsed.overridden,
+            [
+                format!("--max-pods on the command line overrides maxPods in config file {path}"),
+                format!("--v on the command line overrides v in config file {path}"),
+            ]
+        );
+        let quiet = parse_notes(&["wasmlet", "--config", path, "--port", "1"]).unwrap();
+        assert!(quiet.overridden.is_empty(), "{:?}", quiet.overridden);
+    }
+
+    #[test]
+    fn join_reads_the_file_too() {
+        let file = write(&format!(
+            "{HEADER}maxPods: 7
+dataDir: /var/lib/wasmlet
+"
+        ));
+        let path = file.path().to_str().unwrap();
+        let parsed = parse_notes(&[
+            "wasmlet",
+            "join",
+            "10.0.0.1:6443",
+            "--token",
+            "abcdef.0123456789abcdef",
+            "--discovery-token-unsafe-skip-ca-verification",
+            "--config",
+            path,
+            "--max-pods=3",
+        ])
+        .unwrap();
+        let Some(crate::cli::Command::Join(join)) = &parsed.cli.command else {
+            panic!("not join: {:?}", parsed.cli.command);
+        };
+        assert_eq!(join.endpoint, "10.0.0.1:6443");
+        assert_eq!(join.agent.max_pods, 3);
+        assert_eq!(
+            join.agent.data_dir.as_deref(),
+            Some(Path::new("/var/lib/wasmlet"))
+        );
+        assert_eq!(parsed.overridden.len(), 1, "{:?}", parsed.overridden);
     }
 
     #[test]
@@ -284,7 +396,7 @@ mod tests {
         }
         let file = write(&text);
         let mut from_file = parse(&["wasmlet", "--config", file.path().to_str().unwrap()]).unwrap();
-        from_file.config = None;
+        from_file.agent.config = None;
         let plain = Cli::try_parse_from(["wasmlet"]).unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{plain:?}"));
     }

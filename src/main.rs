@@ -6,38 +6,35 @@
 
 mod cli;
 mod config_file;
+mod join;
 mod local;
+mod logging;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::cli::Cli;
+use crate::cli::{AgentArgs, Cli};
 
 fn main() -> ExitCode {
-    let cli = match config_file::parse_cli(std::env::args_os().collect()) {
-        Ok(cli) => cli,
+    let parsed = match config_file::parse_cli(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
         Err(err) => {
             eprintln!("wasmlet: {}", one_line(&err));
             return ExitCode::FAILURE;
         }
     };
+    let cli = parsed.cli;
     // kube and oci-client both build rustls configs from the process default; pinning it here
     // means a dependency that enables a second backend cannot make that choice ambiguous.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube_client=warn,tower=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: a log file or journal gets plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let secrets_in_memory = cli.command.is_none() && private_mount_namespace();
+    logging::init(cli.agent());
+    for note in parsed.overridden {
+        tracing::warn!("{note}");
+    }
+    let secrets_in_memory = cli.runs_agent() && private_mount_namespace();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -101,8 +98,20 @@ async fn run(cli: Cli, secrets_in_memory: bool) -> anyhow::Result<()> {
             print!("{}", config_file::defaults());
             return Ok(());
         }
-        None => {}
+        Some(cli::Command::Join(_)) | None => {}
     }
+    let agent = match cli.command {
+        Some(cli::Command::Join(join)) => match join::prepare(*join).await.context("join")? {
+            Some(agent) => agent,
+            None => return Ok(()),
+        },
+        _ => cli.agent,
+    };
+    run_agent(agent, secrets_in_memory).await
+}
+
+/// The node agent, until SIGTERM or SIGINT.
+async fn run_agent(cli: AgentArgs, secrets_in_memory: bool) -> anyhow::Result<()> {
     let mut node = cli.node_config()?;
     node.secrets_in_memory = secrets_in_memory;
     let kubeconfig_path = cli.kubeconfig_path()?;
@@ -195,7 +204,7 @@ async fn run(cli: Cli, secrets_in_memory: bool) -> anyhow::Result<()> {
 /// A node with no API server: it runs the static pods in `manifests`, keeps them in its
 /// store, and serves no kubelet API (`wasmlet ps` and `wasmlet logs` read its data dir).
 async fn run_standalone(
-    cli: &Cli,
+    cli: &AgentArgs,
     node: kubelet::NodeConfig,
     manifests: &std::path::Path,
 ) -> anyhow::Result<()> {
@@ -221,7 +230,7 @@ async fn run_standalone(
 fn wasi_provider(
     data_dir: &kubelet::data_dir::DataDir,
     node: &kubelet::NodeConfig,
-    cli: &Cli,
+    cli: &AgentArgs,
 ) -> anyhow::Result<wasi_provider::WasiProvider> {
     wasi_provider::WasiProvider::new(&wasi_provider::WasiProviderConfig {
         cache_dir: data_dir.path().join("cache"),

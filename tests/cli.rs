@@ -231,24 +231,23 @@ fn push_to_a_closed_port_says_the_registry_is_unreachable() {
     assert_one_line_error(&out, &["registry 127.0.0.1:1 is unreachable"]);
 }
 
+/// A config file in `dir` with the version header and `settings`; returns its path.
+fn config_file(dir: &Path, settings: &str) -> String {
+    let config = dir.join("wasmlet.yaml");
+    std::fs::write(
+        &config,
+        format!("apiVersion: wasmlet.dev/v1alpha1\nkind: WasmletConfiguration\n{settings}"),
+    )
+    .unwrap();
+    config.display().to_string()
+}
+
 #[test]
 fn a_config_file_with_unknown_fields_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("wasmlet.yaml");
-    std::fs::write(
-        &config,
-        "apiVersion: wasmlet.dev/v1alpha1\nkind: WasmletConfiguration\nmaxPods: 5\nmaxPod: 6\n",
-    )
-    .unwrap();
-    let out = wasmlet(&["--config", &config.display().to_string()]);
-    assert_one_line_error(
-        &out,
-        &[
-            "config file",
-            &config.display().to_string(),
-            "unknown fields: maxPod",
-        ],
-    );
+    let config = config_file(dir.path(), "maxPods: 5\nmaxPod: 6\n");
+    let out = wasmlet(&["--config", &config]);
+    assert_one_line_error(&out, &["config file", &config, "unknown fields: maxPod"]);
 }
 
 #[test]
@@ -280,4 +279,95 @@ fn config_defaults_prints_a_file_the_agent_reads_back() {
         &dir.path().display().to_string(),
     ]);
     assert_one_line_error(&out, &["cannot read kubeconfig", &missing]);
+}
+
+#[test]
+fn a_config_file_value_of_the_wrong_type_is_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "maxPods: lots\n");
+    let out = wasmlet(&["--config", &config]);
+    assert_one_line_error(&out, &["config file", "max-pods", "lots"]);
+}
+
+#[test]
+fn a_flag_that_contradicts_the_config_file_wins_and_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "maxPods: 5\nkubeconfig: /from/the/file\n");
+    let missing = dir.path().join("from-the-flag").display().to_string();
+    let out = wasmlet(&[
+        "--config",
+        &config,
+        "--kubeconfig",
+        &missing,
+        "--data-dir",
+        &dir.path().display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let notes = stderr
+        .matches("--kubeconfig on the command line overrides kubeconfig in config file")
+        .count();
+    assert_eq!(notes, 1, "{stderr}");
+    assert!(!stderr.contains("maxPods"), "{stderr}");
+    // The flag's value is the one used.
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains(&missing), "{stderr}");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn join_against_an_unreachable_server_retries_then_fails_in_one_line_with_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = wasmlet(&[
+        "join",
+        "127.0.0.1:1",
+        "--token",
+        "abcdef.0123456789abcdef",
+        "--discovery-token-unsafe-skip-ca-verification",
+        "--discovery-timeout",
+        "6s",
+        "--log-format",
+        "json",
+        "--data-dir",
+        &dir.path().display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let (last, logs) = lines.split_last().expect("some output");
+    assert!(
+        last.starts_with(
+            "wasmlet: join: could not read cluster-info from https://127.0.0.1:1 within 6s"
+        ),
+        "{stderr}"
+    );
+    // Every log line is a JSON object; the retries are warnings that say what happens next.
+    let retries = logs
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+        })
+        .filter(|log| {
+            log["level"] == "WARN"
+                && log["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("trying again in"))
+        })
+        .count();
+    assert_eq!(retries, 2, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!dir.path().join("bootstrap-kubeconfig").exists());
+}
+
+#[test]
+fn a_join_token_that_is_not_id_dot_secret_is_refused() {
+    let out = wasmlet(&["join", "127.0.0.1:1", "--token", "abc.def"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--token must be 6 and 16 characters of [a-z0-9]"),
+        "{stderr}"
+    );
 }

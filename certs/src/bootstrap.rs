@@ -166,39 +166,49 @@ impl Bootstrap {
             })?
             .display()
             .to_string();
-        let kubeconfig = Kubeconfig {
-            api_version: Some("v1".into()),
-            kind: Some("Config".into()),
-            clusters: vec![NamedCluster {
-                name: "default-cluster".into(),
-                cluster: Some(cluster),
-                ..NamedCluster::default()
-            }],
-            auth_infos: vec![NamedAuthInfo {
-                name: "default-auth".into(),
-                auth_info: Some(AuthInfo {
-                    client_certificate: Some(cert_file.clone()),
-                    client_key: Some(cert_file),
-                    ..AuthInfo::default()
-                }),
-                ..NamedAuthInfo::default()
-            }],
-            contexts: vec![NamedContext {
-                name: "default-context".into(),
-                context: Some(Context {
-                    cluster: "default-cluster".into(),
-                    user: Some("default-auth".into()),
-                    namespace: Some("default".into()),
-                    ..Context::default()
-                }),
-                ..NamedContext::default()
-            }],
-            current_context: Some("default-context".into()),
-            ..Kubeconfig::default()
+        let user = AuthInfo {
+            client_certificate: Some(cert_file.clone()),
+            client_key: Some(cert_file),
+            ..AuthInfo::default()
         };
-        let text = serde_saphyr::to_string(&kubeconfig).map_err(|e| bad(e.to_string()))?;
-        write_atomically(path, &text)
+        write_single_kubeconfig(path, cluster, user)
     }
+}
+
+/// Writes (owner-only, atomically) a kubeconfig with one cluster, one user and the context
+/// that joins them.
+pub(crate) fn write_single_kubeconfig(path: &Path, cluster: Cluster, user: AuthInfo) -> Result<()> {
+    let kubeconfig = Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: "default-cluster".into(),
+            cluster: Some(cluster),
+            ..NamedCluster::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: "default-auth".into(),
+            auth_info: Some(user),
+            ..NamedAuthInfo::default()
+        }],
+        contexts: vec![NamedContext {
+            name: "default-context".into(),
+            context: Some(Context {
+                cluster: "default-cluster".into(),
+                user: Some("default-auth".into()),
+                namespace: Some("default".into()),
+                ..Context::default()
+            }),
+            ..NamedContext::default()
+        }],
+        current_context: Some("default-context".into()),
+        ..Kubeconfig::default()
+    };
+    let text = serde_saphyr::to_string(&kubeconfig).map_err(|e| Error::Kubeconfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_atomically(path, &text)
 }
 
 fn current_context(kubeconfig: &Kubeconfig) -> Option<&Context> {
@@ -211,7 +221,7 @@ fn current_context(kubeconfig: &Kubeconfig) -> Option<&Context> {
         .as_ref()
 }
 
-fn current_cluster(kubeconfig: &Kubeconfig) -> Option<Cluster> {
+pub(crate) fn current_cluster(kubeconfig: &Kubeconfig) -> Option<Cluster> {
     let name = &current_context(kubeconfig)?.cluster;
     kubeconfig
         .clusters

@@ -5,6 +5,8 @@
 //!   (the e2e harness builds a whole cluster PKI with it);
 //! - [`serving`]: the kubelet API's serving certificate: self-signed from the first second,
 //!   then requested from the cluster (`kubernetes.io/kubelet-serving`) and swapped in;
+//! - [`discovery`]: `kubeadm join`'s token discovery of the cluster's address and CA, which
+//!   writes the bootstrap kubeconfig;
 //! - [`bootstrap`]: TLS bootstrap from a bootstrap token to the node's client certificate
 //!   (`kubernetes.io/kube-apiserver-client-kubelet`) and kubeconfig;
 //! - [`client`]: the node's API client whose client certificate rotates while it runs;
@@ -14,7 +16,7 @@
 //! - [`tls`]: rustls configurations built from PEM.
 //!
 //! This crate talks to the API server only about CertificateSigningRequests, through the
-//! client it is handed. Key material is written to temporary files and renamed into place;
+//! client it is handed, and (in discovery, anonymously) to read `kube-public/cluster-info`. Key material is written to temporary files and renamed into place;
 //! a certificate is written only after it has been parsed and its public key matched to
 //! the key it is stored with.
 #![deny(missing_docs)]
@@ -23,6 +25,7 @@ mod authority;
 pub mod bootstrap;
 pub mod client;
 pub mod csr;
+pub mod discovery;
 mod error;
 mod files;
 mod manager;

@@ -4,10 +4,12 @@
 #   - the wasm32 rustup targets, and the aarch64 one with Debian's cross linker and qemu-user
 #     for the emulated aarch64 test;
 #   - cargo-fuzz, which builds the fuzz targets with libFuzzer (e2e/scripts/fuzz.sh);
-#   - kube-apiserver, kube-controller-manager and kube-scheduler built from Debian's
-#     `kubernetes` source package, cached outside the checkout and keyed by version, so
-#     the (slow) Go build happens once per machine.
-# Prints the directory that holds the three binaries on its last line.
+#   - kube-apiserver, kube-controller-manager, kube-scheduler and kubeadm (which prints the
+#     join line that `wasmlet join` takes) built from Debian's `kubernetes` source package,
+#     cached outside the checkout and keyed by version, so the (slow) Go build happens once
+#     per machine; a cache that lacks one of them builds only what it lacks.
+#   - cargo-deb, which builds the Debian package.
+# Prints the directory that holds the binaries on its last line.
 set -euo pipefail
 
 cache_root="${WASMLET_CACHE:-$HOME/.cache/wasmlet}"
@@ -59,10 +61,11 @@ ensure_rust_targets() {
     rustup target add "${targets[@]}" >/dev/null 2>&1 || rustup target add "${targets[@]}"
 }
 
-ensure_cargo_fuzz() {
-    cargo fuzz --version >/dev/null 2>&1 && return
-    log "installing cargo-fuzz"
-    cargo install --locked --quiet cargo-fuzz
+ensure_cargo_tools() {
+    cargo fuzz --version >/dev/null 2>&1 || { log "installing cargo-fuzz"; cargo install --locked --quiet cargo-fuzz; }
+    # Pinned: CI packages the dev build the tests already use (a release build takes most of
+    # an hour), which this version allows with a warning.
+    cargo deb --version >/dev/null 2>&1 || { log "installing cargo-deb"; cargo install --locked --quiet cargo-deb@3.8.0; }
 }
 
 build_control_plane() {
@@ -71,11 +74,15 @@ build_control_plane() {
     [ -n "$version" ] || { log "no source version for kubernetes (is deb-src configured?)"; exit 1; }
     local out="$cache_root/kubernetes-$version"
     local bin="$out/bin"
-    if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/kube-scheduler" ]; then
+    local wanted=(kube-apiserver kube-controller-manager kube-scheduler kubeadm) missing=() b
+    for b in "${wanted[@]}"; do
+        [ -x "$bin/$b" ] || missing+=("$b")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
         echo "$bin"
         return
     fi
-    log "building kubernetes $version control plane into $out (once per machine)"
+    log "building ${missing[*]} of kubernetes $version into $out (once per machine)"
     local work="$out/src"
     rm -rf "$work" && mkdir -p "$work"
     (cd "$work" && apt-get source -qq kubernetes >/dev/null 2>&1 || apt-get source kubernetes)
@@ -87,17 +94,18 @@ build_control_plane() {
     local gopath="$work/gopath"
     mkdir -p "$gopath/src/k8s.io"
     ln -sfn "$tree" "$gopath/src/k8s.io/kubernetes"
-    local start=$SECONDS
+    local start=$SECONDS what
+    what=$(printf 'cmd/%s ' "${missing[@]}")
     (
         cd "$gopath/src/k8s.io/kubernetes"
         export GOPATH="$gopath" GO111MODULE=off GOFLAGS=-mod=vendor GOCACHE="$work/gocache"
         export PATH="/usr/lib/go-1.19/bin:$PATH"
         export KUBE_GIT_TREE_STATE=clean KUBE_GIT_VERSION="v1.20.2" KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20
-        make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" > "$work/build.log" 2>&1 \
+        make WHAT="${what% }" > "$work/build.log" 2>&1 \
             || { tail -n 40 "$work/build.log" >&2; exit 1; }
     )
     mkdir -p "$bin"
-    for b in kube-apiserver kube-controller-manager kube-scheduler; do
+    for b in "${missing[@]}"; do
         local built
         built=$(find "$tree/_output" -type f -name "$b" -perm -u+x | head -n1)
         [ -n "$built" ] || { log "build produced no $b"; exit 1; }
@@ -113,5 +121,5 @@ build_control_plane() {
 ensure_deb_src
 ensure_apt_packages
 ensure_rust_targets
-ensure_cargo_fuzz
+ensure_cargo_tools
 build_control_plane

@@ -4,12 +4,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use certs::CertificateSpec;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{Cluster, KubeConfigOptions, Kubeconfig, NamedCluster};
 
 use crate::kubeconfig::{write_cert_kubeconfig, write_token_kubeconfig};
 use crate::pki::ClusterPki;
@@ -80,6 +84,7 @@ impl ControlPlane {
         plane.controller_manager = Some(plane.spawn_controller_manager()?);
         plane.scheduler = Some(plane.spawn_scheduler()?);
         plane.wait_for_controllers().await?;
+        plane.set_up_joining().await?;
         eprintln!(
             "control plane up on https://127.0.0.1:{} in {:.1} s (dir {})",
             plane.api_port,
@@ -140,12 +145,12 @@ impl ControlPlane {
         self.pki.cert("ca")
     }
 
-    /// Sets up TLS bootstrap as kubeadm does and writes a kubeconfig that authenticates with
-    /// a new bootstrap token (`system:bootstrap:<id>`, groups `system:bootstrappers` and
-    /// `system:bootstrappers:wasmlet`). The RBAC bindings let bootstrappers create CSRs and
-    /// have kube-controller-manager auto-approve their client-certificate requests, and let
-    /// nodes renew their own client certificates. Calling it again adds another token.
-    pub async fn bootstrap_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+    /// What `kubeadm init` sets up for nodes to join: the `cluster-info` ConfigMap in
+    /// `kube-public` (the API server's address and CA, which the bootstrap signer signs for
+    /// each signing token), anonymous read access to it, and the ClusterRoleBindings that
+    /// let bootstrap tokens request node client certificates that kube-controller-manager
+    /// approves, and nodes renew their own.
+    async fn set_up_joining(&self) -> anyhow::Result<()> {
         let client = self.client().await?;
         for (name, group, role) in BOOTSTRAP_BINDINGS {
             let binding = ClusterRoleBinding {
@@ -167,6 +172,92 @@ impl ControlPlane {
             };
             create_if_missing(&kube::Api::all(client.clone()), &binding).await?;
         }
+        let ca = std::fs::read(self.pki.cert("ca"))?;
+        let kubeconfig = Kubeconfig {
+            api_version: Some("v1".into()),
+            kind: Some("Config".into()),
+            clusters: vec![NamedCluster {
+                name: String::new(),
+                cluster: Some(Cluster {
+                    server: Some(self.server_url()),
+                    certificate_authority_data: Some(STANDARD.encode(ca)),
+                    ..Cluster::default()
+                }),
+                ..NamedCluster::default()
+            }],
+            ..Kubeconfig::default()
+        };
+        let public = |name: &str| ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("kube-public".into()),
+            ..ObjectMeta::default()
+        };
+        let config_map = ConfigMap {
+            metadata: public("cluster-info"),
+            data: Some(BTreeMap::from([(
+                "kubeconfig".to_string(),
+                serde_yaml::to_string(&kubeconfig)?,
+            )])),
+            ..ConfigMap::default()
+        };
+        create_if_missing(
+            &kube::Api::namespaced(client.clone(), "kube-public"),
+            &config_map,
+        )
+        .await?;
+        let role_name = "kubeadm:bootstrap-signer-clusterinfo";
+        let role = Role {
+            metadata: public(role_name),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec!["cluster-info".into()]),
+                verbs: vec!["get".into()],
+                ..PolicyRule::default()
+            }]),
+        };
+        create_if_missing(&kube::Api::namespaced(client.clone(), "kube-public"), &role).await?;
+        let binding = RoleBinding {
+            metadata: public(role_name),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: role_name.into(),
+            },
+            subjects: Some(vec![Subject {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "User".into(),
+                name: "system:anonymous".into(),
+                namespace: None,
+            }]),
+        };
+        create_if_missing(&kube::Api::namespaced(client, "kube-public"), &binding).await
+    }
+
+    /// The line `kubeadm token create --print-join-command` prints for this cluster (a new
+    /// bootstrap token each call), from the real kubeadm built beside the control plane.
+    pub fn join_command(&self) -> anyhow::Result<String> {
+        let output = Command::new(self.bin_dir.join("kubeadm"))
+            .args(["token", "create", "--print-join-command", "--kubeconfig"])
+            .arg(self.admin_kubeconfig())
+            .output()
+            .context("run kubeadm (e2e/scripts/install-deps.sh builds it)")?;
+        if !output.status.success() {
+            bail!(
+                "kubeadm token create failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8(output.stdout)?.trim().to_string())
+    }
+
+    /// Writes a kubeconfig that authenticates with a new bootstrap token
+    /// (`system:bootstrap:<id>`, groups `system:bootstrappers` and
+    /// `system:bootstrappers:wasmlet`), as an operator who sets up TLS bootstrap by hand
+    /// would. Calling it again adds another token.
+    pub async fn bootstrap_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        let client = self.client().await?;
         let id = random_token_chars(6)?;
         let secret = random_token_chars(16)?;
         let token = Secret {

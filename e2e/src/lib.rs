@@ -31,6 +31,6 @@ pub use process::rss_kib;
 pub use registry::{REGISTRY_PASSWORD, REGISTRY_USER, Registry};
 pub use wait::wait_for;
 pub use wasmlet::{
-    StandaloneWasmlet, WasmletNode, WasmletOptions, emulated_aarch64_wasmlet, ps_row,
-    wasmlet_binary,
+    StandaloneWasmlet, WasmletNode, WasmletOptions, emulated_aarch64_wasmlet, join_arguments,
+    ps_row, wasmlet_binary,
 };

@@ -12,6 +12,16 @@ use crate::ports::free_port;
 use crate::process::Supervised;
 use crate::wait::wait_for;
 
+/// The arguments of a `kubeadm join …` line (as `kubeadm token create
+/// --print-join-command` prints it, continuation backslashes and all) after `kubeadm join`.
+pub fn join_arguments(line: &str) -> anyhow::Result<Vec<String>> {
+    let words: Vec<&str> = line.split_whitespace().filter(|w| *w != "\\").collect();
+    match words.as_slice() {
+        ["kubeadm", "join", rest @ ..] => Ok(rest.iter().map(|w| w.to_string()).collect()),
+        _ => bail!("not a kubeadm join line: {line}"),
+    }
+}
+
 /// How a test wants its node started.
 #[derive(Clone, Debug)]
 pub struct WasmletOptions {
@@ -29,6 +39,12 @@ pub struct WasmletOptions {
     /// its client certificate and writes its own kubeconfig. `None`: the plane issues the
     /// node's kubeconfig directly.
     pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Join with `wasmlet join` and the line `kubeadm token create --print-join-command`
+    /// printed ([`ControlPlane::join_command`]), `kubeadm join` and all: wasmlet finds the
+    /// cluster, writes its bootstrap kubeconfig and kubeconfig in its data dir, and gets its
+    /// client certificate. Only the node's own flags (name, address, port, data dir) are
+    /// added.
+    pub join_line: Option<String>,
     /// `--sync-frequency`; `None` keeps wasmlet's default (1m).
     pub sync_frequency: Option<String>,
     /// Reach the API server through a [`CloudLink`] the node owns, so a test can cut the
@@ -55,6 +71,7 @@ impl WasmletOptions {
             // a taint, and pods that never schedule. Tests that want pressure ask for it.
             eviction_hard: "nodefs.available<64Mi".into(),
             bootstrap_kubeconfig: None,
+            join_line: None,
             sync_frequency: None,
             behind_link: false,
             data_dir: None,
@@ -94,10 +111,12 @@ impl WasmletNode {
             .behind_link
             .then(|| CloudLink::to(plane.api_addr()))
             .transpose()?;
-        let kubeconfig = match &options.bootstrap_kubeconfig {
+        let kubeconfig = match (&options.join_line, &options.bootstrap_kubeconfig) {
+            // `wasmlet join` writes it in the data dir.
+            (Some(_), _) => data_dir.join("kubeconfig"),
             // wasmlet writes this one itself.
-            Some(_) => plane.dir().join("nodes").join(format!("{name}.kubeconfig")),
-            None => match &link {
+            (None, Some(_)) => plane.dir().join("nodes").join(format!("{name}.kubeconfig")),
+            (None, None) => match &link {
                 Some(link) => plane.node_kubeconfig_via(name, &link.url())?,
                 None => plane.node_kubeconfig(name)?,
             },
@@ -105,6 +124,14 @@ impl WasmletNode {
         let port = free_port()?;
         let mut cmd = Command::new(wasmlet_binary()?);
         cmd.env("RUST_LOG", "info,kubelet=debug,wasi_provider=debug");
+        match &options.join_line {
+            Some(line) => {
+                cmd.arg("join").args(join_arguments(line)?);
+            }
+            None => {
+                cmd.arg("--kubeconfig").arg(&kubeconfig);
+            }
+        }
         if let Some(bootstrap) = &options.bootstrap_kubeconfig {
             cmd.arg("--bootstrap-kubeconfig").arg(bootstrap);
         }
@@ -114,35 +141,33 @@ impl WasmletNode {
         if let Some(networks) = &options.outbound_http_allow_networks {
             cmd.arg(format!("--outbound-http-allow-networks={networks}"));
         }
-        cmd.arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args([
-                "--node-name",
-                name,
-                "--node-ip",
-                "127.0.0.1",
-                "--address",
-                "127.0.0.1",
-            ])
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--max-pods")
-            .arg(options.max_pods.to_string())
-            .arg("--node-labels")
-            .arg(&options.node_labels)
-            .arg(format!(
-                "--insecure-registries={}",
-                options.insecure_registries.join(",")
-            ))
-            .arg(format!("--eviction-hard={}", options.eviction_hard))
-            .args(
-                options
-                    .sync_frequency
-                    .iter()
-                    .map(|period| format!("--sync-frequency={period}")),
-            );
+        cmd.args([
+            "--node-name",
+            name,
+            "--node-ip",
+            "127.0.0.1",
+            "--address",
+            "127.0.0.1",
+        ])
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--max-pods")
+        .arg(options.max_pods.to_string())
+        .arg("--node-labels")
+        .arg(&options.node_labels)
+        .arg(format!(
+            "--insecure-registries={}",
+            options.insecure_registries.join(",")
+        ))
+        .arg(format!("--eviction-hard={}", options.eviction_hard))
+        .args(
+            options
+                .sync_frequency
+                .iter()
+                .map(|period| format!("--sync-frequency={period}")),
+        );
         let args = cmd.get_args().map(ToOwned::to_owned).collect();
         let log = plane.dir().join(format!("wasmlet-{name}-{port}.log"));
         let process = Supervised::spawn("wasmlet", cmd, &log)?;

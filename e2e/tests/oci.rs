@@ -626,3 +626,56 @@ async fn pull_policies_behave_as_the_kubelets() {
         .unwrap_err();
     assert!(matches!(err, Error::RegistryUnreachable { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn push_shows_progress_at_a_terminal_for_a_large_file_and_is_quiet_otherwise() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = wasm_module_of_size(12 << 20);
+    let file = dir.path().join("large.wasm");
+    std::fs::write(&file, &bytes).unwrap();
+    let image = format!("{}/demo/large:v1", registry.host());
+
+    // Under a pseudo-terminal (util-linux's `script`), the bar is drawn on it.
+    let command = format!(
+        "{} push {} {image}-tty --insecure",
+        wasmlet_binary().unwrap().display(),
+        file.display()
+    );
+    let out = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .expect("run script");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("large.wasm"), "{screen}");
+    assert!(
+        screen.contains("12.00 MiB"),
+        "the size and progress are shown: {screen}"
+    );
+    assert!(screen.contains("pushed "), "{screen}");
+
+    // Piped, only the one summary line, and nothing on stderr.
+    let out = Command::new(wasmlet_binary().unwrap())
+        .arg("push")
+        .arg(&file)
+        .arg(&image)
+        .arg("--insecure")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    // What was pushed in pieces is the file, whole.
+    let manifest = registry_manifest(&image);
+    assert_eq!(
+        manifest["layers"][0]["digest"].as_str(),
+        Some(oci::store::digest_of(&bytes).as_str())
+    );
+    assert_eq!(
+        manifest["layers"][0]["size"].as_u64(),
+        Some(bytes.len() as u64)
+    );
+}

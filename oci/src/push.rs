@@ -1,10 +1,13 @@
 //! Publishing a `.wasm` file as an OCI artifact.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use futures::StreamExt;
 use oci_client::Reference;
 use oci_client::client::{ClientProtocol, Config, ImageLayer};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 
 use crate::client::new_client;
@@ -35,6 +38,12 @@ pub struct Pushed {
     pub manifest_url: String,
 }
 
+/// How much of the Wasm layer the registry has taken: `(sent, total)` bytes.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// The size of the pieces the layer is uploaded in, and so how often progress is reported.
+const UPLOAD_PIECE: usize = 1 << 20;
+
 /// Publishes `file` to `image`. `insecure` speaks plain HTTP to the registry.
 pub async fn push(
     file: &Path,
@@ -42,6 +51,18 @@ pub async fn push(
     format: PushFormat,
     auth: &RegistryAuth,
     insecure: bool,
+) -> Result<Pushed> {
+    push_with_progress(file, image, format, auth, insecure, Arc::new(|_, _| {})).await
+}
+
+/// [`push`], reporting the layer's upload to `progress` as each piece of it goes.
+pub async fn push_with_progress(
+    file: &Path,
+    image: &str,
+    format: PushFormat,
+    auth: &RegistryAuth,
+    insecure: bool,
+    progress: Progress,
 ) -> Result<Pushed> {
     let reference: Reference =
         image
@@ -103,14 +124,41 @@ pub async fn push(
         media_type: layer_type.into(),
         annotations: None,
     };
-    let response = client
-        .push(&reference, &[layer], config, auth, None)
+    let manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
+    let fail = |e| map_push_error(&reference, e);
+    // What `Client::push` does, with the layer streamed in pieces so its progress shows.
+    client
+        .store_auth_if_needed(reference.resolve_registry(), auth)
+        .await;
+    let data = layer.data;
+    let total = data.len() as u64;
+    let pieces = (0..data.len()).step_by(UPLOAD_PIECE).map(move |start| {
+        let end = start.saturating_add(UPLOAD_PIECE).min(data.len());
+        (start as u64, data.slice(start..end))
+    });
+    let report = progress.clone();
+    let stream = futures::stream::iter(pieces).map(move |(sent, piece)| {
+        // A piece is asked for once the one before it was taken.
+        report(sent, total);
+        Ok(piece)
+    });
+    client
+        .push_blob_stream(&reference, stream, &layer_digest, Some(total))
         .await
-        .map_err(|e| map_push_error(&reference, e))?;
+        .map_err(fail)?;
+    progress(total, total);
+    client
+        .push_blob(&reference, config.data, &manifest.config.digest)
+        .await
+        .map_err(fail)?;
+    let manifest_url = client
+        .push_manifest(&reference, &manifest.into())
+        .await
+        .map_err(fail)?;
     Ok(Pushed {
         kind,
         layer_digest,
-        manifest_url: response.manifest_url,
+        manifest_url,
     })
 }
 

@@ -83,6 +83,14 @@ async fn main() -> anyhow::Result<()> {
         "export KUBECONFIG={}",
         cluster.plane.admin_kubeconfig().display()
     );
+    // What `kubeadm token create --print-join-command` prints, for joining a second node
+    // as README's "Joining a node" says (with its own --node-name, --port and --data-dir).
+    match cluster.plane.join_command() {
+        Ok(line) => {
+            println!("\nto join another node, run with wasmlet in place of kubeadm:\n  {line}")
+        }
+        Err(err) => println!("\n(no join line: {err:#})"),
+    }
     if args.exit {
         return Ok(());
     }
