@@ -239,6 +239,7 @@ fn wasi_provider(
         insecure_registries: cli.insecure_registries.clone(),
         tiering: cli.compile_tiering,
         egress: cli.outbound_http_allow_networks.clone(),
+        serve_address: node.node_ip,
     })
     .context("cannot start the WASI provider")
 }

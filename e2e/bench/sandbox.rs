@@ -237,6 +237,7 @@ async fn provider_with(
         insecure_registries: vec![registry.host()],
         tiering,
         egress: Default::default(),
+        serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
     })?;
     let pulled = provider
         .pull(ImageRequest {
@@ -349,6 +350,7 @@ async fn run_in_provider(
         memory_limit_bytes: limits.memory_bytes,
         cpu_limit_millis: limits.cpu_millis,
         usage: usage.clone(),
+        ports: Vec::new(),
         stop: CancellationToken::new(),
     };
     // The writer ends, flushed, once the guest's streams and this sink are gone.

@@ -6,7 +6,12 @@ use anyhow::{Context, bail};
 use crate::wasmlet::wasmlet_binary;
 
 /// The demos that are wasm32-wasip2 components; the others are wasm32-wasip1 modules.
-pub const COMPONENT_DEMOS: [&str; 3] = ["hello-component", "http-client", "config-reader"];
+pub const COMPONENT_DEMOS: [&str; 4] = [
+    "hello-component",
+    "http-client",
+    "config-reader",
+    "http-hello",
+];
 
 /// The built demo `name` (`demos/build.sh` builds them): a wasm32-wasip1 module, or for
 /// the [`COMPONENT_DEMOS`] a wasm32-wasip2 component.
@@ -16,11 +21,18 @@ pub fn demo_wasm(name: &str) -> anyhow::Result<PathBuf> {
     } else {
         "wasm32-wasip1"
     };
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../demos/target")
         .join(target)
-        .join("release")
-        .join(format!("{name}.wasm"));
+        .join("release");
+    // A binary keeps the crate's name; a library (a wasi:http/proxy component) has its
+    // dashes turned into underscores.
+    let path = dir.join(format!("{name}.wasm"));
+    let path = if path.is_file() {
+        path
+    } else {
+        dir.join(format!("{}.wasm", name.replace('-', "_")))
+    };
     if !path.is_file() {
         bail!("{} is missing; run demos/build.sh", path.display());
     }

@@ -27,6 +27,7 @@ pub use cluster::{WasmCluster, status_summary, wasm_pod};
 pub use control_plane::ControlPlane;
 pub use kubectl::Kubectl;
 pub use link::CloudLink;
+pub use ports::free_port;
 pub use process::rss_kib;
 pub use registry::{REGISTRY_PASSWORD, REGISTRY_USER, Registry};
 pub use wait::wait_for;

@@ -99,6 +99,9 @@ pub struct ContainerStart {
     /// Where the provider accounts the instance's CPU time and memory, which the kubelet API
     /// reports (`kubectl top`). A provider that cannot measure leaves it at zero.
     pub usage: std::sync::Arc<crate::usage::ContainerUsage>,
+    /// The container's TCP `containerPort`s, which a provider that serves requests listens
+    /// on; admission has made sure no other pod on the node declares them.
+    pub ports: Vec<u16>,
     /// Cancelled when the container must stop. The provider then ends the guest promptly
     /// and reports its exit; the agent aborts the task if it overstays the grace period.
     pub stop: CancellationToken,

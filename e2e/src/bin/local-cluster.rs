@@ -23,13 +23,14 @@ struct Args {
 }
 
 /// Each demo's directory, which is also its pod's name.
-const DEMOS: [&str; 6] = [
+const DEMOS: [&str; 7] = [
     "wasi-example",
     "ticker",
     "exit-error",
     "hello-component",
     "misbehave",
     "config-reader",
+    "http-hello",
 ];
 
 #[tokio::main]
@@ -61,6 +62,31 @@ async fn main() -> anyhow::Result<()> {
     print!("{}", kubectl.run(&["get", "pods", "-o", "wide"])?);
     if let Err(err) = settled {
         eprintln!("{err:#}");
+    }
+    // The HTTP demo, asked as a person would, at its podIP (the node's) and its Service's
+    // EndpointSlice; its access lines then show in its log below.
+    let curl = std::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .arg("http://127.0.0.1:8088/hello")
+        .output();
+    println!("\n$ curl http://127.0.0.1:8088/hello    # http-hello, served by the node");
+    match curl {
+        Ok(out) => print!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(err) => println!("(cannot run curl: {err})"),
+    }
+    println!("\n$ kubectl get endpointslices -l kubernetes.io/service-name=http-hello");
+    match kubectl.run(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=http-hello",
+    ]) {
+        Ok(out) => print!("{out}"),
+        Err(err) => println!("({err:#})"),
     }
     for demo in DEMOS {
         let pod = cluster.pod(demo)?;

@@ -109,6 +109,17 @@ pub struct LogStream {
     tx: SyncWrapper<PollSender<(Stream, Vec<u8>)>>,
 }
 
+impl LogStream {
+    /// Another writer to the same stream of the same log, for a provider that runs several
+    /// instances of one container at once (one per HTTP request).
+    pub fn duplicate(&mut self) -> Self {
+        Self {
+            stream: self.stream,
+            tx: SyncWrapper::new(self.tx.get_mut().clone()),
+        }
+    }
+}
+
 impl AsyncWrite for LogStream {
     fn poll_write(
         mut self: Pin<&mut Self>,

@@ -1,8 +1,11 @@
 //! Whether this node takes a pod: the kubelet's admission checks for pods, CPU, memory and
-//! extended resources (the devices a provider advertises), plus refusing pods that were
-//! never meant for a Wasm node.
+//! extended resources (the devices a provider advertises), ports, plus refusing pods that
+//! were never meant for a Wasm node.
+//!
+//! A pod's TCP `containerPort`s are served on the node's own address (its podIP is the
+//! node's), so they are claimed the way the kubelet claims a `hostPort`: one pod per port.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
@@ -39,6 +42,20 @@ pub struct Requests {
     pub ephemeral_storage_bytes: u64,
     /// Extended resources by name, in whole units.
     pub extended: BTreeMap<String, u64>,
+    /// The TCP ports its app containers declare, which it serves on the node.
+    pub ports: BTreeSet<u16>,
+}
+
+/// The TCP `containerPort`s of `container` (TCP is the default protocol); a number outside
+/// 1-65535, which admission refuses, is left out.
+pub fn tcp_ports(container: &Container) -> Vec<u16> {
+    container
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+        .filter_map(|p| u16::try_from(p.container_port).ok().filter(|&n| n > 0))
+        .collect()
 }
 
 impl Requests {
@@ -51,6 +68,7 @@ impl Requests {
         let mut requests = Self::default();
         for container in &spec.containers {
             requests.add(Self::of_container(container)?)?;
+            requests.claim_ports(container)?;
         }
         for container in spec.init_containers.iter().flatten() {
             requests.raise_to(Self::of_container(container)?);
@@ -94,7 +112,39 @@ impl Requests {
             memory_bytes: request("memory", quantity::bytes)?,
             ephemeral_storage_bytes: request("ephemeral-storage", quantity::bytes)?,
             extended,
+            // Ports are the pod's app containers', claimed by `claim_ports`.
+            ports: BTreeSet::new(),
         })
+    }
+
+    /// Adds `container`'s TCP ports, refusing a number that is not a port and a port that
+    /// another container of the pod already declares.
+    fn claim_ports(&mut self, container: &Container) -> Result<(), Rejection> {
+        for port in container.ports.iter().flatten() {
+            if port.protocol.as_deref().is_some_and(|proto| proto != "TCP") {
+                continue;
+            }
+            let number = u16::try_from(port.container_port)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| Rejection {
+                    reason: "InvalidContainerPort".into(),
+                    message: format!(
+                        "container {:?}: containerPort {} is not a port number (1-65535)",
+                        container.name, port.container_port
+                    ),
+                })?;
+            if !self.ports.insert(number) {
+                return Err(Rejection {
+                    reason: "NodePorts".into(),
+                    message: format!(
+                        "Node didn't have free ports for the requested pod ports: {number}/TCP is declared twice in the pod (container {:?})",
+                        container.name
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Adds `other`'s requests to these, as app containers' requests add up.
@@ -182,6 +232,18 @@ pub fn admit(
         });
     }
     let wanted = Requests::of(pod)?;
+    if let Some(port) = wanted
+        .ports
+        .iter()
+        .find(|port| admitted.iter().any(|r| r.ports.contains(port)))
+    {
+        return Err(Rejection {
+            reason: "NodePorts".into(),
+            message: format!(
+                "Node didn't have free ports for the requested pod ports: {port}/TCP is served by another pod on this node"
+            ),
+        });
+    }
     // Each admitted pod fitted the capacity, so these sums cannot overflow; saturating keeps
     // that true even if the capacity shrank since.
     let used = |of: fn(&Requests) -> u64| admitted.iter().map(of).fold(0, u64::saturating_add);
@@ -292,6 +354,84 @@ mod tests {
     };
 
     const NONE: ExtendedCapacity = ExtendedCapacity::new();
+
+    fn pod_serving(ports: &[(&str, i32, Option<&str>)]) -> Pod {
+        use k8s_openapi::api::core::v1::ContainerPort;
+        let containers = ports
+            .iter()
+            .map(|(name, port, protocol)| Container {
+                name: name.to_string(),
+                ports: Some(vec![ContainerPort {
+                    container_port: *port,
+                    protocol: protocol.map(str::to_string),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            })
+            .collect();
+        Pod {
+            spec: Some(PodSpec {
+                containers,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_tcp_port_is_one_pods_on_the_node() {
+        let first = admit(&pod_serving(&[("web", 8080, None)]), &[], ROOMY, &NONE).unwrap();
+        assert_eq!(first.ports, BTreeSet::from([8080]));
+        let err = admit(
+            &pod_serving(&[("web", 8080, Some("TCP"))]),
+            std::slice::from_ref(&first),
+            ROOMY,
+            &NONE,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason, "NodePorts");
+        assert!(
+            err.message.contains("8080/TCP is served by another pod"),
+            "{}",
+            err.message
+        );
+        // Another port, or the same number over UDP (not served), is free.
+        assert!(
+            admit(
+                &pod_serving(&[("web", 8081, None)]),
+                std::slice::from_ref(&first),
+                ROOMY,
+                &NONE
+            )
+            .is_ok()
+        );
+        let udp = admit(
+            &pod_serving(&[("dns", 8080, Some("UDP"))]),
+            &[first],
+            ROOMY,
+            &NONE,
+        )
+        .unwrap();
+        assert!(udp.ports.is_empty());
+    }
+
+    #[test]
+    fn a_pod_cannot_declare_a_port_twice_or_a_number_that_is_no_port() {
+        let twice = admit(
+            &pod_serving(&[("a", 80, None), ("b", 80, None)]),
+            &[],
+            ROOMY,
+            &NONE,
+        );
+        assert_eq!(twice.unwrap_err().reason, "NodePorts");
+        for bad in [0, 70_000, -1] {
+            let err = admit(&pod_serving(&[("a", bad, None)]), &[], ROOMY, &NONE).unwrap_err();
+            assert_eq!(err.reason, "InvalidContainerPort", "{bad}");
+            assert!(err.message.contains(&bad.to_string()), "{}", err.message);
+        }
+        let container = &pod_serving(&[("a", 70_000, None)]).spec.unwrap().containers[0];
+        assert!(tcp_ports(container).is_empty());
+    }
 
     #[test]
     fn pods_beyond_max_pods_are_refused_as_out_of_pods() {

@@ -109,6 +109,7 @@ mod tests {
             insecure_registries: vec![],
             tiering: Tiering::default(),
             egress: Default::default(),
+            serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
         };
         for tier in [TierKind::Baseline, TierKind::Optimised] {
             let engine = build(&config, tier).unwrap();

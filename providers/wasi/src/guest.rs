@@ -15,7 +15,7 @@ use crate::metering::{CpuQuota, GROW_REFUSED, MeteredLimits, cpu_metered};
 use wasi_policy::HttpPolicy;
 
 /// Bytes a guest may write before its output stream applies back-pressure.
-const OUTPUT_BUDGET: usize = 64 * 1024;
+pub(crate) const OUTPUT_BUDGET: usize = 64 * 1024;
 
 /// Store data for a preview 1 module.
 pub struct P1Host {
@@ -30,7 +30,21 @@ pub struct P2Host {
     http: WasiHttpCtx,
     /// The pod's outbound HTTP policy, applied to every `wasi:http` request.
     outbound: OutboundHttp,
-    limits: MeteredLimits,
+    pub(crate) limits: MeteredLimits,
+}
+
+impl P2Host {
+    /// Store data for one instance: its WASI context, a bounded resource table, outbound
+    /// HTTP under the pod's policy, and its limits.
+    pub(crate) fn new(ctx: WasiCtx, outbound: OutboundHttp, limits: MeteredLimits) -> Self {
+        Self {
+            ctx,
+            table: resource_table(),
+            http: WasiHttpCtx::new(),
+            outbound,
+            limits,
+        }
+    }
 }
 
 impl WasiView for P2Host {
@@ -99,13 +113,46 @@ impl Plan {
             outbound,
         }
     }
+
+    /// The pod's outbound HTTP policy.
+    pub(crate) fn outbound(&self) -> &HttpPolicy {
+        &self.outbound
+    }
+
+    /// Gives `builder` the instance's argv, environment and filesystem (its writable root
+    /// at `/` and its volume mounts).
+    pub(crate) async fn configure(
+        &self,
+        builder: &mut WasiCtxBuilder,
+        root_dir: &std::path::Path,
+        mounts: &[kubelet::Mount],
+    ) -> Result<(), String> {
+        preopen(builder, root_dir, mounts).await?;
+        builder.args(&self.argv).envs(&self.env);
+        Ok(())
+    }
+}
+
+/// The memory limits of one instance, recorded into `usage`.
+pub(crate) fn limits_for(
+    memory_limit_bytes: Option<u64>,
+    usage: std::sync::Arc<kubelet::usage::ContainerUsage>,
+) -> MeteredLimits {
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(memory_limit_bytes.map_or(usize::MAX, |b| b.try_into().unwrap_or(usize::MAX)))
+        .trap_on_grow_failure(true)
+        .build();
+    MeteredLimits::new(limits, usage, memory_limit_bytes)
 }
 
 /// Runs the instance until it exits or `start.stop` fires.
 pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -> ContainerExit {
     let stop = start.stop.clone();
     let mut builder = WasiCtxBuilder::new();
-    if let Err(message) = preopen(&mut builder, &start).await {
+    if let Err(message) = plan
+        .configure(&mut builder, &start.root_dir, &start.mounts)
+        .await
+    {
         return ContainerExit {
             exit_code: 128,
             reason: "ContainerCannotRun".into(),
@@ -113,19 +160,9 @@ pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -
         };
     }
     builder
-        .args(&plan.argv)
-        .envs(&plan.env)
         .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, start.stdout))
         .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, start.stderr));
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(
-            start
-                .memory_limit_bytes
-                .map_or(usize::MAX, |b| b.try_into().unwrap_or(usize::MAX)),
-        )
-        .trap_on_grow_failure(true)
-        .build();
-    let limits = MeteredLimits::new(limits, start.usage.clone(), start.memory_limit_bytes);
+    let limits = limits_for(start.memory_limit_bytes, start.usage.clone());
     let running = async {
         let engine = compiled.engine;
         match compiled.code {
@@ -144,16 +181,8 @@ pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -
                 main.call_async(&mut store, ()).await.map(|()| true)
             }
             Code::Component(pre) => {
-                let mut store = Store::new(
-                    &engine,
-                    P2Host {
-                        ctx: builder.build(),
-                        table: resource_table(),
-                        http: WasiHttpCtx::new(),
-                        outbound: OutboundHttp::new(plan.outbound, &start.pod, &start.container),
-                        limits,
-                    },
-                );
+                let outbound = OutboundHttp::new(plan.outbound, &start.pod, &start.container);
+                let mut store = Store::new(&engine, P2Host::new(builder.build(), outbound, limits));
                 store.limiter(|host| &mut host.limits);
                 yield_every_tick(&mut store);
                 let command = pre.instantiate_async(&mut store).await?;
@@ -163,11 +192,15 @@ pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -
                     .await
                     .map(|r| r.is_ok())
             }
+            // The provider serves these (`serve`) rather than running them.
+            Code::Proxy(_) => Err(wasmtime::Error::msg(
+                "a wasi:http/proxy component has no run function; it is served on its containerPorts",
+            )),
         }
     };
     let quota = start
         .cpu_limit_millis
-        .and_then(|millicores| CpuQuota::new(millicores, tokio::time::Instant::now()));
+        .and_then(|millicores| CpuQuota::shared(millicores, tokio::time::Instant::now()));
     // A guest held back by its quota is pending on a timer, so a stop still ends it at once.
     tokio::select! {
         outcome = cpu_metered(running, &start.usage, quota) => exit_of(outcome),
@@ -195,16 +228,18 @@ fn resource_table() -> ResourceTable {
 /// libc resolves a path through the preopen with the longest matching prefix, so a mount
 /// shadows the root below it; Wasmtime keeps every access inside its preopen, symlinks
 /// included, so nothing outside the mounts is reachable.
-async fn preopen(builder: &mut WasiCtxBuilder, start: &ContainerStart) -> Result<(), String> {
+async fn preopen(
+    builder: &mut WasiCtxBuilder,
+    root_dir: &std::path::Path,
+    mounts: &[kubelet::Mount],
+) -> Result<(), String> {
     builder
-        .preopened_dir(&start.root_dir, "/", FsPerms::ReadWrite)
+        .preopened_dir(root_dir, "/", FsPerms::ReadWrite)
         .map_err(|e| format!("cannot open the container's root directory: {e:#}"))?;
-    for mount in &start.mounts {
+    for mount in mounts {
         // An empty directory where the mount is, so that listing `/` shows it. The kubelet
         // hands over normalised absolute paths, and the root is fresh, so this stays inside.
-        let point = start
-            .root_dir
-            .join(mount.guest_path.trim_start_matches('/'));
+        let point = root_dir.join(mount.guest_path.trim_start_matches('/'));
         let _ = tokio::fs::create_dir_all(&point).await;
         let perms = if mount.read_only {
             FsPerms::ReadOnly
@@ -232,7 +267,7 @@ async fn preopen(builder: &mut WasiCtxBuilder, start: &ContainerStart) -> Result
 /// back in the run queue, and tokio polls timers and sockets only every 61 task polls on a
 /// busy worker: with a spinning guest on every worker, that is 61 ticks (0.6 s) during which
 /// no timer fires, no neighbour's sleep ends, and no API response is read.
-fn yield_every_tick<T>(store: &mut Store<T>) {
+pub(crate) fn yield_every_tick<T>(store: &mut Store<T>) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|_| {
         Ok(UpdateDeadline::YieldCustom(

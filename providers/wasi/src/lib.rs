@@ -15,6 +15,7 @@ mod engine;
 mod guest;
 mod http;
 mod metering;
+mod serve;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 
 pub use code::{Compiled, TierKind, Tiering};
 pub use engine::EngineError;
+pub use serve::{DEFAULT_MAX_CONCURRENT, MAX_CONCURRENT_INBOUND};
 pub use wasi_policy::{
     ALLOWED_DOMAINS, EgressPolicy, HttpPolicy, MAX_CONCURRENT_REQUESTS, PolicyError,
 };
@@ -51,6 +53,9 @@ pub struct WasiProviderConfig {
     pub tiering: Tiering,
     /// Where pods' outbound HTTP may connect, whatever their allow-lists say.
     pub egress: EgressPolicy,
+    /// The address `wasi:http/proxy` components are served on: the node's InternalIP, which
+    /// pods report as their podIP.
+    pub serve_address: std::net::IpAddr,
 }
 
 /// Errors setting up the provider.
@@ -88,6 +93,7 @@ pub struct WasiProvider {
     puller: Puller,
     in_use: Arc<Mutex<HashMap<String, usize>>>,
     egress: Arc<EgressPolicy>,
+    serve_address: std::net::IpAddr,
     _ticker: engine::EpochTicker,
 }
 
@@ -148,6 +154,7 @@ impl WasiProvider {
             ),
             in_use: Arc::new(Mutex::new(HashMap::new())),
             egress: Arc::new(config.egress.clone()),
+            serve_address: config.serve_address,
         })
     }
 }
@@ -235,7 +242,7 @@ impl Provider for WasiProvider {
     async fn start(
         &self,
         image: &WasiImage,
-        start: ContainerStart,
+        mut start: ContainerStart,
     ) -> Result<JoinHandle<ContainerExit>, ContainerError> {
         // Read before anything runs, so a malformed annotation becomes the container's status
         // instead of a guest that silently can, or cannot, reach the network.
@@ -245,6 +252,40 @@ impl Provider for WasiProvider {
         let plan = guest::Plan::new(&image.artifact, &start, outbound);
         let compiled = image.compiled.clone();
         let in_use = InUse::new(&self.in_use, &image.artifact.wasm_digest);
+        if let code::Code::Proxy(pre) = &compiled.code {
+            let max_concurrent =
+                serve::max_concurrent(&start.annotations).map_err(|message| ContainerError {
+                    reason: "InvalidAnnotation".into(),
+                    message,
+                    fatal: true,
+                })?;
+            let serving = serve::listen(
+                compiled.engine.clone(),
+                pre.clone(),
+                plan,
+                start,
+                self.serve_address,
+                max_concurrent,
+            )
+            .await?;
+            return Ok(tokio::spawn(async move {
+                let _in_use = in_use;
+                serving.await
+            }));
+        }
+        if !start.ports.is_empty() {
+            // The port is the pod's (admission claimed it) but nothing will answer there.
+            let what = match &compiled.code {
+                code::Code::Module(_) => "a module",
+                _ => "a wasi:cli/command component",
+            };
+            let ports: Vec<String> = start.ports.iter().map(ToString::to_string).collect();
+            let note = format!(
+                "wasmlet: containerPort {} is declared, but {what} is not served; only a wasi:http/proxy component is\n",
+                ports.join(", ")
+            );
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut start.stderr, note.as_bytes()).await;
+        }
         Ok(tokio::spawn(async move {
             let _in_use = in_use;
             guest::run(compiled, plan, start).await

@@ -12,7 +12,7 @@
 //! poll is at most about one tick of CPU and the share holds to within a tick per period.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -20,12 +20,16 @@ use kubelet::usage::ContainerUsage;
 use tokio::time::Instant;
 use wasmtime::{ResourceLimiter, StoreLimits};
 
+/// A container's CPU quota, shared by every instance it runs at once (an HTTP server's
+/// requests), so the limit holds for the container, not per instance.
+pub(crate) type SharedQuota = Arc<Mutex<CpuQuota>>;
+
 /// Runs `future`, adding the CPU time of each poll to `usage` and, under a `quota`, holding
 /// it back while it is over its share.
 pub(crate) async fn cpu_metered<F: Future>(
     future: F,
     usage: &ContainerUsage,
-    quota: Option<CpuQuota>,
+    quota: Option<SharedQuota>,
 ) -> F::Output {
     metered_with(future, usage, quota, thread_cpu_nanos).await
 }
@@ -34,7 +38,7 @@ pub(crate) async fn cpu_metered<F: Future>(
 async fn metered_with<F: Future>(
     future: F,
     usage: &ContainerUsage,
-    mut quota: Option<CpuQuota>,
+    quota: Option<SharedQuota>,
     mut cpu_nanos: impl FnMut() -> u64,
 ) -> F::Output {
     let mut future = std::pin::pin!(future);
@@ -52,8 +56,11 @@ async fn metered_with<F: Future>(
         let poll = future.as_mut().poll(cx);
         let used = cpu_nanos().saturating_sub(before);
         usage.add_cpu_nanos(used);
-        if let (Poll::Pending, Some(quota)) = (&poll, quota.as_mut())
-            && let Some(until) = quota.charge(used, Instant::now())
+        if let (Poll::Pending, Some(quota)) = (&poll, quota.as_ref())
+            && let Some(until) = quota
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .charge(used, Instant::now())
         {
             throttle.as_mut().reset(until);
             throttled = true;
@@ -95,6 +102,11 @@ impl CpuQuota {
             period_start: now,
             used_nanos: 0,
         })
+    }
+
+    /// [`new`](Self::new), to be shared by the container's instances.
+    pub(crate) fn shared(millicores: u64, now: Instant) -> Option<SharedQuota> {
+        Self::new(millicores, now).map(|quota| Arc::new(Mutex::new(quota)))
     }
 
     /// Records `cpu_nanos` used by a poll that ended at `now`. Returns when the guest may
@@ -388,7 +400,7 @@ mod tests {
                 }
             },
             &usage,
-            CpuQuota::new(200, Instant::now()),
+            CpuQuota::shared(200, Instant::now()),
             || fake_cpu.load(std::sync::atomic::Ordering::Relaxed),
         );
         polls.await;
@@ -407,7 +419,7 @@ mod tests {
         let held = metered_with(
             std::future::pending::<()>(),
             &usage,
-            CpuQuota::new(10, Instant::now()),
+            CpuQuota::shared(10, Instant::now()),
             || {
                 cpu += 1_000 * MS;
                 cpu
@@ -439,7 +451,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         };
-        cpu_metered(spin, &usage, CpuQuota::new(200, Instant::now())).await;
+        cpu_metered(spin, &usage, CpuQuota::shared(200, Instant::now())).await;
         let cpu = usage.cpu_nanos() as f64 / 1e9;
         let wall = started.elapsed().as_secs_f64();
         let share = cpu / wall;

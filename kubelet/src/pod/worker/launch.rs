@@ -107,6 +107,7 @@ impl<P: Provider> Worker<P> {
             memory_limit_bytes: limits.get("memory").and_then(|q| quantity::bytes(q).ok()),
             cpu_limit_millis: limits.get("cpu").and_then(|q| quantity::cpu_millis(q).ok()),
             usage: usage.clone(),
+            ports: admission::tcp_ports(&container),
             stop: stop.clone(),
         };
         let image = self

@@ -45,7 +45,7 @@ use super::state::{ContainerRecord, ContainerState, Phase, PodState, overwritten
 use super::table::PodTable;
 use super::trace::StartTrace;
 use super::watched::WatchedObjects;
-use super::{env, quantity};
+use super::{admission, env, quantity};
 use crate::events::{EventRecorder, EventType};
 use crate::link::{Link, Restorations};
 use crate::logs::{LogHub, LogLimits, LogSink, Stream, reader};

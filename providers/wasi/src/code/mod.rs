@@ -20,6 +20,7 @@ use futures::future::{BoxFuture, Shared};
 use kubelet::ContainerError;
 use wasmtime::{Engine, InstancePre};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::guest::{P1Host, P2Host};
 pub(crate) use tier::Tier;
@@ -81,6 +82,8 @@ pub(crate) enum Code {
     Module(InstancePre<P1Host>),
     /// A `wasi:cli/command` component.
     Component(CommandPre<P2Host>),
+    /// A `wasi:http/proxy` component, served one instance per request.
+    Proxy(ProxyPre<P2Host>),
 }
 
 type Pending = Shared<BoxFuture<'static, Result<Compiled, ContainerError>>>;
@@ -333,6 +336,7 @@ mod tests {
                 insecure_registries: vec![],
                 tiering,
                 egress: Default::default(),
+                serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
             };
             let tier = |kind| {
                 Tier::new(

@@ -8,6 +8,7 @@ use kubelet::ContainerError;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Linker, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::disk::{self, DiskCache};
 use super::{Code, Compiled};
@@ -188,13 +189,25 @@ impl Tier {
                 .instantiate_pre(&module)
                 .map(Code::Module)
                 .map_err(|e| invalid(artifact, "linked against WASI preview 1", e))?,
-            Unlinked::Component(component) => self
-                .linkers
-                .p2
-                .instantiate_pre(&component)
-                .and_then(CommandPre::new)
-                .map(Code::Component)
-                .map_err(|e| invalid(artifact, "linked as a wasi:cli/command component", e))?,
+            Unlinked::Component(component) => {
+                let pre = self
+                    .linkers
+                    .p2
+                    .instantiate_pre(&component)
+                    .map_err(|e| invalid(artifact, "linked against WASI 0.2", e))?;
+                // A command runs; a component without `wasi:cli/run` that exports
+                // `wasi:http/incoming-handler` is served.
+                match CommandPre::new(pre.clone()) {
+                    Ok(command) => Code::Component(command),
+                    Err(not_command) => ProxyPre::new(pre).map(Code::Proxy).map_err(|_| {
+                        invalid(
+                            artifact,
+                            "linked as a wasi:cli/command or a wasi:http/proxy component",
+                            not_command,
+                        )
+                    })?,
+                }
+            }
         };
         Ok(Compiled {
             engine: self.engine.clone(),

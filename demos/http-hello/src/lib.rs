@@ -1,0 +1,45 @@
+//! A `wasi:http/proxy` component: wasmlet serves it on the pod's containerPort, one instance
+//! per request. It answers `GET /anything` with a greeting naming its pod and the path, and
+//! `/sleep?ms=N` after waiting N milliseconds (for the concurrency and drain tests); `/trap`
+//! traps, as a buggy handler would. Each request is logged to stdout, so `kubectl logs`
+//! shows it.
+
+use std::io::Write as _;
+
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+wasip2::http::proxy::export!(Hello);
+
+struct Hello;
+
+impl wasip2::exports::http::incoming_handler::Guest for Hello {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_else(|| "/".into());
+        let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "an unnamed pod".into());
+        if path == "/trap" {
+            // A panic in a component is a trap: the instance ends without answering.
+            panic!("asked to trap");
+        }
+        if let Some(ms) = path
+            .strip_prefix("/sleep?ms=")
+            .and_then(|ms| ms.parse::<u64>().ok())
+        {
+            // A monotonic-clock pollable: the instance waits without spinning.
+            wasip2::clocks::monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000))
+                .block();
+        }
+        println!("handled {path}");
+        let response = OutgoingResponse::new(Fields::new());
+        let Ok(body) = response.body() else {
+            return;
+        };
+        ResponseOutparam::set(response_out, Ok(response));
+        if let Ok(mut out) = body.write() {
+            let _ = writeln!(out, "hello from {pod}: you asked for {path}");
+            let _ = out.flush();
+        }
+        let _ = OutgoingBody::finish(body, None);
+    }
+}

@@ -1,0 +1,319 @@
+//! Serving traffic: a `wasi:http/proxy` component (demos/http-hello) answered on the node's
+//! address at its containerPort, with a Service whose EndpointSlice points there; the port
+//! claimed for one pod; at most N requests at once; in-flight requests drained on delete.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::demos::push_demo;
+use e2e::{WasmCluster, free_port, status_summary, wait_for, wasm_pod};
+use k8s_openapi::api::core::v1::Pod;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// `curl` as a person runs it: the status code and the body.
+fn curl(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "--silent",
+            "--max-time",
+            "20",
+            "--write-out",
+            "\n%{http_code}",
+            url,
+        ])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn phase(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+fn serving_pod(name: &str, image: &str, port: u16, annotations: &str) -> String {
+    wasm_pod(
+        name,
+        &format!(
+            "  automountServiceAccountToken: false\n  terminationGracePeriodSeconds: 20\n  containers:\n  - name: web\n    image: {image}\n    ports:\n    - {{containerPort: {port}, name: http}}\n    env:\n    - name: POD_NAME\n      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}\n"
+        ),
+    )
+    .replace(
+        &format!("metadata:\n  name: {name}\n"),
+        &format!("metadata:\n  name: {name}\n  labels: {{app: {name}}}\n{annotations}"),
+    )
+}
+
+async fn wait_serving(cluster: &WasmCluster, name: &str, port: u16) {
+    cluster
+        .wait_pod(name, "Running", MINUTE, |p| phase(p) == "Running")
+        .await
+        .unwrap();
+    wait_for(&format!("{name} answers on {port}"), MINUTE, || {
+        let (code, body) = curl(&format!("http://127.0.0.1:{port}/ready"));
+        async move { Ok::<_, String>((code == 200).then_some(body)) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.node.log_tail(30)));
+}
+
+#[tokio::test]
+async fn a_proxy_component_is_served_at_its_port_behind_a_service_and_the_port_is_its_own() {
+    let cluster = WasmCluster::start("edge-serve", 110).await.unwrap();
+    let image = push_demo(&cluster.registry.host(), "http-hello").unwrap();
+    let port = free_port().unwrap();
+    cluster
+        .kubectl
+        .apply(&serving_pod("hello", &image, port, ""))
+        .unwrap();
+    wait_serving(&cluster, "hello", port).await;
+
+    // Answered by a fresh instance that knows its pod, at the pod's IP, which is the node's.
+    let (code, body) = curl(&format!("http://127.0.0.1:{port}/greet?x=1"));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body.trim(), "hello from hello: you asked for /greet?x=1");
+    let pod = cluster.pod("hello").unwrap();
+    assert_eq!(
+        pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()),
+        Some("127.0.0.1")
+    );
+    // The guest's line and wasmlet's access line are in the container's log.
+    wait_for("the request in kubectl logs", MINUTE, || {
+        let logs = cluster.kubectl.run(&["logs", "hello"]).unwrap_or_default();
+        async move {
+            if logs.contains("handled /greet?x=1") && logs.contains("GET /greet?x=1 200") {
+                Ok(Some(()))
+            } else {
+                Err(logs)
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    // A handler that traps gets its request a 500, and the server goes on serving.
+    let (code, body) = curl(&format!("http://127.0.0.1:{port}/trap"));
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("the handler failed"), "{body}");
+    assert_eq!(curl(&format!("http://127.0.0.1:{port}/after-trap")).0, 200);
+
+    // A client that connects and sends nothing is dropped once the header timeout passes.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let connected = Instant::now();
+    let closed = loop {
+        match std::io::Read::read(&mut idle, &mut [0u8; 256]) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break false;
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        closed,
+        "an idle client was held for {:?}",
+        connected.elapsed()
+    );
+    assert!(
+        connected.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        connected.elapsed()
+    );
+
+    // A Service selecting it gets an EndpointSlice at nodeIP:targetPort, and that address
+    // answers.
+    cluster
+        .kubectl
+        .apply(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  selector: {app: hello}\n  ports:\n  - {port: 80, targetPort: http}\n",
+        )
+        .unwrap();
+    let endpoint = wait_for("the Service's EndpointSlice", MINUTE, || {
+        let slices = cluster.kubectl.get_items::<serde_json::Value>(&[
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=hello",
+        ]);
+        async move {
+            let slices = slices.map_err(|e| e.to_string())?;
+            let found = slices.iter().find_map(|slice| {
+                let address = slice["endpoints"][0]["addresses"][0].as_str()?;
+                let ready = slice["endpoints"][0]["conditions"]["ready"].as_bool()?;
+                let port = slice["ports"][0]["port"].as_u64()?;
+                ready.then(|| format!("{address}:{port}"))
+            });
+            Ok(found)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(endpoint, format!("127.0.0.1:{port}"));
+    let (code, body) = curl(&format!("http://{endpoint}/via-service"));
+    assert_eq!(
+        (code, body.trim()),
+        (200, "hello from hello: you asked for /via-service")
+    );
+
+    // A second pod asking for the same port is refused at admission, as a hostPort would be.
+    cluster
+        .kubectl
+        .apply(&serving_pod("hello-again", &image, port, ""))
+        .unwrap();
+    let refused = cluster
+        .wait_pod("hello-again", "refused", MINUTE, |p| phase(p) == "Failed")
+        .await
+        .unwrap();
+    let status = refused.status.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("NodePorts"));
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .contains(&format!("{port}/TCP is served by another pod")),
+    );
+    // And the first one still answers.
+    assert_eq!(curl(&format!("http://127.0.0.1:{port}/still")).0, 200);
+}
+
+#[tokio::test]
+async fn requests_past_the_bound_get_503_and_a_delete_drains_the_ones_in_flight() {
+    let cluster = WasmCluster::start("edge-busy", 110).await.unwrap();
+    let image = push_demo(&cluster.registry.host(), "http-hello").unwrap();
+    let port = free_port().unwrap();
+    let one_at_a_time = "  annotations:\n    wasmlet.dev/max-concurrent-inbound-requests: \"1\"\n";
+    cluster
+        .kubectl
+        .apply(&serving_pod("busy", &image, port, one_at_a_time))
+        .unwrap();
+    wait_serving(&cluster, "busy", port).await;
+
+    // One slow request holds the only slot: the next is turned away at once.
+    let slow_url = format!("http://127.0.0.1:{port}/sleep?ms=3000");
+    let slow = std::thread::spawn(move || curl(&slow_url));
+    let turned_away = wait_for(
+        "a 503 while the slow request runs",
+        Duration::from_secs(10),
+        || {
+            let (code, body) = curl(&format!("http://127.0.0.1:{port}/quick"));
+            async move { Ok::<_, String>((code == 503).then_some(body)) }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        turned_away.contains("serving 1 requests already"),
+        "{turned_away}"
+    );
+    let (code, body) = slow.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(curl(&format!("http://127.0.0.1:{port}/after")).0, 200);
+
+    // Deleting the pod while a request is in flight: it is answered before the pod goes.
+    let slow_url = format!("http://127.0.0.1:{port}/sleep?ms=2000");
+    let in_flight = std::thread::spawn(move || curl(&slow_url));
+    wait_for(
+        "the slow request to be in flight",
+        Duration::from_secs(10),
+        || {
+            let (code, _) = curl(&format!("http://127.0.0.1:{port}/quick"));
+            async move { Ok::<_, String>((code == 503).then_some(())) }
+        },
+    )
+    .await
+    .unwrap();
+    let deleted = Instant::now();
+    cluster
+        .kubectl
+        .run(&["delete", "pod", "busy", "--wait=false"])
+        .unwrap();
+    let (code, body) = in_flight.join().unwrap();
+    assert_eq!(code, 200, "the request in flight was answered: {body}");
+    wait_for("the pod to be gone", MINUTE, || {
+        let gone = cluster.pod("busy").is_err();
+        async move { Ok::<_, String>(gone.then_some(())) }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let pod = cluster
+            .pod("busy")
+            .map(|p| status_summary(&p))
+            .unwrap_or_default();
+        panic!("{e:#}: {pod}\n{}", cluster.node.log_tail(30))
+    });
+    assert!(
+        deleted.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        deleted.elapsed()
+    );
+    // Nothing listens there any more.
+    assert_eq!(curl(&format!("http://127.0.0.1:{port}/gone")).0, 0);
+}
+
+#[tokio::test]
+async fn a_port_that_cannot_be_served_says_so() {
+    let cluster = WasmCluster::start("edge-noport", 110).await.unwrap();
+    let image = push_demo(&cluster.registry.host(), "http-hello").unwrap();
+    cluster
+        .kubectl
+        .apply(&wasm_pod(
+            "portless",
+            &format!("  containers:\n  - name: web\n    image: {image}\n"),
+        ))
+        .unwrap();
+    let pod = cluster
+        .wait_pod("portless", "a clear status", MINUTE, |p| {
+            status_summary(p).contains("declares no TCP containerPort")
+        })
+        .await
+        .unwrap();
+    assert!(
+        status_summary(&pod).contains("ContainerCannotRun"),
+        "{}",
+        status_summary(&pod)
+    );
+
+    // A module that declares a port runs, and its log says nothing is served there.
+    let ticker = push_demo(&cluster.registry.host(), "ticker").unwrap();
+    let port = free_port().unwrap();
+    cluster
+        .kubectl
+        .apply(&wasm_pod(
+            "module-with-port",
+            &format!("  containers:\n  - name: app\n    image: {ticker}\n    ports:\n    - {{containerPort: {port}}}\n"),
+        ))
+        .unwrap();
+    cluster
+        .wait_pod("module-with-port", "Running", MINUTE, |p| {
+            phase(p) == "Running"
+        })
+        .await
+        .unwrap();
+    wait_for("the note in its log", MINUTE, || {
+        let logs = cluster
+            .kubectl
+            .run(&["logs", "module-with-port"])
+            .unwrap_or_default();
+        async move {
+            if logs.contains(&format!(
+                "containerPort {port} is declared, but a module is not served"
+            )) {
+                Ok(Some(()))
+            } else {
+                Err(logs)
+            }
+        }
+    })
+    .await
+    .unwrap();
+}

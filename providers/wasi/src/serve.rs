@@ -1,0 +1,377 @@
+//! Serving a `wasi:http/proxy` component, as runwasi and Spin serve them: a listener on the
+//! node's address at each TCP `containerPort`, and a fresh instance per request from the
+//! pre-instantiated component (the pooling allocator makes that cheap).
+//!
+//! Each instance has the container's memory limit; the container's CPU limit is one quota
+//! shared by all of its requests. At most `max_concurrent` requests run at once, and one
+//! past that is answered 503 at once rather than queued. Connections are bounded too, and a
+//! client that does not send its headers in time is dropped. The guest's output and one
+//! access line per request go to the container's log. Stopping the container stops
+//! accepting, lets open connections finish the request they are on, and waits for every
+//! request in flight (the agent aborts the task if that outlasts the grace period).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use kubelet::logs::LogStream;
+use kubelet::usage::ContainerUsage;
+use kubelet::{ContainerError, ContainerExit, ContainerStart, Mount, PodKey};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::cli::AsyncStdoutStream;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::guest::{OUTPUT_BUDGET, P2Host, Plan, limits_for, yield_every_tick};
+use crate::http::OutboundHttp;
+use crate::metering::{CpuQuota, SharedQuota, cpu_metered};
+
+/// The pod annotation that sets how many requests a container serves at once.
+pub const MAX_CONCURRENT_INBOUND: &str = "wasmlet.dev/max-concurrent-inbound-requests";
+/// Requests a container serves at once unless its pod says otherwise.
+pub const DEFAULT_MAX_CONCURRENT: u32 = 16;
+/// The most a pod may ask for: each request is an instance from the node's shared pool.
+const MOST_CONCURRENT: u32 = 1024;
+/// Open connections per container; one more is closed at once.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a client has to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to pause accepting after `accept` fails.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// How long a handler has to start its response before the request gets a 504.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many requests the pod's annotation allows at once, or why it is malformed.
+pub(crate) fn max_concurrent(annotations: &BTreeMap<String, String>) -> Result<u32, String> {
+    let Some(text) = annotations.get(MAX_CONCURRENT_INBOUND) else {
+        return Ok(DEFAULT_MAX_CONCURRENT);
+    };
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MOST_CONCURRENT).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "annotation {MAX_CONCURRENT_INBOUND}: {text:?} is not a number of requests from 1 to {MOST_CONCURRENT}"
+            )
+        })
+}
+
+/// Everything one request's instance is made from.
+struct Handler {
+    engine: Engine,
+    pre: ProxyPre<P2Host>,
+    plan: Plan,
+    pod: PodKey,
+    container: String,
+    root_dir: PathBuf,
+    mounts: Vec<Mount>,
+    memory_limit_bytes: Option<u64>,
+    usage: Arc<ContainerUsage>,
+    quota: Option<SharedQuota>,
+    /// The container's stdout and stderr, from which each instance gets writers of its own.
+    logs: Mutex<(LogStream, LogStream)>,
+    requests: Arc<Semaphore>,
+    max_concurrent: u32,
+}
+
+/// Binds every port of `start` on `address`, then serves until `start.stop`. A port that
+/// cannot be bound fails the start, which the kubelet retries with back-off.
+pub(crate) async fn listen(
+    engine: Engine,
+    pre: ProxyPre<P2Host>,
+    plan: Plan,
+    start: ContainerStart,
+    address: IpAddr,
+    max_concurrent: u32,
+) -> Result<impl Future<Output = ContainerExit> + Send + 'static, ContainerError> {
+    if start.ports.is_empty() {
+        return Err(ContainerError {
+            reason: "ContainerCannotRun".into(),
+            message: format!(
+                "container {:?} is a wasi:http/proxy component but declares no TCP containerPort to serve it on",
+                start.container
+            ),
+            fatal: true,
+        });
+    }
+    let mut listeners = Vec::with_capacity(start.ports.len());
+    for port in &start.ports {
+        let at = SocketAddr::new(address, *port);
+        let listener = TcpListener::bind(at).await.map_err(|e| ContainerError {
+            reason: "ContainerCannotRun".into(),
+            message: format!("cannot listen on {at}: {e}"),
+            fatal: false,
+        })?;
+        listeners.push(listener);
+    }
+    let stop = start.stop.clone();
+    let quota = start
+        .cpu_limit_millis
+        .and_then(|millicores| CpuQuota::shared(millicores, tokio::time::Instant::now()));
+    let handler = Arc::new(Handler {
+        engine,
+        pre,
+        plan,
+        pod: start.pod,
+        container: start.container,
+        root_dir: start.root_dir,
+        mounts: start.mounts,
+        memory_limit_bytes: start.memory_limit_bytes,
+        usage: start.usage,
+        quota,
+        logs: Mutex::new((start.stdout, start.stderr)),
+        requests: Arc::new(Semaphore::new(max_concurrent as usize)),
+        max_concurrent,
+    });
+    let ports: Vec<String> = start.ports.iter().map(ToString::to_string).collect();
+    handler
+        .note(&format!(
+            "wasmlet: serving wasi:http on {address} port {} (at most {max_concurrent} requests at once)",
+            ports.join(", ")
+        ))
+        .await;
+    Ok(serve(handler, listeners, stop))
+}
+
+/// Accepts connections on every listener until `stop`, then drains.
+async fn serve(
+    handler: Arc<Handler>,
+    listeners: Vec<TcpListener>,
+    stop: CancellationToken,
+) -> ContainerExit {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut accepting = tokio::task::JoinSet::new();
+    for listener in listeners {
+        accepting.spawn(accept(
+            listener,
+            handler.clone(),
+            connections.clone(),
+            stop.clone(),
+        ));
+    }
+    while accepting.join_next().await.is_some() {}
+    // Every connection holds a permit until it closes; after a graceful shutdown that is
+    // once its request in flight has been answered.
+    let _ = connections.acquire_many(MAX_CONNECTIONS as u32).await;
+    let _ = handler.requests.acquire_many(handler.max_concurrent).await;
+    handler
+        .note("wasmlet: stopped serving; every request in flight was answered")
+        .await;
+    ContainerExit {
+        exit_code: 0,
+        reason: "Completed".into(),
+        message: None,
+    }
+}
+
+/// One listener's accept loop.
+async fn accept(
+    listener: TcpListener,
+    handler: Arc<Handler>,
+    connections: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors, say: pause rather than spin on the error.
+                Err(_) => {
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        // Past the bound the connection is closed at once (dropped), not queued.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            continue;
+        };
+        let handler = handler.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |request| {
+                let handler = handler.clone();
+                async move { Ok::<_, std::convert::Infallible>(handler.handle(request).await) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+impl Handler {
+    /// Answers one request and writes its access line.
+    async fn handle(
+        self: Arc<Self>,
+        request: hyper::Request<Incoming>,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let began = Instant::now();
+        let line = format!("{} {}", request.method(), request.uri());
+        let response = match self.requests.clone().try_acquire_owned() {
+            Ok(permit) => match self.respond(request, permit).await {
+                Ok(response) => response,
+                Err((status, why)) => {
+                    self.note(&format!("wasmlet: {line}: {why}")).await;
+                    plain(status, &why)
+                }
+            },
+            Err(_) => plain(
+                hyper::StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "this pod is serving {} requests already; try again",
+                    self.max_concurrent
+                ),
+            ),
+        };
+        self.note(&format!(
+            "{line} {} {:.1}ms",
+            response.status().as_u16(),
+            began.elapsed().as_secs_f64() * 1e3
+        ))
+        .await;
+        response
+    }
+
+    /// Runs a fresh instance's handler for `request`; `permit` is held until the instance
+    /// is done, streaming its body included.
+    async fn respond(
+        &self,
+        request: hyper::Request<Incoming>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, (hyper::StatusCode, String)> {
+        let failed = |why: String| (hyper::StatusCode::INTERNAL_SERVER_ERROR, why);
+        let mut builder = WasiCtxBuilder::new();
+        self.plan
+            .configure(&mut builder, &self.root_dir, &self.mounts)
+            .await
+            .map_err(failed)?;
+        let (stdout, stderr) = {
+            let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+            (logs.0.duplicate(), logs.1.duplicate())
+        };
+        builder
+            .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, stdout))
+            .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, stderr));
+        let outbound = OutboundHttp::new(self.plan.outbound().clone(), &self.pod, &self.container);
+        let limits = limits_for(self.memory_limit_bytes, self.usage.clone());
+        let mut store = Store::new(&self.engine, P2Host::new(builder.build(), outbound, limits));
+        store.limiter(|host| &mut host.limits);
+        yield_every_tick(&mut store);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let request = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|e| failed(format!("cannot take the request: {e:#}")))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| failed(format!("cannot take the request: {e:#}")))?;
+        // The node's pool of instances is shared: when it is full, say so as a busy server.
+        let proxy = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+            (
+                hyper::StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot start an instance: {e:#}"),
+            )
+        })?;
+        let usage = self.usage.clone();
+        let quota = self.quota.clone();
+        let guest = tokio::spawn(async move {
+            let _permit = permit;
+            let handling = proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, out);
+            cpu_metered(handling, &usage, quota).await
+        });
+        let abort = guest.abort_handle();
+        match tokio::time::timeout(RESPONSE_TIMEOUT, receiver).await {
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(code))) => Err(failed(format!("the handler answered with error {code:?}"))),
+            // The instance ended without answering: say how.
+            Ok(Err(_)) => Err(failed(match guest.await {
+                Ok(Ok(())) => "the handler returned without a response".into(),
+                Ok(Err(e)) => format!("the handler failed: {e:#}"),
+                Err(e) => format!("the handler failed: {e}"),
+            })),
+            Err(_) => {
+                abort.abort();
+                Err((
+                    hyper::StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the handler did not answer within {} s",
+                        RESPONSE_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// One line from wasmlet in the container's log (stdout).
+    async fn note(&self, line: &str) {
+        let mut out = {
+            let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+            logs.0.duplicate()
+        };
+        let _ = out.write_all(format!("{line}\n").as_bytes()).await;
+    }
+}
+
+/// A short plain-text response from wasmlet itself.
+fn plain(status: hyper::StatusCode, text: &str) -> hyper::Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from(format!("{text}\n")))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_concurrency_annotation_is_a_bounded_count() {
+        let with = |value: &str| {
+            max_concurrent(&BTreeMap::from([(
+                MAX_CONCURRENT_INBOUND.to_string(),
+                value.to_string(),
+            )]))
+        };
+        assert_eq!(max_concurrent(&BTreeMap::new()), Ok(DEFAULT_MAX_CONCURRENT));
+        assert_eq!(with("1"), Ok(1));
+        assert_eq!(with(" 64 "), Ok(64));
+        for bad in ["0", "-1", "lots", "1025", ""] {
+            let err = with(bad).unwrap_err();
+            assert!(err.contains(MAX_CONCURRENT_INBOUND), "{err}");
+        }
+    }
+}
