@@ -186,6 +186,29 @@ async fn a_proxy_component_is_served_at_its_port_behind_a_service_and_the_port_i
     assert_eq!(curl(&format!("http://127.0.0.1:{port}/still")).0, 200);
 }
 
+/// Sends a request that takes `ms` to a pod that serves one at a time, and returns it (to
+/// join) once a second request has been turned away while it runs, with that 503's body. A
+/// slow request that arrives while a probing request holds the slot is itself turned away;
+/// it is then sent again.
+fn hold_the_only_slot(port: u16, ms: u64) -> (std::thread::JoinHandle<(u16, String)>, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = format!("http://127.0.0.1:{port}/sleep?ms={ms}");
+        let slow = std::thread::spawn(move || curl(&url));
+        while !slow.is_finished() {
+            let (code, body) = curl(&format!("http://127.0.0.1:{port}/quick"));
+            if code == 503 {
+                return (slow, body);
+            }
+        }
+        let (code, body) = slow.join().unwrap();
+        assert!(
+            code == 503 && Instant::now() < deadline,
+            "the slow request ended ({code} {body}) and nothing was turned away"
+        );
+    }
+}
+
 #[tokio::test]
 async fn requests_past_the_bound_get_503_and_a_delete_drains_the_ones_in_flight() {
     let cluster = WasmCluster::start("edge-busy", 110).await.unwrap();
@@ -199,18 +222,7 @@ async fn requests_past_the_bound_get_503_and_a_delete_drains_the_ones_in_flight(
     wait_serving(&cluster, "busy", port).await;
 
     // One slow request holds the only slot: the next is turned away at once.
-    let slow_url = format!("http://127.0.0.1:{port}/sleep?ms=3000");
-    let slow = std::thread::spawn(move || curl(&slow_url));
-    let turned_away = wait_for(
-        "a 503 while the slow request runs",
-        Duration::from_secs(10),
-        || {
-            let (code, body) = curl(&format!("http://127.0.0.1:{port}/quick"));
-            async move { Ok::<_, String>((code == 503).then_some(body)) }
-        },
-    )
-    .await
-    .unwrap();
+    let (slow, turned_away) = hold_the_only_slot(port, 3000);
     assert!(
         turned_away.contains("serving 1 requests already"),
         "{turned_away}"
@@ -220,18 +232,7 @@ async fn requests_past_the_bound_get_503_and_a_delete_drains_the_ones_in_flight(
     assert_eq!(curl(&format!("http://127.0.0.1:{port}/after")).0, 200);
 
     // Deleting the pod while a request is in flight: it is answered before the pod goes.
-    let slow_url = format!("http://127.0.0.1:{port}/sleep?ms=2000");
-    let in_flight = std::thread::spawn(move || curl(&slow_url));
-    wait_for(
-        "the slow request to be in flight",
-        Duration::from_secs(10),
-        || {
-            let (code, _) = curl(&format!("http://127.0.0.1:{port}/quick"));
-            async move { Ok::<_, String>((code == 503).then_some(())) }
-        },
-    )
-    .await
-    .unwrap();
+    let (in_flight, _) = hold_the_only_slot(port, 2000);
     let deleted = Instant::now();
     cluster
         .kubectl

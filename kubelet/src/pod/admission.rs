@@ -69,6 +69,8 @@ impl Requests {
         for container in &spec.containers {
             requests.add(Self::of_container(container)?)?;
             requests.claim_ports(container)?;
+            // Probes that cannot run here are refused now, not ignored later.
+            super::probe::Probes::of(container)?;
         }
         for container in spec.init_containers.iter().flatten() {
             requests.raise_to(Self::of_container(container)?);

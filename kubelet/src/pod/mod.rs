@@ -15,6 +15,7 @@ pub mod backoff;
 mod ended;
 pub mod env;
 pub mod mirror;
+pub(crate) mod probe;
 pub mod quantity;
 pub mod state;
 pub mod storage;

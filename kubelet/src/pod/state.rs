@@ -154,6 +154,11 @@ pub struct ContainerRecord {
     pub last_terminated: Option<ContainerState>,
     /// How many times it was restarted.
     pub restart_count: i32,
+    /// The running instance has a startup probe that has not passed yet: it is not
+    /// `started`, and its other probes wait.
+    pub awaiting_startup: bool,
+    /// The running instance's readiness probe has not passed (or has failed since).
+    pub unready: bool,
 }
 
 impl ContainerRecord {
@@ -165,7 +170,14 @@ impl ContainerRecord {
             state: ContainerState::waiting(waiting_reason, None),
             last_terminated: None,
             restart_count: 0,
+            awaiting_startup: false,
+            unready: false,
         }
+    }
+
+    /// Whether the instance is running and its probes let it count as ready.
+    pub fn is_ready(&self) -> bool {
+        self.is_running() && !self.awaiting_startup && !self.unready
     }
 
     /// Continues from what the API last heard about this container, when the pod was taken
@@ -216,8 +228,8 @@ impl ContainerRecord {
                 .image_id
                 .as_ref()
                 .map(|_| format!("wasmlet://{pod_uid}/{}/{}", self.name, self.restart_count)),
-            ready: running,
-            started: Some(running),
+            ready: self.is_ready(),
+            started: Some(running && !self.awaiting_startup),
             restart_count: self.restart_count,
             state: Some(self.state.to_k8s()),
             last_state: self.last_terminated.as_ref().map(ContainerState::to_k8s),
@@ -309,8 +321,8 @@ impl PodState {
     /// The PodStatus for the current model. Condition transition times move only when a
     /// condition's status changes.
     pub fn to_status(&mut self) -> PodStatus {
-        let all_running = !self.app.is_empty() && self.app.iter().all(ContainerRecord::is_running);
-        let ready = all_running && !self.phase.is_terminal();
+        let all_ready = !self.app.is_empty() && self.app.iter().all(ContainerRecord::is_ready);
+        let ready = all_ready && !self.phase.is_terminal();
         let not_ready_reason = if self.phase.is_terminal() {
             "PodCompleted"
         } else {
@@ -521,6 +533,28 @@ mod tests {
         assert!(app.ready);
         assert_eq!(app.image_id, "sha256:abc");
         assert_eq!(app.container_id.as_deref(), Some("wasmlet://u1/app/0"));
+    }
+
+    #[test]
+    fn probes_hold_back_started_and_ready_until_they_pass() {
+        let mut state = PodState::new(&pod(&[], &["app"]), "10.0.0.5");
+        state.phase = Phase::Running;
+        state.app[0].state = ContainerState::Running {
+            started_at: Timestamp::now(),
+        };
+        state.app[0].awaiting_startup = true;
+        state.app[0].unready = true;
+        let status = state.to_status();
+        let app = &status.container_statuses.as_ref().unwrap()[0];
+        assert_eq!((app.started, app.ready), (Some(false), false));
+        assert_eq!(condition(&status, "Ready").0, "False");
+        state.app[0].awaiting_startup = false;
+        let app = state.to_status().container_statuses.unwrap()[0].clone();
+        assert_eq!((app.started, app.ready), (Some(true), false));
+        state.app[0].unready = false;
+        let status = state.to_status();
+        assert!(status.container_statuses.as_ref().unwrap()[0].ready);
+        assert_eq!(condition(&status, "ContainersReady").0, "True");
     }
 
     #[test]

@@ -159,6 +159,9 @@ impl<P: Provider> Worker<P> {
         self.record(kind, index).state = ContainerState::Running {
             started_at: Timestamp::now(),
         };
+        if kind == Kind::App {
+            self.start_probing(index);
+        }
         self.ctx
             .table
             .container_started(&self.key.uid, &container.name, usage);

@@ -16,6 +16,7 @@
 mod inbox;
 mod launch;
 mod mount;
+mod probing;
 mod pull;
 mod run;
 mod status;
@@ -205,6 +206,14 @@ pub(crate) async fn run<P: Provider>(
         images: HashMap::new(),
         live_init: None,
         live_app: (0..containers).map(|_| None).collect(),
+        // Admission read every probe; one it refused never reaches a worker.
+        probes: pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .map(|c| super::probe::Probes::of(c).unwrap_or_default())
+            .collect(),
+        probing: (0..containers).map(|_| None).collect(),
         crash_init: CrashLoop::default(),
         crash_app: vec![CrashLoop::default(); containers],
         last_sent: None,
@@ -238,6 +247,10 @@ struct Worker<P: Provider> {
     images: HashMap<String, P::Image>,
     live_init: Option<Live>,
     live_app: Vec<Option<Live>>,
+    /// Each app container's probes, from the spec.
+    probes: Vec<super::probe::Probes>,
+    /// Each running app container instance's probing.
+    probing: Vec<Option<probing::Probing>>,
     crash_init: CrashLoop,
     crash_app: Vec<CrashLoop>,
     /// The last status the API server accepted.

@@ -97,6 +97,7 @@ impl<P: Provider> Worker<P> {
         let mut changes = self.changes.clone();
         let mut sync = tokio::time::interval_at((Instant::now() + period).into(), period);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checks: FuturesUnordered<probing::CheckFuture> = FuturesUnordered::new();
         loop {
             let now = Instant::now();
             let starting: Vec<usize> = (0..count)
@@ -148,13 +149,16 @@ impl<P: Provider> Worker<P> {
                 info!(pod = %pod_name, total_ms = trace.total().as_secs_f64() * 1e3, stages = %trace, "pod started");
             }
             let next_due = due.iter().flatten().min().copied();
+            let next_check = self.next_probe_due();
             tokio::select! {
                 Some((_, index, exit)) = exits.next() => {
+                    // A container a probe killed restarts whatever its exit, as the kubelet's do.
+                    let killed = self.probing[index].take().is_some_and(|p| p.killed());
                     let delay = self.record_exit(Kind::App, index, &exit);
                     self.report_failure(&pod, Kind::App, index);
                     let restart = match policy.as_str() {
                         "Never" => false,
-                        "OnFailure" => exit.exit_code != 0,
+                        "OnFailure" => killed || exit.exit_code != 0,
                         _ => true,
                     };
                     info!(pod = %pod_name, container = %self.state.app[index].name, exit = exit.exit_code, restart, "container exited");
@@ -168,6 +172,8 @@ impl<P: Provider> Worker<P> {
                     }
                 }
                 _ = sleep_until(next_due) => {}
+                _ = sleep_until(next_check) => self.start_due_checks(&mut checks),
+                Some(result) = checks.next() => self.apply_check(&pod, result),
                 _ = self.resend_due() => self.last_sent = None,
                 () = sources_changed(&mut changes) => {
                     // A ConfigMap or Secret it reads changed: its volumes follow at once.
