@@ -262,6 +262,41 @@ async fn requests_past_the_bound_get_503_and_a_delete_drains_the_ones_in_flight(
 }
 
 #[tokio::test]
+async fn a_command_component_may_listen_on_its_declared_port_and_nowhere_else() {
+    let cluster = WasmCluster::start("edge-listen", 110).await.unwrap();
+    let image = push_demo(&cluster.registry.host(), "tcp-listener").unwrap();
+    let (port, other) = (free_port().unwrap(), free_port().unwrap());
+    cluster
+        .kubectl
+        .apply(&wasm_pod(
+            "listener",
+            &format!(
+                "  automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: {image}\n    args: [\"0.0.0.0:{other}\", \"0.0.0.0:{port}\"]\n    ports:\n    - {{containerPort: {port}}}\n"
+            ),
+        ))
+        .unwrap();
+    cluster
+        .wait_pod("listener", "Running", MINUTE, |p| phase(p) == "Running")
+        .await
+        .unwrap();
+    let body = wait_for("the component's own listener to answer", MINUTE, || {
+        let (code, body) = curl(&format!("http://127.0.0.1:{port}/"));
+        async move { Ok::<_, String>((code == 200).then_some(body)) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(body.trim(), "hello from a component that listens itself");
+    let logs = cluster.kubectl.run(&["logs", "listener"]).unwrap();
+    assert!(logs.contains(&format!("bind 0.0.0.0:{port}: ok")), "{logs}");
+    // The undeclared port was refused in the guest, and nothing listens there.
+    assert!(
+        logs.contains(&format!("bind 0.0.0.0:{other}: refused")),
+        "{logs}"
+    );
+    assert_eq!(curl(&format!("http://127.0.0.1:{other}/")).0, 0);
+}
+
+#[tokio::test]
 async fn a_port_that_cannot_be_served_says_so() {
     let cluster = WasmCluster::start("edge-noport", 110).await.unwrap();
     let image = push_demo(&cluster.registry.host(), "http-hello").unwrap();

@@ -12,6 +12,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::code::{Code, Compiled};
 use crate::http::OutboundHttp;
 use crate::metering::{CpuQuota, GROW_REFUSED, MeteredLimits, cpu_metered};
+use crate::sockets::Listen;
 use wasi_policy::HttpPolicy;
 
 /// Bytes a guest may write before its output stream applies back-pressure.
@@ -66,10 +67,11 @@ impl WasiHttpView for P2Host {
     }
 }
 
-/// argv, environment and outbound HTTP policy for one instance.
+/// argv, environment, where it may listen, and outbound HTTP policy for one instance.
 pub(crate) struct Plan {
     argv: Vec<String>,
     env: Vec<(String, String)>,
+    listen: Listen,
     outbound: HttpPolicy,
 }
 
@@ -81,6 +83,7 @@ impl Plan {
         artifact: &oci::WasmArtifact,
         start: &ContainerStart,
         outbound: HttpPolicy,
+        node_ip: std::net::IpAddr,
     ) -> Self {
         let args = if start.args.is_empty() && start.command.is_empty() {
             artifact.args.clone()
@@ -110,6 +113,10 @@ impl Plan {
         Self {
             argv,
             env,
+            listen: Listen {
+                ports: start.ports.clone(),
+                node_ip,
+            },
             outbound,
         }
     }
@@ -119,8 +126,8 @@ impl Plan {
         &self.outbound
     }
 
-    /// Gives `builder` the instance's argv, environment and filesystem (its writable root
-    /// at `/` and its volume mounts).
+    /// Gives `builder` the instance's argv, environment, filesystem (its writable root at
+    /// `/` and its volume mounts) and the sockets it may listen on.
     pub(crate) async fn configure(
         &self,
         builder: &mut WasiCtxBuilder,
@@ -129,6 +136,7 @@ impl Plan {
     ) -> Result<(), String> {
         preopen(builder, root_dir, mounts).await?;
         builder.args(&self.argv).envs(&self.env);
+        self.listen.apply(builder);
         Ok(())
     }
 }

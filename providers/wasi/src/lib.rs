@@ -16,6 +16,7 @@ mod guest;
 mod http;
 mod metering;
 mod serve;
+mod sockets;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -249,7 +250,7 @@ impl Provider for WasiProvider {
         let outbound = HttpPolicy::from_annotations(&start.annotations)
             .map_err(invalid_annotation)?
             .under(self.egress.clone());
-        let plan = guest::Plan::new(&image.artifact, &start, outbound);
+        let plan = guest::Plan::new(&image.artifact, &start, outbound, self.serve_address);
         let compiled = image.compiled.clone();
         let in_use = InUse::new(&self.in_use, &image.artifact.wasm_digest);
         if let code::Code::Proxy(pre) = &compiled.code {
@@ -273,15 +274,12 @@ impl Provider for WasiProvider {
                 serving.await
             }));
         }
-        if !start.ports.is_empty() {
-            // The port is the pod's (admission claimed it) but nothing will answer there.
-            let what = match &compiled.code {
-                code::Code::Module(_) => "a module",
-                _ => "a wasi:cli/command component",
-            };
+        if !start.ports.is_empty() && matches!(compiled.code, code::Code::Module(_)) {
+            // The port is the pod's (admission claimed it) but nothing will answer there: a
+            // command component may listen itself, a module cannot.
             let ports: Vec<String> = start.ports.iter().map(ToString::to_string).collect();
             let note = format!(
-                "wasmlet: containerPort {} is declared, but {what} is not served; only a wasi:http/proxy component is\n",
+                "wasmlet: containerPort {} is declared, but a module is not served and cannot listen (WASI preview 1 has no sockets)\n",
                 ports.join(", ")
             );
             let _ = tokio::io::AsyncWriteExt::write_all(&mut start.stderr, note.as_bytes()).await;
