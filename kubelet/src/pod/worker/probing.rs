@@ -26,8 +26,10 @@ pub(super) struct Probing {
     startup: Option<Tracker>,
     liveness: Option<Tracker>,
     readiness: Option<Tracker>,
-    /// Set once a probe had the instance killed: when it is aborted if still running.
-    killed: Option<Instant>,
+    /// A probe had the instance killed.
+    killed: bool,
+    /// When the killed instance is aborted if it is still running; cleared once it is.
+    abort_at: Option<Instant>,
 }
 
 impl Probing {
@@ -39,7 +41,8 @@ impl Probing {
             startup: tracker(&probes.startup),
             liveness: tracker(&probes.liveness),
             readiness: tracker(&probes.readiness),
-            killed: None,
+            killed: false,
+            abort_at: None,
         }
     }
 
@@ -53,7 +56,7 @@ impl Probing {
 
     /// The probes that run now: the startup probe alone until it passes, then the others.
     fn active(&self, awaiting_startup: bool) -> &'static [ProbeKind] {
-        if self.killed.is_some() {
+        if self.killed {
             &[]
         } else if awaiting_startup {
             &[ProbeKind::Startup]
@@ -64,7 +67,7 @@ impl Probing {
 
     /// Whether a probe had the instance killed (it restarts unless the policy is Never).
     pub(super) fn killed(&self) -> bool {
-        self.killed.is_some()
+        self.killed
     }
 }
 
@@ -99,7 +102,7 @@ impl<P: Provider> Worker<P> {
                         }
                         .and_then(|t| t.due)
                     });
-                checks.chain(probing.killed)
+                checks.chain(probing.abort_at)
             })
             .min()
     }
@@ -118,11 +121,12 @@ impl<P: Provider> Worker<P> {
             let Some(probing) = self.probing[index].as_mut() else {
                 continue;
             };
-            if let Some(deadline) = probing.killed {
-                if deadline <= now
-                    && let Some(live) = &self.live_app[index]
-                {
-                    live.abort.abort();
+            if probing.killed {
+                if probing.abort_at.is_some_and(|at| at <= now) {
+                    probing.abort_at = None;
+                    if let Some(live) = &self.live_app[index] {
+                        live.abort.abort();
+                    }
                 }
                 continue;
             }
@@ -226,7 +230,8 @@ impl<P: Provider> Worker<P> {
             ),
         );
         if let Some(probing) = self.probing[index].as_mut() {
-            probing.killed = Some(Instant::now() + grace);
+            probing.killed = true;
+            probing.abort_at = Some(Instant::now() + grace);
         }
         if let Some(live) = &self.live_app[index] {
             live.stop.cancel();
