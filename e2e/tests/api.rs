@@ -1,5 +1,5 @@
 //! The kubelet HTTPS API end to end: `kubectl logs` in all its forms, stats and metrics
-//! through the API server's node proxy, the refusals of exec, attach and port-forward, and
+//! through the API server's node proxy, the refusals of exec and attach, and
 //! who may call the API at all.
 
 use std::time::{Duration, Instant};
@@ -359,33 +359,22 @@ async fn previous_logs_stats_metrics_and_unsupported_streams_through_the_api_ser
         .to_string();
     assert!(exec.contains("not supported for Wasm pods"), "{exec}");
 
-    // attach and port-forward get the same clear refusal: as the node answers them (a
-    // Kubernetes Status, 400) and as kubectl shows it after its upgrade is refused.
-    for (path, what) in [
-        ("/attach/default/ticker/ticker?stdout=true", "attach"),
-        ("/portForward/default/ticker", "port-forward"),
-    ] {
-        let (code, body) = proxied(&cluster, path).await;
-        assert_eq!(code, 400, "{path}: {body}");
-        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(status["code"], 400, "{body}");
-        let message = status["message"].as_str().unwrap_or_default();
-        assert!(
-            message.starts_with(&format!("{what} is not supported for Wasm pods: ")),
-            "{body}"
-        );
-    }
+    // attach gets the same clear refusal: as the node answers it (a Kubernetes Status, 400)
+    // and as kubectl shows it after its upgrade is refused.
+    let (code, body) = proxied(&cluster, "/attach/default/ticker/ticker?stdout=true").await;
+    assert_eq!(code, 400, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["code"], 400, "{body}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("attach is not supported for Wasm pods: "),
+        "{body}"
+    );
     let (ok, attach) = kubectl_to_end(&cluster, &["attach", "ticker", "-c", "ticker"]).await;
     assert!(!ok, "attach succeeded: {attach}");
     assert!(
         attach.contains("attach is not supported for Wasm pods"),
         "{attach}"
-    );
-    let (ok, forward) = kubectl_to_end(&cluster, &["port-forward", "pod/ticker", ":8080"]).await;
-    assert!(!ok, "port-forward succeeded: {forward}");
-    assert!(
-        forward.contains("port-forward is not supported for Wasm pods"),
-        "{forward}"
     );
 }
 

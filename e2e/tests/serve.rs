@@ -1,13 +1,16 @@
 //! Serving traffic: a `wasi:http/proxy` component (demos/http-hello) answered on the node's
 //! address at its containerPort, with a Service whose EndpointSlice points there; the port
-//! claimed for one pod; at most N requests at once; in-flight requests drained on delete.
+//! claimed for one pod; at most N requests at once; in-flight requests drained on delete;
+//! `kubectl port-forward` to its port through the API server, and to no other port.
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::demos::push_demo;
 use e2e::{WasmCluster, free_port, status_summary, wait_for, wasm_pod};
 use k8s_openapi::api::core::v1::Pod;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -62,9 +65,10 @@ async fn wait_serving(cluster: &WasmCluster, name: &str, port: u16) {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.node.log_tail(30)));
 }
 
-#[tokio::test]
-async fn a_proxy_component_is_served_at_its_port_behind_a_service_and_the_port_is_its_own() {
-    let cluster = WasmCluster::start("edge-serve", 110).await.unwrap();
+/// A node named `node` serving demos/http-hello as pod `hello` on a free port: the cluster,
+/// the image and the port.
+async fn serving_hello(node: &str) -> (WasmCluster, String, u16) {
+    let cluster = WasmCluster::start(node, 110).await.unwrap();
     let image = push_demo(&cluster.registry.host(), "http-hello").unwrap();
     let port = free_port().unwrap();
     cluster
@@ -72,6 +76,12 @@ async fn a_proxy_component_is_served_at_its_port_behind_a_service_and_the_port_i
         .apply(&serving_pod("hello", &image, port, ""))
         .unwrap();
     wait_serving(&cluster, "hello", port).await;
+    (cluster, image, port)
+}
+
+#[tokio::test]
+async fn a_proxy_component_is_served_at_its_port_behind_a_service_and_the_port_is_its_own() {
+    let (cluster, image, port) = serving_hello("edge-serve").await;
 
     // Answered by a fresh instance that knows its pod, at the pod's IP, which is the node's.
     let (code, body) = curl(&format!("http://127.0.0.1:{port}/greet?x=1"));
@@ -352,4 +362,106 @@ async fn a_port_that_cannot_be_served_says_so() {
     })
     .await
     .unwrap();
+}
+
+/// `kubectl port-forward` running, with what it has printed so far.
+struct PortForward {
+    _kubectl: tokio::process::Child,
+    printed: Arc<Mutex<String>>,
+}
+
+impl PortForward {
+    /// Starts `kubectl port-forward pod/NAME PORTS` and waits until it listens.
+    async fn start(cluster: &WasmCluster, pod: &str, ports: &str) -> Self {
+        let mut kubectl = cluster
+            .kubectl
+            .spawn(&["port-forward", &format!("pod/{pod}"), ports])
+            .unwrap();
+        let printed = Arc::new(Mutex::new(String::new()));
+        fn collect(from: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<String>>) {
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(from).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut printed = into.lock().unwrap();
+                    printed.push_str(&line);
+                    printed.push('\n');
+                }
+            });
+        }
+        collect(kubectl.stdout.take().unwrap(), printed.clone());
+        collect(kubectl.stderr.take().unwrap(), printed.clone());
+        let forward = Self {
+            _kubectl: kubectl,
+            printed,
+        };
+        forward.wait_printed("Forwarding from 127.0.0.1:").await;
+        forward
+    }
+
+    async fn wait_printed(&self, needle: &str) -> String {
+        wait_for(&format!("kubectl to print {needle:?}"), MINUTE, || {
+            let printed = self.printed.lock().unwrap().clone();
+            async move {
+                if printed.contains(needle) {
+                    Ok(Some(printed))
+                } else {
+                    Err(printed)
+                }
+            }
+        })
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn kubectl_port_forward_reaches_the_pods_declared_port_and_no_other() {
+    let (cluster, _, port) = serving_hello("edge-forward").await;
+
+    // Through the API server to the node's /portForward, and on to the pod's port.
+    let local = free_port().unwrap();
+    let forward = PortForward::start(&cluster, "hello", &format!("{local}:{port}")).await;
+    let (code, body) = curl(&format!("http://127.0.0.1:{local}/forwarded"));
+    assert_eq!(
+        (code, body.trim()),
+        (200, "hello from hello: you asked for /forwarded")
+    );
+    // Many connections at once, each a pair of streams on the one SPDY connection.
+    let clients: Vec<_> = (0..16)
+        .map(|i| std::thread::spawn(move || curl(&format!("http://127.0.0.1:{local}/many/{i}"))))
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let (code, body) = client.join().unwrap();
+        assert_eq!(
+            (code, body.trim()),
+            (
+                200,
+                format!("hello from hello: you asked for /many/{i}").as_str()
+            )
+        );
+    }
+    let printed = forward.wait_printed("Handling connection for").await;
+    assert_eq!(
+        printed
+            .matches(&format!("Handling connection for {local}"))
+            .count(),
+        17,
+        "{printed}"
+    );
+    assert!(!printed.contains("error"), "{printed}");
+    drop(forward);
+
+    // The node's own kubelet port is on the pod's address too, but the pod does not declare
+    // it: the connection is closed and kubectl prints the node's reason.
+    let local = free_port().unwrap();
+    let node_port = cluster.node.port;
+    let forward = PortForward::start(&cluster, "hello", &format!("{local}:{node_port}")).await;
+    let (code, _) = curl(&format!("http://127.0.0.1:{local}/"));
+    assert_eq!(code, 0, "the node's port answered through a port-forward");
+    forward
+        .wait_printed(&format!(
+            "error forwarding port {node_port} to pod default/hello, uid {}: the pod declares no TCP containerPort {node_port}",
+            cluster.pod("hello").unwrap().metadata.uid.unwrap_or_default()
+        ))
+        .await;
 }

@@ -1,7 +1,7 @@
-//! Entry points for the fuzz targets in `fuzz/` (not part of the API): each hands text from
+//! Entry points for the fuzz targets in `fuzz/` (not part of the API): each hands input from
 //! outside (a pod spec's quantities, a log request's parameters, the node's flags, a static
-//! pod manifest) to the parser the agent uses, the way the agent uses it. A panic or a hang
-//! here is a bug.
+//! pod manifest, a port-forward client's frames) to the parser the agent uses, the way the
+//! agent uses it. A panic or a hang here is a bug.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +27,12 @@ pub fn log_query(text: &str) {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let _ = crate::logs::LogQuery::parse(&params, jiff::Timestamp::UNIX_EPOCH);
+}
+
+/// What a `kubectl port-forward` client sends once its connection is upgraded: SPDY frames,
+/// their compressed header blocks and the stream openings in them.
+pub fn port_forward(data: &[u8]) {
+    crate::api::port_forward::parse_client_bytes(data);
 }
 
 /// `--node-labels` and `--eviction-hard`.

@@ -129,7 +129,8 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .keep_alive_interval(limits.header_timeout)
                 .keep_alive_timeout(limits.header_timeout);
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            // With upgrades: `kubectl port-forward` turns its request into a SPDY connection.
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 result = connection => if let Err(err) = result {

@@ -64,20 +64,11 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{err:#}");
     }
     // The HTTP demo, asked as a person would, at its podIP (the node's) and its Service's
-    // EndpointSlice; its access lines then show in its log below.
-    let curl = std::process::Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "10"])
-        .arg("http://127.0.0.1:8088/hello")
-        .output();
+    // EndpointSlice, then through `kubectl port-forward`; its access lines then show in its
+    // log below.
     println!("\n$ curl http://127.0.0.1:8088/hello    # http-hello, served by the node");
-    match curl {
-        Ok(out) => print!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(err) => println!("(cannot run curl: {err})"),
-    }
+    print!("{}", curl("http://127.0.0.1:8088/hello"));
+    port_forward(kubectl).await;
     println!("\n$ kubectl get endpointslices -l kubernetes.io/service-name=http-hello");
     match kubectl.run(&[
         "get",
@@ -127,6 +118,47 @@ async fn main() -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     cluster.node.terminate()?;
     Ok(())
+}
+
+/// What `curl` prints for `url`, or why it could not run.
+fn curl(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10", url])
+        .output();
+    match out {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(err) => format!("(cannot run curl: {err})\n"),
+    }
+}
+
+/// `kubectl port-forward` to the HTTP demo through the API server, and a request through it.
+async fn port_forward(kubectl: &e2e::Kubectl) {
+    let Ok(local) = e2e::free_port() else {
+        return println!("(no free local port for port-forward)");
+    };
+    let ports = format!("{local}:8088");
+    println!("\n$ kubectl port-forward pod/http-hello {ports} &");
+    let mut forward = match kubectl.spawn(&["port-forward", "pod/http-hello", &ports]) {
+        Ok(child) => child,
+        Err(err) => return println!("({err:#})"),
+    };
+    let Some(stdout) = forward.stdout.take() else {
+        return;
+    };
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let listening = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+    match listening {
+        Ok(Ok(Some(line))) => println!("{line}"),
+        _ => return println!("(kubectl port-forward did not start listening)"),
+    }
+    let url = format!("http://127.0.0.1:{local}/through-port-forward");
+    println!("$ curl {url}");
+    print!("{}", curl(&url));
+    let _ = forward.kill().await;
 }
 
 fn settled(pod: &Pod) -> bool {

@@ -7,6 +7,7 @@
 pub mod auth;
 mod container_logs;
 mod pods;
+pub(crate) mod port_forward;
 mod review_cache;
 pub mod stats;
 mod unsupported;
@@ -50,7 +51,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/exec/{*rest}", any(unsupported::exec))
         .route("/attach/{*rest}", any(unsupported::attach))
         .route("/run/{*rest}", any(unsupported::run))
-        .route("/portForward/{*rest}", any(unsupported::port_forward))
+        .route("/portForward/{namespace}/{pod}", any(port_forward::handle))
+        .route(
+            "/portForward/{namespace}/{pod}/{uid}",
+            any(port_forward::handle),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,

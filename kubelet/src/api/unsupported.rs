@@ -1,4 +1,4 @@
-//! exec, attach, run and port-forward: a Wasm guest has no processes to enter or a terminal
+//! exec, attach and run: a Wasm guest has no processes to enter or a terminal
 //! to attach, so these answer with a Kubernetes `Status` that says so, which `kubectl`
 //! prints, instead of a bare protocol error.
 
@@ -37,8 +37,4 @@ pub(super) async fn run() -> Response {
         "run",
         "a WebAssembly guest has no shell or processes to run a command in",
     )
-}
-
-pub(super) async fn port_forward() -> Response {
-    not_supported("port-forward", "this node does not forward ports to guests")
 }
