@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{Extension, Router};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -19,6 +19,10 @@ use tracing::{debug, warn};
 
 use crate::api::auth::PeerIdentity;
 use crate::{Error, Result};
+
+/// One connection being served, whichever protocol it speaks.
+type ServedConnection =
+    std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
 
 /// Bounds on the API's connections: anyone who can reach the port can open them.
 #[derive(Clone, Copy, Debug)]
@@ -113,24 +117,23 @@ pub async fn serve(
             // The protocol is the one ALPN chose, so no bytes are read to guess it: a client
             // that sends nothing meets the header timeout, not an unbounded sniff.
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let mut builder = if h2 {
-                builder.http2_only()
+            let io = TokioIo::new(tls);
+            let connection: ServedConnection = if h2 {
+                let mut builder = http2::Builder::new(TokioExecutor::new());
+                // An HTTP/2 connection that stops answering pings is closed.
+                builder
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(limits.header_timeout)
+                    .keep_alive_timeout(limits.header_timeout);
+                Box::pin(builder.serve_connection(io, service))
             } else {
-                builder.http1_only()
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout);
+                // With upgrades: `kubectl port-forward` turns its request into SPDY.
+                Box::pin(builder.serve_connection(io, service).with_upgrades())
             };
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            // An HTTP/2 connection that stops answering pings is closed.
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(limits.header_timeout)
-                .keep_alive_timeout(limits.header_timeout);
-            // With upgrades: `kubectl port-forward` turns its request into a SPDY connection.
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 result = connection => if let Err(err) = result {
