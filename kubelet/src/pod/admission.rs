@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod};
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -49,13 +49,23 @@ pub struct Requests {
 /// The TCP `containerPort`s of `container` (TCP is the default protocol); a number outside
 /// 1-65535, which admission refuses, is left out.
 pub fn tcp_ports(container: &Container) -> Vec<u16> {
+    tcp_declarations(container)
+        .filter_map(|p| port_number(p.container_port))
+        .collect()
+}
+
+/// The container's TCP port declarations, as written.
+fn tcp_declarations(container: &Container) -> impl Iterator<Item = &ContainerPort> {
     container
         .ports
         .iter()
         .flatten()
         .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
-        .filter_map(|p| u16::try_from(p.container_port).ok().filter(|&n| n > 0))
-        .collect()
+}
+
+/// A port number from a pod spec, if it is one (1-65535).
+pub(crate) fn port_number(number: i32) -> Option<u16> {
+    u16::try_from(number).ok().filter(|&n| n > 0)
 }
 
 impl Requests {
@@ -122,20 +132,14 @@ impl Requests {
     /// Adds `container`'s TCP ports, refusing a number that is not a port and a port that
     /// another container of the pod already declares.
     fn claim_ports(&mut self, container: &Container) -> Result<(), Rejection> {
-        for port in container.ports.iter().flatten() {
-            if port.protocol.as_deref().is_some_and(|proto| proto != "TCP") {
-                continue;
-            }
-            let number = u16::try_from(port.container_port)
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| Rejection {
-                    reason: "InvalidContainerPort".into(),
-                    message: format!(
-                        "container {:?}: containerPort {} is not a port number (1-65535)",
-                        container.name, port.container_port
-                    ),
-                })?;
+        for port in tcp_declarations(container) {
+            let number = port_number(port.container_port).ok_or_else(|| Rejection {
+                reason: "InvalidContainerPort".into(),
+                message: format!(
+                    "container {:?}: containerPort {} is not a port number (1-65535)",
+                    container.name, port.container_port
+                ),
+            })?;
             if !self.ports.insert(number) {
                 return Err(Rejection {
                     reason: "NodePorts".into(),

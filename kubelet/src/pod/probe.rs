@@ -191,9 +191,7 @@ fn port(container: &Container, port: &IntOrString) -> Result<u16, String> {
             .map(|p| p.container_port)
             .ok_or_else(|| format!("names port {name:?}, which the container does not declare"))?,
     };
-    u16::try_from(number)
-        .ok()
-        .filter(|n| *n > 0)
+    super::admission::port_number(number)
         .ok_or_else(|| format!("has port {number}, which is not a port number (1-65535)"))
 }
 

@@ -46,6 +46,14 @@ impl Probing {
         }
     }
 
+    fn tracker_ref(&self, kind: ProbeKind) -> Option<&Tracker> {
+        match kind {
+            ProbeKind::Startup => self.startup.as_ref(),
+            ProbeKind::Liveness => self.liveness.as_ref(),
+            ProbeKind::Readiness => self.readiness.as_ref(),
+        }
+    }
+
     fn tracker(&mut self, kind: ProbeKind) -> Option<&mut Tracker> {
         match kind {
             ProbeKind::Startup => self.startup.as_mut(),
@@ -94,14 +102,7 @@ impl<P: Provider> Worker<P> {
                 let checks = probing
                     .active(record.awaiting_startup)
                     .iter()
-                    .filter_map(|kind| {
-                        match kind {
-                            ProbeKind::Startup => probing.startup.as_ref(),
-                            ProbeKind::Liveness => probing.liveness.as_ref(),
-                            ProbeKind::Readiness => probing.readiness.as_ref(),
-                        }
-                        .and_then(|t| t.due)
-                    });
+                    .filter_map(|&kind| probing.tracker_ref(kind)?.due);
                 checks.chain(probing.abort_at)
             })
             .min()
