@@ -255,6 +255,65 @@ async fn exec_says_it_is_not_supported_for_wasm_pods() {
 }
 
 #[tokio::test]
+async fn port_forward_wants_the_handshake_and_a_running_pod_on_this_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path());
+    let forward = |pod: &str| {
+        let mut request = Request::post(format!("/portForward/default/{pod}"))
+            .header("connection", "Upgrade")
+            .header("upgrade", "SPDY/3.1")
+            .header("x-stream-protocol-version", "portforward.k8s.io")
+            .body(AxumBody::empty())
+            .unwrap();
+        request.extensions_mut().insert(admin());
+        let router = router(state.clone());
+        async move {
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    // A plain request is not the handshake.
+    let (code, body) = call(&state, "/portForward/default/web", Some(admin()), None).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("missing upgrade headers"), "{body}");
+
+    let (code, body) = forward("web").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            StatusCode::NOT_FOUND,
+            "pod \"web\" in namespace \"default\" is not on this node"
+        )
+    );
+    // On this node but not running: its ports may be another pod's by now.
+    let mut pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            namespace: Some("default".into()),
+            name: Some("web".into()),
+            uid: Some("u1".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        phase: Some("Succeeded".into()),
+        pod_ip: Some("127.0.0.1".into()),
+        ..Default::default()
+    });
+    state.pods.table.put("u1", pod);
+    let (code, body) = forward("web").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "unable to forward port because pod is not running. Current status=Succeeded"
+        )
+    );
+}
+
+#[tokio::test]
 async fn stats_list_running_containers_with_their_usage() {
     let dir = tempfile::tempdir().unwrap();
     let state = state(dir.path());

@@ -47,16 +47,18 @@ pub(super) async fn handle(
             format!("pod \"{name}\" in namespace \"{namespace}\" is not on this node"),
         );
     };
-    let ip = entry
-        .pod
-        .status
-        .as_ref()
+    // A pod that has ended no longer holds its ports: another pod may serve them now.
+    let status = entry.pod.status.as_ref();
+    let phase = status
+        .and_then(|status| status.phase.as_deref())
+        .unwrap_or("Pending");
+    let ip = status
         .and_then(|status| status.pod_ip.as_deref())
         .and_then(|ip| ip.parse::<IpAddr>().ok());
-    let Some(ip) = ip else {
+    let (Some(ip), "Running") = (ip, phase) else {
         return plain_error(
             StatusCode::BAD_REQUEST,
-            format!("pod \"{name}\" has no IP address yet: it is not running"),
+            format!("unable to forward port because pod is not running. Current status={phase}"),
         );
     };
     let ports = entry
