@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -18,6 +19,23 @@ pub struct WasmCluster {
 }
 
 impl WasmCluster {
+    /// Each running pod's cumulative CPU time in nanoseconds and the node's clock when it
+    /// was read, from `/stats/summary` through the API server's node proxy, as
+    /// metrics-server reads it.
+    pub fn cpu_by_pod(&self) -> anyhow::Result<HashMap<String, (u64, jiff::Timestamp)>> {
+        let url = format!("/api/v1/nodes/{}/proxy/stats/summary", self.node.name);
+        let summary: serde_json::Value =
+            serde_json::from_str(&self.kubectl.run(&["get", "--raw", &url])?)?;
+        let mut cpu = HashMap::new();
+        for pod in summary["pods"].as_array().into_iter().flatten() {
+            let name = pod["podRef"]["name"].as_str().unwrap_or_default();
+            let nanos = pod["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0);
+            let time: jiff::Timestamp = pod["cpu"]["time"].as_str().unwrap_or_default().parse()?;
+            cpu.insert(name.to_string(), (nanos, time));
+        }
+        Ok(cpu)
+    }
+
     /// Starts everything and waits for the node to be Ready.
     pub async fn start(node_name: &str, max_pods: u32) -> anyhow::Result<Self> {
         Self::start_with_registries(node_name, max_pods, &[]).await

@@ -3,7 +3,6 @@
 //! to its share while unlimited spinners beside it cannot make a latency-sensitive pod late
 //! or stop the node's Lease from renewing.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use e2e::demos::{cri_ticks, push_demo, unix_ms};
@@ -25,22 +24,6 @@ fn ticker(name: &str, image: &str, interval_ms: u64) -> String {
             "  containers:\n  - name: app\n    image: {image}\n    env:\n    - {{name: INTERVAL_MS, value: \"{interval_ms}\"}}\n    - {{name: POD_NAME, value: {name}}}\n"
         ),
     )
-}
-
-/// Each running pod's cumulative CPU time and the node's clock when it was read, from
-/// `/stats/summary` through the API server's node proxy, as metrics-server reads it.
-fn cpu_by_pod(cluster: &WasmCluster) -> anyhow::Result<HashMap<String, (u64, jiff::Timestamp)>> {
-    let url = format!("/api/v1/nodes/{}/proxy/stats/summary", cluster.node.name);
-    let summary: serde_json::Value =
-        serde_json::from_str(&cluster.kubectl.run(&["get", "--raw", &url])?)?;
-    let mut cpu = HashMap::new();
-    for pod in summary["pods"].as_array().into_iter().flatten() {
-        let name = pod["podRef"]["name"].as_str().unwrap_or_default();
-        let nanos = pod["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0);
-        let time: jiff::Timestamp = pod["cpu"]["time"].as_str().unwrap_or_default().parse()?;
-        cpu.insert(name.to_string(), (nanos, time));
-    }
-    Ok(cpu)
 }
 
 #[tokio::test]
@@ -163,7 +146,7 @@ async fn a_cpu_limit_holds_a_spinner_to_its_share_and_spinners_starve_no_one() {
     }
     // Measure only once every spinner is burning CPU.
     wait_for("every spinner to use CPU", MINUTE, || {
-        let cpu = cpu_by_pod(&cluster).map_err(|e| e.to_string());
+        let cpu = cluster.cpu_by_pod().map_err(|e| e.to_string());
         async move {
             let cpu = cpu?;
             Ok(["spin-a", "spin-b", "spin-limited"]
@@ -175,7 +158,7 @@ async fn a_cpu_limit_holds_a_spinner_to_its_share_and_spinners_starve_no_one() {
     .await
     .unwrap();
 
-    let before = cpu_by_pod(&cluster).unwrap();
+    let before = cluster.cpu_by_pod().unwrap();
     let mut renewals = vec![renew_time(&lease(&cluster.kubectl, "edge-cpu").unwrap()).unwrap()];
     let window_start_ms = unix_ms();
     let started = Instant::now();
@@ -198,7 +181,7 @@ async fn a_cpu_limit_holds_a_spinner_to_its_share_and_spinners_starve_no_one() {
     )
     .await;
     let window_end_ms = unix_ms();
-    let after = cpu_by_pod(&cluster).unwrap();
+    let after = cluster.cpu_by_pod().unwrap();
     window.unwrap_or_else(|e| panic!("{e:#}\nwasmlet log:\n{}", cluster.node.log_tail(30)));
 
     // (ii) The node's heartbeat went on: the Lease was renewed inside the window on its 10 s

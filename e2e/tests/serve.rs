@@ -16,11 +16,16 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 /// `curl` as a person runs it: the status code and the body.
 fn curl(url: &str) -> (u16, String) {
+    curl_within(url, 20)
+}
+
+/// `curl` giving up after `seconds` (code 0).
+fn curl_within(url: &str, seconds: u32) -> (u16, String) {
     let out = Command::new("curl")
         .args([
             "--silent",
             "--max-time",
-            "20",
+            &seconds.to_string(),
             "--write-out",
             "\n%{http_code}",
             url,
@@ -464,4 +469,60 @@ async fn kubectl_port_forward_reaches_the_pods_declared_port_and_no_other() {
             cluster.pod("hello").unwrap().metadata.uid.unwrap_or_default()
         ))
         .await;
+}
+
+#[tokio::test]
+async fn a_handler_that_loops_forever_gets_a_504_under_its_cpu_limit_while_others_are_served() {
+    let cluster = WasmCluster::start("edge-spin", 110).await.unwrap();
+    let image = push_demo(&cluster.registry.host(), "http-hello").unwrap();
+    let port = free_port().unwrap();
+    let limited = serving_pod("spinner", &image, port, "").replace(
+        "    ports:\n",
+        "    resources: {limits: {cpu: 250m}}\n    ports:\n",
+    );
+    cluster.kubectl.apply(&limited).unwrap();
+    wait_serving(&cluster, "spinner", port).await;
+
+    let before = cluster.cpu_by_pod().unwrap()["spinner"];
+    let sent = Instant::now();
+    let spinning =
+        std::thread::spawn(move || curl_within(&format!("http://127.0.0.1:{port}/spin"), 50));
+    // While one instance spins, the pod answers others (each a fresh instance).
+    let mut answered = 0;
+    while !spinning.is_finished() {
+        assert!(
+            sent.elapsed() < Duration::from_secs(60),
+            "the spinning request was never answered"
+        );
+        let (code, body) = curl(&format!("http://127.0.0.1:{port}/meanwhile"));
+        assert_eq!(code, 200, "{body}");
+        answered += 1;
+        // Paced, not synchronised: the loop ends when the spinning request does.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, body) = spinning.join().unwrap();
+    let after = cluster.cpu_by_pod().unwrap()["spinner"];
+    assert_eq!(code, 504, "{body}");
+    assert!(body.contains("did not answer within 30 s"), "{body}");
+    assert!(
+        answered >= 10,
+        "only {answered} requests answered meanwhile"
+    );
+    // The instance was stopped at the timeout, and it spun within the pod's quarter core:
+    // unlimited, it would have taken a whole one.
+    let seconds = after.1.duration_since(before.1).as_secs_f64();
+    let cores = (after.0 - before.0) as f64 / 1e9 / seconds;
+    eprintln!(
+        "the spinning pod used {cores:.3} cores over {seconds:.1} s; {answered} answered meanwhile"
+    );
+    assert!(
+        cores < 0.4,
+        "the pod used {cores:.2} cores over {seconds:.1} s"
+    );
+    assert!(
+        cores > 0.1,
+        "the spinning handler used only {cores:.2} cores"
+    );
+    let logs = cluster.kubectl.run(&["logs", "spinner"]).unwrap();
+    assert!(logs.contains("GET /spin 504"), "{logs}");
 }

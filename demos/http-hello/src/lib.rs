@@ -1,7 +1,7 @@
 //! A `wasi:http/proxy` component: wasmlet serves it on the pod's containerPort, one instance
 //! per request. It answers `GET /anything` with a greeting naming its pod and the path, and
 //! `/sleep?ms=N` after waiting N milliseconds (for the concurrency and drain tests); `/trap`
-//! traps, as a buggy handler would. Each request is logged to stdout, so `kubectl logs`
+//! traps and `/spin` loops forever, as buggy handlers do. Each request is logged to stdout, so `kubectl logs`
 //! shows it.
 
 use std::io::Write as _;
@@ -21,6 +21,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         if path == "/trap" {
             // A panic in a component is a trap: the instance ends without answering.
             panic!("asked to trap");
+        }
+        if path == "/spin" {
+            // Never answers and never waits: the node's response timeout and the pod's CPU
+            // limit are what hold it.
+            let mut turns: u64 = 0;
+            loop {
+                turns = std::hint::black_box(turns.wrapping_add(1));
+            }
         }
         if let Some(ms) = path
             .strip_prefix("/sleep?ms=")
