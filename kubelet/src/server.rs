@@ -92,6 +92,9 @@ pub async fn serve(
                 }
             },
         };
+        // Interactive streams (port-forward, followed logs) must not wait on Nagle's
+        // algorithm for the peer's delayed ACK.
+        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let cancel = cancel.clone();
