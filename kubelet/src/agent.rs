@@ -99,6 +99,7 @@ impl<P: Provider> Kubelet<P> {
                     pods: shared.clone(),
                     gate: Arc::new(Gatekeeper::new(client.clone(), &self.config.node_name)),
                     rates: Default::default(),
+                    port_forwards: Default::default(),
                 });
                 Some(tokio::spawn(server::serve(
                     api.listener,

@@ -21,6 +21,7 @@ use axum::routing::{any, get};
 
 use crate::pod::SharedPodState;
 use auth::Gatekeeper;
+pub use port_forward::Sessions as PortForwardSessions;
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -33,6 +34,9 @@ pub struct ApiState {
     pub gate: Arc<Gatekeeper>,
     /// CPU rates between scrapes, for `/stats/summary`.
     pub rates: Arc<stats::CpuRates>,
+    /// Port-forward sessions open at once: an upgraded connection leaves the server's
+    /// connection bound when it upgrades, so sessions have their own.
+    pub port_forwards: PortForwardSessions,
 }
 
 /// The API's routes. Every one of them requires an authenticated, authorized caller, as the

@@ -76,6 +76,7 @@ fn state(pods_dir: &std::path::Path) -> ApiState {
         },
         gate: Arc::new(Gatekeeper::new(reviewing_client(Arc::default()), "edge-1")),
         rates: Default::default(),
+        port_forwards: Default::default(),
     }
 }
 
@@ -254,32 +255,31 @@ async fn exec_says_it_is_not_supported_for_wasm_pods() {
     );
 }
 
+/// `kubectl port-forward`'s handshake, through the API server, for `default/{pod}`.
+async fn forward(state: &ApiState, pod: &str) -> (StatusCode, String) {
+    let mut request = Request::post(format!("/portForward/default/{pod}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "SPDY/3.1")
+        .header("x-stream-protocol-version", "portforward.k8s.io")
+        .body(AxumBody::empty())
+        .unwrap();
+    request.extensions_mut().insert(admin());
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 #[tokio::test]
 async fn port_forward_wants_the_handshake_and_a_running_pod_on_this_node() {
     let dir = tempfile::tempdir().unwrap();
     let state = state(dir.path());
-    let forward = |pod: &str| {
-        let mut request = Request::post(format!("/portForward/default/{pod}"))
-            .header("connection", "Upgrade")
-            .header("upgrade", "SPDY/3.1")
-            .header("x-stream-protocol-version", "portforward.k8s.io")
-            .body(AxumBody::empty())
-            .unwrap();
-        request.extensions_mut().insert(admin());
-        let router = router(state.clone());
-        async move {
-            let response = router.oneshot(request).await.unwrap();
-            let status = response.status();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        }
-    };
     // A plain request is not the handshake.
     let (code, body) = call(&state, "/portForward/default/web", Some(admin()), None).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("missing upgrade headers"), "{body}");
 
-    let (code, body) = forward("web").await;
+    let (code, body) = forward(&state, "web").await;
     assert_eq!(
         (code, body.as_str()),
         (
@@ -303,13 +303,38 @@ async fn port_forward_wants_the_handshake_and_a_running_pod_on_this_node() {
         ..Default::default()
     });
     state.pods.table.put("u1", pod);
-    let (code, body) = forward("web").await;
+    let (code, body) = forward(&state, "web").await;
     assert_eq!(
         (code, body.as_str()),
         (
             StatusCode::BAD_REQUEST,
             "unable to forward port because pod is not running. Current status=Succeeded"
         )
+    );
+
+    // Running, but every session slot is taken: refused before the upgrade.
+    let state = ApiState {
+        port_forwards: PortForwardSessions::new(0),
+        ..state
+    };
+    state.pods.table.set_status(
+        "u1",
+        k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some("127.0.0.1".into()),
+            ..Default::default()
+        },
+    );
+    let (code, body) = forward(&state, "web").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("too many port-forward sessions"), "{body}");
+    let state = ApiState {
+        port_forwards: PortForwardSessions::new(1),
+        ..state
+    };
+    assert_eq!(
+        forward(&state, "web").await.0,
+        StatusCode::SWITCHING_PROTOCOLS
     );
 }
 

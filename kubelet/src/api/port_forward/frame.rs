@@ -22,7 +22,7 @@ const HEADER_LEN: usize = 8;
 
 /// The largest frame payload read. kubectl writes its data in pieces of 32 KiB; a peer that
 /// sends more per frame is refused rather than buffered without bound.
-pub(super) const MAX_PAYLOAD: usize = 1 << 20;
+pub(super) const MAX_PAYLOAD: usize = 256 * 1024;
 
 /// RST_STREAM status codes (SPDY/3 section 2.6.3).
 pub(super) mod status {

@@ -8,6 +8,7 @@ mod session;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
 use axum::http::header::{CONNECTION, UPGRADE};
@@ -15,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
 use tokio_util::codec::Decoder;
 use tracing::debug;
 
@@ -25,6 +27,26 @@ const PROTOCOL: &str = "portforward.k8s.io";
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 const ACCEPTED_HEADER: &str = "x-accepted-stream-protocol-versions";
 const SPDY: &str = "SPDY/3.1";
+/// Sessions open at once on a node, by default. Each holds a task, its forwards' sockets and
+/// their buffers; a person runs a few.
+const MAX_SESSIONS: usize = 64;
+
+/// The bound on port-forward sessions open at once on the node.
+#[derive(Clone, Debug)]
+pub struct Sessions(Arc<Semaphore>);
+
+impl Sessions {
+    /// At most `max` sessions at once.
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(max)))
+    }
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new(MAX_SESSIONS)
+    }
+}
 
 pub(super) async fn handle(
     State(state): State<ApiState>,
@@ -74,8 +96,15 @@ pub(super) async fn handle(
         ip,
         ports,
     };
+    let Ok(slot) = state.port_forwards.0.clone().try_acquire_owned() else {
+        return plain_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unable to forward port: too many port-forward sessions on this node; try again later",
+        );
+    };
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
+        let _slot = slot;
         match upgrade.await {
             Ok(upgraded) => {
                 session::serve(TokioIo::new(upgraded), target, session::Limits::default()).await;

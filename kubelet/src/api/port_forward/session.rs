@@ -27,8 +27,9 @@ use super::headers::{self, HeaderDeflater, HeaderInflater};
 
 /// Frames waiting for the writer.
 const OUTGOING_QUEUE: usize = 64;
-/// Pieces of the client's bytes waiting for one forward's pod side.
-const INBOUND_QUEUE: usize = 16;
+/// Pieces of the client's bytes waiting for one forward's pod side: with frames of at most
+/// `frame::MAX_PAYLOAD`, at most 1 MiB per forward, 128 MiB for a session's forwards.
+const INBOUND_QUEUE: usize = 4;
 /// The most read from the pod per data frame: what kubectl writes per frame.
 const CHUNK: usize = 32 * 1024;
 /// GOAWAY status codes (SPDY/3 section 2.6.6).
@@ -88,6 +89,7 @@ where
         inflater: HeaderInflater::new(),
         streams: HashMap::new(),
         pairs: HashMap::new(),
+        next_deadline: None,
         forwards: JoinSet::new(),
         last_stream: 0,
         going_away: false,
@@ -187,6 +189,8 @@ struct StreamEntry {
     request: String,
     /// Where the client's bytes go, until it half-closes (data streams only).
     inbound: Option<mpsc::Sender<Bytes>>,
+    /// Its pair's forward is running: the pod's side drains `inbound`.
+    started: bool,
 }
 
 struct Pair {
@@ -206,6 +210,9 @@ struct Session {
     inflater: HeaderInflater,
     streams: HashMap<u32, StreamEntry>,
     pairs: HashMap<String, Pair>,
+    /// The earliest deadline of a pair still waiting for its second stream; kept as pairs
+    /// open, start and go, so a data frame costs no scan of the pairs.
+    next_deadline: Option<Instant>,
     forwards: JoinSet<String>,
     last_stream: u32,
     going_away: bool,
@@ -220,12 +227,7 @@ impl Session {
             if self.going_away && self.pairs.is_empty() {
                 return;
             }
-            let waiting = self
-                .pairs
-                .values()
-                .filter(|pair| pair.forward.is_none())
-                .map(|pair| pair.deadline)
-                .min();
+            let waiting = self.next_deadline;
             tokio::select! {
                 next = tokio::time::timeout(self.limits.idle_timeout, frames.next()) => {
                     match next {
@@ -346,10 +348,12 @@ impl Session {
             StreamEntry {
                 request: opening.request.clone(),
                 inbound,
+                started: false,
             },
         );
         self.queue(Outgoing::Reply(stream)).await;
         self.start(&opening.request);
+        self.refresh_deadline();
         true
     }
 
@@ -372,6 +376,11 @@ impl Session {
             out: self.out.clone(),
             dial_timeout: self.limits.dial_timeout,
         };
+        for stream in [error, data] {
+            if let Some(entry) = self.streams.get_mut(&stream) {
+                entry.started = true;
+            }
+        }
         let request = request.to_owned();
         pair.forward = Some(self.forwards.spawn(async move {
             forward.run(inbound).await;
@@ -379,20 +388,25 @@ impl Session {
         }));
     }
 
+    fn refresh_deadline(&mut self) {
+        self.next_deadline = self
+            .pairs
+            .values()
+            .filter(|pair| pair.forward.is_none())
+            .map(|pair| pair.deadline)
+            .min();
+    }
+
     async fn data(&mut self, stream: u32, fin: bool, data: Bytes) {
         // Data on a stream that is gone (reset or finished) is dropped, as spdystream does.
         let Some(entry) = self.streams.get_mut(&stream) else {
             return;
         };
-        let started = self
-            .pairs
-            .get(&entry.request)
-            .is_some_and(|pair| pair.forward.is_some());
         let mut overflow = false;
         if let Some(inbound) = &entry.inbound
             && !data.is_empty()
         {
-            if started {
+            if entry.started {
                 // The forward may have ended; its bytes then have nowhere to go.
                 let _ = inbound.send(data).await;
             } else {
@@ -442,11 +456,12 @@ impl Session {
     /// Drops a pair and its streams, stopping its forward.
     fn forget(&mut self, request: &str) {
         if let Some(pair) = self.pairs.remove(request) {
-            if let Some(forward) = pair.forward {
-                forward.abort();
-            }
             for stream in [pair.error, pair.data].into_iter().flatten() {
                 self.streams.remove(&stream);
+            }
+            match pair.forward {
+                Some(forward) => forward.abort(),
+                None => self.refresh_deadline(),
             }
         }
     }
