@@ -12,7 +12,10 @@ mod logging;
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use peripherals_provider::{DeviceSpec, Peripherals};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -114,13 +117,14 @@ async fn run(cli: Cli, secrets_in_memory: bool) -> anyhow::Result<()> {
 async fn run_agent(cli: AgentArgs, secrets_in_memory: bool) -> anyhow::Result<()> {
     let mut node = cli.node_config()?;
     node.secrets_in_memory = secrets_in_memory;
+    let devices = device_specs(&cli)?;
     let kubeconfig_path = cli.kubeconfig_path()?;
     if let Some(manifests) = &cli.static_pods
         && cli.kubeconfig.is_none()
         && cli.bootstrap_kubeconfig.is_none()
         && !kubeconfig_path.exists()
     {
-        return run_standalone(&cli, node, manifests).await;
+        return run_standalone(&cli, node, manifests, &devices).await;
     }
     let bootstrap = match &cli.bootstrap_kubeconfig {
         Some(path) => Some(certs::bootstrap::Bootstrap::read(path).context("bootstrap")?),
@@ -175,7 +179,7 @@ async fn run_agent(cli: AgentArgs, secrets_in_memory: bool) -> anyhow::Result<()
     // self-signed certificate until the cluster signs one, then each renewal.
     let tls = certs::tls::kubelet_server_config(serving.certificates.clone(), &client_ca)
         .context("the client CA of the kubelet API")?;
-    let provider = wasi_provider(&data_dir, &node, &cli)?;
+    let provider = providers(&data_dir, &node, &cli, &devices, &cancel)?;
 
     info!(node = %node.node_name, host_arch = std::env::consts::ARCH, ip = %node.node_ip, port = node.port, data_dir = %node.data_dir.display(), "starting wasmlet");
     let managers: Vec<_> = [serving.manager, client_certificate]
@@ -207,11 +211,12 @@ async fn run_standalone(
     cli: &AgentArgs,
     node: kubelet::NodeConfig,
     manifests: &std::path::Path,
+    devices: &[DeviceSpec],
 ) -> anyhow::Result<()> {
     let data_dir = kubelet::data_dir::DataDir::open(&node.data_dir)?;
     let store = kubelet::store::LocalStore::open(data_dir.path())?;
-    let provider = wasi_provider(&data_dir, &node, cli)?;
     let cancel = CancellationToken::new();
+    let provider = providers(&data_dir, &node, cli, devices, &cancel)?;
     tokio::spawn(cancel_on_signal(cancel.clone()));
     let static_pods = kubelet::static_pods::watch(
         manifests.to_path_buf(),
@@ -227,21 +232,50 @@ async fn run_standalone(
     Ok(())
 }
 
-fn wasi_provider(
+/// The `--device` flags, checked before anything else starts.
+fn device_specs(cli: &AgentArgs) -> anyhow::Result<Vec<DeviceSpec>> {
+    let specs = cli
+        .devices
+        .iter()
+        .map(|spec| DeviceSpec::parse(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Labels and lines given twice, too.
+    Peripherals::new(&specs)?;
+    Ok(specs)
+}
+
+/// The WASI runtime with the `--device` peripherals beside it, their interfaces linked into
+/// its components; the simulated devices' files kept in step until `cancel`.
+fn providers(
     data_dir: &kubelet::data_dir::DataDir,
     node: &kubelet::NodeConfig,
     cli: &AgentArgs,
-) -> anyhow::Result<wasi_provider::WasiProvider> {
-    wasi_provider::WasiProvider::new(&wasi_provider::WasiProviderConfig {
-        cache_dir: data_dir.path().join("cache"),
-        store_dir: data_dir.path().join("oci"),
-        max_pods: node.max_pods,
-        insecure_registries: cli.insecure_registries.clone(),
-        tiering: cli.compile_tiering,
-        egress: cli.outbound_http_allow_networks.clone(),
-        serve_address: node.node_ip,
-    })
-    .context("cannot start the WASI provider")
+    specs: &[DeviceSpec],
+    cancel: &CancellationToken,
+) -> anyhow::Result<kubelet::WithDevices<wasi_provider::WasiProvider, Peripherals>> {
+    let peripherals = Arc::new(Peripherals::new(specs)?);
+    let wasi = wasi_provider::WasiProvider::with_extensions(
+        &wasi_provider::WasiProviderConfig {
+            cache_dir: data_dir.path().join("cache"),
+            store_dir: data_dir.path().join("oci"),
+            max_pods: node.max_pods,
+            insecure_registries: cli.insecure_registries.clone(),
+            tiering: cli.compile_tiering,
+            egress: cli.outbound_http_allow_networks.clone(),
+            serve_address: node.node_ip,
+        },
+        vec![peripherals.clone()],
+    )
+    .context("cannot start the WASI provider")?;
+    if !specs.is_empty() {
+        info!(devices = %specs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "), "granting devices");
+        tokio::spawn(peripherals_provider::sim::mirror::run(
+            peripherals.clone(),
+            data_dir.path().join("devices"),
+            cancel.clone(),
+        ));
+    }
+    Ok(kubelet::WithDevices::new(wasi, peripherals))
 }
 
 async fn cancel_on_signal(cancel: CancellationToken) {

@@ -371,3 +371,34 @@ fn a_join_token_that_is_not_id_dot_secret_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_malformed_or_repeated_device_is_one_line_before_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = unreachable_kubeconfig(dir.path());
+    let data_dir = dir.path().display().to_string();
+    for (devices, expected) in [
+        (
+            &["fan=gpio:sim:17:sideways"][..],
+            "neither \"in\" nor \"out\"",
+        ),
+        (&["Fan=gpio:sim:17:out"][..], "label \"Fan\""),
+        (&["temp=i2c:sim:tmp102@0x99"][..], "not a 7-bit address"),
+        (
+            &["fan=gpio:gpiochip0:17:out"][..],
+            "not available in this build",
+        ),
+        (
+            &["fan=gpio:sim:17:out", "fan=gpio:sim:18:out"][..],
+            "label \"fan\" is given twice",
+        ),
+    ] {
+        let mut args = vec!["--kubeconfig", &kubeconfig, "--data-dir", &data_dir];
+        for device in devices {
+            args.extend(["--device", device]);
+        }
+        let out = wasmlet(&args);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_one_line_error(&out, &["--device", expected]);
+    }
+}

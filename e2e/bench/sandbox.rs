@@ -351,6 +351,7 @@ async fn run_in_provider(
         cpu_limit_millis: limits.cpu_millis,
         usage: usage.clone(),
         ports: Vec::new(),
+        devices: BTreeMap::new(),
         stop: CancellationToken::new(),
     };
     // The writer ends, flushed, once the guest's streams and this sink are gone.

@@ -6,12 +6,13 @@ use anyhow::{Context, bail};
 use crate::wasmlet::wasmlet_binary;
 
 /// The demos that are wasm32-wasip2 components; the others are wasm32-wasip1 modules.
-pub const COMPONENT_DEMOS: [&str; 5] = [
+pub const COMPONENT_DEMOS: [&str; 6] = [
     "hello-component",
     "http-client",
     "config-reader",
     "http-hello",
     "tcp-listener",
+    "thermostat",
 ];
 
 /// The built demo `name` (`demos/build.sh` builds them): a wasm32-wasip1 module, or for

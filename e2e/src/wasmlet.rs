@@ -56,6 +56,8 @@ pub struct WasmletOptions {
     pub static_pods: Option<PathBuf>,
     /// `--outbound-http-allow-networks`: tests that serve HTTP on 127.0.0.1 open it.
     pub outbound_http_allow_networks: Option<String>,
+    /// `--device`, once per entry.
+    pub devices: Vec<String>,
 }
 
 impl WasmletOptions {
@@ -77,6 +79,7 @@ impl WasmletOptions {
             data_dir: None,
             static_pods: None,
             outbound_http_allow_networks: None,
+            devices: Vec::new(),
         }
     }
 }
@@ -140,6 +143,9 @@ impl WasmletNode {
         }
         if let Some(networks) = &options.outbound_http_allow_networks {
             cmd.arg(format!("--outbound-http-allow-networks={networks}"));
+        }
+        for device in &options.devices {
+            cmd.arg("--device").arg(device);
         }
         cmd.args([
             "--node-name",

@@ -24,12 +24,11 @@ use crate::node::events as node_events;
 use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
 use crate::node::{LEASE_RENEW_INTERVAL, STATUS_UPDATE_INTERVAL, object, registration};
-use crate::pod::admission::{Capacity, ExtendedCapacity};
+use crate::pod::admission::Capacity;
 use crate::pod::mirror::MirrorKeeper;
-use crate::pod::quantity;
 use crate::pod::table::PodTable;
 use crate::pod::{PodManager, PodSettings, PodSources, SharedPodState};
-use crate::provider::{GC_PERIOD, NodeContribution, Provider};
+use crate::provider::{GC_PERIOD, Provider};
 use crate::server;
 use crate::static_pods::StaticPod;
 use crate::store::LocalStore;
@@ -129,7 +128,6 @@ impl<P: Provider> Kubelet<P> {
                     ephemeral_storage_bytes: DiskUsage::of(self.data_dir.path())
                         .map_or(0, |d| d.total_bytes / 1024 * 1024),
                 },
-                extended: extended_capacity(&self.provider.node_contribution()),
                 sync_frequency: self.config.sync_frequency,
                 secrets_in_memory: self.config.secrets_in_memory,
             },
@@ -198,16 +196,6 @@ impl<P: Provider> Kubelet<P> {
             keep_status(&mut reporter, link, cancel),
         );
     }
-}
-
-/// The provider's extended resources in whole units; one that does not parse counts as
-/// none, so no pod can claim it.
-fn extended_capacity(contribution: &NodeContribution) -> ExtendedCapacity {
-    contribution
-        .extended_resources
-        .iter()
-        .map(|(name, q)| (name.clone(), quantity::bytes(q).unwrap_or(0)))
-        .collect()
 }
 
 async fn register_until_done(

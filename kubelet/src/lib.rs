@@ -10,6 +10,7 @@ pub mod api;
 mod backoff;
 pub mod config;
 pub mod data_dir;
+pub mod devices;
 mod error;
 pub mod events;
 #[doc(hidden)]
@@ -24,11 +25,13 @@ pub mod provider;
 pub mod server;
 pub mod static_pods;
 pub mod store;
+pub mod testing;
 pub mod usage;
 pub mod volumes;
 
 pub use agent::{ApiServing, Kubelet};
 pub use config::NodeConfig;
+pub use devices::{Allocation, DeviceProvider, WithDevices};
 pub use error::Error;
 pub use provider::{
     ContainerError, ContainerExit, ContainerStart, HeldPath, ImageRequest, Mount, NodeContribution,

@@ -1,7 +1,7 @@
 //! The agent's own Prometheus metrics, served at `/metrics`.
 //!
 //! Counts that already live elsewhere (pods by phase) are read at scrape time from the
-//! [`PodTable`](crate::pod::table::PodTable) rather than kept twice.
+//! [`crate::pod::table::PodTable`] rather than kept twice.
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -33,6 +33,17 @@ pub struct NodeContribution {
     pub extended_resources: BTreeMap<String, Quantity>,
 }
 
+impl NodeContribution {
+    /// The extended resources in whole units; one that does not parse counts as none, so
+    /// no pod can claim it.
+    pub fn extended_capacity(&self) -> crate::pod::admission::ExtendedCapacity {
+        self.extended_resources
+            .iter()
+            .map(|(name, q)| (name.clone(), crate::pod::quantity::bytes(q).unwrap_or(0)))
+            .collect()
+    }
+}
+
 /// Which pod a container belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PodKey {
@@ -102,6 +113,11 @@ pub struct ContainerStart {
     /// The container's TCP `containerPort`s, which a provider that serves requests listens
     /// on; admission has made sure no other pod on the node declares them.
     pub ports: Vec<u16>,
+    /// The extended resources (devices) granted to the container: its requests of the
+    /// resources the node advertises, by name, in whole units. Admission has counted them
+    /// against what is free; a [`DeviceProvider`](crate::devices::DeviceProvider) has
+    /// allocated them before the runtime sees this.
+    pub devices: BTreeMap<String, u64>,
     /// Cancelled when the container must stop. The provider then ends the guest promptly
     /// and reports its exit; the agent aborts the task if it overstays the grace period.
     pub stop: CancellationToken,
@@ -223,6 +239,14 @@ pub trait Provider: Send + Sync + 'static {
         image: &Self::Image,
         start: ContainerStart,
     ) -> impl Future<Output = Result<JoinHandle<ContainerExit>, ContainerError>> + Send;
+
+    /// Called when a pod's containers have all ended for good (it finished, was refused, or
+    /// is being deleted): what was held for it, such as granted devices, is freed. It may
+    /// come more than once for a pod (finished, then deleted), so it must be idempotent.
+    fn pod_ended(&self, pod: &PodKey) -> impl Future<Output = ()> + Send {
+        let _ = pod;
+        async {}
+    }
 
     /// Frees what no container of the node needs (e.g. unused images). `images` are the
     /// images every pod the node holds names, running or not: those are kept. The agent calls

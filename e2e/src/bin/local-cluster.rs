@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use e2e::demos::push_demo;
-use e2e::{WasmCluster, status_summary, wait_for};
+use e2e::{WasmCluster, WasmletOptions, status_summary, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 
 /// A local Kubernetes control plane with a wasmlet node running the demos.
@@ -23,7 +23,7 @@ struct Args {
 }
 
 /// Each demo's directory, which is also its pod's name.
-const DEMOS: [&str; 7] = [
+const DEMOS: [&str; 8] = [
     "wasi-example",
     "ticker",
     "exit-error",
@@ -31,12 +31,20 @@ const DEMOS: [&str; 7] = [
     "misbehave",
     "config-reader",
     "http-hello",
+    "thermostat",
 ];
+
+/// The simulated devices the node grants: the thermostat's sensor and fan.
+const DEVICES: [&str; 2] = ["fan=gpio:sim:17:out", "temp=i2c:sim:tmp102@0x48"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cluster = WasmCluster::start(&args.node_name, 110).await?;
+    let mut cluster = WasmCluster::start_with_options(WasmletOptions {
+        devices: DEVICES.iter().map(ToString::to_string).collect(),
+        ..WasmletOptions::named(&args.node_name)
+    })
+    .await?;
     let kubectl = &cluster.kubectl;
     println!("$ kubectl get nodes -o wide");
     print!("{}", kubectl.run(&["get", "nodes", "-o", "wide"])?);
@@ -79,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         Ok(out) => print!("{out}"),
         Err(err) => println!("({err:#})"),
     }
+    thermostat(&cluster).await;
     for demo in DEMOS {
         let pod = cluster.pod(demo)?;
         println!(
@@ -118,6 +127,37 @@ async fn main() -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     cluster.node.terminate()?;
     Ok(())
+}
+
+/// The thermostat's devices, driven from outside: the simulated sensor warmed past the
+/// threshold, and the fan line followed through its file.
+async fn thermostat(cluster: &WasmCluster) {
+    let devices = cluster.node.data_dir().join("devices");
+    println!("\n$ kubectl get node -o jsonpath='{{.status.allocatable}}'");
+    match cluster.kubectl.run(&[
+        "get",
+        "node",
+        "-o",
+        "jsonpath={.items[0].status.allocatable}",
+    ]) {
+        Ok(out) => println!("{out}"),
+        Err(err) => println!("({err:#})"),
+    }
+    let fan = devices.join("fan");
+    println!("$ echo 27.5 > {}", devices.join("temp").display());
+    if let Err(err) = std::fs::write(devices.join("temp"), "27.5\n") {
+        return println!("({err})");
+    }
+    let on = wait_for("the fan to go on", Duration::from_secs(10), || {
+        let level = std::fs::read_to_string(&fan).unwrap_or_default();
+        async move { Ok((level.trim() == "1").then_some(())) }
+    })
+    .await;
+    println!("$ cat {}", fan.display());
+    match on {
+        Ok(()) => println!("1"),
+        Err(err) => println!("({err:#})"),
+    }
 }
 
 /// What `curl` prints for `url`, or why it could not run.

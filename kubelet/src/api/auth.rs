@@ -4,7 +4,7 @@
 //! (its CN is the user, its O entries the groups), else a bearer token the API server vouches
 //! for through a TokenReview. Neither: 401. Authorization: a SubjectAccessReview for the
 //! `nodes` resource with the subresource the path maps to, as the kubelet asks. Denied: 403.
-//! Answers are remembered for the kubelet's default TTLs (see [`review_cache`](super::review_cache)).
+//! Answers are remembered for the kubelet's default TTLs (see `review_cache`).
 
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};

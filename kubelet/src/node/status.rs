@@ -1,5 +1,5 @@
 //! Computing the node's status and sending it when it changed, or at least every
-//! [`STATUS_REPORT_INTERVAL`](super::STATUS_REPORT_INTERVAL).
+//! [`super::STATUS_REPORT_INTERVAL`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

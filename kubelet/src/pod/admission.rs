@@ -88,6 +88,14 @@ impl Requests {
         Ok(requests)
     }
 
+    /// The extended resources `container` requests, in whole units (none if its quantities
+    /// do not parse, which admission has refused).
+    pub(crate) fn devices_of(container: &Container) -> BTreeMap<String, u64> {
+        Self::of_container(container)
+            .map(|requests| requests.extended)
+            .unwrap_or_default()
+    }
+
     fn of_container(container: &Container) -> Result<Self, Rejection> {
         let resources = container.resources.as_ref();
         let requests = resources.and_then(|r| r.requests.as_ref());

@@ -46,7 +46,7 @@ use crate::metrics::AgentMetrics;
 use crate::provider::Provider;
 use crate::static_pods::{self, StaticPod};
 use crate::store::{LocalStore, PodSource, StoredPod};
-use admission::{Capacity, ExtendedCapacity, Requests};
+use admission::{Capacity, Requests};
 use ended::Ended;
 use mirror::MirrorBoard;
 use table::PodTable;
@@ -80,8 +80,6 @@ pub struct PodSettings {
     pub host_ip: String,
     /// What the node can give pods in all.
     pub capacity: Capacity,
-    /// The extended resources (devices) its provider advertises.
-    pub extended: ExtendedCapacity,
     /// How often running pods' API-backed volumes are resynchronised (`--sync-frequency`).
     pub sync_frequency: Duration,
     /// Secret and projected volumes each get a tmpfs ([`NodeConfig::secrets_in_memory`]).
@@ -109,7 +107,6 @@ pub struct PodManager<P> {
     ctx: Arc<WorkerContext<P>>,
     node_name: String,
     capacity: Capacity,
-    extended: ExtendedCapacity,
     static_pods: Option<watch::Receiver<Vec<StaticPod>>>,
     workers: HashMap<String, WorkerHandle>,
     tasks: JoinSet<(String, Outcome)>,
@@ -150,7 +147,6 @@ impl<P: Provider> PodManager<P> {
             }),
             node_name: settings.node_name,
             capacity: settings.capacity,
-            extended: settings.extended,
             static_pods: sources.static_pods,
             workers: HashMap::new(),
             tasks: JoinSet::new(),
@@ -424,7 +420,10 @@ impl<P: Provider> PodManager<P> {
             .filter(|(k, _)| k.as_str() != uid)
             .map(|(_, r)| r.clone())
             .collect();
-        let admitted_here = admission::admit(pod, &others, self.capacity, &self.extended)
+        // Read now, not at start-up: devices come and go, and the node's status reports
+        // the same figures from the same call.
+        let extended = self.ctx.provider.node_contribution().extended_capacity();
+        let admitted_here = admission::admit(pod, &others, self.capacity, &extended)
             .and_then(|takes| self.ctx.provider.admit(pod).map(|()| takes));
         match admitted_here {
             Ok(takes) => {
@@ -540,7 +539,11 @@ mod tests {
         type Image = NoImage;
 
         fn node_contribution(&self) -> NodeContribution {
-            NodeContribution::default()
+            NodeContribution {
+                extended_resources: [("devices.example/gpio".to_string(), Quantity("1".into()))]
+                    .into(),
+                ..Default::default()
+            }
         }
 
         fn admit(&self, pod: &Pod) -> Result<(), Rejection> {
@@ -602,7 +605,6 @@ mod tests {
                 memory_bytes: 1 << 30,
                 ephemeral_storage_bytes: 1 << 40,
             },
-            extended: [("devices.example/gpio".to_string(), 1)].into(),
             sync_frequency: std::time::Duration::from_secs(60),
             secrets_in_memory: false,
         };

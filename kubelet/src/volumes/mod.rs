@@ -3,7 +3,7 @@
 //!
 //! Everything a pod gets lives in its private directory (hostPath aside, which names a host
 //! path on purpose), so one pod never sees another's files. ConfigMap, Secret, downwardAPI
-//! and projected volumes are written atomically (see [`atomic_writer`]) and rewritten when
+//! and projected volumes are written atomically (see `atomic_writer`) and rewritten when
 //! their sources change, as the kubelet does; they are always read-only to the guest.
 
 mod atomic_writer;
@@ -52,7 +52,7 @@ pub struct VolumeContext<'a> {
     pub allocatable: Capacity,
     /// Where token request retries are counted.
     pub metrics: &'a AgentMetrics,
-    /// Secret and projected volumes go on a tmpfs of their own (see [`memory`]).
+    /// Secret and projected volumes go on a tmpfs of their own (see `memory`).
     pub secrets_in_memory: bool,
 }
 

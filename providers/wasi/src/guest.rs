@@ -9,7 +9,10 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use std::sync::Arc;
+
 use crate::code::{Code, Compiled};
+use crate::extension::{Grant, HostExtension, InstanceExtensions};
 use crate::http::OutboundHttp;
 use crate::metering::{CpuQuota, GROW_REFUSED, MeteredLimits, cpu_metered};
 use crate::sockets::Listen;
@@ -27,23 +30,31 @@ pub struct P1Host {
 /// Store data for a component.
 pub struct P2Host {
     ctx: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     http: WasiHttpCtx,
     /// The pod's outbound HTTP policy, applied to every `wasi:http` request.
     outbound: OutboundHttp,
     pub(crate) limits: MeteredLimits,
+    /// The host extensions' states for this instance (see `extension`).
+    pub(crate) extensions: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl P2Host {
     /// Store data for one instance: its WASI context, a bounded resource table, outbound
-    /// HTTP under the pod's policy, and its limits.
-    pub(crate) fn new(ctx: WasiCtx, outbound: OutboundHttp, limits: MeteredLimits) -> Self {
+    /// HTTP under the pod's policy, its limits and its extensions' states.
+    pub(crate) fn new(
+        ctx: WasiCtx,
+        outbound: OutboundHttp,
+        limits: MeteredLimits,
+        extensions: &InstanceExtensions,
+    ) -> Self {
         Self {
             ctx,
             table: resource_table(),
             http: WasiHttpCtx::new(),
             outbound,
             limits,
+            extensions: extensions.states(),
         }
     }
 }
@@ -73,6 +84,8 @@ pub(crate) struct Plan {
     env: Vec<(String, String)>,
     listen: Listen,
     outbound: HttpPolicy,
+    /// Host interfaces beyond WASI, with what the container was granted.
+    pub(crate) extensions: InstanceExtensions,
 }
 
 impl Plan {
@@ -84,6 +97,7 @@ impl Plan {
         start: &ContainerStart,
         outbound: HttpPolicy,
         node_ip: std::net::IpAddr,
+        extensions: Arc<[Arc<dyn HostExtension>]>,
     ) -> Self {
         let args = if start.args.is_empty() && start.command.is_empty() {
             artifact.args.clone()
@@ -118,6 +132,14 @@ impl Plan {
                 node_ip,
             },
             outbound,
+            extensions: InstanceExtensions::new(
+                extensions,
+                Grant {
+                    pod: start.pod.clone(),
+                    container: start.container.clone(),
+                    devices: start.devices.clone(),
+                },
+            ),
         }
     }
 
@@ -190,7 +212,8 @@ pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -
             }
             Code::Component(pre) => {
                 let outbound = OutboundHttp::new(plan.outbound, &start.pod, &start.container);
-                let mut store = Store::new(&engine, P2Host::new(builder.build(), outbound, limits));
+                let host = P2Host::new(builder.build(), outbound, limits, &plan.extensions);
+                let mut store = Store::new(&engine, host);
                 store.limiter(|host| &mut host.limits);
                 yield_every_tick(&mut store);
                 let command = pre.instantiate_async(&mut store).await?;

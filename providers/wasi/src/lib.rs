@@ -12,6 +12,7 @@
 mod code;
 mod egress;
 mod engine;
+mod extension;
 mod guest;
 mod http;
 mod metering;
@@ -31,6 +32,8 @@ use tokio::task::JoinHandle;
 
 pub use code::{Compiled, TierKind, Tiering};
 pub use engine::EngineError;
+pub use extension::{ExtensionView, Grant, HostExtension};
+pub use guest::P2Host;
 pub use serve::{DEFAULT_MAX_CONCURRENT, MAX_CONCURRENT_INBOUND};
 pub use wasi_policy::{
     ALLOWED_DOMAINS, EgressPolicy, HttpPolicy, MAX_CONCURRENT_REQUESTS, PolicyError,
@@ -95,6 +98,7 @@ pub struct WasiProvider {
     in_use: Arc<Mutex<HashMap<String, usize>>>,
     egress: Arc<EgressPolicy>,
     serve_address: std::net::IpAddr,
+    extensions: Arc<[Arc<dyn HostExtension>]>,
     _ticker: engine::EpochTicker,
 }
 
@@ -135,7 +139,24 @@ impl WasiProvider {
     /// Builds the engines and opens the artifact store and the code cache; fails when the
     /// host cannot support the configuration (e.g. not enough address space for the pool).
     pub fn new(config: &WasiProviderConfig) -> Result<Self, SetupError> {
-        let tier = |kind| code::Tier::new(kind, engine::build(config, kind)?, &config.cache_dir);
+        Self::with_extensions(config, Vec::new())
+    }
+
+    /// As [`WasiProvider::new`], with host interfaces beyond WASI linked into every
+    /// component: a device provider's, for instance.
+    pub fn with_extensions(
+        config: &WasiProviderConfig,
+        extensions: Vec<Arc<dyn HostExtension>>,
+    ) -> Result<Self, SetupError> {
+        let extensions: Arc<[Arc<dyn HostExtension>]> = extensions.into();
+        let tier = |kind| {
+            code::Tier::new(
+                kind,
+                engine::build(config, kind)?,
+                &config.cache_dir,
+                &extensions,
+            )
+        };
         let code = code::CodeCache::new(
             config.tiering,
             tier(TierKind::Baseline)?,
@@ -156,6 +177,7 @@ impl WasiProvider {
             in_use: Arc::new(Mutex::new(HashMap::new())),
             egress: Arc::new(config.egress.clone()),
             serve_address: config.serve_address,
+            extensions,
         })
     }
 }
@@ -250,7 +272,13 @@ impl Provider for WasiProvider {
         let outbound = HttpPolicy::from_annotations(&start.annotations)
             .map_err(invalid_annotation)?
             .under(self.egress.clone());
-        let plan = guest::Plan::new(&image.artifact, &start, outbound, self.serve_address);
+        let plan = guest::Plan::new(
+            &image.artifact,
+            &start,
+            outbound,
+            self.serve_address,
+            self.extensions.clone(),
+        );
         let compiled = image.compiled.clone();
         let in_use = InUse::new(&self.in_use, &image.artifact.wasm_digest);
         if let code::Code::Proxy(pre) = &compiled.code {

@@ -284,7 +284,8 @@ impl Handler {
             .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, stderr));
         let outbound = OutboundHttp::new(self.plan.outbound().clone(), &self.pod, &self.container);
         let limits = limits_for(self.memory_limit_bytes, self.usage.clone());
-        let mut store = Store::new(&self.engine, P2Host::new(builder.build(), outbound, limits));
+        let host = P2Host::new(builder.build(), outbound, limits, &self.plan.extensions);
+        let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limits);
         yield_every_tick(&mut store);
         let (sender, receiver) = tokio::sync::oneshot::channel();

@@ -108,6 +108,7 @@ impl<P: Provider> Worker<P> {
             cpu_limit_millis: limits.get("cpu").and_then(|q| quantity::cpu_millis(q).ok()),
             usage: usage.clone(),
             ports: admission::tcp_ports(&container),
+            devices: admission::Requests::devices_of(&container),
             stop: stop.clone(),
         };
         let image = self

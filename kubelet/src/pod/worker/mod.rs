@@ -169,6 +169,19 @@ pub(crate) enum Outcome {
     AgentStopping,
 }
 
+/// Which pod `pod` is, as providers see it.
+pub(crate) fn pod_key(pod: &Pod) -> PodKey {
+    PodKey {
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+    }
+}
+
 /// Runs a pod from `stage` until it is deleted or the agent stops.
 pub(crate) async fn run<P: Provider>(
     ctx: Arc<WorkerContext<P>>,
@@ -178,15 +191,7 @@ pub(crate) async fn run<P: Provider>(
     stage: Stage,
     seen: Instant,
 ) -> Outcome {
-    let key = PodKey {
-        namespace: pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        uid: pod.metadata.uid.clone().unwrap_or_default(),
-    };
+    let key = pod_key(&pod);
     let state = PodState::new(&pod, &ctx.host_ip);
     let volumes = PodVolumes::new(&ctx.pods_dir.join(&key.uid));
     let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
@@ -276,11 +281,11 @@ impl<P: Provider> Worker<P> {
             let next = match stage {
                 Stage::Rejected(rejection) => {
                     self.reject(&inbox.pod, rejection).await;
-                    self.release();
+                    self.release().await;
                     self.idle_until_deleted(inbox).await
                 }
                 Stage::Finished => {
-                    self.release();
+                    self.release().await;
                     self.idle_until_deleted(inbox).await
                 }
                 Stage::Mount => self.mount_all(inbox).await,
@@ -294,7 +299,7 @@ impl<P: Provider> Worker<P> {
             }
         }
         self.terminate(inbox, &mut exits).await;
-        self.release();
+        self.release().await;
     }
 
     pub(super) fn containers(pod: &Pod, kind: Kind) -> Vec<Container> {

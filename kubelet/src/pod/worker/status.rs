@@ -109,8 +109,14 @@ impl<P: Provider> Worker<P> {
         }
     }
 
-    pub(super) fn release(&self) {
-        let mut admitted = self.ctx.admitted.lock().unwrap_or_else(|p| p.into_inner());
-        admitted.remove(&self.key.uid);
+    /// Frees what the pod held: its share of the node at admission, and whatever the
+    /// provider keeps for it (granted devices). Its containers have all ended.
+    pub(super) async fn release(&self) {
+        self.ctx
+            .admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key.uid);
+        self.ctx.provider.pod_ended(&self.key).await;
     }
 }

@@ -343,6 +343,7 @@ mod tests {
                     kind,
                     crate::engine::build(&config, kind).unwrap(),
                     &config.cache_dir,
+                    &[],
                 )
                 .unwrap()
             };

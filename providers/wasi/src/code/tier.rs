@@ -2,6 +2,7 @@
 //! tier's disk cache.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kubelet::ContainerError;
@@ -13,6 +14,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use super::disk::{self, DiskCache};
 use super::{Code, Compiled};
 use crate::EngineError;
+use crate::extension::HostExtension;
 use crate::guest::{P1Host, P2Host};
 
 /// Which compiler produced a piece of code.
@@ -41,7 +43,7 @@ struct Linkers {
 }
 
 impl Linkers {
-    fn new(engine: &Engine) -> wasmtime::Result<Self> {
+    fn new(engine: &Engine, extensions: &[Arc<dyn HostExtension>]) -> wasmtime::Result<Self> {
         let mut p1 = Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1, |host: &mut P1Host| &mut host.wasi)?;
         let mut p2 = wasmtime::component::Linker::new(engine);
@@ -49,6 +51,9 @@ impl Linkers {
         // Only components get wasi:http: preview 1 has no HTTP interface. Whether a request
         // may go out is decided per pod by the hooks in `P2Host` (see `http`).
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2)?;
+        for extension in extensions {
+            extension.add_to_linker(&mut p2)?;
+        }
         Ok(Self { p1, p2 })
     }
 }
@@ -84,8 +89,9 @@ impl Tier {
         kind: TierKind,
         engine: Engine,
         cache_root: &Path,
+        extensions: &[Arc<dyn HostExtension>],
     ) -> Result<Self, EngineError> {
-        let linkers = Linkers::new(&engine).map_err(EngineError::Engine)?;
+        let linkers = Linkers::new(&engine, extensions).map_err(EngineError::Engine)?;
         let disk = DiskCache::open(cache_root, &disk::dir_name(kind.compiler(), &engine)).map_err(
             |source| EngineError::Cache {
                 dir: cache_root.to_path_buf(),

@@ -1,0 +1,274 @@
+//! Peripherals end to end: a node started with `--device` advertises each device as an
+//! extended resource; the thermostat demo, granted the simulated temperature sensor and fan
+//! line, switches the fan as the temperature crosses its ConfigMap's threshold (asserted
+//! from outside, through the simulator's files); a pod without the grant cannot touch
+//! either device; a second pod asking for a held device waits, and runs once it is free.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use e2e::demos::push_demo;
+use e2e::status::{condition, phase};
+use e2e::{WasmCluster, WasmletOptions, wait_for, wasm_pod};
+use k8s_openapi::api::core::v1::Node;
+
+const FAN: &str = "peripherals.wasmlet.dev/fan";
+const TEMP: &str = "peripherals.wasmlet.dev/temp";
+
+/// A pod running the thermostat image with `args`, asking for `devices`.
+fn thermostat_pod(name: &str, image: &str, args: &[&str], devices: &[&str]) -> String {
+    let limits: String = devices
+        .iter()
+        .map(|d| format!("\n        {d}: \"1\""))
+        .collect();
+    let resources = if devices.is_empty() {
+        String::new()
+    } else {
+        format!("\n    resources:\n      limits:{limits}")
+    };
+    let args = args
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    wasm_pod(
+        name,
+        &format!(
+            r#"  automountServiceAccountToken: false
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: {image}
+    args: [{args}]{resources}
+    volumeMounts:
+    - {{name: config, mountPath: /etc/thermostat}}
+  volumes:
+  - name: config
+    configMap: {{name: thermostat}}
+"#
+        ),
+    )
+}
+
+/// Waits until the simulator's file for `label` reads `want`.
+async fn until_file(dir: &Path, label: &str, want: &str, timeout: Duration) {
+    let path = dir.join(label);
+    wait_for(&format!("{label} to read {want}"), timeout, || {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        async move {
+            if text.trim() == want {
+                Ok(Some(()))
+            } else {
+                Err(format!("{label} reads {:?}", text.trim()))
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn set_temperature(dir: &Path, celsius: f64) {
+    std::fs::write(dir.join("temp"), format!("{celsius}\n")).unwrap();
+}
+
+/// A cluster whose node has the simulated fan line and temperature sensor, the thermostat
+/// image pushed, and the thermostat's ConfigMap (threshold 25 °C).
+async fn devices_cluster(node: &str) -> (WasmCluster, String) {
+    let cluster = WasmCluster::start_with_options(WasmletOptions {
+        devices: vec![
+            "fan=gpio:sim:17:out".into(),
+            "temp=i2c:sim:tmp102@0x48".into(),
+        ],
+        ..WasmletOptions::named(node)
+    })
+    .await
+    .unwrap();
+    let image = push_demo(&cluster.registry.host(), "thermostat").unwrap();
+    cluster
+        .kubectl
+        .run(&[
+            "create",
+            "configmap",
+            "thermostat",
+            "--from-literal=threshold=25.0",
+        ])
+        .unwrap();
+    (cluster, image)
+}
+
+/// Applies `manifest` and waits for pod `name` to reach `want`.
+async fn run_until(cluster: &WasmCluster, manifest: &str, name: &str, want: &str) {
+    cluster.kubectl.apply(manifest).unwrap();
+    cluster
+        .wait_pod(name, want, Duration::from_secs(60), |p| phase(p) == want)
+        .await
+        .unwrap();
+}
+
+/// Applies `manifest` and waits for pod `name` to be unschedulable; its condition's message.
+async fn unschedulable(cluster: &WasmCluster, manifest: &str, name: &str) -> String {
+    cluster.kubectl.apply(manifest).unwrap();
+    let pending = cluster
+        .wait_pod(name, "unschedulable", Duration::from_secs(30), |p| {
+            condition(p, "PodScheduled").as_deref() == Some("False")
+        })
+        .await
+        .unwrap();
+    pending
+        .status
+        .and_then(|s| s.conditions)
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled")
+        .and_then(|c| c.message)
+        .unwrap_or_default()
+}
+
+async fn log_contains(cluster: &WasmCluster, pod: &str, text: &str) -> String {
+    wait_for(
+        &format!("{pod}'s log to say {text:?}"),
+        Duration::from_secs(20),
+        || {
+            let log = cluster.kubectl.run(&["logs", pod]);
+            async move {
+                let log = log.map_err(|e| e.to_string())?;
+                Ok(log.contains(text).then_some(log.clone()))
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_thermostat_drives_its_fan_and_no_other_pod_touches_its_devices() {
+    let (cluster, image) = devices_cluster("edge-devices").await;
+    let kubectl = &cluster.kubectl;
+    let sim: PathBuf = cluster.node.data_dir().join("devices");
+
+    // Advertised, in capacity and allocatable, one of each.
+    let node: Node = kubectl.get_json(&["get", "node", "edge-devices"]).unwrap();
+    let status = node.status.unwrap_or_default();
+    for resource in [FAN, TEMP] {
+        for (what, list) in [
+            ("capacity", &status.capacity),
+            ("allocatable", &status.allocatable),
+        ] {
+            let quantity = list
+                .as_ref()
+                .and_then(|l| l.get(resource))
+                .map(|q| q.0.as_str());
+            assert_eq!(quantity, Some("1"), "{resource} in {what}");
+        }
+    }
+
+    until_file(&sim, "temp", "21.0", Duration::from_secs(10)).await;
+    let thermostat = thermostat_pod("thermostat", &image, &[], &[FAN, TEMP]);
+    run_until(&cluster, &thermostat, "thermostat", "Running").await;
+    log_contains(&cluster, "thermostat", "thermostat: granted fan,temp;").await;
+    log_contains(&cluster, "thermostat", "threshold 25.0 °C").await;
+    until_file(&sim, "fan", "0", Duration::from_secs(5)).await;
+
+    // Hotter than the threshold: the fan goes on; cooler: off again.
+    set_temperature(&sim, 27.5);
+    until_file(&sim, "fan", "1", Duration::from_secs(5)).await;
+    log_contains(
+        &cluster,
+        "thermostat",
+        "27.50 °C: fan on (threshold 25.0 °C)",
+    )
+    .await;
+    set_temperature(&sim, 22.0);
+    until_file(&sim, "fan", "0", Duration::from_secs(5)).await;
+    log_contains(&cluster, "thermostat", "22.00 °C: fan off").await;
+
+    // A pod granted nothing cannot open either device, and the fan stays as it was.
+    let intruder = thermostat_pod("intruder", &image, &["probe", "fan", "temp"], &[]);
+    run_until(&cluster, &intruder, "intruder", "Succeeded").await;
+    let log = kubectl.run(&["logs", "intruder"]).unwrap();
+    for line in [
+        "fan: i2c refused: OpenError::NotGranted",
+        "fan: gpio output refused: GpioError::PinNotAllowed",
+        "temp: i2c refused: OpenError::NotGranted",
+        "temp: gpio output refused: GpioError::PinNotAllowed",
+    ] {
+        assert!(log.contains(line), "{line:?} missing from:\n{log}");
+    }
+    assert!(!log.contains("opened"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(sim.join("fan")).unwrap().trim(),
+        "0"
+    );
+
+    // A second pod asking for the held fan is not scheduled while the thermostat holds it.
+    let second = thermostat_pod("second", &image, &["probe", "fan"], &[FAN]);
+    let message = unschedulable(&cluster, &second, "second").await;
+    assert!(
+        message.contains(&format!("Insufficient {FAN}")),
+        "{message}"
+    );
+
+    // Once the thermostat is gone, its fan is free: the second pod gets it, and so may
+    // drive it (its probe opens it), while it still may not open the sensor.
+    kubectl
+        .run(&[
+            "delete",
+            "pod",
+            "thermostat",
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .unwrap();
+    cluster
+        .wait_pod("second", "Succeeded", Duration::from_secs(60), |p| {
+            phase(p) == "Succeeded"
+        })
+        .await
+        .unwrap();
+    let log = kubectl.run(&["logs", "second"]).unwrap();
+    assert!(log.contains("fan: gpio output opened"), "{log}");
+    assert!(
+        log.contains("fan: i2c refused: OpenError::NotGranted"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn device_requests_the_node_cannot_meet_are_refused_with_a_reason() {
+    let (cluster, image) = devices_cluster("edge-devices-bad").await;
+
+    // A device this node does not have: never scheduled.
+    let pump = thermostat_pod("pump", &image, &[], &["peripherals.wasmlet.dev/pump"]);
+    let message = unschedulable(&cluster, &pump, "pump").await;
+    assert!(
+        message.contains("Insufficient peripherals.wasmlet.dev/pump"),
+        "{message}"
+    );
+
+    // Granted the bus: an address nobody answers on is the proposal's no-acknowledge.
+    let prober = thermostat_pod("prober", &image, &["probe", "temp"], &[TEMP]);
+    run_until(&cluster, &prober, "prober", "Succeeded").await;
+    let log = cluster.kubectl.run(&["logs", "prober"]).unwrap();
+    for line in [
+        "temp: i2c opened, read [21, 0]",
+        "temp: address 0x10: ErrorCode::NoAcknowledge(NoAcknowledgeSource::Address)",
+        "temp: gpio output refused: GpioError::PinNotAllowed",
+    ] {
+        assert!(log.contains(line), "{line:?} missing from:\n{log}");
+    }
+
+    // Bound to the node directly, past the scheduler, while the bus is held: the node's
+    // own admission refuses it, with the kubelet's reason.
+    let holder = thermostat_pod("holder", &image, &[], &[FAN, TEMP]);
+    run_until(&cluster, &holder, "holder", "Running").await;
+    let bound = thermostat_pod("bound", &image, &["probe", "temp"], &[TEMP])
+        .replace("spec:\n", "spec:\n  nodeName: edge-devices-bad\n");
+    run_until(&cluster, &bound, "bound", "Failed").await;
+    let status = cluster.pod("bound").unwrap().status.unwrap_or_default();
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("OutOfperipherals.wasmlet.dev/temp"),
+        "{:?}",
+        status.message
+    );
+}

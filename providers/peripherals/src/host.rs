@@ -1,0 +1,670 @@
+//! The guest's side: `wasi:i2c`, `wasi:gpio` (digital) and `wasmlet:peripherals`, linked into
+//! every component the WASI provider runs. An instance sees exactly the devices its pod was
+//! granted: every other label is refused (`pin-not-allowed`, `not-granted`), never opened.
+//! No device file is ever preopened into the guest's filesystem; the guest holds handles
+//! (component resources) in its bounded resource table.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasi_provider::{ExtensionView, Grant, HostExtension, P2Host};
+use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
+
+use crate::i2c::{BusError, NoAck, Operation as BusOperation};
+use crate::registry::{Device, Peripherals};
+use crate::sim::{SimLine, SimTmp102};
+
+wasmtime::component::bindgen!({
+    path: "wit",
+    world: "wasmlet:peripherals/peripherals-guest",
+    imports: { default: trappable },
+    require_store_data_send: true,
+    with: {
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+        "wasi:i2c/i2c.i2c": I2cBus,
+        "wasi:gpio/digital.digital-out-pin": OutPin,
+        "wasi:gpio/digital.stateful-digital-out-pin": StatefulOutPin,
+        "wasi:gpio/digital.digital-in-pin": InPin,
+        "wasi:gpio/digital.digital-in-out-pin": InOutPin,
+    },
+});
+
+use wasi::gpio::digital::{self, DigitalConfig, DigitalFlag, PinState};
+use wasi::gpio::general::{self, ActiveLevel, GpioError, PinMode};
+use wasi::i2c::i2c::{self, ErrorCode, NoAcknowledgeSource, Operation};
+use wasmlet::peripherals::{devices, sensor};
+
+/// Operations in one I2C transaction: each read is bounded, so this bounds its answer.
+const MAX_OPERATIONS: usize = 64;
+
+/// What one instance may open: the devices its pod holds, by label.
+pub struct Granted {
+    devices: BTreeMap<String, Arc<Device>>,
+}
+
+/// An open I2C bus.
+pub struct I2cBus {
+    chip: Arc<SimTmp102>,
+}
+
+/// A GPIO line the guest drives, with its active level.
+pub struct OutPin {
+    label: String,
+    line: Arc<SimLine>,
+    active_low: bool,
+}
+
+/// An output line that also reports what it was set to.
+pub struct StatefulOutPin(OutPin);
+
+/// A GPIO line the guest reads.
+pub struct InPin {
+    label: String,
+    line: Arc<SimLine>,
+    active_low: bool,
+}
+
+/// In-out lines are not offered: a line is an input or an output (`--device`), so this is
+/// never made, and its methods are unreachable from a guest.
+pub struct InOutPin;
+
+/// What a `watch-*` pollable waits for.
+struct Watch {
+    line: Arc<SimLine>,
+    kind: WatchKind,
+    /// An edge, once seen, keeps the pollable ready.
+    seen: bool,
+}
+
+#[derive(Clone, Copy)]
+enum WatchKind {
+    Level(bool),
+    Rising,
+    Falling,
+}
+
+#[async_trait::async_trait]
+impl Pollable for Watch {
+    async fn ready(&mut self) {
+        if self.seen {
+            return;
+        }
+        match self.kind {
+            WatchKind::Level(high) => self.line.wait_for(high).await,
+            WatchKind::Rising => {
+                self.line.wait_for(false).await;
+                self.line.wait_for(true).await;
+            }
+            WatchKind::Falling => {
+                self.line.wait_for(true).await;
+                self.line.wait_for(false).await;
+            }
+        }
+        self.seen = true;
+    }
+}
+
+/// The view host functions get: this instance's grant and resource table.
+type View<'a> = ExtensionView<'a, Granted>;
+
+struct Data;
+
+impl HasData for Data {
+    type Data<'a> = View<'a>;
+}
+
+fn view(host: &mut P2Host) -> View<'_> {
+    host.extension::<Granted>()
+}
+
+impl HostExtension for Peripherals {
+    fn add_to_linker(&self, linker: &mut Linker<P2Host>) -> wasmtime::Result<()> {
+        i2c::add_to_linker::<_, Data>(linker, view)?;
+        general::add_to_linker::<_, Data>(linker, view)?;
+        digital::add_to_linker::<_, Data>(linker, view)?;
+        devices::add_to_linker::<_, Data>(linker, view)?;
+        sensor::add_to_linker::<_, Data>(linker, view)?;
+        Ok(())
+    }
+
+    fn instance_state(&self, grant: &Grant) -> Box<dyn std::any::Any + Send> {
+        Box::new(Granted {
+            devices: self.held_by(&grant.pod.uid, &grant.devices),
+        })
+    }
+}
+
+/// The granted device called `label`, if any.
+fn granted<'a>(view: &'a View<'_>, label: &str) -> Option<&'a Device> {
+    view.state.as_ref()?.devices.get(label).map(Arc::as_ref)
+}
+
+impl i2c::Host for View<'_> {}
+
+impl i2c::HostI2c for View<'_> {
+    fn transaction(
+        &mut self,
+        bus: Resource<I2cBus>,
+        address: u16,
+        operations: Vec<Operation>,
+    ) -> wasmtime::Result<Result<Vec<Vec<u8>>, ErrorCode>> {
+        if operations.len() > MAX_OPERATIONS {
+            return Ok(Err(ErrorCode::Overrun));
+        }
+        let operations: Vec<BusOperation> = operations
+            .into_iter()
+            .map(|operation| match operation {
+                Operation::Read(len) => BusOperation::Read(len),
+                Operation::Write(bytes) => BusOperation::Write(bytes),
+            })
+            .collect();
+        let chip = &self.table.get(&bus)?.chip;
+        Ok(chip.transaction(address, &operations).map_err(error_code))
+    }
+
+    fn read(
+        &mut self,
+        bus: Resource<I2cBus>,
+        address: u16,
+        len: u64,
+    ) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {
+        let reads = self.transaction(bus, address, vec![Operation::Read(len)])?;
+        Ok(reads.map(|mut reads| reads.pop().unwrap_or_default()))
+    }
+
+    fn write(
+        &mut self,
+        bus: Resource<I2cBus>,
+        address: u16,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let written = self.transaction(bus, address, vec![Operation::Write(data)])?;
+        Ok(written.map(|_| ()))
+    }
+
+    fn write_read(
+        &mut self,
+        bus: Resource<I2cBus>,
+        address: u16,
+        write: Vec<u8>,
+        read_len: u64,
+    ) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {
+        let operations = vec![Operation::Write(write), Operation::Read(read_len)];
+        let reads = self.transaction(bus, address, operations)?;
+        Ok(reads.map(|mut reads| reads.pop().unwrap_or_default()))
+    }
+
+    fn drop(&mut self, bus: Resource<I2cBus>) -> wasmtime::Result<()> {
+        self.table.delete(bus)?;
+        Ok(())
+    }
+}
+
+fn error_code(err: BusError) -> ErrorCode {
+    match err {
+        BusError::Bus => ErrorCode::Bus,
+        BusError::NoAcknowledge(NoAck::Address) => {
+            ErrorCode::NoAcknowledge(NoAcknowledgeSource::Address)
+        }
+        BusError::NoAcknowledge(NoAck::Data) => ErrorCode::NoAcknowledge(NoAcknowledgeSource::Data),
+        BusError::Overrun => ErrorCode::Overrun,
+        BusError::Other => ErrorCode::Other,
+    }
+}
+
+impl devices::Host for View<'_> {
+    fn open_i2c(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<I2cBus>, devices::OpenError>> {
+        let Some(Device::I2c(chip)) = granted(self, &label) else {
+            return Ok(Err(devices::OpenError::NotGranted));
+        };
+        let bus = I2cBus { chip: chip.clone() };
+        Ok(Ok(self.table.push(bus)?))
+    }
+}
+
+impl sensor::Host for View<'_> {
+    fn read(&mut self, label: String) -> wasmtime::Result<Result<f64, devices::OpenError>> {
+        // A temperature sensor on a granted bus reads in kelvin, the SI base unit.
+        Ok(match granted(self, &label) {
+            Some(Device::I2c(chip)) => Ok(chip.celsius() + 273.15),
+            _ => Err(devices::OpenError::NotGranted),
+        })
+    }
+
+    fn describe(&mut self, label: String) -> wasmtime::Result<Result<String, devices::OpenError>> {
+        Ok(match granted(self, &label) {
+            Some(Device::I2c(_)) => Ok("kelvin".into()),
+            _ => Err(devices::OpenError::NotGranted),
+        })
+    }
+}
+
+impl general::Host for View<'_> {}
+
+impl digital::Host for View<'_> {}
+
+/// The line and active level of a granted line of the wanted direction.
+fn open_line(
+    view: &View<'_>,
+    label: &str,
+    flags: &[DigitalFlag],
+    output: bool,
+) -> Result<(Arc<SimLine>, bool), GpioError> {
+    let line = match (granted(view, label), output) {
+        (Some(Device::GpioOut(line)), true) | (Some(Device::GpioIn(line)), false) => line,
+        (Some(Device::GpioOut(_) | Device::GpioIn(_)), _) => {
+            return Err(GpioError::PinModeNotAllowed);
+        }
+        _ => return Err(GpioError::PinNotAllowed),
+    };
+    let flags = flags
+        .iter()
+        .fold(DigitalFlag::empty(), |all, flag| all | *flag);
+    if flags.contains(DigitalFlag::ACTIVE_HIGH | DigitalFlag::ACTIVE_LOW)
+        || flags.contains(DigitalFlag::ACTIVE | DigitalFlag::INACTIVE)
+        || flags.contains(DigitalFlag::INPUT | DigitalFlag::OUTPUT)
+        || flags.contains(if output {
+            DigitalFlag::INPUT
+        } else {
+            DigitalFlag::OUTPUT
+        })
+    {
+        return Err(GpioError::InvalidFlag);
+    }
+    if flags.intersects(DigitalFlag::PULL_UP | DigitalFlag::PULL_DOWN) {
+        // A simulated line has no resistors to configure.
+        return Err(GpioError::OperationNotSupported);
+    }
+    let active_low = flags.contains(DigitalFlag::ACTIVE_LOW);
+    if output {
+        if flags.contains(DigitalFlag::ACTIVE) {
+            line.set(!active_low);
+        } else if flags.contains(DigitalFlag::INACTIVE) {
+            line.set(active_low);
+        }
+    }
+    Ok((line.clone(), active_low))
+}
+
+fn config(label: &str, mode: PinMode, active_low: bool) -> DigitalConfig {
+    DigitalConfig {
+        label: label.to_string(),
+        pin_mode: mode,
+        active_level: if active_low {
+            ActiveLevel::ActiveLow
+        } else {
+            ActiveLevel::ActiveHigh
+        },
+        pull_resistor: None,
+    }
+}
+
+impl OutPin {
+    fn set(&self, state: PinState) {
+        self.line
+            .set((state == PinState::Active) != self.active_low);
+    }
+
+    fn state(&self) -> PinState {
+        if self.line.is_high() != self.active_low {
+            PinState::Active
+        } else {
+            PinState::Inactive
+        }
+    }
+}
+
+impl digital::HostDigitalOutPin for View<'_> {
+    fn get(
+        &mut self,
+        label: String,
+        flags: Vec<DigitalFlag>,
+    ) -> wasmtime::Result<Result<Resource<OutPin>, GpioError>> {
+        let (line, active_low) = match open_line(self, &label, &flags, true) {
+            Ok(opened) => opened,
+            Err(err) => return Ok(Err(err)),
+        };
+        let pin = OutPin {
+            label,
+            line,
+            active_low,
+        };
+        Ok(Ok(self.table.push(pin)?))
+    }
+
+    fn get_config(&mut self, pin: Resource<OutPin>) -> wasmtime::Result<DigitalConfig> {
+        let pin = self.table.get(&pin)?;
+        Ok(config(&pin.label, PinMode::Out, pin.active_low))
+    }
+
+    fn is_ready(&mut self, _: Resource<OutPin>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+
+    fn set_state(
+        &mut self,
+        pin: Resource<OutPin>,
+        state: PinState,
+    ) -> wasmtime::Result<Result<(), GpioError>> {
+        self.table.get(&pin)?.set(state);
+        Ok(Ok(()))
+    }
+
+    fn set_active(&mut self, pin: Resource<OutPin>) -> wasmtime::Result<Result<(), GpioError>> {
+        self.set_state(pin, PinState::Active)
+    }
+
+    fn set_inactive(&mut self, pin: Resource<OutPin>) -> wasmtime::Result<Result<(), GpioError>> {
+        self.set_state(pin, PinState::Inactive)
+    }
+
+    fn drop(&mut self, pin: Resource<OutPin>) -> wasmtime::Result<()> {
+        self.table.delete(pin)?;
+        Ok(())
+    }
+}
+
+impl digital::HostStatefulDigitalOutPin for View<'_> {
+    fn get(
+        &mut self,
+        label: String,
+        flags: Vec<DigitalFlag>,
+    ) -> wasmtime::Result<Result<Resource<StatefulOutPin>, GpioError>> {
+        let (line, active_low) = match open_line(self, &label, &flags, true) {
+            Ok(opened) => opened,
+            Err(err) => return Ok(Err(err)),
+        };
+        let pin = StatefulOutPin(OutPin {
+            label,
+            line,
+            active_low,
+        });
+        Ok(Ok(self.table.push(pin)?))
+    }
+
+    fn get_config(&mut self, pin: Resource<StatefulOutPin>) -> wasmtime::Result<DigitalConfig> {
+        let pin = &self.table.get(&pin)?.0;
+        Ok(config(&pin.label, PinMode::Out, pin.active_low))
+    }
+
+    fn is_ready(&mut self, _: Resource<StatefulOutPin>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+
+    fn set_state(
+        &mut self,
+        pin: Resource<StatefulOutPin>,
+        state: PinState,
+    ) -> wasmtime::Result<Result<(), GpioError>> {
+        self.table.get(&pin)?.0.set(state);
+        Ok(Ok(()))
+    }
+
+    fn set_active(
+        &mut self,
+        pin: Resource<StatefulOutPin>,
+    ) -> wasmtime::Result<Result<(), GpioError>> {
+        self.set_state(pin, PinState::Active)
+    }
+
+    fn set_inactive(
+        &mut self,
+        pin: Resource<StatefulOutPin>,
+    ) -> wasmtime::Result<Result<(), GpioError>> {
+        self.set_state(pin, PinState::Inactive)
+    }
+
+    fn toggle(&mut self, pin: Resource<StatefulOutPin>) -> wasmtime::Result<Result<(), GpioError>> {
+        let pin = &self.table.get(&pin)?.0;
+        pin.set(match pin.state() {
+            PinState::Active => PinState::Inactive,
+            PinState::Inactive => PinState::Active,
+        });
+        Ok(Ok(()))
+    }
+
+    fn is_set_active(
+        &mut self,
+        pin: Resource<StatefulOutPin>,
+    ) -> wasmtime::Result<Result<bool, GpioError>> {
+        Ok(Ok(self.table.get(&pin)?.0.state() == PinState::Active))
+    }
+
+    fn is_set_inactive(
+        &mut self,
+        pin: Resource<StatefulOutPin>,
+    ) -> wasmtime::Result<Result<bool, GpioError>> {
+        Ok(Ok(self.table.get(&pin)?.0.state() == PinState::Inactive))
+    }
+
+    fn get_state(
+        &mut self,
+        pin: Resource<StatefulOutPin>,
+    ) -> wasmtime::Result<Result<PinState, GpioError>> {
+        Ok(Ok(self.table.get(&pin)?.0.state()))
+    }
+
+    fn drop(&mut self, pin: Resource<StatefulOutPin>) -> wasmtime::Result<()> {
+        self.table.delete(pin)?;
+        Ok(())
+    }
+}
+
+impl InPin {
+    fn state(&self) -> PinState {
+        if self.line.is_high() != self.active_low {
+            PinState::Active
+        } else {
+            PinState::Inactive
+        }
+    }
+
+    /// The line level that means `state`.
+    fn level(&self, state: PinState) -> bool {
+        (state == PinState::Active) != self.active_low
+    }
+}
+
+/// A pollable, ready when `pin`'s line does what `kind` picks.
+fn watch(
+    view: &mut View<'_>,
+    pin: &Resource<InPin>,
+    kind: impl FnOnce(&InPin) -> WatchKind,
+) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+    let pin = view.table.get(pin)?;
+    let watch = Watch {
+        line: pin.line.clone(),
+        kind: kind(pin),
+        seen: false,
+    };
+    let watch = view.table.push(watch)?;
+    Ok(Ok(subscribe(view.table, watch)?))
+}
+
+impl digital::HostDigitalInPin for View<'_> {
+    fn get(
+        &mut self,
+        label: String,
+        flags: Vec<DigitalFlag>,
+    ) -> wasmtime::Result<Result<Resource<InPin>, GpioError>> {
+        let (line, active_low) = match open_line(self, &label, &flags, false) {
+            Ok(opened) => opened,
+            Err(err) => return Ok(Err(err)),
+        };
+        let pin = InPin {
+            label,
+            line,
+            active_low,
+        };
+        Ok(Ok(self.table.push(pin)?))
+    }
+
+    fn get_config(&mut self, pin: Resource<InPin>) -> wasmtime::Result<DigitalConfig> {
+        let pin = self.table.get(&pin)?;
+        Ok(config(&pin.label, PinMode::In, pin.active_low))
+    }
+
+    fn is_ready(&mut self, _: Resource<InPin>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+
+    fn read(&mut self, pin: Resource<InPin>) -> wasmtime::Result<Result<PinState, GpioError>> {
+        Ok(Ok(self.table.get(&pin)?.state()))
+    }
+
+    fn is_active(&mut self, pin: Resource<InPin>) -> wasmtime::Result<Result<bool, GpioError>> {
+        Ok(Ok(self.table.get(&pin)?.state() == PinState::Active))
+    }
+
+    fn is_inactive(&mut self, pin: Resource<InPin>) -> wasmtime::Result<Result<bool, GpioError>> {
+        Ok(Ok(self.table.get(&pin)?.state() == PinState::Inactive))
+    }
+
+    fn watch_state(
+        &mut self,
+        pin: Resource<InPin>,
+        state: PinState,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+        watch(self, &pin, |pin| WatchKind::Level(pin.level(state)))
+    }
+
+    fn watch_active(
+        &mut self,
+        pin: Resource<InPin>,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+        self.watch_state(pin, PinState::Active)
+    }
+
+    fn watch_inactive(
+        &mut self,
+        pin: Resource<InPin>,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+        self.watch_state(pin, PinState::Inactive)
+    }
+
+    fn watch_falling_edge(
+        &mut self,
+        pin: Resource<InPin>,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+        // Edges are of the line's active state: falling is active to inactive.
+        watch(self, &pin, |pin| {
+            if pin.active_low {
+                WatchKind::Rising
+            } else {
+                WatchKind::Falling
+            }
+        })
+    }
+
+    fn watch_rising_edge(
+        &mut self,
+        pin: Resource<InPin>,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+        watch(self, &pin, |pin| {
+            if pin.active_low {
+                WatchKind::Falling
+            } else {
+                WatchKind::Rising
+            }
+        })
+    }
+
+    fn drop(&mut self, pin: Resource<InPin>) -> wasmtime::Result<()> {
+        self.table.delete(pin)?;
+        Ok(())
+    }
+}
+
+/// Every method of an in-out pin: none can be reached, since `get` never makes one.
+const NO_IN_OUT: GpioError = GpioError::PinModeNotAvailable;
+
+impl digital::HostDigitalInOutPin for View<'_> {
+    fn get(
+        &mut self,
+        _: String,
+        _: Vec<DigitalFlag>,
+    ) -> wasmtime::Result<Result<Resource<InOutPin>, GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn get_config(&mut self, _: Resource<InOutPin>) -> wasmtime::Result<DigitalConfig> {
+        Err(wasmtime::Error::msg("no in-out pins"))
+    }
+
+    fn is_ready(&mut self, _: Resource<InOutPin>) -> wasmtime::Result<bool> {
+        Ok(false)
+    }
+
+    fn set_state(
+        &mut self,
+        _: Resource<InOutPin>,
+        _: PinState,
+    ) -> wasmtime::Result<Result<(), GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn set_active(&mut self, _: Resource<InOutPin>) -> wasmtime::Result<Result<(), GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn set_inactive(&mut self, _: Resource<InOutPin>) -> wasmtime::Result<Result<(), GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn read(&mut self, _: Resource<InOutPin>) -> wasmtime::Result<Result<PinState, GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn is_active(&mut self, _: Resource<InOutPin>) -> wasmtime::Result<Result<bool, GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn is_inactive(&mut self, _: Resource<InOutPin>) -> wasmtime::Result<Result<bool, GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn watch_state(
+        &mut self,
+        _: Resource<InOutPin>,
+        _: PinState,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn watch_active(
+        &mut self,
+        _: Resource<InOutPin>,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn watch_inactive(
+        &mut self,
+        _: Resource<InOutPin>,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn watch_falling_edge(
+        &mut self,
+        _: Resource<InOutPin>,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn watch_rising_edge(
+        &mut self,
+        _: Resource<InOutPin>,
+    ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
+        Ok(Err(NO_IN_OUT))
+    }
+
+    fn drop(&mut self, pin: Resource<InOutPin>) -> wasmtime::Result<()> {
+        self.table.delete(pin)?;
+        Ok(())
+    }
+}

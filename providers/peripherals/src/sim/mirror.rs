@@ -1,0 +1,169 @@
+//! The simulator's window to the outside: one file per simulated device in a directory, so
+//! tests, demos and people can watch and drive the devices with `cat` and `echo`.
+//!
+//! - an output line's file holds `0` or `1`, rewritten (atomically) when the guest changes it;
+//! - an input line's file is read: write `1` into it to drive the line high;
+//! - a temperature sensor's file holds degrees Celsius (`21.5`): write a new value into it.
+//!
+//! Polled every [`PERIOD`] by one task, so device calls never touch the filesystem.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::registry::{Device, Peripherals};
+
+/// How often files and devices are brought in step.
+pub const PERIOD: Duration = Duration::from_millis(50);
+
+/// Keeps `dir` and the simulated devices in step until `cancel` fires.
+pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: CancellationToken) {
+    if let Err(err) = tokio::fs::create_dir_all(&dir).await {
+        return warn!(dir = %dir.display(), %err, "cannot create the device simulator's directory");
+    }
+    let mut written: HashMap<String, String> = HashMap::new();
+    let mut ticks = tokio::time::interval(PERIOD);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for (label, device) in peripherals.devices() {
+            let path = dir.join(label);
+            match device.as_ref() {
+                Device::GpioOut(line) => {
+                    let level = if line.is_high() { "1\n" } else { "0\n" };
+                    if written.get(label).map(String::as_str) != Some(level)
+                        && write_atomically(&path, level).await
+                    {
+                        written.insert(label.clone(), level.to_string());
+                    }
+                }
+                Device::GpioIn(line) => match read_or_create(&path, "0\n").await.as_deref() {
+                    Some("1") => line.set(true),
+                    Some("0") => line.set(false),
+                    _ => {}
+                },
+                Device::I2c(chip) => {
+                    if let Some(celsius) = read_or_create(&path, "21.0\n")
+                        .await
+                        .and_then(|text| text.parse::<f64>().ok())
+                        .filter(|c| c.is_finite())
+                    {
+                        chip.set_celsius(celsius);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The file's trimmed text; a missing file is created holding `initial`.
+async fn read_or_create(path: &Path, initial: &str) -> Option<String> {
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => Some(text.trim().to_string()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            write_atomically(path, initial).await;
+            Some(initial.trim().to_string())
+        }
+        Err(_) => None,
+    }
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half a value.
+async fn write_atomically(path: &Path, text: &str) -> bool {
+    let temporary = path.with_extension("tmp");
+    let written = tokio::fs::write(&temporary, text).await.is_ok()
+        && tokio::fs::rename(&temporary, path).await.is_ok();
+    if !written {
+        warn!(path = %path.display(), "cannot write the simulated device's state");
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::DeviceSpec;
+
+    async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check().await {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(PERIOD).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_outside_sees_outputs_and_drives_inputs_and_the_temperature() {
+        let specs: Vec<DeviceSpec> = [
+            "fan=gpio:sim:17:out",
+            "button=gpio:sim:4:in",
+            "temp=i2c:sim:tmp102@0x48",
+        ]
+        .iter()
+        .map(|s| DeviceSpec::parse(s).unwrap())
+        .collect();
+        let peripherals = Arc::new(Peripherals::new(&specs).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            peripherals.clone(),
+            dir.path().to_path_buf(),
+            cancel.clone(),
+        ));
+        let file = |label: &str| dir.path().join(label);
+        let read = async |label: &str| {
+            tokio::fs::read_to_string(file(label))
+                .await
+                .unwrap_or_default()
+        };
+        until("initial files", async || {
+            read("fan").await == "0\n"
+                && read("button").await == "0\n"
+                && read("temp").await == "21.0\n"
+        })
+        .await;
+
+        let Device::GpioOut(fan) = peripherals.devices()["fan"].as_ref() else {
+            panic!("fan is an output")
+        };
+        fan.set(true);
+        until("the fan's file follows the line", async || {
+            read("fan").await == "1\n"
+        })
+        .await;
+
+        let Device::GpioIn(button) = peripherals.devices()["button"].as_ref() else {
+            panic!("button is an input")
+        };
+        tokio::fs::write(file("button"), "1\n").await.unwrap();
+        until("the button follows its file", async || button.is_high()).await;
+
+        let Device::I2c(temp) = peripherals.devices()["temp"].as_ref() else {
+            panic!("temp is a sensor")
+        };
+        tokio::fs::write(file("temp"), "30.5").await.unwrap();
+        until("the sensor follows its file", async || {
+            temp.celsius() == 30.5
+        })
+        .await;
+        // Garbage in the file leaves the last good reading.
+        tokio::fs::write(file("temp"), "warm").await.unwrap();
+        // Two passes of the mirror later (each seen through the fan's file, which it writes
+        // before it reads the sensor's), the garbage has been read and ignored.
+        for level in [false, true] {
+            fan.set(level);
+            let want = if level { "1\n" } else { "0\n" };
+            until("a pass of the mirror", async || read("fan").await == want).await;
+        }
+        assert_eq!(temp.celsius(), 30.5);
+
+        cancel.cancel();
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,213 @@
+//! `--device SPEC`: one device the node grants to pods, named by a label.
+//!
+//! ```text
+//! LABEL=gpio:sim:LINE:in|out          a simulated GPIO line
+//! LABEL=i2c:sim:tmp102@ADDRESS        a simulated I2C bus with a TMP102 sensor at ADDRESS
+//! ```
+//!
+//! The label is what the guest asks for and what the pod requests, as the extended resource
+//! `peripherals.wasmlet.dev/LABEL`, so it is a DNS-1123 label: lowercase letters, digits and
+//! `-`, at most 63 characters, starting and ending with a letter or digit. ADDRESS is a 7-bit
+//! I2C address, decimal or `0x` hex.
+
+use std::fmt;
+
+/// One `--device` flag, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// The name pods and guests use.
+    pub label: String,
+    /// What it is and how it is reached.
+    pub kind: DeviceKind,
+}
+
+/// A device class and its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A simulated GPIO line.
+    SimGpio {
+        /// Its line number on the simulated chip.
+        line: u32,
+        /// Output (the guest drives it) or input (the outside drives it).
+        direction: Direction,
+    },
+    /// A simulated I2C bus with one TMP102 temperature sensor on it.
+    SimI2cTmp102 {
+        /// The sensor's 7-bit address.
+        address: u16,
+    },
+}
+
+/// Which way a GPIO line goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Read by the guest.
+    In,
+    /// Driven by the guest.
+    Out,
+}
+
+/// A `--device` value that does not parse: says what was wrong in one line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("--device {spec:?}: {why}")]
+pub struct SpecError {
+    spec: String,
+    why: String,
+}
+
+impl DeviceSpec {
+    /// Parses one `--device` value.
+    pub fn parse(spec: &str) -> Result<Self, SpecError> {
+        let fail = |why: String| SpecError {
+            spec: spec.to_string(),
+            why,
+        };
+        let (label, rest) = spec.split_once('=').ok_or_else(|| {
+            fail("expected LABEL=CLASS:BACKEND:..., e.g. fan=gpio:sim:17:out".into())
+        })?;
+        check_label(label).map_err(fail)?;
+        let parts: Vec<&str> = rest.split(':').collect();
+        let kind = match parts.as_slice() {
+            ["gpio", "sim", line, direction] => DeviceKind::SimGpio {
+                line: line
+                    .parse()
+                    .map_err(|_| fail(format!("GPIO line {line:?} is not a line number")))?,
+                direction: match *direction {
+                    "in" => Direction::In,
+                    "out" => Direction::Out,
+                    other => {
+                        return Err(fail(format!(
+                            "GPIO direction {other:?} is neither \"in\" nor \"out\""
+                        )));
+                    }
+                },
+            },
+            ["gpio", "sim", ..] => return Err(fail("expected gpio:sim:LINE:in|out".into())),
+            ["i2c", "sim", chip] => {
+                let (model, address) = chip
+                    .split_once('@')
+                    .ok_or_else(|| fail("expected i2c:sim:tmp102@ADDRESS".into()))?;
+                if model != "tmp102" {
+                    return Err(fail(format!(
+                        "no simulated I2C chip {model:?}; the simulator has tmp102"
+                    )));
+                }
+                DeviceKind::SimI2cTmp102 {
+                    address: parse_address(address).map_err(fail)?,
+                }
+            }
+            ["i2c", "sim", ..] => return Err(fail("expected i2c:sim:tmp102@ADDRESS".into())),
+            [class @ ("gpio" | "i2c"), backend, ..] => {
+                return Err(fail(format!(
+                    "{class} backend {backend:?} is not available in this build; use \"sim\""
+                )));
+            }
+            [class, ..] => {
+                return Err(fail(format!(
+                    "unknown device class {class:?}; expected gpio or i2c"
+                )));
+            }
+            [] => return Err(fail("empty device".into())),
+        };
+        Ok(Self {
+            label: label.to_string(),
+            kind,
+        })
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            DeviceKind::SimGpio { line, direction } => {
+                let direction = match direction {
+                    Direction::In => "in",
+                    Direction::Out => "out",
+                };
+                write!(f, "{}=gpio:sim:{line}:{direction}", self.label)
+            }
+            DeviceKind::SimI2cTmp102 { address } => {
+                write!(f, "{}=i2c:sim:tmp102@{address:#04x}", self.label)
+            }
+        }
+    }
+}
+
+/// A DNS-1123 label, as the name part of an extended resource needs.
+fn check_label(label: &str) -> Result<(), String> {
+    let valid_chars = label
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let edges = |b: Option<u8>| b.is_some_and(|b| b != b'-');
+    if label.is_empty()
+        || label.len() > 63
+        || !valid_chars
+        || !edges(label.bytes().next())
+        || !edges(label.bytes().last())
+    {
+        return Err(format!(
+            "label {label:?} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A 7-bit I2C address: `72` or `0x48`.
+fn parse_address(text: &str) -> Result<u16, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    match parsed {
+        Ok(address) if address <= 0x7f => Ok(address),
+        _ => Err(format!("I2C address {text:?} is not a 7-bit address")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print_back() {
+        for text in [
+            "fan=gpio:sim:17:out",
+            "button=gpio:sim:4:in",
+            "temp=i2c:sim:tmp102@0x48",
+        ] {
+            assert_eq!(DeviceSpec::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(
+            DeviceSpec::parse("t-2=i2c:sim:tmp102@73").unwrap().kind,
+            DeviceKind::SimI2cTmp102 { address: 0x49 }
+        );
+    }
+
+    #[test]
+    fn a_bad_spec_says_what_is_wrong_in_one_line() {
+        for (text, says) in [
+            ("fan", "expected LABEL=CLASS:BACKEND"),
+            ("Fan=gpio:sim:17:out", "label \"Fan\""),
+            ("-fan=gpio:sim:17:out", "label \"-fan\""),
+            ("=gpio:sim:17:out", "label \"\""),
+            ("fan=gpio:sim:x:out", "GPIO line \"x\""),
+            ("fan=gpio:sim:17:sideways", "neither \"in\" nor \"out\""),
+            ("fan=gpio:sim:17", "expected gpio:sim:LINE:in|out"),
+            (
+                "temp=i2c:sim:bme280@0x76",
+                "no simulated I2C chip \"bme280\"",
+            ),
+            ("temp=i2c:sim:tmp102@0x80", "not a 7-bit address"),
+            ("temp=i2c:sim:tmp102", "expected i2c:sim:tmp102@ADDRESS"),
+            ("fan=gpio:gpiochip0:17:out", "not available in this build"),
+            ("cam=usb:0", "unknown device class \"usb\""),
+        ] {
+            let err = DeviceSpec::parse(text).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+            assert!(err.starts_with(&format!("--device {text:?}: ")), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let long = format!("{}=gpio:sim:1:out", "a".repeat(64));
+        assert!(DeviceSpec::parse(&long).is_err());
+    }
+}
