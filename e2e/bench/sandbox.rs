@@ -32,8 +32,6 @@ use e2e::Registry;
 use kubelet::logs::{LogHub, LogLimits, LogSink, Stream};
 use kubelet::usage::ContainerUsage;
 use kubelet::{ContainerStart, ImageRequest, PodKey, Provider};
-use oci::RegistryAuth;
-use oci::push::{PushFormat, push};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use wasi_provider::{Tiering, WasiImage, WasiProvider, WasiProviderConfig};
@@ -102,18 +100,8 @@ async fn main() -> anyhow::Result<()> {
     ensure!(runs > 0, "runs must be at least 1");
     let wasm = e2e::demos::demo_wasm("misbehave")?;
     let work = tempfile::tempdir()?;
-
     // The provider pulls as it does on a node, from a local registry.
-    let registry = Registry::start()?;
-    let image = format!("{}/bench/misbehave:v1", registry.host());
-    push(
-        &wasm,
-        &image,
-        PushFormat::Cncf,
-        &RegistryAuth::Anonymous,
-        true,
-    )
-    .await?;
+    let (registry, image) = e2e::demos::bench_registry("misbehave").await?;
     let pod = PodKey {
         namespace: "default".into(),
         name: "bench".into(),

@@ -41,6 +41,22 @@ pub fn demo_wasm(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A local registry holding demo `name` as `bench/<name>:v1` (pushed in-process, CNCF
+/// format), for a benchmark whose provider pulls as it does on a node.
+pub async fn bench_registry(name: &str) -> anyhow::Result<(crate::Registry, String)> {
+    let registry = crate::Registry::start()?;
+    let image = format!("{}/bench/{name}:v1", registry.host());
+    oci::push::push(
+        &demo_wasm(name)?,
+        &image,
+        oci::push::PushFormat::Cncf,
+        &oci::RegistryAuth::Anonymous,
+        true,
+    )
+    .await?;
+    Ok((registry, image))
+}
+
 /// Publishes `file` to `image` with `wasmlet push --insecure`, as an operator would.
 pub fn push_file(file: &std::path::Path, image: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
     let out = Command::new(wasmlet_binary()?)

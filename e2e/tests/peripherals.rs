@@ -124,6 +124,34 @@ async fn unschedulable(cluster: &WasmCluster, manifest: &str, name: &str) -> Str
         .unwrap_or_default()
 }
 
+/// Waits until the node's allocatable has `resource` at `want`.
+async fn until_allocatable(cluster: &WasmCluster, resource: &str, want: Option<&str>) {
+    wait_for(
+        &format!("{resource} in allocatable to be {want:?}"),
+        Duration::from_secs(40),
+        || {
+            let node: anyhow::Result<Node> =
+                cluster
+                    .kubectl
+                    .get_json(&["get", "node", &cluster.node.name]);
+            async move {
+                let node = node.map_err(|e| e.to_string())?;
+                let quantity = node
+                    .status
+                    .and_then(|s| s.allocatable)
+                    .and_then(|a| a.get(resource).map(|q| q.0.clone()));
+                if quantity.as_deref() == want {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("{resource} is {quantity:?}"))
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
 async fn log_contains(cluster: &WasmCluster, pod: &str, text: &str) -> String {
     wait_for(
         &format!("{pod}'s log to say {text:?}"),
@@ -181,6 +209,28 @@ async fn the_thermostat_drives_its_fan_and_no_other_pod_touches_its_devices() {
     set_temperature(&sim, 22.0);
     until_file(&sim, "fan", "0", Duration::from_secs(5)).await;
     log_contains(&cluster, "thermostat", "22.00 °C: fan off").await;
+
+    // The sensor unplugged (its file removed): it leaves the node's allocatable, its pod is
+    // told, and the guest's reads fail; back, and all three return.
+    std::fs::remove_file(sim.join("temp")).unwrap();
+    until_allocatable(&cluster, TEMP, Some("0")).await;
+    cluster
+        .wait_event("thermostat", "DeviceUnplugged", Duration::from_secs(20))
+        .await
+        .unwrap();
+    log_contains(
+        &cluster,
+        "thermostat",
+        "cannot read the sensor: ErrorCode::Bus",
+    )
+    .await;
+    set_temperature(&sim, 21.0);
+    until_allocatable(&cluster, TEMP, Some("1")).await;
+    cluster
+        .wait_event("thermostat", "DeviceReturned", Duration::from_secs(20))
+        .await
+        .unwrap();
+    log_contains(&cluster, "thermostat", "the sensor answers again").await;
 
     // A pod granted nothing cannot open either device, and the fan stays as it was.
     let intruder = thermostat_pod("intruder", &image, &["probe", "fan", "temp"], &[]);

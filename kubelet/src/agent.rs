@@ -135,6 +135,7 @@ impl<P: Provider> Kubelet<P> {
             self.store.clone(),
             link.clone(),
         );
+        self.provider.attach_events(pods.events());
         let mirrors = self.client.clone().map(|client| {
             MirrorKeeper::new(
                 client,

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tokio::task::JoinHandle;
 
+use crate::events::EventRecorder;
 use crate::pod::admission::Rejection;
 use crate::provider::{
     ContainerError, ContainerExit, ContainerStart, ImageRequest, NodeContribution, PodKey, Provider,
@@ -32,6 +33,12 @@ pub trait DeviceProvider: Send + Sync + 'static {
     /// Whether the devices can be granted right now; an `Err` makes the node not Ready.
     fn health(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// The recorder for events about pods holding devices (`kubelet::events::EventRecorder::
+    /// record_for`), given once when the agent starts.
+    fn attach_events(&self, events: EventRecorder) {
+        let _ = events;
     }
 
     /// Refuses a pod whose device requests cannot be met in a way the counts miss (for
@@ -95,6 +102,11 @@ impl<P: Provider, D: DeviceProvider> Provider for WithDevices<P, D> {
         self.runtime
             .admit(pod)
             .and_then(|()| self.devices.admit(pod))
+    }
+
+    fn attach_events(&self, events: EventRecorder) {
+        self.runtime.attach_events(events.clone());
+        self.devices.attach_events(events);
     }
 
     async fn pull(&self, request: ImageRequest<'_>) -> Result<Self::Image, ContainerError> {

@@ -40,7 +40,7 @@ pub enum EventType {
 }
 
 /// Writes events about pods and the node on behalf of one node.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct EventRecorder {
     /// None on a standalone node: there is no API server to record to.
     queue: Option<mpsc::Sender<Event>>,
@@ -87,6 +87,20 @@ impl EventRecorder {
             uid: pod.metadata.uid.clone(),
             resource_version: pod.metadata.resource_version.clone(),
             field_path: container.map(|c| format!("spec.containers{{{c}}}")),
+        };
+        self.emit(involved, kind, reason, message);
+    }
+
+    /// Records an event about the pod `key` names, for a provider that learns something
+    /// about a pod on its own (a device it was granted failed).
+    pub fn record_for(&self, key: &crate::PodKey, kind: EventType, reason: &str, message: &str) {
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
+            uid: Some(key.uid.clone()),
+            ..Default::default()
         };
         self.emit(involved, kind, reason, message);
     }

@@ -217,6 +217,12 @@ pub trait Provider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Called once when the agent starts, with the recorder a provider may use to tell a
+    /// pod's events about what it learns on its own (a granted device failed).
+    fn attach_events(&self, events: crate::events::EventRecorder) {
+        let _ = events;
+    }
+
     /// Whether this provider will run `pod`, asked once when the node first sees it and
     /// after the agent's own checks (max-pods, CPU, memory, extended resources) passed. A
     /// refusal fails the pod with the rejection's reason and message and is never retried:

@@ -12,7 +12,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasi::gpio::digital::{DigitalFlag, DigitalOutPin, PinState};
 use wasi::i2c::i2c::{ErrorCode, I2c};
@@ -27,11 +27,22 @@ const DEFAULT_THRESHOLD: f64 = 25.0;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("probe") {
-        for label in &args[2..] {
-            probe(label);
+    match args.get(1).map(String::as_str) {
+        Some("probe") => {
+            for label in &args[2..] {
+                probe(label);
+            }
+            return;
         }
-        return;
+        Some("bench") => {
+            let calls = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
+            if let Err(why) = bench(calls) {
+                eprintln!("thermostat: {why}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        _ => {}
     }
     let threshold_file = args
         .get(1)
@@ -48,6 +59,7 @@ fn run(threshold_file: &str) -> Result<(), String> {
     let fan = DigitalOutPin::get("fan", &[DigitalFlag::ACTIVE_HIGH | DigitalFlag::INACTIVE])
         .map_err(|e| format!("cannot open GPIO line fan: {e:?}"))?;
     let mut on = false;
+    let mut sensor_ok = true;
     let mut last_threshold = None;
     let granted = std::env::var("WASMLET_DEVICES").unwrap_or_default();
     println!(
@@ -81,10 +93,26 @@ fn run(threshold_file: &str) -> Result<(), String> {
                     );
                 }
             }
-            Err(err) => eprintln!("cannot read the sensor: {err:?}"),
+            Err(err) => {
+                if sensor_ok {
+                    eprintln!("cannot read the sensor: {err:?}");
+                }
+                sensor_ok = false;
+                continue_after_pause();
+                continue;
+            }
         }
-        std::thread::sleep(Duration::from_millis(200));
+        if !sensor_ok {
+            println!("the sensor answers again");
+            sensor_ok = true;
+        }
+        continue_after_pause();
     }
+}
+
+/// The pause between rounds.
+fn continue_after_pause() {
+    std::thread::sleep(Duration::from_millis(200));
 }
 
 /// The temperature register: 12 bits, left-justified, two's complement, 1/16 °C each.
@@ -99,6 +127,52 @@ fn read_threshold(file: &str) -> f64 {
         .ok()
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(DEFAULT_THRESHOLD)
+}
+
+/// Times `calls` GPIO writes and `calls` I2C transactions (a temperature read) on the granted
+/// `fan` and `temp`, each call on its own, and prints one line of JSON: per kind the mean (from
+/// the total) and the median and 99th percentile (from each call, so they include a clock
+/// read) in nanoseconds.
+fn bench(calls: usize) -> Result<(), String> {
+    let bus = devices::open_i2c("temp").map_err(|e| format!("cannot open temp: {e:?}"))?;
+    let fan = DigitalOutPin::get("fan", &[DigitalFlag::ACTIVE_HIGH])
+        .map_err(|e| format!("cannot open fan: {e:?}"))?;
+    let gpio = time_calls(calls, |i| {
+        let state = if i % 2 == 0 {
+            PinState::Active
+        } else {
+            PinState::Inactive
+        };
+        fan.set_state(state).map_err(|e| format!("{e:?}"))
+    })?;
+    let i2c = time_calls(calls, |_| celsius(&bus).map(|_| ()).map_err(|e| format!("{e:?}")))?;
+    println!("{{\"calls\":{calls},\"gpio_set\":{gpio},\"i2c_write_read\":{i2c}}}");
+    Ok(())
+}
+
+/// `{"mean_ns":…,"p50_ns":…,"p99_ns":…}` for `calls` calls of `call`.
+fn time_calls(
+    calls: usize,
+    mut call: impl FnMut(usize) -> Result<(), String>,
+) -> Result<String, String> {
+    let began = Instant::now();
+    for i in 0..calls {
+        call(i)?;
+    }
+    let mean = began.elapsed().as_nanos() / calls.max(1) as u128;
+    let mut each = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let t = Instant::now();
+        call(i)?;
+        each.push(t.elapsed().as_nanos());
+    }
+    each.sort_unstable();
+    let at = |q: f64| each.get(((each.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+    Ok(format!(
+        "{{\"mean_ns\":{mean},\"p50_ns\":{},\"p99_ns\":{}}}",
+        at(0.5),
+        at(0.99)
+    ))
 }
 
 fn probe(label: &str) {

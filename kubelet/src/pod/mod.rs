@@ -155,6 +155,11 @@ impl<P: Provider> PodManager<P> {
         }
     }
 
+    /// The recorder of events about the node's pods, shared with the provider.
+    pub fn events(&self) -> EventRecorder {
+        self.ctx.recorder.clone()
+    }
+
     /// Where this manager posts static pods and the mirror pods it sees, for the
     /// [`mirror::MirrorKeeper`].
     pub fn mirrors(&self) -> MirrorBoard {

@@ -261,6 +261,7 @@ fn open_line(
         }
         _ => return Err(GpioError::PinNotAllowed),
     };
+    plugged_in(line)?;
     let flags = flags
         .iter()
         .fold(DigitalFlag::empty(), |all, flag| all | *flag);
@@ -303,18 +304,35 @@ fn config(label: &str, mode: PinMode, active_low: bool) -> DigitalConfig {
     }
 }
 
+/// A line that was unplugged fails every call until it is back.
+fn plugged_in(line: &SimLine) -> Result<(), GpioError> {
+    if line.presence().load(std::sync::atomic::Ordering::Relaxed) {
+        Ok(())
+    } else {
+        Err(GpioError::HardwareFault)
+    }
+}
+
+/// The pin state a line's level means, for its active level.
+fn state_of(line: &SimLine, active_low: bool) -> Result<PinState, GpioError> {
+    plugged_in(line)?;
+    Ok(if line.is_high() != active_low {
+        PinState::Active
+    } else {
+        PinState::Inactive
+    })
+}
+
 impl OutPin {
-    fn set(&self, state: PinState) {
+    fn set(&self, state: PinState) -> Result<(), GpioError> {
+        plugged_in(&self.line)?;
         self.line
             .set((state == PinState::Active) != self.active_low);
+        Ok(())
     }
 
-    fn state(&self) -> PinState {
-        if self.line.is_high() != self.active_low {
-            PinState::Active
-        } else {
-            PinState::Inactive
-        }
+    fn state(&self) -> Result<PinState, GpioError> {
+        state_of(&self.line, self.active_low)
     }
 }
 
@@ -350,8 +368,7 @@ impl digital::HostDigitalOutPin for View<'_> {
         pin: Resource<OutPin>,
         state: PinState,
     ) -> wasmtime::Result<Result<(), GpioError>> {
-        self.table.get(&pin)?.set(state);
-        Ok(Ok(()))
+        Ok(self.table.get(&pin)?.set(state))
     }
 
     fn set_active(&mut self, pin: Resource<OutPin>) -> wasmtime::Result<Result<(), GpioError>> {
@@ -400,8 +417,7 @@ impl digital::HostStatefulDigitalOutPin for View<'_> {
         pin: Resource<StatefulOutPin>,
         state: PinState,
     ) -> wasmtime::Result<Result<(), GpioError>> {
-        self.table.get(&pin)?.0.set(state);
-        Ok(Ok(()))
+        Ok(self.table.get(&pin)?.0.set(state))
     }
 
     fn set_active(
@@ -420,32 +436,43 @@ impl digital::HostStatefulDigitalOutPin for View<'_> {
 
     fn toggle(&mut self, pin: Resource<StatefulOutPin>) -> wasmtime::Result<Result<(), GpioError>> {
         let pin = &self.table.get(&pin)?.0;
-        pin.set(match pin.state() {
-            PinState::Active => PinState::Inactive,
-            PinState::Inactive => PinState::Active,
-        });
-        Ok(Ok(()))
+        Ok(pin.state().and_then(|state| {
+            pin.set(match state {
+                PinState::Active => PinState::Inactive,
+                PinState::Inactive => PinState::Active,
+            })
+        }))
     }
 
     fn is_set_active(
         &mut self,
         pin: Resource<StatefulOutPin>,
     ) -> wasmtime::Result<Result<bool, GpioError>> {
-        Ok(Ok(self.table.get(&pin)?.0.state() == PinState::Active))
+        Ok(self
+            .table
+            .get(&pin)?
+            .0
+            .state()
+            .map(|s| s == PinState::Active))
     }
 
     fn is_set_inactive(
         &mut self,
         pin: Resource<StatefulOutPin>,
     ) -> wasmtime::Result<Result<bool, GpioError>> {
-        Ok(Ok(self.table.get(&pin)?.0.state() == PinState::Inactive))
+        Ok(self
+            .table
+            .get(&pin)?
+            .0
+            .state()
+            .map(|s| s == PinState::Inactive))
     }
 
     fn get_state(
         &mut self,
         pin: Resource<StatefulOutPin>,
     ) -> wasmtime::Result<Result<PinState, GpioError>> {
-        Ok(Ok(self.table.get(&pin)?.0.state()))
+        Ok(self.table.get(&pin)?.0.state())
     }
 
     fn drop(&mut self, pin: Resource<StatefulOutPin>) -> wasmtime::Result<()> {
@@ -455,12 +482,8 @@ impl digital::HostStatefulDigitalOutPin for View<'_> {
 }
 
 impl InPin {
-    fn state(&self) -> PinState {
-        if self.line.is_high() != self.active_low {
-            PinState::Active
-        } else {
-            PinState::Inactive
-        }
+    fn state(&self) -> Result<PinState, GpioError> {
+        state_of(&self.line, self.active_low)
     }
 
     /// The line level that means `state`.
@@ -513,15 +536,19 @@ impl digital::HostDigitalInPin for View<'_> {
     }
 
     fn read(&mut self, pin: Resource<InPin>) -> wasmtime::Result<Result<PinState, GpioError>> {
-        Ok(Ok(self.table.get(&pin)?.state()))
+        Ok(self.table.get(&pin)?.state())
     }
 
     fn is_active(&mut self, pin: Resource<InPin>) -> wasmtime::Result<Result<bool, GpioError>> {
-        Ok(Ok(self.table.get(&pin)?.state() == PinState::Active))
+        Ok(self.table.get(&pin)?.state().map(|s| s == PinState::Active))
     }
 
     fn is_inactive(&mut self, pin: Resource<InPin>) -> wasmtime::Result<Result<bool, GpioError>> {
-        Ok(Ok(self.table.get(&pin)?.state() == PinState::Inactive))
+        Ok(self
+            .table
+            .get(&pin)?
+            .state()
+            .map(|s| s == PinState::Inactive))
     }
 
     fn watch_state(

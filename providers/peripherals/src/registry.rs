@@ -1,9 +1,11 @@
 //! The node's devices by label, who holds each, and the extended resources they make.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kubelet::events::{EventRecorder, EventType};
 use kubelet::{Allocation, ContainerError, DeviceProvider, PodKey};
 
 use crate::sim::{SimLine, SimTmp102};
@@ -25,12 +27,34 @@ pub enum Device {
     I2c(Arc<SimTmp102>),
 }
 
+impl Device {
+    /// Whether the device is on the node now: an unplugged device is left out of the
+    /// node's capacity, and calls to it fail.
+    pub fn is_present(&self) -> bool {
+        self.presence().load(Ordering::Relaxed)
+    }
+
+    /// Marks the device plugged in or out; true if that changed anything.
+    pub fn set_present(&self, present: bool) -> bool {
+        self.presence().swap(present, Ordering::Relaxed) != present
+    }
+
+    fn presence(&self) -> &AtomicBool {
+        match self {
+            Device::GpioOut(line) | Device::GpioIn(line) => line.presence(),
+            Device::I2c(chip) => chip.presence(),
+        }
+    }
+}
+
 /// The devices the node was given with `--device`, and their grants.
 #[derive(Debug)]
 pub struct Peripherals {
     devices: BTreeMap<String, Arc<Device>>,
-    /// Which pod (by UID) holds each granted label: every device is exclusive.
-    holders: Mutex<HashMap<String, String>>,
+    /// Which pod holds each granted label: every device is exclusive.
+    holders: Mutex<HashMap<String, PodKey>>,
+    /// Where events about the pods holding devices go, once the agent has started.
+    events: OnceLock<EventRecorder>,
 }
 
 /// `--device` flags that do not make a set of devices.
@@ -75,7 +99,33 @@ impl Peripherals {
         Ok(Self {
             devices,
             holders: Mutex::new(HashMap::new()),
+            events: OnceLock::new(),
         })
+    }
+
+    /// Plugs the device `label` in or out (the simulator's file came or went), telling the
+    /// pod that holds it.
+    pub fn set_present(&self, label: &str, present: bool) {
+        let Some(device) = self.devices.get(label) else {
+            return;
+        };
+        if !device.set_present(present) {
+            return;
+        }
+        let holder = self.holders().get(label).cloned();
+        tracing::warn!(device = label, present, holder = ?holder.as_ref().map(|p| &p.name), "device plugged in or out");
+        if let (Some(pod), Some(events)) = (holder, self.events.get()) {
+            let resource = resource_name(label);
+            if present {
+                let message = format!("device {label} ({resource}) is back on the node");
+                events.record_for(&pod, EventType::Normal, "DeviceReturned", &message);
+            } else {
+                let message = format!(
+                    "device {label} ({resource}) is gone from the node: calls to it fail until it returns"
+                );
+                events.record_for(&pod, EventType::Warning, "DeviceUnplugged", &message);
+            }
+        }
     }
 
     /// The devices, by label.
@@ -94,12 +144,12 @@ impl Peripherals {
         devices
             .keys()
             .filter_map(|name| label_of(name))
-            .filter(|label| holders.get(*label).is_some_and(|holder| holder == uid))
+            .filter(|label| holders.get(*label).is_some_and(|holder| holder.uid == uid))
             .filter_map(|label| Some((label.to_string(), self.devices.get(label)?.clone())))
             .collect()
     }
 
-    fn holders(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn holders(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodKey>> {
         self.holders.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -118,10 +168,20 @@ fn label_of(resource: &str) -> Option<&str> {
 
 impl DeviceProvider for Peripherals {
     fn extended_resources(&self) -> BTreeMap<String, Quantity> {
+        // An unplugged device counts 0 rather than going from the map: the node status is a
+        // merge patch, which keeps a key it does not name (the kubelet zeroes a resource whose
+        // devices are gone, too).
         self.devices
-            .keys()
-            .map(|label| (resource_name(label), Quantity("1".into())))
+            .iter()
+            .map(|(label, device)| {
+                let count = if device.is_present() { "1" } else { "0" };
+                (resource_name(label), Quantity(count.into()))
+            })
             .collect()
+    }
+
+    fn attach_events(&self, events: EventRecorder) {
+        let _ = self.events.set(events);
     }
 
     fn allocate(
@@ -149,13 +209,16 @@ impl DeviceProvider for Peripherals {
                     "device {label:?} is one device; {count} were asked for"
                 )));
             }
-            if let Some(holder) = holders.get(*label).filter(|h| **h != pod.uid) {
-                return Err(refuse(format!("device {label:?} is held by pod {holder}")));
+            if let Some(holder) = holders.get(*label).filter(|h| h.uid != pod.uid) {
+                return Err(refuse(format!(
+                    "device {label:?} is held by pod {}/{}",
+                    holder.namespace, holder.name
+                )));
             }
         }
         let mut labels = Vec::new();
         for (label, _) in wanted {
-            holders.insert(label.to_string(), pod.uid.clone());
+            holders.insert(label.to_string(), pod.clone());
             labels.push(label);
         }
         // The guest learns which labels it may open.
@@ -165,7 +228,7 @@ impl DeviceProvider for Peripherals {
     }
 
     fn release(&self, pod: &PodKey) {
-        self.holders().retain(|_, holder| *holder != pod.uid);
+        self.holders().retain(|_, holder| holder.uid != pod.uid);
     }
 }
 
@@ -221,7 +284,7 @@ mod tests {
         let refused = p.allocate(&pod("b"), "app", &wants(&["fan"])).unwrap_err();
         assert_eq!(
             refused.message,
-            "container app: device \"fan\" is held by pod a"
+            "container app: device \"fan\" is held by pod default/a"
         );
         assert_eq!(p.held_by("a", &wants(&["fan", "temp"])).len(), 2);
         assert!(p.held_by("b", &wants(&["fan"])).is_empty());

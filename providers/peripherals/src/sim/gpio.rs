@@ -1,23 +1,32 @@
 //! A simulated GPIO line: a level the guest drives (output) or reads (input), which the
 //! outside reads or drives through the simulator's directory (see `mirror`).
 
+use std::sync::atomic::AtomicBool;
+
 use tokio::sync::watch;
 
 /// One line's level, with waiting for changes.
 #[derive(Debug)]
 pub struct SimLine {
     level: watch::Sender<bool>,
+    present: AtomicBool,
 }
 
 impl Default for SimLine {
     fn default() -> Self {
         Self {
             level: watch::Sender::new(false),
+            present: AtomicBool::new(true),
         }
     }
 }
 
 impl SimLine {
+    /// Whether the line is plugged in.
+    pub fn presence(&self) -> &AtomicBool {
+        &self.present
+    }
+
     /// Whether the line is high.
     pub fn is_high(&self) -> bool {
         *self.level.borrow()

@@ -20,12 +20,15 @@ use crate::registry::{Device, Peripherals};
 /// How often files and devices are brought in step.
 pub const PERIOD: Duration = Duration::from_millis(50);
 
-/// Keeps `dir` and the simulated devices in step until `cancel` fires.
+/// Keeps `dir` and the simulated devices in step until `cancel` fires. A device whose file
+/// is removed is unplugged (left out of the node's capacity; calls to it fail; its pod gets
+/// an event) until the file is back.
 pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: CancellationToken) {
     if let Err(err) = tokio::fs::create_dir_all(&dir).await {
         return warn!(dir = %dir.display(), %err, "cannot create the device simulator's directory");
     }
-    let mut written: HashMap<String, String> = HashMap::new();
+    let mut written: HashMap<String, &'static str> = HashMap::new();
+    let mut first = true;
     let mut ticks = tokio::time::interval(PERIOD);
     loop {
         tokio::select! {
@@ -34,43 +37,53 @@ pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: Cancellati
         }
         for (label, device) in peripherals.devices() {
             let path = dir.join(label);
+            let text = match tokio::fs::read_to_string(&path).await {
+                Ok(text) => text,
+                // Made on the first pass; gone later means unplugged.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound && first => {
+                    let initial = initial(device);
+                    write_atomically(&path, initial).await;
+                    initial.to_string()
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    peripherals.set_present(label, false);
+                    written.remove(label);
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            peripherals.set_present(label, true);
             match device.as_ref() {
                 Device::GpioOut(line) => {
                     let level = if line.is_high() { "1\n" } else { "0\n" };
-                    if written.get(label).map(String::as_str) != Some(level)
+                    if written.get(label).copied() != Some(level)
                         && write_atomically(&path, level).await
                     {
-                        written.insert(label.clone(), level.to_string());
+                        written.insert(label.clone(), level);
                     }
                 }
-                Device::GpioIn(line) => match read_or_create(&path, "0\n").await.as_deref() {
-                    Some("1") => line.set(true),
-                    Some("0") => line.set(false),
+                Device::GpioIn(line) => match text.trim() {
+                    "1" => line.set(true),
+                    "0" => line.set(false),
                     _ => {}
                 },
                 Device::I2c(chip) => {
-                    if let Some(celsius) = read_or_create(&path, "21.0\n")
-                        .await
-                        .and_then(|text| text.parse::<f64>().ok())
-                        .filter(|c| c.is_finite())
+                    if let Some(celsius) = text.trim().parse::<f64>().ok().filter(|c| c.is_finite())
                     {
                         chip.set_celsius(celsius);
                     }
                 }
             }
         }
+        first = false;
     }
 }
 
-/// The file's trimmed text; a missing file is created holding `initial`.
-async fn read_or_create(path: &Path, initial: &str) -> Option<String> {
-    match tokio::fs::read_to_string(path).await {
-        Ok(text) => Some(text.trim().to_string()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            write_atomically(path, initial).await;
-            Some(initial.trim().to_string())
-        }
-        Err(_) => None,
+/// What a device's file holds when the simulator starts.
+fn initial(device: &Device) -> &'static str {
+    match device {
+        Device::GpioOut(_) | Device::GpioIn(_) => "0\n",
+        Device::I2c(_) => "21.0\n",
     }
 }
 
@@ -162,6 +175,31 @@ mod tests {
             until("a pass of the mirror", async || read("fan").await == want).await;
         }
         assert_eq!(temp.celsius(), 30.5);
+
+        // Removing a device's file unplugs it: out of the node's resources, calls fail; the
+        // file back plugs it in again.
+        use kubelet::DeviceProvider;
+        tokio::fs::remove_file(file("temp")).await.unwrap();
+        until("the sensor is unplugged", async || {
+            !peripherals.devices()["temp"].is_present()
+        })
+        .await;
+        let temp_count = || {
+            peripherals.extended_resources()["peripherals.wasmlet.dev/temp"]
+                .0
+                .clone()
+        };
+        assert_eq!(temp_count(), "0");
+        assert!(
+            temp.transaction(0x48, &[crate::i2c::Operation::Read(2)])
+                .is_err()
+        );
+        tokio::fs::write(file("temp"), "22.5").await.unwrap();
+        until("the sensor is back", async || {
+            peripherals.devices()["temp"].is_present()
+        })
+        .await;
+        assert_eq!(temp_count(), "1");
 
         cancel.cancel();
         task.await.unwrap();

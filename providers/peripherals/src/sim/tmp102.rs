@@ -4,6 +4,7 @@
 //! simulator's directory); the guest reads it as it would from the real chip.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::super::i2c::{BusError, NoAck, Operation};
 
@@ -31,6 +32,7 @@ struct Registers {
 pub struct SimTmp102 {
     address: u16,
     registers: Mutex<Registers>,
+    present: AtomicBool,
 }
 
 impl SimTmp102 {
@@ -46,7 +48,13 @@ impl SimTmp102 {
                 t_high: 0x5000,
                 sixteenths: 21 * 16,
             }),
+            present: AtomicBool::new(true),
         }
+    }
+
+    /// Whether the bus is plugged in: an unplugged bus fails every transaction.
+    pub fn presence(&self) -> &AtomicBool {
+        &self.present
     }
 
     /// Sets the temperature the sensor measures, clamped to its range (-55 to 150 °C) and
@@ -71,6 +79,9 @@ impl SimTmp102 {
         address: u16,
         operations: &[Operation],
     ) -> Result<Vec<Vec<u8>>, BusError> {
+        if !self.present.load(Ordering::Relaxed) {
+            return Err(BusError::Bus);
+        }
         if address != self.address {
             return Err(BusError::NoAcknowledge(NoAck::Address));
         }
