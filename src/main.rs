@@ -253,7 +253,7 @@ fn providers(
     specs: &[DeviceSpec],
     cancel: &CancellationToken,
 ) -> anyhow::Result<kubelet::WithDevices<wasi_provider::WasiProvider, Peripherals>> {
-    let peripherals = Arc::new(Peripherals::new(specs)?);
+    let peripherals = Arc::new(Peripherals::with_sysfs_root(specs, &cli.sysfs_root)?);
     let wasi = wasi_provider::WasiProvider::with_extensions(
         &wasi_provider::WasiProviderConfig {
             cache_dir: data_dir.path().join("cache"),
@@ -274,6 +274,15 @@ fn providers(
             data_dir.path().join("devices"),
             cancel.clone(),
         ));
+        let sensors = specs
+            .iter()
+            .any(|spec| matches!(spec.kind, peripherals_provider::DeviceKind::Sensor { .. }));
+        if sensors {
+            tokio::spawn(peripherals_provider::sysfs::run(
+                peripherals.clone(),
+                cancel.clone(),
+            ));
+        }
     }
     Ok(kubelet::WithDevices::new(wasi, peripherals))
 }

@@ -58,6 +58,8 @@ pub struct WasmletOptions {
     pub outbound_http_allow_networks: Option<String>,
     /// `--device`, once per entry.
     pub devices: Vec<String>,
+    /// `--sysfs-root`.
+    pub sysfs_root: Option<PathBuf>,
 }
 
 impl WasmletOptions {
@@ -80,6 +82,7 @@ impl WasmletOptions {
             static_pods: None,
             outbound_http_allow_networks: None,
             devices: Vec::new(),
+            sysfs_root: None,
         }
     }
 }
@@ -146,6 +149,9 @@ impl WasmletNode {
         }
         for device in &options.devices {
             cmd.arg("--device").arg(device);
+        }
+        if let Some(root) = &options.sysfs_root {
+            cmd.arg("--sysfs-root").arg(root);
         }
         cmd.args([
             "--node-name",

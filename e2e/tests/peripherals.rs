@@ -71,14 +71,21 @@ fn set_temperature(dir: &Path, celsius: f64) {
     std::fs::write(dir.join("temp"), format!("{celsius}\n")).unwrap();
 }
 
-/// A cluster whose node has the simulated fan line and temperature sensor, the thermostat
-/// image pushed, and the thermostat's ConfigMap (threshold 25 °C).
-async fn devices_cluster(node: &str) -> (WasmCluster, String) {
+/// A cluster whose node has the simulated fan line and temperature sensor, and a hwmon
+/// sensor `board` (42.5 °C) in a fake sysfs tree (kept by the returned directory); the
+/// thermostat image pushed, and the thermostat's ConfigMap (threshold 25 °C).
+async fn devices_cluster(node: &str) -> (WasmCluster, String, tempfile::TempDir) {
+    let sysfs = tempfile::tempdir().unwrap();
+    let hwmon = sysfs.path().join("class/hwmon/hwmon0");
+    std::fs::create_dir_all(&hwmon).unwrap();
+    std::fs::write(hwmon.join("temp1_input"), "42500\n").unwrap();
     let cluster = WasmCluster::start_with_options(WasmletOptions {
         devices: vec![
             "fan=gpio:sim:17:out".into(),
             "temp=i2c:sim:tmp102@0x48".into(),
+            "board=sensor:hwmon:hwmon0/temp1_input".into(),
         ],
+        sysfs_root: Some(sysfs.path().to_path_buf()),
         ..WasmletOptions::named(node)
     })
     .await
@@ -93,7 +100,7 @@ async fn devices_cluster(node: &str) -> (WasmCluster, String) {
             "--from-literal=threshold=25.0",
         ])
         .unwrap();
-    (cluster, image)
+    (cluster, image, sysfs)
 }
 
 /// Applies `manifest` and waits for pod `name` to reach `want`.
@@ -170,7 +177,7 @@ async fn log_contains(cluster: &WasmCluster, pod: &str, text: &str) -> String {
 
 #[tokio::test]
 async fn the_thermostat_drives_its_fan_and_no_other_pod_touches_its_devices() {
-    let (cluster, image) = devices_cluster("edge-devices").await;
+    let (cluster, image, _sysfs) = devices_cluster("edge-devices").await;
     let kubectl = &cluster.kubectl;
     let sim: PathBuf = cluster.node.data_dir().join("devices");
 
@@ -285,7 +292,7 @@ async fn the_thermostat_drives_its_fan_and_no_other_pod_touches_its_devices() {
 
 #[tokio::test]
 async fn device_requests_the_node_cannot_meet_are_refused_with_a_reason() {
-    let (cluster, image) = devices_cluster("edge-devices-bad").await;
+    let (cluster, image, _sysfs) = devices_cluster("edge-devices-bad").await;
 
     // A device this node does not have: never scheduled.
     let pump = thermostat_pod("pump", &image, &[], &["peripherals.wasmlet.dev/pump"]);
@@ -295,14 +302,24 @@ async fn device_requests_the_node_cannot_meet_are_refused_with_a_reason() {
         "{message}"
     );
 
-    // Granted the bus: an address nobody answers on is the proposal's no-acknowledge.
-    let prober = thermostat_pod("prober", &image, &["probe", "temp"], &[TEMP]);
+    // Granted the bus: an address nobody answers on is the proposal's no-acknowledge. Granted
+    // the hwmon sensor: it reads in kelvin, through sysfs; ungranted, it is refused.
+    let prober = thermostat_pod(
+        "prober",
+        &image,
+        &["probe", "temp", "board", "fan"],
+        &[TEMP, "peripherals.wasmlet.dev/board"],
+    );
     run_until(&cluster, &prober, "prober", "Succeeded").await;
     let log = cluster.kubectl.run(&["logs", "prober"]).unwrap();
     for line in [
         "temp: i2c opened, read [21, 0]",
         "temp: address 0x10: ErrorCode::NoAcknowledge(NoAcknowledgeSource::Address)",
         "temp: gpio output refused: GpioError::PinNotAllowed",
+        "temp: sensor reads 294.15 kelvin",
+        "board: sensor reads 315.65 kelvin",
+        "board: i2c refused: OpenError::NotGranted",
+        "fan: sensor refused: OpenError::NotGranted",
     ] {
         assert!(log.contains(line), "{line:?} missing from:\n{log}");
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use wasi::gpio::digital::{DigitalFlag, DigitalOutPin, PinState};
 use wasi::i2c::i2c::{ErrorCode, I2c};
-use wasmlet::peripherals::devices;
+use wasmlet::peripherals::{devices, sensor};
 
 /// The TMP102's address with its ADD0 pin to ground.
 const SENSOR: u16 = 0x48;
@@ -186,6 +186,10 @@ fn probe(label: &str) {
     match DigitalOutPin::get(label, &[DigitalFlag::ACTIVE_HIGH]) {
         Ok(_) => println!("{label}: gpio output opened"),
         Err(err) => println!("{label}: gpio output refused: {err:?}"),
+    }
+    match (sensor::read(label), sensor::describe(label)) {
+        (Ok(value), Ok(unit)) => println!("{label}: sensor reads {value:.2} {unit}"),
+        (Err(err), _) | (_, Err(err)) => println!("{label}: sensor refused: {err:?}"),
     }
     // An address nothing answers on, on a granted bus.
     if let Ok(bus) = devices::open_i2c(label) {

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use wasi_provider::{ExtensionView, Grant, HostExtension, P2Host};
 use wasmtime::component::{HasData, Linker, Resource};
@@ -231,6 +232,12 @@ impl sensor::Host for View<'_> {
         // A temperature sensor on a granted bus reads in kelvin, the SI base unit.
         Ok(match granted(self, &label) {
             Some(Device::I2c(chip)) => Ok(chip.celsius() + 273.15),
+            Some(Device::Sensor(sensor)) if !sensor.presence().load(Ordering::Relaxed) => Err(
+                devices::OpenError::Unavailable(format!("sensor {label} is not answering")),
+            ),
+            Some(Device::Sensor(sensor)) => sensor.reading().ok_or_else(|| {
+                devices::OpenError::Unavailable(format!("sensor {label} has no reading yet"))
+            }),
             _ => Err(devices::OpenError::NotGranted),
         })
     }
@@ -238,6 +245,7 @@ impl sensor::Host for View<'_> {
     fn describe(&mut self, label: String) -> wasmtime::Result<Result<String, devices::OpenError>> {
         Ok(match granted(self, &label) {
             Some(Device::I2c(_)) => Ok("kelvin".into()),
+            Some(Device::Sensor(sensor)) => Ok(sensor.unit().into()),
             _ => Err(devices::OpenError::NotGranted),
         })
     }

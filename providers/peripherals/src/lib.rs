@@ -27,7 +27,19 @@ pub mod i2c;
 mod registry;
 pub mod sim;
 mod spec;
+pub mod sysfs;
+
+/// Waits for the next tick of `ticks`; false once `cancel` fires instead.
+pub(crate) async fn next_tick(
+    ticks: &mut tokio::time::Interval,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = ticks.tick() => true,
+    }
+}
 
 pub use host::{Granted, I2cBus, InOutPin, InPin, OutPin, StatefulOutPin};
 pub use registry::{DEVICES_ENV, Device, Peripherals, RESOURCE_DOMAIN, SetupError, resource_name};
-pub use spec::{DeviceKind, DeviceSpec, Direction, SpecError};
+pub use spec::{DeviceKind, DeviceSpec, Direction, SensorSource, SpecError};

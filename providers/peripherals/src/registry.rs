@@ -10,6 +10,7 @@ use kubelet::{Allocation, ContainerError, DeviceProvider, PodKey};
 
 use crate::sim::{SimLine, SimTmp102};
 use crate::spec::{DeviceKind, DeviceSpec, Direction};
+use crate::sysfs::SysfsSensor;
 
 /// The domain of every device's extended resource: `peripherals.wasmlet.dev/<label>`.
 pub const RESOURCE_DOMAIN: &str = "peripherals.wasmlet.dev";
@@ -25,6 +26,8 @@ pub enum Device {
     GpioIn(Arc<SimLine>),
     /// An I2C bus.
     I2c(Arc<SimTmp102>),
+    /// A sensor read through sysfs.
+    Sensor(Arc<SysfsSensor>),
 }
 
 impl Device {
@@ -43,6 +46,7 @@ impl Device {
         match self {
             Device::GpioOut(line) | Device::GpioIn(line) => line.presence(),
             Device::I2c(chip) => chip.presence(),
+            Device::Sensor(sensor) => sensor.presence(),
         }
     }
 }
@@ -69,13 +73,23 @@ pub enum SetupError {
 }
 
 impl Peripherals {
-    /// The devices `specs` declare.
+    /// The devices `specs` declare, sysfs sensors read below `/sys`.
     pub fn new(specs: &[DeviceSpec]) -> Result<Self, SetupError> {
+        Self::with_sysfs_root(specs, std::path::Path::new("/sys"))
+    }
+
+    /// The devices `specs` declare, sysfs sensors read below `sysfs_root` (a fake tree in
+    /// tests).
+    pub fn with_sysfs_root(
+        specs: &[DeviceSpec],
+        sysfs_root: &std::path::Path,
+    ) -> Result<Self, SetupError> {
         let mut devices = BTreeMap::new();
         let mut lines = std::collections::HashSet::new();
         for spec in specs {
-            let device = match spec.kind {
+            let device = match &spec.kind {
                 DeviceKind::SimGpio { line, direction } => {
+                    let (line, direction) = (*line, *direction);
                     if !lines.insert(line) {
                         return Err(SetupError::DuplicateLine(line));
                     }
@@ -86,7 +100,10 @@ impl Peripherals {
                     }
                 }
                 DeviceKind::SimI2cTmp102 { address } => {
-                    Device::I2c(Arc::new(SimTmp102::new(address)))
+                    Device::I2c(Arc::new(SimTmp102::new(*address)))
+                }
+                DeviceKind::Sensor { source, path } => {
+                    Device::Sensor(Arc::new(SysfsSensor::new(sysfs_root, *source, path)))
                 }
             };
             if devices

@@ -3,7 +3,14 @@
 //! ```text
 //! LABEL=gpio:sim:LINE:in|out          a simulated GPIO line
 //! LABEL=i2c:sim:tmp102@ADDRESS        a simulated I2C bus with a TMP102 sensor at ADDRESS
+//! LABEL=sensor:hwmon:PATH              a hwmon input below SYSFS/class/hwmon, e.g.
+//!                                      hwmon0/temp1_input
+//! LABEL=sensor:iio:DEVICE/CHANNEL      an IIO channel below SYSFS/bus/iio/devices, e.g.
+//!                                      iio:device0/in_temp (reads _input, or _raw with
+//!                                      _offset and _scale)
 //! ```
+//!
+//! SYSFS is `/sys`, or `--sysfs-root` for a fake tree.
 //!
 //! The label is what the guest asks for and what the pod requests, as the extended resource
 //! `peripherals.wasmlet.dev/LABEL`, so it is a DNS-1123 label: lowercase letters, digits and
@@ -22,7 +29,7 @@ pub struct DeviceSpec {
 }
 
 /// A device class and its backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceKind {
     /// A simulated GPIO line.
     SimGpio {
@@ -36,6 +43,22 @@ pub enum DeviceKind {
         /// The sensor's 7-bit address.
         address: u16,
     },
+    /// A sensor the kernel reads, in sysfs.
+    Sensor {
+        /// Its kind of interface.
+        source: SensorSource,
+        /// Its path below the source's sysfs directory: relative, without `..`.
+        path: String,
+    },
+}
+
+/// Where in sysfs a sensor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SensorSource {
+    /// A hwmon input file (`class/hwmon/hwmonN/temp1_input`).
+    Hwmon,
+    /// An IIO channel (`bus/iio/devices/iio:deviceN/in_temp`).
+    Iio,
 }
 
 /// Which way a GPIO line goes.
@@ -66,6 +89,21 @@ impl DeviceSpec {
             fail("expected LABEL=CLASS:BACKEND:..., e.g. fan=gpio:sim:17:out".into())
         })?;
         check_label(label).map_err(fail)?;
+        for (prefix, source) in [
+            ("sensor:hwmon:", SensorSource::Hwmon),
+            ("sensor:iio:", SensorSource::Iio),
+        ] {
+            if let Some(path) = rest.strip_prefix(prefix) {
+                check_relative(path).map_err(fail)?;
+                return Ok(Self {
+                    label: label.to_string(),
+                    kind: DeviceKind::Sensor {
+                        source,
+                        path: path.to_string(),
+                    },
+                });
+            }
+        }
         let parts: Vec<&str> = rest.split(':').collect();
         let kind = match parts.as_slice() {
             ["gpio", "sim", line, direction] => DeviceKind::SimGpio {
@@ -97,6 +135,11 @@ impl DeviceSpec {
                 }
             }
             ["i2c", "sim", ..] => return Err(fail("expected i2c:sim:tmp102@ADDRESS".into())),
+            ["sensor", ..] => {
+                return Err(fail(
+                    "expected sensor:hwmon:PATH or sensor:iio:DEVICE/CHANNEL".into(),
+                ));
+            }
             [class @ ("gpio" | "i2c"), backend, ..] => {
                 return Err(fail(format!(
                     "{class} backend {backend:?} is not available in this build; use \"sim\""
@@ -104,7 +147,7 @@ impl DeviceSpec {
             }
             [class, ..] => {
                 return Err(fail(format!(
-                    "unknown device class {class:?}; expected gpio or i2c"
+                    "unknown device class {class:?}; expected gpio, i2c or sensor"
                 )));
             }
             [] => return Err(fail("empty device".into())),
@@ -118,7 +161,7 @@ impl DeviceSpec {
 
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
+        match &self.kind {
             DeviceKind::SimGpio { line, direction } => {
                 let direction = match direction {
                     Direction::In => "in",
@@ -128,6 +171,13 @@ impl fmt::Display for DeviceSpec {
             }
             DeviceKind::SimI2cTmp102 { address } => {
                 write!(f, "{}=i2c:sim:tmp102@{address:#04x}", self.label)
+            }
+            DeviceKind::Sensor { source, path } => {
+                let source = match source {
+                    SensorSource::Hwmon => "hwmon",
+                    SensorSource::Iio => "iio",
+                };
+                write!(f, "{}=sensor:{source}:{path}", self.label)
             }
         }
     }
@@ -147,6 +197,19 @@ fn check_label(label: &str) -> Result<(), String> {
     {
         return Err(format!(
             "label {label:?} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A path below a sysfs directory: relative, plain components only.
+fn check_relative(path: &str) -> Result<(), String> {
+    let plain = std::path::Path::new(path)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if path.is_empty() || !plain {
+        return Err(format!(
+            "sensor path {path:?} must be relative to its sysfs directory, without \"..\""
         ));
     }
     Ok(())
@@ -174,6 +237,8 @@ mod tests {
             "fan=gpio:sim:17:out",
             "button=gpio:sim:4:in",
             "temp=i2c:sim:tmp102@0x48",
+            "cpu=sensor:hwmon:hwmon0/temp1_input",
+            "air=sensor:iio:iio:device0/in_pressure",
         ] {
             assert_eq!(DeviceSpec::parse(text).unwrap().to_string(), text);
         }
@@ -201,6 +266,10 @@ mod tests {
             ("temp=i2c:sim:tmp102", "expected i2c:sim:tmp102@ADDRESS"),
             ("fan=gpio:gpiochip0:17:out", "not available in this build"),
             ("cam=usb:0", "unknown device class \"usb\""),
+            ("cpu=sensor:hwmon:/sys/x", "must be relative"),
+            ("cpu=sensor:hwmon:../etc/passwd", "without \"..\""),
+            ("cpu=sensor:hwmon:", "must be relative"),
+            ("cpu=sensor:thermal:zone0", "expected sensor:hwmon:PATH"),
         ] {
             let err = DeviceSpec::parse(text).unwrap_err().to_string();
             assert!(err.contains(says), "{text}: {err}");

@@ -30,12 +30,12 @@ pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: Cancellati
     let mut written: HashMap<String, &'static str> = HashMap::new();
     let mut first = true;
     let mut ticks = tokio::time::interval(PERIOD);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    while crate::next_tick(&mut ticks, &cancel).await {
         for (label, device) in peripherals.devices() {
+            if matches!(device.as_ref(), Device::Sensor(_)) {
+                // Read from sysfs (`sysfs::run`), not simulated.
+                continue;
+            }
             let path = dir.join(label);
             let text = match tokio::fs::read_to_string(&path).await {
                 Ok(text) => text,
@@ -67,6 +67,8 @@ pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: Cancellati
                     "0" => line.set(false),
                     _ => {}
                 },
+                // Skipped above.
+                Device::Sensor(_) => {}
                 Device::I2c(chip) => {
                     if let Some(celsius) = text.trim().parse::<f64>().ok().filter(|c| c.is_finite())
                     {
@@ -84,6 +86,7 @@ fn initial(device: &Device) -> &'static str {
     match device {
         Device::GpioOut(_) | Device::GpioIn(_) => "0\n",
         Device::I2c(_) => "21.0\n",
+        Device::Sensor(_) => "",
     }
 }
 
