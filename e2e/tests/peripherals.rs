@@ -84,6 +84,7 @@ async fn devices_cluster(node: &str) -> (WasmCluster, String, tempfile::TempDir)
             "fan=gpio:sim:17:out".into(),
             "temp=i2c:sim:tmp102@0x48".into(),
             "board=sensor:hwmon:hwmon0/temp1_input".into(),
+            "console=serial:sim".into(),
         ],
         sysfs_root: Some(sysfs.path().to_path_buf()),
         ..WasmletOptions::named(node)
@@ -157,6 +158,24 @@ async fn until_allocatable(cluster: &WasmCluster, resource: &str, want: Option<&
     )
     .await
     .unwrap();
+}
+
+/// One line from a serial port's outside end (blocking reads, on a blocking thread), within
+/// 30 s; the port comes back for the next exchange.
+async fn read_line(mut port: std::fs::File) -> (String, std::fs::File) {
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\n") {
+            let n = std::io::Read::read(&mut port, &mut byte).unwrap();
+            line.extend_from_slice(&byte[..n]);
+        }
+        (String::from_utf8_lossy(&line).into_owned(), port)
+    });
+    tokio::time::timeout(Duration::from_secs(30), reading)
+        .await
+        .expect("a line from the serial port within 30 s")
+        .unwrap()
 }
 
 async fn log_contains(cluster: &WasmCluster, pod: &str, text: &str) -> String {
@@ -323,6 +342,34 @@ async fn device_requests_the_node_cannot_meet_are_refused_with_a_reason() {
     ] {
         assert!(log.contains(line), "{line:?} missing from:\n{log}");
     }
+
+    // The serial port: a pty whose other end the test opens, as one opens /dev/ttyUSB0. The
+    // guest greets it, waits for a line without spinning, and logs what it heard.
+    let tty = std::fs::read_to_string(cluster.node.data_dir().join("devices/console")).unwrap();
+    let talker = thermostat_pod(
+        "talker",
+        &image,
+        &["serial", "console"],
+        &["peripherals.wasmlet.dev/console"],
+    );
+    cluster.kubectl.apply(&talker).unwrap();
+    let outside = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(tty.trim())
+        .unwrap();
+    let (heard, mut outside) = read_line(outside).await;
+    assert_eq!(heard, "hello from the guest\n");
+    std::io::Write::write_all(&mut outside, b"hi guest\n").unwrap();
+    let (heard, _) = read_line(outside).await;
+    assert_eq!(heard, "bye\n");
+    cluster
+        .wait_pod("talker", "Succeeded", Duration::from_secs(30), |p| {
+            phase(p) == "Succeeded"
+        })
+        .await
+        .unwrap();
+    log_contains(&cluster, "talker", "console: got \"hi guest\"").await;
 
     // Bound to the node directly, past the scheduler, while the bus is held: the node's
     // own admission refuses it, with the kubelet's reason.

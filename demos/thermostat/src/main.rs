@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use wasi::gpio::digital::{DigitalFlag, DigitalOutPin, PinState};
 use wasi::i2c::i2c::{ErrorCode, I2c};
-use wasmlet::peripherals::{devices, sensor};
+use wasmlet::peripherals::{devices, sensor, serial};
 
 /// The TMP102's address with its ADD0 pin to ground.
 const SENSOR: u16 = 0x48;
@@ -31,6 +31,14 @@ fn main() {
         Some("probe") => {
             for label in &args[2..] {
                 probe(label);
+            }
+            return;
+        }
+        Some("serial") => {
+            let label = args.get(2).map_or("console", String::as_str);
+            if let Err(why) = talk(label) {
+                eprintln!("thermostat: {why}");
+                std::process::exit(1);
             }
             return;
         }
@@ -127,6 +135,26 @@ fn read_threshold(file: &str) -> f64 {
         .ok()
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(DEFAULT_THRESHOLD)
+}
+
+/// Greets whoever is on the serial port `label`, waits (without spinning) for one line back,
+/// logs it and says goodbye.
+fn talk(label: &str) -> Result<(), String> {
+    let port = serial::open(label).map_err(|e| format!("cannot open serial port {label}: {e:?}"))?;
+    let mut pending: &[u8] = b"hello from the guest\n";
+    while !pending.is_empty() {
+        let n = port.write(pending).map_err(|e| format!("write: {e:?}"))?;
+        pending = &pending[n as usize..];
+    }
+    println!("{label}: said hello");
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        port.subscribe().block();
+        line.extend(port.read(256).map_err(|e| format!("read: {e:?}"))?);
+    }
+    println!("{label}: got {:?}", String::from_utf8_lossy(&line).trim_end());
+    port.write(b"bye\n").map_err(|e| format!("write: {e:?}"))?;
+    Ok(())
 }
 
 /// Times `calls` GPIO writes and `calls` I2C transactions (a temperature read) on the granted

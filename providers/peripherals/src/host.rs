@@ -14,7 +14,7 @@ use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
 use crate::i2c::{BusError, NoAck, Operation as BusOperation};
 use crate::registry::{Device, Peripherals};
-use crate::sim::{SimLine, SimTmp102};
+use crate::sim::{SimLine, SimSerial, SimTmp102};
 
 wasmtime::component::bindgen!({
     path: "wit",
@@ -28,13 +28,14 @@ wasmtime::component::bindgen!({
         "wasi:gpio/digital.stateful-digital-out-pin": StatefulOutPin,
         "wasi:gpio/digital.digital-in-pin": InPin,
         "wasi:gpio/digital.digital-in-out-pin": InOutPin,
+        "wasmlet:peripherals/serial.port": SerialPort,
     },
 });
 
 use wasi::gpio::digital::{self, DigitalConfig, DigitalFlag, PinState};
 use wasi::gpio::general::{self, ActiveLevel, GpioError, PinMode};
 use wasi::i2c::i2c::{self, ErrorCode, NoAcknowledgeSource, Operation};
-use wasmlet::peripherals::{devices, sensor};
+use wasmlet::peripherals::{devices, sensor, serial};
 
 /// Operations in one I2C transaction: each read is bounded, so this bounds its answer.
 const MAX_OPERATIONS: usize = 64;
@@ -64,6 +65,23 @@ pub struct InPin {
     label: String,
     line: Arc<SimLine>,
     active_low: bool,
+}
+
+/// An open serial port.
+pub struct SerialPort {
+    port: Arc<SimSerial>,
+}
+
+/// A serial port's pollable: ready when there is something to read.
+struct SerialReadable {
+    port: Arc<SimSerial>,
+}
+
+#[async_trait::async_trait]
+impl Pollable for SerialReadable {
+    async fn ready(&mut self) {
+        self.port.readable().await;
+    }
 }
 
 /// In-out lines are not offered: a line is an input or an output (`--device`), so this is
@@ -126,6 +144,7 @@ impl HostExtension for Peripherals {
         digital::add_to_linker::<_, Data>(linker, view)?;
         devices::add_to_linker::<_, Data>(linker, view)?;
         sensor::add_to_linker::<_, Data>(linker, view)?;
+        serial::add_to_linker::<_, Data>(linker, view)?;
         Ok(())
     }
 
@@ -248,6 +267,61 @@ impl sensor::Host for View<'_> {
             Some(Device::Sensor(sensor)) => Ok(sensor.unit().into()),
             _ => Err(devices::OpenError::NotGranted),
         })
+    }
+}
+
+impl serial::Host for View<'_> {
+    fn open(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<SerialPort>, devices::OpenError>> {
+        let Some(Device::Serial(port)) = granted(self, &label) else {
+            return Ok(Err(devices::OpenError::NotGranted));
+        };
+        let port = SerialPort { port: port.clone() };
+        Ok(Ok(self.table.push(port)?))
+    }
+}
+
+/// An unplugged port, or one the kernel refuses, fails the call with why.
+fn port_error(err: impl std::fmt::Display) -> devices::OpenError {
+    devices::OpenError::Unavailable(err.to_string())
+}
+
+impl serial::HostPort for View<'_> {
+    fn write(
+        &mut self,
+        port: Resource<SerialPort>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<u64, devices::OpenError>> {
+        let port = &self.table.get(&port)?.port;
+        if !port.presence().load(Ordering::Relaxed) {
+            return Ok(Err(port_error("the serial port is unplugged")));
+        }
+        Ok(port.write(&data).map(|n| n as u64).map_err(port_error))
+    }
+
+    fn read(
+        &mut self,
+        port: Resource<SerialPort>,
+        max: u64,
+    ) -> wasmtime::Result<Result<Vec<u8>, devices::OpenError>> {
+        let port = &self.table.get(&port)?.port;
+        if !port.presence().load(Ordering::Relaxed) {
+            return Ok(Err(port_error("the serial port is unplugged")));
+        }
+        Ok(port.read(max).map_err(port_error))
+    }
+
+    fn subscribe(&mut self, port: Resource<SerialPort>) -> wasmtime::Result<Resource<DynPollable>> {
+        let port = self.table.get(&port)?.port.clone();
+        let readable = self.table.push(SerialReadable { port })?;
+        subscribe(self.table, readable)
+    }
+
+    fn drop(&mut self, port: Resource<SerialPort>) -> wasmtime::Result<()> {
+        self.table.delete(port)?;
+        Ok(())
     }
 }
 

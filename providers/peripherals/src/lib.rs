@@ -1,5 +1,5 @@
-//! The peripherals provider: host devices (GPIO lines, I2C buses) declared with `--device`,
-//! advertised as one extended resource each (`peripherals.wasmlet.dev/<label>`), granted
+//! The peripherals provider: host devices (GPIO lines, I2C buses, sensors, serial ports)
+//! declared with `--device`, advertised as one extended resource each (`peripherals.wasmlet.dev/<label>`), granted
 //! exclusively to the pods that request them, and handed to their guests as typed WIT
 //! handles (`wasi:i2c`, `wasi:gpio`, `wasmlet:peripherals`).
 //!
@@ -40,6 +40,6 @@ pub(crate) async fn next_tick(
     }
 }
 
-pub use host::{Granted, I2cBus, InOutPin, InPin, OutPin, StatefulOutPin};
+pub use host::{Granted, I2cBus, InOutPin, InPin, OutPin, SerialPort, StatefulOutPin};
 pub use registry::{DEVICES_ENV, Device, Peripherals, RESOURCE_DOMAIN, SetupError, resource_name};
 pub use spec::{DeviceKind, DeviceSpec, Direction, SensorSource, SpecError};

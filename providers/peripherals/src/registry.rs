@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kubelet::events::{EventRecorder, EventType};
 use kubelet::{Allocation, ContainerError, DeviceProvider, PodKey};
 
-use crate::sim::{SimLine, SimTmp102};
+use crate::sim::{SerialError, SimLine, SimSerial, SimTmp102};
 use crate::spec::{DeviceKind, DeviceSpec, Direction};
 use crate::sysfs::SysfsSensor;
 
@@ -28,6 +28,8 @@ pub enum Device {
     I2c(Arc<SimTmp102>),
     /// A sensor read through sysfs.
     Sensor(Arc<SysfsSensor>),
+    /// A serial port.
+    Serial(Arc<SimSerial>),
 }
 
 impl Device {
@@ -47,6 +49,7 @@ impl Device {
             Device::GpioOut(line) | Device::GpioIn(line) => line.presence(),
             Device::I2c(chip) => chip.presence(),
             Device::Sensor(sensor) => sensor.presence(),
+            Device::Serial(port) => port.presence(),
         }
     }
 }
@@ -70,6 +73,9 @@ pub enum SetupError {
     /// Two devices are one simulated GPIO line.
     #[error("--device: GPIO line {0} of the simulated chip is given twice")]
     DuplicateLine(u32),
+    /// A device could not be set up.
+    #[error("--device {0}: {1}")]
+    Device(String, SerialError),
 }
 
 impl Peripherals {
@@ -102,6 +108,9 @@ impl Peripherals {
                 DeviceKind::SimI2cTmp102 { address } => {
                     Device::I2c(Arc::new(SimTmp102::new(*address)))
                 }
+                DeviceKind::SimSerial => Device::Serial(Arc::new(
+                    SimSerial::open().map_err(|err| SetupError::Device(spec.label.clone(), err))?,
+                )),
                 DeviceKind::Sensor { source, path } => {
                     Device::Sensor(Arc::new(SysfsSensor::new(sysfs_root, *source, path)))
                 }

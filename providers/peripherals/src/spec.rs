@@ -3,6 +3,7 @@
 //! ```text
 //! LABEL=gpio:sim:LINE:in|out          a simulated GPIO line
 //! LABEL=i2c:sim:tmp102@ADDRESS        a simulated I2C bus with a TMP102 sensor at ADDRESS
+//! LABEL=serial:sim                     a simulated serial port: a pty pair
 //! LABEL=sensor:hwmon:PATH              a hwmon input below SYSFS/class/hwmon, e.g.
 //!                                      hwmon0/temp1_input
 //! LABEL=sensor:iio:DEVICE/CHANNEL      an IIO channel below SYSFS/bus/iio/devices, e.g.
@@ -43,6 +44,8 @@ pub enum DeviceKind {
         /// The sensor's 7-bit address.
         address: u16,
     },
+    /// A simulated serial port.
+    SimSerial,
     /// A sensor the kernel reads, in sysfs.
     Sensor {
         /// Its kind of interface.
@@ -135,6 +138,8 @@ impl DeviceSpec {
                 }
             }
             ["i2c", "sim", ..] => return Err(fail("expected i2c:sim:tmp102@ADDRESS".into())),
+            ["serial", "sim"] => DeviceKind::SimSerial,
+            ["serial", ..] => return Err(fail("expected serial:sim".into())),
             ["sensor", ..] => {
                 return Err(fail(
                     "expected sensor:hwmon:PATH or sensor:iio:DEVICE/CHANNEL".into(),
@@ -147,7 +152,7 @@ impl DeviceSpec {
             }
             [class, ..] => {
                 return Err(fail(format!(
-                    "unknown device class {class:?}; expected gpio, i2c or sensor"
+                    "unknown device class {class:?}; expected gpio, i2c, sensor or serial"
                 )));
             }
             [] => return Err(fail("empty device".into())),
@@ -172,6 +177,7 @@ impl fmt::Display for DeviceSpec {
             DeviceKind::SimI2cTmp102 { address } => {
                 write!(f, "{}=i2c:sim:tmp102@{address:#04x}", self.label)
             }
+            DeviceKind::SimSerial => write!(f, "{}=serial:sim", self.label),
             DeviceKind::Sensor { source, path } => {
                 let source = match source {
                     SensorSource::Hwmon => "hwmon",
@@ -239,6 +245,7 @@ mod tests {
             "temp=i2c:sim:tmp102@0x48",
             "cpu=sensor:hwmon:hwmon0/temp1_input",
             "air=sensor:iio:iio:device0/in_pressure",
+            "console=serial:sim",
         ] {
             assert_eq!(DeviceSpec::parse(text).unwrap().to_string(), text);
         }
@@ -270,6 +277,7 @@ mod tests {
             ("cpu=sensor:hwmon:../etc/passwd", "without \"..\""),
             ("cpu=sensor:hwmon:", "must be relative"),
             ("cpu=sensor:thermal:zone0", "expected sensor:hwmon:PATH"),
+            ("console=serial:/dev/ttyUSB0", "expected serial:sim"),
         ] {
             let err = DeviceSpec::parse(text).unwrap_err().to_string();
             assert!(err.contains(says), "{text}: {err}");

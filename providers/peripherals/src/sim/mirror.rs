@@ -42,8 +42,8 @@ pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: Cancellati
                 // Made on the first pass; gone later means unplugged.
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound && first => {
                     let initial = initial(device);
-                    write_atomically(&path, initial).await;
-                    initial.to_string()
+                    write_atomically(&path, &initial).await;
+                    initial
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                     peripherals.set_present(label, false);
@@ -67,8 +67,8 @@ pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: Cancellati
                     "0" => line.set(false),
                     _ => {}
                 },
-                // Skipped above.
-                Device::Sensor(_) => {}
+                // Skipped above, or nothing to do: a port's file names its pty.
+                Device::Sensor(_) | Device::Serial(_) => {}
                 Device::I2c(chip) => {
                     if let Some(celsius) = text.trim().parse::<f64>().ok().filter(|c| c.is_finite())
                     {
@@ -82,11 +82,12 @@ pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: Cancellati
 }
 
 /// What a device's file holds when the simulator starts.
-fn initial(device: &Device) -> &'static str {
+fn initial(device: &Device) -> String {
     match device {
-        Device::GpioOut(_) | Device::GpioIn(_) => "0\n",
-        Device::I2c(_) => "21.0\n",
-        Device::Sensor(_) => "",
+        Device::GpioOut(_) | Device::GpioIn(_) => "0\n".into(),
+        Device::I2c(_) => "21.0\n".into(),
+        Device::Serial(port) => format!("{}\n", port.path().display()),
+        Device::Sensor(_) => String::new(),
     }
 }
 

@@ -3,7 +3,9 @@
 
 mod gpio;
 pub mod mirror;
+mod serial;
 mod tmp102;
 
 pub use gpio::SimLine;
+pub use serial::{SerialError, SimSerial};
 pub use tmp102::SimTmp102;
