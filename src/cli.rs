@@ -174,6 +174,19 @@ pub enum Command {
     /// The config file (`--config`).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List the devices this host has, with the `--device` spec that grants each.
+    Devices(DevicesArgs),
+}
+
+/// `wasmlet devices`.
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Where sysfs is
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    pub sysfs_root: PathBuf,
+    /// Where the device files are
+    #[arg(long, value_name = "DIR", default_value = "/dev")]
+    pub dev_root: PathBuf,
 }
 
 /// `wasmlet join API_HOST:PORT --token ID.SECRET --discovery-token-ca-cert-hash sha256:HEX`.

@@ -97,6 +97,20 @@ async fn run(cli: Cli, secrets_in_memory: bool) -> anyhow::Result<()> {
         Some(cli::Command::Logs(logs)) => {
             return local::logs(&cli.data_dir_or_default()?, logs).await;
         }
+        Some(cli::Command::Devices(args)) => {
+            let (sysfs, dev) = (args.sysfs_root.clone(), args.dev_root.clone());
+            let found = tokio::task::spawn_blocking(move || {
+                peripherals_provider::discover::discover(&sysfs, &dev)
+            })
+            .await?;
+            for device in found {
+                match device.spec {
+                    Some(spec) => println!("--device {spec:<56} # {}", device.what),
+                    None => println!("{:<65} # {}", "", device.what),
+                }
+            }
+            return Ok(());
+        }
         Some(cli::Command::Config(cli::ConfigCommand::Defaults)) => {
             print!("{}", config_file::defaults());
             return Ok(());

@@ -22,6 +22,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod discover;
 mod host;
 pub mod i2c;
 mod registry;

@@ -1,0 +1,166 @@
+//! What devices a host has, for `wasmlet devices`: hwmon inputs and IIO channels (ready to
+//! grant as sensors), and the GPIO chips, I2C buses and serial ports the kernel exposes
+//! (listed so an operator sees them; their backends are not in this build). Reads sysfs and
+//! /dev below configurable roots, so tests point it at fake trees. Blocking: call it off the
+//! async runtime's threads.
+
+use std::path::Path;
+
+/// One device found on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The `--device` spec that grants it, with a label to adapt (`None` if this build
+    /// cannot grant it).
+    pub spec: Option<String>,
+    /// What it is, for a person.
+    pub what: String,
+}
+
+/// The devices below `sysfs_root` (normally `/sys`) and `dev_root` (normally `/dev`), in a
+/// stable order.
+pub fn discover(sysfs_root: &Path, dev_root: &Path) -> Vec<Found> {
+    let mut found = Vec::new();
+    for hwmon in entries(&sysfs_root.join("class/hwmon")) {
+        let dir = sysfs_root.join("class/hwmon").join(&hwmon);
+        let chip = read_trimmed(&dir.join("name")).unwrap_or_else(|| "?".into());
+        for file in entries(&dir).into_iter().filter(|f| f.ends_with("_input")) {
+            let label = format!("{chip}-{}", file.trim_end_matches("_input"));
+            found.push(Found {
+                spec: Some(format!("{}=sensor:hwmon:{hwmon}/{file}", label_of(&label))),
+                what: format!("hwmon {chip} {file}"),
+            });
+        }
+    }
+    let iio = sysfs_root.join("bus/iio/devices");
+    for device in entries(&iio) {
+        let dir = iio.join(&device);
+        let name = read_trimmed(&dir.join("name")).unwrap_or_else(|| "?".into());
+        let mut channels: Vec<String> = entries(&dir)
+            .into_iter()
+            .filter(|f| f.starts_with("in_"))
+            .filter_map(|f| {
+                f.strip_suffix("_raw")
+                    .or_else(|| f.strip_suffix("_input"))
+                    .map(str::to_string)
+            })
+            .collect();
+        channels.dedup();
+        for channel in channels {
+            let label = format!("{name}-{}", channel.trim_start_matches("in_"));
+            found.push(Found {
+                spec: Some(format!(
+                    "{}=sensor:iio:{device}/{channel}",
+                    label_of(&label)
+                )),
+                what: format!("IIO {name} {channel}"),
+            });
+        }
+    }
+    for file in entries(dev_root) {
+        let what = if file.starts_with("gpiochip") {
+            "GPIO chip (the character device backend is not in this build)"
+        } else if file.starts_with("i2c-") {
+            "I2C bus (the i2c-dev backend is not in this build)"
+        } else if file.starts_with("ttyUSB")
+            || file.starts_with("ttyACM")
+            || file.starts_with("ttyAMA")
+        {
+            "serial port (the tty backend is not in this build)"
+        } else {
+            continue;
+        };
+        found.push(Found {
+            spec: None,
+            what: format!("{} {what}", dev_root.join(&file).display()),
+        });
+    }
+    found
+}
+
+/// A DNS-1123 label made of `text`: lowercase, other characters as `-`, at most 63.
+fn label_of(text: &str) -> String {
+    let label: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    label.trim_matches('-').to_string()
+}
+
+/// The names in `dir`, sorted; none if it cannot be read.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::DeviceSpec;
+
+    #[test]
+    fn sensors_are_offered_as_specs_and_other_devices_listed() {
+        let sys = tempfile::tempdir().unwrap();
+        let dev = tempfile::tempdir().unwrap();
+        let hwmon = sys.path().join("class/hwmon/hwmon0");
+        let iio = sys.path().join("bus/iio/devices/iio:device0");
+        std::fs::create_dir_all(&hwmon).unwrap();
+        std::fs::create_dir_all(&iio).unwrap();
+        std::fs::write(hwmon.join("name"), "cpu_thermal\n").unwrap();
+        std::fs::write(hwmon.join("temp1_input"), "42000\n").unwrap();
+        std::fs::write(hwmon.join("temp1_crit"), "90000\n").unwrap();
+        std::fs::write(iio.join("name"), "bme280\n").unwrap();
+        for file in ["in_temp_raw", "in_temp_scale", "in_pressure_input"] {
+            std::fs::write(iio.join(file), "1\n").unwrap();
+        }
+        for file in ["gpiochip0", "i2c-1", "ttyUSB0", "null"] {
+            std::fs::write(dev.path().join(file), "").unwrap();
+        }
+
+        let found = discover(sys.path(), dev.path());
+        let specs: Vec<&str> = found.iter().filter_map(|f| f.spec.as_deref()).collect();
+        assert_eq!(
+            specs,
+            [
+                "cpu-thermal-temp1=sensor:hwmon:hwmon0/temp1_input",
+                "bme280-pressure=sensor:iio:iio:device0/in_pressure",
+                "bme280-temp=sensor:iio:iio:device0/in_temp",
+            ]
+        );
+        // Every offered spec is one `--device` takes.
+        for spec in &specs {
+            DeviceSpec::parse(spec).unwrap();
+        }
+        let others: Vec<&str> = found
+            .iter()
+            .filter(|f| f.spec.is_none())
+            .map(|f| f.what.as_str())
+            .collect();
+        assert_eq!(others.len(), 3, "{others:?}");
+        assert!(
+            others[0].ends_with(
+                "gpiochip0 GPIO chip (the character device backend is not in this build)"
+            )
+        );
+        // Roots that do not exist: nothing, no error.
+        assert!(discover(&sys.path().join("nope"), &dev.path().join("nope")).is_empty());
+    }
+}
