@@ -85,6 +85,7 @@ async fn devices_cluster(node: &str) -> (WasmCluster, String, tempfile::TempDir)
             "temp=i2c:sim:tmp102@0x48".into(),
             "board=sensor:hwmon:hwmon0/temp1_input".into(),
             "console=serial:sim".into(),
+            "button=gpio:sim:4:in".into(),
         ],
         sysfs_root: Some(sysfs.path().to_path_buf()),
         ..WasmletOptions::named(node)
@@ -370,6 +371,48 @@ async fn device_requests_the_node_cannot_meet_are_refused_with_a_reason() {
         .await
         .unwrap();
     log_contains(&cluster, "talker", "console: got \"hi guest\"").await;
+
+    // An input line: the guest blocks on a rising-edge pollable, using no CPU while it waits,
+    // and wakes on each press driven from outside.
+    let devices = cluster.node.data_dir().join("devices");
+    let presser = thermostat_pod(
+        "presser",
+        &image,
+        &["button", "button", "2"],
+        &["peripherals.wasmlet.dev/button"],
+    );
+    run_until(&cluster, &presser, "presser", "Running").await;
+    log_contains(&cluster, "presser", "button: waiting for 2 presses").await;
+    // Two seconds of waiting by the node's own clock (/stats/summary), in which a guest that
+    // polled the line would burn most of a core: this one barely registers.
+    let (before, at) = cluster.cpu_by_pod().unwrap()["presser"];
+    let (after, _) = wait_for("2 s of the guest waiting", Duration::from_secs(20), || {
+        let cpu = cluster.cpu_by_pod();
+        async move {
+            let (nanos, time) = cpu.map_err(|e| e.to_string())?["presser"];
+            let waited = time.as_millisecond() - at.as_millisecond() >= 2000;
+            Ok(waited.then_some((nanos, time)))
+        }
+    })
+    .await
+    .unwrap();
+    let spent_ms = after.saturating_sub(before) / 1_000_000;
+    assert!(
+        spent_ms < 50,
+        "a waiting guest used {spent_ms} ms of CPU in 2 s"
+    );
+    for n in 1..=2 {
+        std::fs::write(devices.join("button"), "1\n").unwrap();
+        log_contains(&cluster, "presser", &format!("button: pressed ({n})")).await;
+        std::fs::write(devices.join("button"), "0\n").unwrap();
+        log_contains(&cluster, "presser", &format!("button: released ({n})")).await;
+    }
+    cluster
+        .wait_pod("presser", "Succeeded", Duration::from_secs(30), |p| {
+            phase(p) == "Succeeded"
+        })
+        .await
+        .unwrap();
 
     // Bound to the node directly, past the scheduler, while the bus is held: the node's
     // own admission refuses it, with the kubelet's reason.

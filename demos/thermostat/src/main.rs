@@ -14,7 +14,7 @@ wit_bindgen::generate!({
 
 use std::time::{Duration, Instant};
 
-use wasi::gpio::digital::{DigitalFlag, DigitalOutPin, PinState};
+use wasi::gpio::digital::{DigitalFlag, DigitalInPin, DigitalOutPin, PinState};
 use wasi::i2c::i2c::{ErrorCode, I2c};
 use wasmlet::peripherals::{devices, sensor, serial};
 
@@ -31,6 +31,15 @@ fn main() {
         Some("probe") => {
             for label in &args[2..] {
                 probe(label);
+            }
+            return;
+        }
+        Some("button") => {
+            let label = args.get(2).map_or("button", String::as_str);
+            let presses = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(2);
+            if let Err(why) = wait_for_presses(label, presses) {
+                eprintln!("thermostat: {why}");
+                std::process::exit(1);
             }
             return;
         }
@@ -135,6 +144,27 @@ fn read_threshold(file: &str) -> f64 {
         .ok()
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(DEFAULT_THRESHOLD)
+}
+
+/// Waits, without spinning, for `presses` presses (a rising edge, then a falling one) on the
+/// input line `label`, logging each edge.
+fn wait_for_presses(label: &str, presses: u32) -> Result<(), String> {
+    let button = DigitalInPin::get(label, &[DigitalFlag::ACTIVE_HIGH])
+        .map_err(|e| format!("cannot open GPIO line {label}: {e:?}"))?;
+    println!("{label}: waiting for {presses} presses");
+    for n in 1..=presses {
+        let edge = button
+            .watch_rising_edge()
+            .map_err(|e| format!("cannot watch {label}: {e:?}"))?;
+        edge.block();
+        println!("{label}: pressed ({n})");
+        let edge = button
+            .watch_falling_edge()
+            .map_err(|e| format!("cannot watch {label}: {e:?}"))?;
+        edge.block();
+        println!("{label}: released ({n})");
+    }
+    Ok(())
 }
 
 /// Greets whoever is on the serial port `label`, waits (without spinning) for one line back,
