@@ -24,7 +24,9 @@ pub fn discover(sysfs_root: &Path, dev_root: &Path) -> Vec<Found> {
         let dir = sysfs_root.join("class/hwmon").join(&hwmon);
         let chip = read_trimmed(&dir.join("name")).unwrap_or_else(|| "?".into());
         for file in entries(&dir).into_iter().filter(|f| f.ends_with("_input")) {
-            let label = format!("{chip}-{}", file.trim_end_matches("_input"));
+            // The hwmon index keeps two chips of one name apart.
+            let index = hwmon.trim_start_matches("hwmon");
+            let label = format!("{chip}-{index}-{}", file.trim_end_matches("_input"));
             found.push(Found {
                 spec: Some(format!("{}=sensor:hwmon:{hwmon}/{file}", label_of(&label))),
                 what: format!("hwmon {chip} {file}"),
@@ -35,7 +37,7 @@ pub fn discover(sysfs_root: &Path, dev_root: &Path) -> Vec<Found> {
     for device in entries(&iio) {
         let dir = iio.join(&device);
         let name = read_trimmed(&dir.join("name")).unwrap_or_else(|| "?".into());
-        let mut channels: Vec<String> = entries(&dir)
+        let channels: std::collections::BTreeSet<String> = entries(&dir)
             .into_iter()
             .filter(|f| f.starts_with("in_"))
             .filter_map(|f| {
@@ -44,9 +46,9 @@ pub fn discover(sysfs_root: &Path, dev_root: &Path) -> Vec<Found> {
                     .map(str::to_string)
             })
             .collect();
-        channels.dedup();
+        let index = device.trim_start_matches("iio:device");
         for channel in channels {
-            let label = format!("{name}-{}", channel.trim_start_matches("in_"));
+            let label = format!("{name}-{index}-{}", channel.trim_start_matches("in_"));
             found.push(Found {
                 spec: Some(format!(
                     "{}=sensor:iio:{device}/{channel}",
@@ -140,9 +142,9 @@ mod tests {
         assert_eq!(
             specs,
             [
-                "cpu-thermal-temp1=sensor:hwmon:hwmon0/temp1_input",
-                "bme280-pressure=sensor:iio:iio:device0/in_pressure",
-                "bme280-temp=sensor:iio:iio:device0/in_temp",
+                "cpu-thermal-0-temp1=sensor:hwmon:hwmon0/temp1_input",
+                "bme280-0-pressure=sensor:iio:iio:device0/in_pressure",
+                "bme280-0-temp=sensor:iio:iio:device0/in_temp",
             ]
         );
         // Every offered spec is one `--device` takes.

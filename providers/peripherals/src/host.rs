@@ -80,6 +80,11 @@ struct SerialReadable {
 #[async_trait::async_trait]
 impl Pollable for SerialReadable {
     async fn ready(&mut self) {
+        // An unplugged port refuses reads whatever is waiting: being ready then would only
+        // make a retrying guest spin.
+        if !self.port.presence().load(Ordering::Relaxed) {
+            return std::future::pending().await;
+        }
         self.port.readable().await;
     }
 }
@@ -92,35 +97,29 @@ pub struct InOutPin;
 struct Watch {
     line: Arc<SimLine>,
     kind: WatchKind,
-    /// An edge, once seen, keeps the pollable ready.
+    /// A level, once reached, keeps the pollable ready.
     seen: bool,
 }
 
 #[derive(Clone, Copy)]
 enum WatchKind {
     Level(bool),
-    Rising,
-    Falling,
+    /// The next rise (`true`) or fall of the line after it had happened this many times:
+    /// counted, so an edge that came while the guest was not polling is still seen.
+    Edge(bool, u64),
 }
 
 #[async_trait::async_trait]
 impl Pollable for Watch {
     async fn ready(&mut self) {
-        if self.seen {
-            return;
-        }
         match self.kind {
-            WatchKind::Level(high) => self.line.wait_for(high).await,
-            WatchKind::Rising => {
-                self.line.wait_for(false).await;
-                self.line.wait_for(true).await;
+            WatchKind::Level(_) if self.seen => {}
+            WatchKind::Level(high) => {
+                self.line.wait_for(high).await;
+                self.seen = true;
             }
-            WatchKind::Falling => {
-                self.line.wait_for(true).await;
-                self.line.wait_for(false).await;
-            }
+            WatchKind::Edge(rising, seen) => self.line.wait_for_edge(rising, seen).await,
         }
-        self.seen = true;
     }
 }
 
@@ -661,11 +660,8 @@ impl digital::HostDigitalInPin for View<'_> {
     ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
         // Edges are of the line's active state: falling is active to inactive.
         watch(self, &pin, |pin| {
-            if pin.active_low {
-                WatchKind::Rising
-            } else {
-                WatchKind::Falling
-            }
+            let rising = pin.active_low;
+            WatchKind::Edge(rising, pin.line.edges(rising))
         })
     }
 
@@ -674,11 +670,8 @@ impl digital::HostDigitalInPin for View<'_> {
         pin: Resource<InPin>,
     ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
         watch(self, &pin, |pin| {
-            if pin.active_low {
-                WatchKind::Falling
-            } else {
-                WatchKind::Rising
-            }
+            let rising = !pin.active_low;
+            WatchKind::Edge(rising, pin.line.edges(rising))
         })
     }
 

@@ -168,8 +168,9 @@ impl Peripherals {
     ) -> BTreeMap<String, Arc<Device>> {
         let holders = self.holders();
         devices
-            .keys()
-            .filter_map(|name| label_of(name))
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .filter_map(|(name, _)| label_of(name))
             .filter(|label| holders.get(*label).is_some_and(|holder| holder.uid == uid))
             .filter_map(|label| Some((label.to_string(), self.devices.get(label)?.clone())))
             .collect()
@@ -221,8 +222,10 @@ impl DeviceProvider for Peripherals {
             message: format!("container {container}: {message}"),
             fatal: false,
         };
+        // A request of 0 is no request: it takes nothing.
         let wanted: Vec<(&str, u64)> = devices
             .iter()
+            .filter(|(_, count)| **count > 0)
             .filter_map(|(name, count)| Some((label_of(name)?, *count)))
             .collect();
         let mut holders = self.holders();
@@ -241,6 +244,9 @@ impl DeviceProvider for Peripherals {
                     holder.namespace, holder.name
                 )));
             }
+        }
+        if wanted.is_empty() {
+            return Ok(Allocation::default());
         }
         let mut labels = Vec::new();
         for (label, _) in wanted {
@@ -336,6 +342,12 @@ mod tests {
         );
         let two = [(resource_name("fan"), 2)].into();
         assert!(p.allocate(&pod("a"), "app", &two).is_err());
+        // Asking for 0 takes nothing.
+        let none = [(resource_name("temp"), 0)].into();
+        let allocation = p.allocate(&pod("z"), "app", &none).unwrap();
+        assert!(allocation.env.is_empty());
+        assert!(p.held_by("z", &none).is_empty());
+        p.allocate(&pod("y"), "app", &wants(&["temp"])).unwrap();
         // Other resources are not ours to judge.
         let other = [("example.com/led".to_string(), 3)].into();
         p.allocate(&pod("a"), "app", &other).unwrap();

@@ -47,7 +47,7 @@ impl Measure {
             Measure::Humidity
         } else if starts("pressure") {
             Measure::Pressure
-        } else if starts("in") || starts("voltage") {
+        } else if starts("voltage") || is_hwmon_voltage(name) {
             Measure::Voltage
         } else if starts("curr") || starts("current") {
             Measure::Current
@@ -86,6 +86,17 @@ impl Measure {
         }
     }
 }
+
+/// A hwmon voltage input is `in` and its index (`in0_input`); IIO's `in_illuminance` and
+/// the like are not voltages.
+fn is_hwmon_voltage(name: &str) -> bool {
+    name.strip_prefix("in")
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// Failed reads in a row before a sensor counts as unplugged: one bad read is noise, and
+/// flapping would flood the pod's events.
+const FAILURES_TO_UNPLUG: u32 = 3;
 
 /// One sysfs sensor and its latest reading.
 #[derive(Debug)]
@@ -183,16 +194,23 @@ async fn number(path: &Path) -> Result<f64, String> {
 /// read is unplugged until it can.
 pub async fn run(peripherals: Arc<Peripherals>, cancel: CancellationToken) {
     let mut ticks = tokio::time::interval(PERIOD);
+    // Failed reads in a row, by label; bounded by the devices.
+    let mut failures: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
     while crate::next_tick(&mut ticks, &cancel).await {
         for (label, device) in peripherals.devices() {
             if let Device::Sensor(sensor) = device.as_ref() {
                 match sensor.sample().await {
-                    Ok(_) => peripherals.set_present(label, true),
+                    Ok(_) => {
+                        failures.remove(label.as_str());
+                        peripherals.set_present(label, true);
+                    }
                     Err(why) => {
-                        if device.is_present() {
+                        let count = failures.entry(label).or_default();
+                        *count = count.saturating_add(1);
+                        if *count == FAILURES_TO_UNPLUG {
                             tracing::warn!(sensor = label, %why, "sensor unreadable");
+                            peripherals.set_present(label, false);
                         }
-                        peripherals.set_present(label, false);
                     }
                 }
             }
@@ -214,6 +232,7 @@ mod tests {
         std::fs::write(hwmon.join("temp1_input"), "42500\n").unwrap();
         std::fs::write(hwmon.join("in0_input"), "3300\n").unwrap();
         std::fs::write(hwmon.join("fan1_input"), "1200\n").unwrap();
+        std::fs::write(iio.join("in_illuminance_input"), "250\n").unwrap();
         // A raw channel with offset and scale, as a BME280 driver gives it.
         std::fs::write(iio.join("in_temp_raw"), "1000\n").unwrap();
         std::fs::write(iio.join("in_temp_offset"), "10\n").unwrap();
@@ -256,6 +275,11 @@ mod tests {
             read(SensorSource::Iio, "iio:device0/in_pressure").await,
             101_325.0,
             "pascal",
+        );
+        close(
+            read(SensorSource::Iio, "iio:device0/in_illuminance").await,
+            250.0,
+            "raw",
         );
 
         // Missing or garbage: an error naming the file, never a made-up number.

@@ -88,6 +88,9 @@ impl<P: Provider> Worker<P> {
         if inbox.agent_stopping {
             return;
         }
+        // Free its share of the node and its devices before the object goes: the moment it
+        // is gone the scheduler may bind a pod that needs them here.
+        self.release().await;
         if !inbox.gone && self.source == PodSource::Api {
             self.publish().await;
             self.delete_object().await;

@@ -37,6 +37,10 @@ pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: Cancellati
                 continue;
             }
             let path = dir.join(label);
+            if first && let Device::Serial(port) = device.as_ref() {
+                // A pty is new with every start: the file from a last run names another.
+                write_atomically(&path, &format!("{}\n", port.path().display())).await;
+            }
             let text = match tokio::fs::read_to_string(&path).await {
                 Ok(text) => text,
                 // Made on the first pass; gone later means unplugged.

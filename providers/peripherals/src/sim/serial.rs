@@ -98,7 +98,9 @@ impl SimSerial {
     pub async fn readable(&self) {
         loop {
             let Ok(mut guard) = self.master.readable().await else {
-                return;
+                // The reactor is gone (the node is stopping): never ready, rather than
+                // ready forever.
+                return std::future::pending().await;
             };
             // The reactor's readiness may be stale (the guest read everything since): ask
             // the kernel, and wait again if there is nothing.
