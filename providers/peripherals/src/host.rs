@@ -50,22 +50,22 @@ pub struct I2cBus {
     chip: Arc<SimTmp102>,
 }
 
-/// A GPIO line the guest drives, with its active level.
-pub struct OutPin {
+/// An open GPIO line, with the label it was opened by and its active level: what every
+/// kind of pin handle holds.
+pub struct Pin {
     label: String,
     line: Arc<SimLine>,
     active_low: bool,
 }
+
+/// A GPIO line the guest drives.
+pub struct OutPin(Pin);
 
 /// An output line that also reports what it was set to.
-pub struct StatefulOutPin(OutPin);
+pub struct StatefulOutPin(Pin);
 
 /// A GPIO line the guest reads.
-pub struct InPin {
-    label: String,
-    line: Arc<SimLine>,
-    active_low: bool,
-}
+pub struct InPin(Pin);
 
 /// An open serial port.
 pub struct SerialPort {
@@ -328,6 +328,26 @@ impl general::Host for View<'_> {}
 
 impl digital::Host for View<'_> {}
 
+/// Opens the granted line `label` in the wanted direction and puts its handle, made by
+/// `wrap`, in the instance's table.
+fn push_pin<T: Send + 'static>(
+    view: &mut View<'_>,
+    label: String,
+    flags: &[DigitalFlag],
+    output: bool,
+    wrap: fn(Pin) -> T,
+) -> wasmtime::Result<Result<Resource<T>, GpioError>> {
+    let pin = match open_line(view, &label, flags, output) {
+        Ok((line, active_low)) => Pin {
+            label,
+            line,
+            active_low,
+        },
+        Err(err) => return Ok(Err(err)),
+    };
+    Ok(Ok(view.table.push(wrap(pin))?))
+}
+
 /// The line and active level of a granted line of the wanted direction.
 fn open_line(
     view: &View<'_>,
@@ -372,19 +392,6 @@ fn open_line(
     Ok((line.clone(), active_low))
 }
 
-fn config(label: &str, mode: PinMode, active_low: bool) -> DigitalConfig {
-    DigitalConfig {
-        label: label.to_string(),
-        pin_mode: mode,
-        active_level: if active_low {
-            ActiveLevel::ActiveLow
-        } else {
-            ActiveLevel::ActiveHigh
-        },
-        pull_resistor: None,
-    }
-}
-
 /// A line that was unplugged fails every call until it is back.
 fn plugged_in(line: &SimLine) -> Result<(), GpioError> {
     if line.presence().load(std::sync::atomic::Ordering::Relaxed) {
@@ -394,26 +401,40 @@ fn plugged_in(line: &SimLine) -> Result<(), GpioError> {
     }
 }
 
-/// The pin state a line's level means, for its active level.
-fn state_of(line: &SimLine, active_low: bool) -> Result<PinState, GpioError> {
-    plugged_in(line)?;
-    Ok(if line.is_high() != active_low {
-        PinState::Active
-    } else {
-        PinState::Inactive
-    })
-}
+impl Pin {
+    /// The line level that means `state`, for the pin's active level.
+    fn level(&self, state: PinState) -> bool {
+        (state == PinState::Active) != self.active_low
+    }
 
-impl OutPin {
+    /// The state the line's level means.
+    fn state(&self) -> Result<PinState, GpioError> {
+        plugged_in(&self.line)?;
+        Ok(if self.line.is_high() == self.level(PinState::Active) {
+            PinState::Active
+        } else {
+            PinState::Inactive
+        })
+    }
+
+    /// Drives the line to `state`.
     fn set(&self, state: PinState) -> Result<(), GpioError> {
         plugged_in(&self.line)?;
-        self.line
-            .set((state == PinState::Active) != self.active_low);
+        self.line.set(self.level(state));
         Ok(())
     }
 
-    fn state(&self) -> Result<PinState, GpioError> {
-        state_of(&self.line, self.active_low)
+    fn config(&self, mode: PinMode) -> DigitalConfig {
+        DigitalConfig {
+            label: self.label.clone(),
+            pin_mode: mode,
+            active_level: if self.active_low {
+                ActiveLevel::ActiveLow
+            } else {
+                ActiveLevel::ActiveHigh
+            },
+            pull_resistor: None,
+        }
     }
 }
 
@@ -423,21 +444,11 @@ impl digital::HostDigitalOutPin for View<'_> {
         label: String,
         flags: Vec<DigitalFlag>,
     ) -> wasmtime::Result<Result<Resource<OutPin>, GpioError>> {
-        let (line, active_low) = match open_line(self, &label, &flags, true) {
-            Ok(opened) => opened,
-            Err(err) => return Ok(Err(err)),
-        };
-        let pin = OutPin {
-            label,
-            line,
-            active_low,
-        };
-        Ok(Ok(self.table.push(pin)?))
+        push_pin(self, label, &flags, true, OutPin)
     }
 
     fn get_config(&mut self, pin: Resource<OutPin>) -> wasmtime::Result<DigitalConfig> {
-        let pin = self.table.get(&pin)?;
-        Ok(config(&pin.label, PinMode::Out, pin.active_low))
+        Ok(self.table.get(&pin)?.0.config(PinMode::Out))
     }
 
     fn is_ready(&mut self, _: Resource<OutPin>) -> wasmtime::Result<bool> {
@@ -449,7 +460,7 @@ impl digital::HostDigitalOutPin for View<'_> {
         pin: Resource<OutPin>,
         state: PinState,
     ) -> wasmtime::Result<Result<(), GpioError>> {
-        Ok(self.table.get(&pin)?.set(state))
+        Ok(self.table.get(&pin)?.0.set(state))
     }
 
     fn set_active(&mut self, pin: Resource<OutPin>) -> wasmtime::Result<Result<(), GpioError>> {
@@ -472,21 +483,11 @@ impl digital::HostStatefulDigitalOutPin for View<'_> {
         label: String,
         flags: Vec<DigitalFlag>,
     ) -> wasmtime::Result<Result<Resource<StatefulOutPin>, GpioError>> {
-        let (line, active_low) = match open_line(self, &label, &flags, true) {
-            Ok(opened) => opened,
-            Err(err) => return Ok(Err(err)),
-        };
-        let pin = StatefulOutPin(OutPin {
-            label,
-            line,
-            active_low,
-        });
-        Ok(Ok(self.table.push(pin)?))
+        push_pin(self, label, &flags, true, StatefulOutPin)
     }
 
     fn get_config(&mut self, pin: Resource<StatefulOutPin>) -> wasmtime::Result<DigitalConfig> {
-        let pin = &self.table.get(&pin)?.0;
-        Ok(config(&pin.label, PinMode::Out, pin.active_low))
+        Ok(self.table.get(&pin)?.0.config(PinMode::Out))
     }
 
     fn is_ready(&mut self, _: Resource<StatefulOutPin>) -> wasmtime::Result<bool> {
@@ -562,24 +563,13 @@ impl digital::HostStatefulDigitalOutPin for View<'_> {
     }
 }
 
-impl InPin {
-    fn state(&self) -> Result<PinState, GpioError> {
-        state_of(&self.line, self.active_low)
-    }
-
-    /// The line level that means `state`.
-    fn level(&self, state: PinState) -> bool {
-        (state == PinState::Active) != self.active_low
-    }
-}
-
 /// A pollable, ready when `pin`'s line does what `kind` picks.
 fn watch(
     view: &mut View<'_>,
     pin: &Resource<InPin>,
-    kind: impl FnOnce(&InPin) -> WatchKind,
+    kind: impl FnOnce(&Pin) -> WatchKind,
 ) -> wasmtime::Result<Result<Resource<DynPollable>, GpioError>> {
-    let pin = view.table.get(pin)?;
+    let pin = &view.table.get(pin)?.0;
     let watch = Watch {
         line: pin.line.clone(),
         kind: kind(pin),
@@ -595,21 +585,11 @@ impl digital::HostDigitalInPin for View<'_> {
         label: String,
         flags: Vec<DigitalFlag>,
     ) -> wasmtime::Result<Result<Resource<InPin>, GpioError>> {
-        let (line, active_low) = match open_line(self, &label, &flags, false) {
-            Ok(opened) => opened,
-            Err(err) => return Ok(Err(err)),
-        };
-        let pin = InPin {
-            label,
-            line,
-            active_low,
-        };
-        Ok(Ok(self.table.push(pin)?))
+        push_pin(self, label, &flags, false, InPin)
     }
 
     fn get_config(&mut self, pin: Resource<InPin>) -> wasmtime::Result<DigitalConfig> {
-        let pin = self.table.get(&pin)?;
-        Ok(config(&pin.label, PinMode::In, pin.active_low))
+        Ok(self.table.get(&pin)?.0.config(PinMode::In))
     }
 
     fn is_ready(&mut self, _: Resource<InPin>) -> wasmtime::Result<bool> {
@@ -617,17 +597,23 @@ impl digital::HostDigitalInPin for View<'_> {
     }
 
     fn read(&mut self, pin: Resource<InPin>) -> wasmtime::Result<Result<PinState, GpioError>> {
-        Ok(self.table.get(&pin)?.state())
+        Ok(self.table.get(&pin)?.0.state())
     }
 
     fn is_active(&mut self, pin: Resource<InPin>) -> wasmtime::Result<Result<bool, GpioError>> {
-        Ok(self.table.get(&pin)?.state().map(|s| s == PinState::Active))
+        Ok(self
+            .table
+            .get(&pin)?
+            .0
+            .state()
+            .map(|s| s == PinState::Active))
     }
 
     fn is_inactive(&mut self, pin: Resource<InPin>) -> wasmtime::Result<Result<bool, GpioError>> {
         Ok(self
             .table
             .get(&pin)?
+            .0
             .state()
             .map(|s| s == PinState::Inactive))
     }

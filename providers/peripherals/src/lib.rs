@@ -41,6 +41,6 @@ pub(crate) async fn next_tick(
     }
 }
 
-pub use host::{Granted, I2cBus, InOutPin, InPin, OutPin, SerialPort, StatefulOutPin};
+pub use host::{Granted, I2cBus, InOutPin, InPin, OutPin, Pin, SerialPort, StatefulOutPin};
 pub use registry::{DEVICES_ENV, Device, Peripherals, RESOURCE_DOMAIN, SetupError, resource_name};
 pub use spec::{DeviceKind, DeviceSpec, Direction, SensorSource, SpecError};
