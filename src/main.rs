@@ -131,7 +131,7 @@ async fn run(cli: Cli, secrets_in_memory: bool) -> anyhow::Result<()> {
 async fn run_agent(cli: AgentArgs, secrets_in_memory: bool) -> anyhow::Result<()> {
     let mut node = cli.node_config()?;
     node.secrets_in_memory = secrets_in_memory;
-    let devices = device_specs(&cli)?;
+    let devices = open_devices(&cli)?;
     let kubeconfig_path = cli.kubeconfig_path()?;
     if let Some(manifests) = &cli.static_pods
         && cli.kubeconfig.is_none()
@@ -225,7 +225,7 @@ async fn run_standalone(
     cli: &AgentArgs,
     node: kubelet::NodeConfig,
     manifests: &std::path::Path,
-    devices: &[DeviceSpec],
+    devices: &Devices,
 ) -> anyhow::Result<()> {
     let data_dir = kubelet::data_dir::DataDir::open(&node.data_dir)?;
     let store = kubelet::store::LocalStore::open(data_dir.path())?;
@@ -246,28 +246,40 @@ async fn run_standalone(
     Ok(())
 }
 
-/// The `--device` flags, checked before anything else starts.
-fn device_specs(cli: &AgentArgs) -> anyhow::Result<Vec<DeviceSpec>> {
+/// The `--device` flags and the devices they name.
+struct Devices {
+    specs: Vec<DeviceSpec>,
+    peripherals: Arc<Peripherals>,
+}
+
+/// The `--device` flags, parsed and their devices opened (real GPIO lines requested) before
+/// anything else starts: a bad flag, or a chip or bus that cannot be opened, stops the node
+/// with one line before it touches the cluster.
+fn open_devices(cli: &AgentArgs) -> anyhow::Result<Devices> {
     let specs = cli
         .devices
         .iter()
         .map(|spec| DeviceSpec::parse(spec))
         .collect::<Result<Vec<_>, _>>()?;
-    // Labels and lines given twice, too.
-    Peripherals::new(&specs)?;
-    Ok(specs)
+    let roots = peripherals_provider::Roots {
+        sysfs: cli.sysfs_root.clone(),
+        dev: cli.dev_root.clone(),
+    };
+    let peripherals = Arc::new(Peripherals::with_roots(&specs, &roots)?);
+    Ok(Devices { specs, peripherals })
 }
 
 /// The WASI runtime with the `--device` peripherals beside it, their interfaces linked into
-/// its components; the simulated devices' files kept in step until `cancel`.
+/// its components; the simulated devices' files, sensors and real input lines followed until
+/// `cancel`.
 fn providers(
     data_dir: &kubelet::data_dir::DataDir,
     node: &kubelet::NodeConfig,
     cli: &AgentArgs,
-    specs: &[DeviceSpec],
+    devices: &Devices,
     cancel: &CancellationToken,
 ) -> anyhow::Result<kubelet::WithDevices<wasi_provider::WasiProvider, Peripherals>> {
-    let peripherals = Arc::new(Peripherals::with_sysfs_root(specs, &cli.sysfs_root)?);
+    let Devices { specs, peripherals } = devices;
     let wasi = wasi_provider::WasiProvider::with_extensions(
         &wasi_provider::WasiProviderConfig {
             cache_dir: data_dir.path().join("cache"),
@@ -297,8 +309,12 @@ fn providers(
                 cancel.clone(),
             ));
         }
+        tokio::spawn(peripherals_provider::gpio::chardev::follow_inputs(
+            peripherals.clone(),
+            cancel.clone(),
+        ));
     }
-    Ok(kubelet::WithDevices::new(wasi, peripherals))
+    Ok(kubelet::WithDevices::new(wasi, peripherals.clone()))
 }
 
 async fn cancel_on_signal(cancel: CancellationToken) {

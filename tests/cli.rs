@@ -384,16 +384,26 @@ fn a_malformed_or_repeated_device_is_one_line_before_the_cluster() {
         ),
         (&["Fan=gpio:sim:17:out"][..], "label \"Fan\""),
         (&["temp=i2c:sim:tmp102@0x99"][..], "not a 7-bit address"),
+        // A chip or bus that is not there (the /dev root is the empty data dir).
+        (&["fan=gpio:gpiochip0:17:out"][..], "gpiochip0"),
+        (&["bus=i2c:i2c-1"][..], "i2c-1"),
         (
-            &["fan=gpio:gpiochip0:17:out"][..],
-            "not available in this build",
+            &["a=i2c:i2c-1", "b=i2c:i2c-1"][..],
+            "I2C bus i2c-1 is given twice",
         ),
         (
             &["fan=gpio:sim:17:out", "fan=gpio:sim:18:out"][..],
             "label \"fan\" is given twice",
         ),
     ] {
-        let mut args = vec!["--kubeconfig", &kubeconfig, "--data-dir", &data_dir];
+        let mut args = vec![
+            "--kubeconfig",
+            &kubeconfig,
+            "--data-dir",
+            &data_dir,
+            "--dev-root",
+            &data_dir,
+        ];
         for device in devices {
             args.extend(["--device", device]);
         }

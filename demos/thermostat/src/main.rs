@@ -15,7 +15,7 @@ wit_bindgen::generate!({
 use std::time::{Duration, Instant};
 
 use wasi::gpio::digital::{DigitalFlag, DigitalInPin, DigitalOutPin, PinState};
-use wasi::i2c::i2c::{ErrorCode, I2c};
+use wasi::i2c::i2c::{ErrorCode, I2c, Operation};
 use wasmlet::peripherals::{devices, sensor, serial};
 
 /// The TMP102's address with its ADD0 pin to ground.
@@ -249,11 +249,51 @@ fn probe(label: &str) {
         (Ok(value), Ok(unit)) => println!("{label}: sensor reads {value:.2} {unit}"),
         (Err(err), _) | (_, Err(err)) => println!("{label}: sensor refused: {err:?}"),
     }
-    // An address nothing answers on, on a granted bus.
+    // An address nothing answers on, on a granted bus; a transaction of two operations; and
+    // one laid out in memory as a hostile guest can.
     if let Ok(bus) = devices::open_i2c(label) {
         match bus.read(0x10, 2) {
             Ok(bytes) => println!("{label}: address 0x10 answered {bytes:?}"),
             Err(err) => println!("{label}: address 0x10: {err:?}"),
         }
+        let operations = [Operation::Write(vec![TEMPERATURE]), Operation::Read(2)];
+        match bus.transaction(SENSOR, &operations) {
+            Ok(reads) => println!("{label}: transaction read {reads:?}"),
+            Err(err) => println!("{label}: transaction failed: {err:?}"),
+        }
+        println!("{label}: aliased writes: {}", aliased_writes(&bus));
+    }
+}
+
+/// Calls `transaction` with what no binding would make: 200,000 write operations that all
+/// point at the same megabyte (3 MB of guest memory that reads as 200 GB), and says what the
+/// node answered. A host that copied before it checked would run out of memory.
+fn aliased_writes(bus: &I2c) -> String {
+    #[link(wasm_import_module = "wasi:i2c/i2c@0.2.0-draft")]
+    unsafe extern "C" {
+        #[link_name = "[method]i2c.transaction"]
+        fn transaction(bus: i32, address: i32, operations: *mut u8, len: usize, answer: *mut u8);
+    }
+    const WRITES: usize = 200_000;
+    let megabyte = vec![0u8; 1 << 20];
+    // The canonical ABI's layout of `operation`: 16 bytes, the case (1: write) in the first
+    // byte, the list's address and length at offset 8.
+    let write = ((megabyte.len() as u64) << 32) | megabyte.as_ptr() as u64;
+    let mut operations: Vec<u64> = [1, write].repeat(WRITES);
+    // `result<list<list<u8>>, error-code>`: the case at 0, the error's case at 4.
+    let mut answer = [0u32; 3];
+    unsafe {
+        transaction(
+            bus.handle() as i32,
+            i32::from(SENSOR),
+            operations.as_mut_ptr().cast(),
+            WRITES,
+            answer.as_mut_ptr().cast(),
+        );
+    }
+    match (answer[0] & 0xff, answer[1] & 0xff) {
+        (0, _) => "answered".into(),
+        (1, 3) => "overrun".into(),
+        (_, code) => format!("error code {code}"),
     }
 }

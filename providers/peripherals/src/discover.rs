@@ -1,6 +1,6 @@
-//! What devices a host has, for `wasmlet devices`: hwmon inputs and IIO channels (ready to
-//! grant as sensors), and the GPIO chips, I2C buses and serial ports the kernel exposes
-//! (listed so an operator sees them; their backends are not in this build). Reads sysfs and
+//! What devices a host has, for `wasmlet devices`: hwmon inputs, IIO channels and I2C buses
+//! (ready to grant), GPIO chips (whose lines are granted one by one) and serial ports
+//! (listed so an operator sees them; their tty backend is not in this build). Reads sysfs and
 //! /dev below configurable roots, so tests point it at fake trees. Blocking: call it off the
 //! async runtime's threads.
 
@@ -59,22 +59,32 @@ pub fn discover(sysfs_root: &Path, dev_root: &Path) -> Vec<Found> {
         }
     }
     for file in entries(dev_root) {
-        let what = if file.starts_with("gpiochip") {
-            "GPIO chip (the character device backend is not in this build)"
+        let path = dev_root.join(&file).display().to_string();
+        if file.starts_with("gpiochip") {
+            let lines = gpiocdev::Chip::from_path(dev_root.join(&file))
+                .and_then(|chip| chip.info())
+                .map(|info| format!("{} lines \"{}\", ", info.num_lines, info.label))
+                .unwrap_or_default();
+            found.push(Found {
+                spec: None,
+                what: format!(
+                    "{path} GPIO chip ({lines}granted a line at a time: LABEL=gpio:{file}:LINE:in|out)"
+                ),
+            });
         } else if file.starts_with("i2c-") {
-            "I2C bus (the i2c-dev backend is not in this build)"
+            found.push(Found {
+                spec: Some(format!("{}=i2c:{file}", label_of(&file))),
+                what: format!("{path} I2C bus"),
+            });
         } else if file.starts_with("ttyUSB")
             || file.starts_with("ttyACM")
             || file.starts_with("ttyAMA")
         {
-            "serial port (the tty backend is not in this build)"
-        } else {
-            continue;
-        };
-        found.push(Found {
-            spec: None,
-            what: format!("{} {what}", dev_root.join(&file).display()),
-        });
+            found.push(Found {
+                spec: None,
+                what: format!("{path} serial port (the tty backend is not in this build)"),
+            });
+        }
     }
     found
 }
@@ -116,7 +126,7 @@ fn read_trimmed(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::DeviceSpec;
+    use peripherals_spec::DeviceSpec;
 
     #[test]
     fn sensors_are_offered_as_specs_and_other_devices_listed() {
@@ -145,6 +155,7 @@ mod tests {
                 "cpu-thermal-0-temp1=sensor:hwmon:hwmon0/temp1_input",
                 "bme280-0-pressure=sensor:iio:iio:device0/in_pressure",
                 "bme280-0-temp=sensor:iio:iio:device0/in_temp",
+                "i2c-1=i2c:i2c-1",
             ]
         );
         // Every offered spec is one `--device` takes.
@@ -156,11 +167,13 @@ mod tests {
             .filter(|f| f.spec.is_none())
             .map(|f| f.what.as_str())
             .collect();
-        assert_eq!(others.len(), 3, "{others:?}");
+        assert_eq!(others.len(), 2, "{others:?}");
         assert!(
             others[0].ends_with(
-                "gpiochip0 GPIO chip (the character device backend is not in this build)"
-            )
+                "gpiochip0 GPIO chip (granted a line at a time: LABEL=gpio:gpiochip0:LINE:in|out)"
+            ),
+            "{}",
+            others[0]
         );
         // Roots that do not exist: nothing, no error.
         assert!(discover(&sys.path().join("nope"), &dev.path().join("nope")).is_empty());

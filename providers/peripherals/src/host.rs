@@ -9,17 +9,26 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use wasi_provider::{ExtensionView, Grant, HostExtension, P2Host};
-use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{ComponentType, HasData, Lift, Linker, Resource, WasmList};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
-use crate::i2c::{BusError, NoAck, Operation as BusOperation};
+use crate::gpio::Line;
+use crate::i2c::{Bus, BusError, NoAck, Operation as BusOperation};
 use crate::registry::{Device, Peripherals};
-use crate::sim::{SimLine, SimSerial, SimTmp102};
+use crate::sim::SimSerial;
 
 wasmtime::component::bindgen!({
     path: "wit",
     world: "wasmlet:peripherals/peripherals-guest",
-    imports: { default: trappable },
+    imports: {
+        // A real bus's transfer waits on the wire, on a blocking thread: the guest awaits it.
+        "wasi:i2c/i2c.[method]i2c.transaction": async | trappable,
+        "wasi:i2c/i2c.[method]i2c.read": async | trappable,
+        "wasi:i2c/i2c.[method]i2c.write": async | trappable,
+        "wasi:i2c/i2c.[method]i2c.write-read": async | trappable,
+        default: trappable,
+    },
     require_store_data_send: true,
     with: {
         "wasi:io": wasmtime_wasi::p2::bindings::io,
@@ -39,6 +48,9 @@ use wasmlet::peripherals::{devices, sensor, serial};
 
 /// Operations in one I2C transaction: each read is bounded, so this bounds its answer.
 const MAX_OPERATIONS: usize = 64;
+/// The most bytes one write of a transaction carries (a real bus's message limit, and far
+/// more than a simulated chip takes), so one transaction copies at most 64 × 4 KiB.
+const MAX_WRITE: usize = crate::i2c::dev::MAX_TRANSFER as usize;
 
 /// What one instance may open: the devices its pod holds, by label.
 pub struct Granted {
@@ -47,14 +59,14 @@ pub struct Granted {
 
 /// An open I2C bus.
 pub struct I2cBus {
-    chip: Arc<SimTmp102>,
+    bus: Arc<Bus>,
 }
 
 /// An open GPIO line, with the label it was opened by and its active level: what every
 /// kind of pin handle holds.
 pub struct Pin {
     label: String,
-    line: Arc<SimLine>,
+    line: Arc<Line>,
     active_low: bool,
 }
 
@@ -95,7 +107,7 @@ pub struct InOutPin;
 
 /// What a `watch-*` pollable waits for.
 struct Watch {
-    line: Arc<SimLine>,
+    line: Arc<Line>,
     kind: WatchKind,
     /// A level, once reached, keeps the pollable ready.
     seen: bool,
@@ -139,6 +151,7 @@ fn view(host: &mut P2Host) -> View<'_> {
 impl HostExtension for Peripherals {
     fn add_to_linker(&self, linker: &mut Linker<P2Host>) -> wasmtime::Result<()> {
         i2c::add_to_linker::<_, Data>(linker, view)?;
+        link_bounded_transaction(linker)?;
         general::add_to_linker::<_, Data>(linker, view)?;
         digital::add_to_linker::<_, Data>(linker, view)?;
         devices::add_to_linker::<_, Data>(linker, view)?;
@@ -154,6 +167,73 @@ impl HostExtension for Peripherals {
     }
 }
 
+/// `wasi:i2c`'s operation as the guest's memory holds it, its bytes not yet copied. A guest
+/// can point every write of a transaction at the same memory, so lifting a list of
+/// operations eagerly (as `bindgen!` does) would let a few megabytes of guest memory cost
+/// the host terabytes; the count and every length are checked before a byte is copied.
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+enum GuestOperation {
+    #[component(name = "read")]
+    Read(u64),
+    #[component(name = "write")]
+    Write(WasmList<u8>),
+}
+
+/// Replaces `bindgen!`'s `[method]i2c.transaction` with one that checks before it copies.
+/// `read`, `write` and `write-read` carry one list each, which cannot alias.
+fn link_bounded_transaction(linker: &mut Linker<P2Host>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let linked = linker
+        .instance("wasi:i2c/i2c@0.2.0-draft")
+        .and_then(|mut i2c| {
+            i2c.func_wrap_async(
+                "[method]i2c.transaction",
+                |mut store: StoreContextMut<'_, P2Host>,
+                 (bus, address, operations): (Resource<I2cBus>, u16, WasmList<GuestOperation>)| {
+                    Box::new(async move {
+                        let operations = match copy_operations(&mut store, &operations)? {
+                            Ok(operations) => operations,
+                            Err(code) => return Ok((Err(code),)),
+                        };
+                        let bus = view(store.data_mut()).table.get(&bus)?.bus.clone();
+                        let answer = bus.transaction(address, operations).await;
+                        Ok((answer.map_err(error_code),))
+                    })
+                },
+            )
+        });
+    linker.allow_shadowing(false);
+    linked
+}
+
+/// The guest's operations, copied once their count and lengths are known to be in bounds;
+/// `overrun` if they are not.
+fn copy_operations(
+    store: &mut StoreContextMut<'_, P2Host>,
+    operations: &WasmList<GuestOperation>,
+) -> wasmtime::Result<Result<Vec<BusOperation>, ErrorCode>> {
+    if operations.len() > MAX_OPERATIONS {
+        return Ok(Err(ErrorCode::Overrun));
+    }
+    let mut copied = Vec::with_capacity(operations.len());
+    for index in 0..operations.len() {
+        let Some(operation) = operations.get(&mut *store, index) else {
+            break;
+        };
+        copied.push(match operation? {
+            GuestOperation::Read(len) => BusOperation::Read(len),
+            GuestOperation::Write(bytes) if bytes.len() > MAX_WRITE => {
+                return Ok(Err(ErrorCode::Overrun));
+            }
+            GuestOperation::Write(bytes) => {
+                BusOperation::Write(bytes.as_le_slice(&*store).to_vec())
+            }
+        });
+    }
+    Ok(Ok(copied))
+}
+
 /// The granted device called `label`, if any.
 fn granted<'a>(view: &'a View<'_>, label: &str) -> Option<&'a Device> {
     view.state.as_ref()?.devices.get(label).map(Arc::as_ref)
@@ -162,7 +242,7 @@ fn granted<'a>(view: &'a View<'_>, label: &str) -> Option<&'a Device> {
 impl i2c::Host for View<'_> {}
 
 impl i2c::HostI2c for View<'_> {
-    fn transaction(
+    async fn transaction(
         &mut self,
         bus: Resource<I2cBus>,
         address: u16,
@@ -178,31 +258,38 @@ impl i2c::HostI2c for View<'_> {
                 Operation::Write(bytes) => BusOperation::Write(bytes),
             })
             .collect();
-        let chip = &self.table.get(&bus)?.chip;
-        Ok(chip.transaction(address, &operations).map_err(error_code))
+        let bus = self.table.get(&bus)?.bus.clone();
+        Ok(bus
+            .transaction(address, operations)
+            .await
+            .map_err(error_code))
     }
 
-    fn read(
+    async fn read(
         &mut self,
         bus: Resource<I2cBus>,
         address: u16,
         len: u64,
     ) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {
-        let reads = self.transaction(bus, address, vec![Operation::Read(len)])?;
+        let reads = self
+            .transaction(bus, address, vec![Operation::Read(len)])
+            .await?;
         Ok(reads.map(|mut reads| reads.pop().unwrap_or_default()))
     }
 
-    fn write(
+    async fn write(
         &mut self,
         bus: Resource<I2cBus>,
         address: u16,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        let written = self.transaction(bus, address, vec![Operation::Write(data)])?;
+        let written = self
+            .transaction(bus, address, vec![Operation::Write(data)])
+            .await?;
         Ok(written.map(|_| ()))
     }
 
-    fn write_read(
+    async fn write_read(
         &mut self,
         bus: Resource<I2cBus>,
         address: u16,
@@ -210,7 +297,7 @@ impl i2c::HostI2c for View<'_> {
         read_len: u64,
     ) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {
         let operations = vec![Operation::Write(write), Operation::Read(read_len)];
-        let reads = self.transaction(bus, address, operations)?;
+        let reads = self.transaction(bus, address, operations).await?;
         Ok(reads.map(|mut reads| reads.pop().unwrap_or_default()))
     }
 
@@ -223,6 +310,7 @@ impl i2c::HostI2c for View<'_> {
 fn error_code(err: BusError) -> ErrorCode {
     match err {
         BusError::Bus => ErrorCode::Bus,
+        BusError::ArbitrationLoss => ErrorCode::ArbitrationLoss,
         BusError::NoAcknowledge(NoAck::Address) => {
             ErrorCode::NoAcknowledge(NoAcknowledgeSource::Address)
         }
@@ -237,10 +325,10 @@ impl devices::Host for View<'_> {
         &mut self,
         label: String,
     ) -> wasmtime::Result<Result<Resource<I2cBus>, devices::OpenError>> {
-        let Some(Device::I2c(chip)) = granted(self, &label) else {
+        let Some(Device::I2c(bus)) = granted(self, &label) else {
             return Ok(Err(devices::OpenError::NotGranted));
         };
-        let bus = I2cBus { chip: chip.clone() };
+        let bus = I2cBus { bus: bus.clone() };
         Ok(Ok(self.table.push(bus)?))
     }
 }
@@ -249,7 +337,12 @@ impl sensor::Host for View<'_> {
     fn read(&mut self, label: String) -> wasmtime::Result<Result<f64, devices::OpenError>> {
         // A temperature sensor on a granted bus reads in kelvin, the SI base unit.
         Ok(match granted(self, &label) {
-            Some(Device::I2c(chip)) => Ok(chip.celsius() + 273.15),
+            Some(Device::I2c(bus)) => match bus.as_ref() {
+                Bus::Simulated(chip) => Ok(chip.celsius() + 273.15),
+                Bus::Dev(_) => Err(devices::OpenError::Unavailable(format!(
+                    "{label} is a bus, not a sensor: open it with open-i2c"
+                ))),
+            },
             Some(Device::Sensor(sensor)) if !sensor.presence().load(Ordering::Relaxed) => Err(
                 devices::OpenError::Unavailable(format!("sensor {label} is not answering")),
             ),
@@ -262,7 +355,12 @@ impl sensor::Host for View<'_> {
 
     fn describe(&mut self, label: String) -> wasmtime::Result<Result<String, devices::OpenError>> {
         Ok(match granted(self, &label) {
-            Some(Device::I2c(_)) => Ok("kelvin".into()),
+            Some(Device::I2c(bus)) if matches!(bus.as_ref(), Bus::Simulated(_)) => {
+                Ok("kelvin".into())
+            }
+            Some(Device::I2c(_)) => Err(devices::OpenError::Unavailable(format!(
+                "{label} is a bus, not a sensor: open it with open-i2c"
+            ))),
             Some(Device::Sensor(sensor)) => Ok(sensor.unit().into()),
             _ => Err(devices::OpenError::NotGranted),
         })
@@ -354,7 +452,7 @@ fn open_line(
     label: &str,
     flags: &[DigitalFlag],
     output: bool,
-) -> Result<(Arc<SimLine>, bool), GpioError> {
+) -> Result<(Arc<Line>, bool), GpioError> {
     let line = match (granted(view, label), output) {
         (Some(Device::GpioOut(line)), true) | (Some(Device::GpioIn(line)), false) => line,
         (Some(Device::GpioOut(_) | Device::GpioIn(_)), _) => {
@@ -378,22 +476,27 @@ fn open_line(
         return Err(GpioError::InvalidFlag);
     }
     if flags.intersects(DigitalFlag::PULL_UP | DigitalFlag::PULL_DOWN) {
-        // A simulated line has no resistors to configure.
+        // Bias is the node's to set (a line is requested once, as the operator declared it).
         return Err(GpioError::OperationNotSupported);
     }
     let active_low = flags.contains(DigitalFlag::ACTIVE_LOW);
     if output {
-        if flags.contains(DigitalFlag::ACTIVE) {
-            line.set(!active_low);
+        let initial = if flags.contains(DigitalFlag::ACTIVE) {
+            Some(!active_low)
         } else if flags.contains(DigitalFlag::INACTIVE) {
-            line.set(active_low);
+            Some(active_low)
+        } else {
+            None
+        };
+        if let Some(high) = initial {
+            line.set(high).map_err(|_| GpioError::HardwareFault)?;
         }
     }
     Ok((line.clone(), active_low))
 }
 
 /// A line that was unplugged fails every call until it is back.
-fn plugged_in(line: &SimLine) -> Result<(), GpioError> {
+fn plugged_in(line: &Line) -> Result<(), GpioError> {
     if line.presence().load(std::sync::atomic::Ordering::Relaxed) {
         Ok(())
     } else {
@@ -420,8 +523,11 @@ impl Pin {
     /// Drives the line to `state`.
     fn set(&self, state: PinState) -> Result<(), GpioError> {
         plugged_in(&self.line)?;
-        self.line.set(self.level(state));
-        Ok(())
+        // The guest learns only that the hardware failed; a guest retrying in a loop must
+        // not flood the node's log.
+        self.line
+            .set(self.level(state))
+            .map_err(|_| GpioError::HardwareFault)
     }
 
     fn config(&self, mode: PinMode) -> DigitalConfig {

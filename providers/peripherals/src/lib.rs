@@ -1,4 +1,5 @@
-//! The peripherals provider: host devices (GPIO lines, I2C buses, sensors, serial ports)
+//! The peripherals provider: host devices (GPIO lines, I2C buses, sensors, serial ports),
+//! real (the GPIO character device, i2c-dev, sysfs) or simulated,
 //! declared with `--device`, advertised as one extended resource each (`peripherals.wasmlet.dev/<label>`), granted
 //! exclusively to the pods that request them, and handed to their guests as typed WIT
 //! handles (`wasi:i2c`, `wasi:gpio`, `wasmlet:peripherals`).
@@ -23,11 +24,11 @@
 #![deny(missing_docs)]
 
 pub mod discover;
+pub mod gpio;
 mod host;
 pub mod i2c;
 mod registry;
 pub mod sim;
-mod spec;
 pub mod sysfs;
 
 /// Waits for the next tick of `ticks`; false once `cancel` fires instead.
@@ -42,5 +43,7 @@ pub(crate) async fn next_tick(
 }
 
 pub use host::{Granted, I2cBus, InOutPin, InPin, OutPin, Pin, SerialPort, StatefulOutPin};
-pub use registry::{DEVICES_ENV, Device, Peripherals, RESOURCE_DOMAIN, SetupError, resource_name};
-pub use spec::{DeviceKind, DeviceSpec, Direction, SensorSource, SpecError};
+pub use peripherals_spec::{DeviceKind, DeviceSpec, Direction, SensorSource, SpecError};
+pub use registry::{
+    DEVICES_ENV, Device, Peripherals, RESOURCE_DOMAIN, Roots, SetupError, resource_name,
+};

@@ -1,6 +1,7 @@
 //! The node's devices by label, who holds each, and the extended resources they make.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -8,9 +9,12 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kubelet::events::{EventRecorder, EventType};
 use kubelet::{Allocation, ContainerError, DeviceProvider, PodKey};
 
-use crate::sim::{SerialError, SimLine, SimSerial, SimTmp102};
-use crate::spec::{DeviceKind, DeviceSpec, Direction};
+use crate::gpio::Line;
+use crate::i2c::Bus;
+use crate::i2c::dev::DevBus;
+use crate::sim::{SimSerial, SimTmp102};
 use crate::sysfs::SysfsSensor;
+use peripherals_spec::{DeviceKind, DeviceSpec, Direction};
 
 /// The domain of every device's extended resource: `peripherals.wasmlet.dev/<label>`.
 pub const RESOURCE_DOMAIN: &str = "peripherals.wasmlet.dev";
@@ -21,11 +25,11 @@ pub const DEVICES_ENV: &str = "WASMLET_DEVICES";
 #[derive(Debug)]
 pub enum Device {
     /// A GPIO line the guest drives.
-    GpioOut(Arc<SimLine>),
+    GpioOut(Arc<Line>),
     /// A GPIO line the guest reads.
-    GpioIn(Arc<SimLine>),
+    GpioIn(Arc<Line>),
     /// An I2C bus.
-    I2c(Arc<SimTmp102>),
+    I2c(Arc<Bus>),
     /// A sensor read through sysfs.
     Sensor(Arc<SysfsSensor>),
     /// A serial port.
@@ -39,6 +43,16 @@ impl Device {
         self.presence().load(Ordering::Relaxed)
     }
 
+    /// Whether the device is the simulator's: its state is kept in step with its file.
+    pub fn is_simulated(&self) -> bool {
+        match self {
+            Device::GpioOut(line) | Device::GpioIn(line) => line.is_simulated(),
+            Device::I2c(bus) => matches!(bus.as_ref(), Bus::Simulated(_)),
+            Device::Serial(_) => true,
+            Device::Sensor(_) => false,
+        }
+    }
+
     /// Marks the device plugged in or out; true if that changed anything.
     pub fn set_present(&self, present: bool) -> bool {
         self.presence().swap(present, Ordering::Relaxed) != present
@@ -47,7 +61,7 @@ impl Device {
     fn presence(&self) -> &AtomicBool {
         match self {
             Device::GpioOut(line) | Device::GpioIn(line) => line.presence(),
-            Device::I2c(chip) => chip.presence(),
+            Device::I2c(bus) => bus.presence(),
             Device::Sensor(sensor) => sensor.presence(),
             Device::Serial(port) => port.presence(),
         }
@@ -64,63 +78,126 @@ pub struct Peripherals {
     events: OnceLock<EventRecorder>,
 }
 
+/// Where the host's device trees are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Roots {
+    /// sysfs, for sensors (`/sys`).
+    pub sysfs: PathBuf,
+    /// The device files, for GPIO chips and I2C buses (`/dev`).
+    pub dev: PathBuf,
+}
+
+impl Default for Roots {
+    fn default() -> Self {
+        Self {
+            sysfs: "/sys".into(),
+            dev: "/dev".into(),
+        }
+    }
+}
+
 /// `--device` flags that do not make a set of devices.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// Two devices share a label.
     #[error("--device: label {0:?} is given twice")]
     DuplicateLabel(String),
-    /// Two devices are one simulated GPIO line.
-    #[error("--device: GPIO line {0} of the simulated chip is given twice")]
-    DuplicateLine(u32),
-    /// A device could not be set up.
-    #[error("--device {0}: {1}")]
-    Device(String, SerialError),
+    /// Two devices are one GPIO line.
+    #[error("--device: GPIO line {line} of {chip} is given twice")]
+    DuplicateLine {
+        /// The chip: `the simulated chip`, or its device file.
+        chip: String,
+        /// The line.
+        line: u32,
+    },
+    /// Two devices are one I2C bus.
+    #[error("--device: I2C bus {0} is given twice")]
+    DuplicateBus(String),
+    /// A device could not be opened.
+    #[error("--device {spec}: {why}")]
+    Device {
+        /// The device's spec.
+        spec: String,
+        /// Why, in one line.
+        why: String,
+    },
+}
+
+/// Checks that `specs` name each label, GPIO line and I2C bus once, without opening anything.
+fn check_unique(specs: &[DeviceSpec]) -> Result<(), SetupError> {
+    let mut labels = HashSet::new();
+    let mut lines = HashSet::new();
+    let mut buses = HashSet::new();
+    for spec in specs {
+        if !labels.insert(spec.label.as_str()) {
+            return Err(SetupError::DuplicateLabel(spec.label.clone()));
+        }
+        let line = match &spec.kind {
+            DeviceKind::SimGpio { line, .. } => Some(("the simulated chip", *line)),
+            DeviceKind::Gpio { chip, line, .. } => Some((chip.as_str(), *line)),
+            _ => None,
+        };
+        if let Some((chip, line)) = line
+            && !lines.insert((chip, line))
+        {
+            return Err(SetupError::DuplicateLine {
+                chip: chip.to_string(),
+                line,
+            });
+        }
+        if let DeviceKind::I2cBus { bus } = &spec.kind
+            && !buses.insert(bus.as_str())
+        {
+            return Err(SetupError::DuplicateBus(bus.clone()));
+        }
+    }
+    Ok(())
 }
 
 impl Peripherals {
-    /// The devices `specs` declare, sysfs sensors read below `/sys`.
+    /// The devices `specs` declare, on the host's own device trees.
     pub fn new(specs: &[DeviceSpec]) -> Result<Self, SetupError> {
-        Self::with_sysfs_root(specs, std::path::Path::new("/sys"))
+        Self::with_roots(specs, &Roots::default())
     }
 
-    /// The devices `specs` declare, sysfs sensors read below `sysfs_root` (a fake tree in
-    /// tests).
-    pub fn with_sysfs_root(
-        specs: &[DeviceSpec],
-        sysfs_root: &std::path::Path,
-    ) -> Result<Self, SetupError> {
+    /// The devices `specs` declare, found below `roots` (fake trees in tests). Real GPIO
+    /// lines are requested from the kernel here, and held until this is dropped.
+    pub fn with_roots(specs: &[DeviceSpec], roots: &Roots) -> Result<Self, SetupError> {
+        check_unique(specs)?;
         let mut devices = BTreeMap::new();
-        let mut lines = std::collections::HashSet::new();
         for spec in specs {
+            let fail = |why: String| SetupError::Device {
+                spec: spec.to_string(),
+                why,
+            };
             let device = match &spec.kind {
-                DeviceKind::SimGpio { line, direction } => {
-                    let (line, direction) = (*line, *direction);
-                    if !lines.insert(line) {
-                        return Err(SetupError::DuplicateLine(line));
-                    }
-                    let line = Arc::new(SimLine::default());
-                    match direction {
-                        Direction::Out => Device::GpioOut(line),
-                        Direction::In => Device::GpioIn(line),
-                    }
+                DeviceKind::SimGpio { direction, .. } => gpio(Line::simulated(), *direction),
+                DeviceKind::Gpio {
+                    chip,
+                    line,
+                    direction,
+                } => {
+                    let consumer = format!("wasmlet:{}", spec.label);
+                    let line = Line::open(&roots.dev.join(chip), *line, *direction, &consumer)
+                        .map_err(|err| fail(err.to_string()))?;
+                    gpio(line, *direction)
                 }
                 DeviceKind::SimI2cTmp102 { address } => {
-                    Device::I2c(Arc::new(SimTmp102::new(*address)))
+                    Device::I2c(Arc::new(Bus::Simulated(SimTmp102::new(*address))))
+                }
+                DeviceKind::I2cBus { bus } => {
+                    let bus =
+                        DevBus::open(&roots.dev.join(bus)).map_err(|err| fail(err.to_string()))?;
+                    Device::I2c(Arc::new(Bus::Dev(bus)))
                 }
                 DeviceKind::SimSerial => Device::Serial(Arc::new(
-                    SimSerial::open().map_err(|err| SetupError::Device(spec.label.clone(), err))?,
+                    SimSerial::open().map_err(|err| fail(err.to_string()))?,
                 )),
                 DeviceKind::Sensor { source, path } => {
-                    Device::Sensor(Arc::new(SysfsSensor::new(sysfs_root, *source, path)))
+                    Device::Sensor(Arc::new(SysfsSensor::new(&roots.sysfs, *source, path)))
                 }
             };
-            if devices
-                .insert(spec.label.clone(), Arc::new(device))
-                .is_some()
-            {
-                return Err(SetupError::DuplicateLabel(spec.label.clone()));
-            }
+            devices.insert(spec.label.clone(), Arc::new(device));
         }
         Ok(Self {
             devices,
@@ -178,6 +255,13 @@ impl Peripherals {
 
     fn holders(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodKey>> {
         self.holders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn gpio(line: Line, direction: Direction) -> Device {
+    match direction {
+        Direction::Out => Device::GpioOut(Arc::new(line)),
+        Direction::In => Device::GpioIn(Arc::new(line)),
     }
 }
 
@@ -366,6 +450,18 @@ mod tests {
         assert_eq!(
             twice(&["fan=gpio:sim:1:out", "pump=gpio:sim:1:out"]),
             "--device: GPIO line 1 of the simulated chip is given twice"
+        );
+        assert_eq!(
+            twice(&[
+                "a=gpio:gpiochip0:1:out",
+                "b=gpio:gpiochip1:1:in",
+                "c=gpio:gpiochip0:1:in"
+            ]),
+            "--device: GPIO line 1 of gpiochip0 is given twice"
+        );
+        assert_eq!(
+            twice(&["a=i2c:i2c-1", "b=i2c:i2c-1"]),
+            "--device: I2C bus i2c-1 is given twice"
         );
     }
 }

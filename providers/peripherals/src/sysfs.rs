@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::{Device, Peripherals};
-use crate::spec::SensorSource;
+use peripherals_spec::SensorSource;
 
 /// How often every sensor is read.
 pub const PERIOD: Duration = Duration::from_millis(100);

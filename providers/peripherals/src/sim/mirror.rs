@@ -32,8 +32,8 @@ pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: Cancellati
     let mut ticks = tokio::time::interval(PERIOD);
     while crate::next_tick(&mut ticks, &cancel).await {
         for (label, device) in peripherals.devices() {
-            if matches!(device.as_ref(), Device::Sensor(_)) {
-                // Read from sysfs (`sysfs::run`), not simulated.
+            if !device.is_simulated() {
+                // The kernel's: sensors are read by `sysfs::run`, lines and buses are real.
                 continue;
             }
             let path = dir.join(label);
@@ -67,14 +67,16 @@ pub async fn run(peripherals: Arc<Peripherals>, dir: PathBuf, cancel: Cancellati
                     }
                 }
                 Device::GpioIn(line) => match text.trim() {
-                    "1" => line.set(true),
-                    "0" => line.set(false),
+                    "1" => line.observe(true),
+                    "0" => line.observe(false),
                     _ => {}
                 },
                 // Skipped above, or nothing to do: a port's file names its pty.
                 Device::Sensor(_) | Device::Serial(_) => {}
-                Device::I2c(chip) => {
-                    if let Some(celsius) = text.trim().parse::<f64>().ok().filter(|c| c.is_finite())
+                Device::I2c(bus) => {
+                    if let crate::i2c::Bus::Simulated(chip) = bus.as_ref()
+                        && let Some(celsius) =
+                            text.trim().parse::<f64>().ok().filter(|c| c.is_finite())
                     {
                         chip.set_celsius(celsius);
                     }
@@ -109,7 +111,7 @@ async fn write_atomically(path: &Path, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::DeviceSpec;
+    use peripherals_spec::DeviceSpec;
 
     async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -153,7 +155,7 @@ mod tests {
         let Device::GpioOut(fan) = peripherals.devices()["fan"].as_ref() else {
             panic!("fan is an output")
         };
-        fan.set(true);
+        fan.set(true).unwrap();
         until("the fan's file follows the line", async || {
             read("fan").await == "1\n"
         })
@@ -165,8 +167,11 @@ mod tests {
         tokio::fs::write(file("button"), "1\n").await.unwrap();
         until("the button follows its file", async || button.is_high()).await;
 
-        let Device::I2c(temp) = peripherals.devices()["temp"].as_ref() else {
-            panic!("temp is a sensor")
+        let Device::I2c(bus) = peripherals.devices()["temp"].as_ref() else {
+            panic!("temp is a bus")
+        };
+        let crate::i2c::Bus::Simulated(temp) = bus.as_ref() else {
+            panic!("temp is simulated")
         };
         tokio::fs::write(file("temp"), "30.5").await.unwrap();
         until("the sensor follows its file", async || {
@@ -178,7 +183,7 @@ mod tests {
         // Two passes of the mirror later (each seen through the fan's file, which it writes
         // before it reads the sensor's), the garbage has been read and ignored.
         for level in [false, true] {
-            fan.set(level);
+            fan.set(level).unwrap();
             let want = if level { "1\n" } else { "0\n" };
             until("a pass of the mirror", async || read("fan").await == want).await;
         }
@@ -198,10 +203,8 @@ mod tests {
                 .clone()
         };
         assert_eq!(temp_count(), "0");
-        assert!(
-            temp.transaction(0x48, &[crate::i2c::Operation::Read(2)])
-                .is_err()
-        );
+        let read = vec![crate::i2c::Operation::Read(2)];
+        assert!(bus.clone().transaction(0x48, read).await.is_err());
         tokio::fs::write(file("temp"), "22.5").await.unwrap();
         until("the sensor is back", async || {
             peripherals.devices()["temp"].is_present()

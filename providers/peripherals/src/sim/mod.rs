@@ -1,11 +1,10 @@
-//! Simulated devices: GPIO lines and an I2C temperature sensor, whose state the outside
-//! reads and drives through files (see [`mirror`]).
+//! Simulated devices: an I2C temperature sensor and a serial port, and (with simulated GPIO
+//! lines, [`crate::gpio::Line::simulated`]) their window to the outside, files the outside
+//! reads and drives (see [`mirror`]).
 
-mod gpio;
 pub mod mirror;
 mod serial;
 mod tmp102;
 
-pub use gpio::SimLine;
 pub use serial::{SerialError, SimSerial};
 pub use tmp102::SimTmp102;

@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::super::i2c::{BusError, NoAck, Operation};
+use crate::i2c::{BusError, NoAck, Operation};
 
 const TEMPERATURE: u8 = 0x00;
 const CONFIG: u8 = 0x01;

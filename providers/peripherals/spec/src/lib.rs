@@ -1,8 +1,11 @@
-//! `--device SPEC`: one device the node grants to pods, named by a label.
+//! `--device SPEC`: one device a wasmlet node grants to pods, named by a label.
 //!
 //! ```text
 //! LABEL=gpio:sim:LINE:in|out          a simulated GPIO line
+//! LABEL=gpio:CHIP:LINE:in|out         line LINE of the GPIO chip DEV/CHIP (e.g. gpiochip0),
+//!                                      through the GPIO character device
 //! LABEL=i2c:sim:tmp102@ADDRESS        a simulated I2C bus with a TMP102 sensor at ADDRESS
+//! LABEL=i2c:BUS                        the I2C bus DEV/BUS (e.g. i2c-1), through i2c-dev
 //! LABEL=serial:sim                     a simulated serial port: a pty pair
 //! LABEL=sensor:hwmon:PATH              a hwmon input below SYSFS/class/hwmon, e.g.
 //!                                      hwmon0/temp1_input
@@ -11,12 +14,14 @@
 //!                                      _offset and _scale)
 //! ```
 //!
-//! SYSFS is `/sys`, or `--sysfs-root` for a fake tree.
+//! SYSFS is `/sys` and DEV is `/dev`, or `--sysfs-root` and `--dev-root` for fake trees.
 //!
 //! The label is what the guest asks for and what the pod requests, as the extended resource
 //! `peripherals.wasmlet.dev/LABEL`, so it is a DNS-1123 label: lowercase letters, digits and
 //! `-`, at most 63 characters, starting and ending with a letter or digit. ADDRESS is a 7-bit
 //! I2C address, decimal or `0x` hex.
+
+#![deny(missing_docs)]
 
 use std::fmt;
 
@@ -38,6 +43,20 @@ pub enum DeviceKind {
         line: u32,
         /// Output (the guest drives it) or input (the outside drives it).
         direction: Direction,
+    },
+    /// A line of a real GPIO chip.
+    Gpio {
+        /// The chip's device file, below the /dev root (`gpiochip0`).
+        chip: String,
+        /// The line's offset on the chip.
+        line: u32,
+        /// Output (the guest drives it) or input (the guest reads it).
+        direction: Direction,
+    },
+    /// A real I2C bus, every address on it.
+    I2cBus {
+        /// The bus's device file, below the /dev root (`i2c-1`).
+        bus: String,
     },
     /// A simulated I2C bus with one TMP102 temperature sensor on it.
     SimI2cTmp102 {
@@ -108,22 +127,41 @@ impl DeviceSpec {
             }
         }
         let parts: Vec<&str> = rest.split(':').collect();
+        let line_and_direction = |line: &str, direction: &str| {
+            let line = line
+                .parse()
+                .map_err(|_| fail(format!("GPIO line {line:?} is not a line number")))?;
+            let direction = match direction {
+                "in" => Direction::In,
+                "out" => Direction::Out,
+                other => {
+                    return Err(fail(format!(
+                        "GPIO direction {other:?} is neither \"in\" nor \"out\""
+                    )));
+                }
+            };
+            Ok((line, direction))
+        };
         let kind = match parts.as_slice() {
-            ["gpio", "sim", line, direction] => DeviceKind::SimGpio {
-                line: line
-                    .parse()
-                    .map_err(|_| fail(format!("GPIO line {line:?} is not a line number")))?,
-                direction: match *direction {
-                    "in" => Direction::In,
-                    "out" => Direction::Out,
-                    other => {
-                        return Err(fail(format!(
-                            "GPIO direction {other:?} is neither \"in\" nor \"out\""
-                        )));
-                    }
-                },
-            },
+            ["gpio", "sim", line, direction] => {
+                let (line, direction) = line_and_direction(line, direction)?;
+                DeviceKind::SimGpio { line, direction }
+            }
             ["gpio", "sim", ..] => return Err(fail("expected gpio:sim:LINE:in|out".into())),
+            ["gpio", chip, line, direction] => {
+                check_device_file(chip).map_err(fail)?;
+                let (line, direction) = line_and_direction(line, direction)?;
+                DeviceKind::Gpio {
+                    chip: chip.to_string(),
+                    line,
+                    direction,
+                }
+            }
+            ["gpio", ..] => {
+                return Err(fail(
+                    "expected gpio:CHIP:LINE:in|out (CHIP e.g. gpiochip0, or sim)".into(),
+                ));
+            }
             ["i2c", "sim", chip] => {
                 let (model, address) = chip
                     .split_once('@')
@@ -138,17 +176,23 @@ impl DeviceSpec {
                 }
             }
             ["i2c", "sim", ..] => return Err(fail("expected i2c:sim:tmp102@ADDRESS".into())),
+            ["i2c", bus] => {
+                check_device_file(bus).map_err(fail)?;
+                DeviceKind::I2cBus {
+                    bus: bus.to_string(),
+                }
+            }
+            ["i2c", ..] => {
+                return Err(fail(
+                    "expected i2c:BUS (BUS e.g. i2c-1) or i2c:sim:tmp102@ADDRESS".into(),
+                ));
+            }
             ["serial", "sim"] => DeviceKind::SimSerial,
             ["serial", ..] => return Err(fail("expected serial:sim".into())),
             ["sensor", ..] => {
                 return Err(fail(
                     "expected sensor:hwmon:PATH or sensor:iio:DEVICE/CHANNEL".into(),
                 ));
-            }
-            [class @ ("gpio" | "i2c"), backend, ..] => {
-                return Err(fail(format!(
-                    "{class} backend {backend:?} is not available in this build; use \"sim\""
-                )));
             }
             [class, ..] => {
                 return Err(fail(format!(
@@ -174,6 +218,18 @@ impl fmt::Display for DeviceSpec {
                 };
                 write!(f, "{}=gpio:sim:{line}:{direction}", self.label)
             }
+            DeviceKind::Gpio {
+                chip,
+                line,
+                direction,
+            } => {
+                let direction = match direction {
+                    Direction::In => "in",
+                    Direction::Out => "out",
+                };
+                write!(f, "{}=gpio:{chip}:{line}:{direction}", self.label)
+            }
+            DeviceKind::I2cBus { bus } => write!(f, "{}=i2c:{bus}", self.label),
             DeviceKind::SimI2cTmp102 { address } => {
                 write!(f, "{}=i2c:sim:tmp102@{address:#04x}", self.label)
             }
@@ -221,6 +277,17 @@ fn check_relative(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A device file's name, below the /dev root: one plain path component.
+fn check_device_file(name: &str) -> Result<(), String> {
+    let mut components = std::path::Path::new(name).components();
+    match (components.next(), components.next()) {
+        (Some(std::path::Component::Normal(_)), None) if !name.contains('/') => Ok(()),
+        _ => Err(format!(
+            "device {name:?} must be a file name in the /dev root (e.g. gpiochip0, i2c-1)"
+        )),
+    }
+}
+
 /// A 7-bit I2C address: `72` or `0x48`.
 fn parse_address(text: &str) -> Result<u16, String> {
     let parsed = match text.strip_prefix("0x") {
@@ -242,6 +309,9 @@ mod tests {
         for text in [
             "fan=gpio:sim:17:out",
             "button=gpio:sim:4:in",
+            "relay=gpio:gpiochip0:23:out",
+            "door=gpio:gpiochip2:5:in",
+            "bus=i2c:i2c-1",
             "temp=i2c:sim:tmp102@0x48",
             "cpu=sensor:hwmon:hwmon0/temp1_input",
             "air=sensor:iio:iio:device0/in_pressure",
@@ -271,7 +341,14 @@ mod tests {
             ),
             ("temp=i2c:sim:tmp102@0x80", "not a 7-bit address"),
             ("temp=i2c:sim:tmp102", "expected i2c:sim:tmp102@ADDRESS"),
-            ("fan=gpio:gpiochip0:17:out", "not available in this build"),
+            ("fan=gpio:gpiochip0:x:out", "GPIO line \"x\""),
+            ("fan=gpio:gpiochip0:17:up", "neither \"in\" nor \"out\""),
+            ("fan=gpio:gpiochip0:17", "expected gpio:CHIP:LINE:in|out"),
+            ("fan=gpio:..:17:out", "must be a file name in the /dev root"),
+            ("fan=gpio:.:17:out", "must be a file name in the /dev root"),
+            ("fan=gpio::17:out", "must be a file name in the /dev root"),
+            ("bus=i2c:", "must be a file name in the /dev root"),
+            ("bus=i2c:i2c-1:0x48", "expected i2c:BUS"),
             ("cam=usb:0", "unknown device class \"usb\""),
             ("cpu=sensor:hwmon:/sys/x", "must be relative"),
             ("cpu=sensor:hwmon:../etc/passwd", "without \"..\""),

@@ -1,9 +1,16 @@
-//! A simulated GPIO line: a level the guest drives (output) or reads (input), which the
-//! outside reads or drives through the simulator's directory (see `mirror`).
+//! A GPIO line: a level the guest drives (output) or reads (input), with waiting for levels
+//! and edges. A simulated line is read and driven from outside through the simulator's
+//! directory (see `sim::mirror`); a line of a real chip is the kernel's, through the GPIO
+//! character device (see [`chardev`]).
 
+pub mod chardev;
+
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use tokio::sync::watch;
+
+use peripherals_spec::Direction;
 
 /// A line's level and how many times it has risen and fallen, so an edge is never missed
 /// by a waiter that was away when it happened.
@@ -16,21 +23,68 @@ struct Level {
 
 /// One line's level, with waiting for levels and edges.
 #[derive(Debug)]
-pub struct SimLine {
+pub struct Line {
     level: watch::Sender<Level>,
     present: AtomicBool,
+    /// The kernel's line, for a line of a real chip.
+    chardev: Option<chardev::Chardev>,
 }
 
-impl Default for SimLine {
-    fn default() -> Self {
+/// The kernel refused a line.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// The chip has no such line, or it is taken, or the chip is not there.
+    #[error("{}: {source}", chip.display())]
+    Request {
+        /// The chip's device file.
+        chip: std::path::PathBuf,
+        /// Why.
+        source: gpiocdev::Error,
+    },
+    /// Driving the line failed.
+    #[error("GPIO line: {0}")]
+    Drive(#[from] gpiocdev::Error),
+}
+
+impl Line {
+    /// A simulated line, low.
+    pub fn simulated() -> Self {
+        Self::at(false, None)
+    }
+
+    /// Line `offset` of the GPIO chip at `chip` (`/dev/gpiochip0`), requested from the kernel
+    /// in `direction` for as long as this lives, in the name of `consumer` (what `gpioinfo`
+    /// shows). An output starts inactive.
+    pub fn open(
+        chip: &Path,
+        offset: u32,
+        direction: Direction,
+        consumer: &str,
+    ) -> Result<Self, LineError> {
+        let (chardev, high) = chardev::Chardev::request(chip, offset, direction, consumer)
+            .map_err(|source| LineError::Request {
+                chip: chip.to_path_buf(),
+                source,
+            })?;
+        Ok(Self::at(high, Some(chardev)))
+    }
+
+    fn at(high: bool, chardev: Option<chardev::Chardev>) -> Self {
         Self {
-            level: watch::Sender::new(Level::default()),
+            level: watch::Sender::new(Level {
+                high,
+                ..Level::default()
+            }),
             present: AtomicBool::new(true),
+            chardev,
         }
     }
-}
 
-impl SimLine {
+    /// Whether the line is the simulator's, driven and read through its files.
+    pub fn is_simulated(&self) -> bool {
+        self.chardev.is_none()
+    }
+
     /// Whether the line is plugged in.
     pub fn presence(&self) -> &AtomicBool {
         &self.present
@@ -47,8 +101,20 @@ impl SimLine {
         if rising { level.rises } else { level.falls }
     }
 
-    /// Drives the line; waiters wake only on a change.
-    pub fn set(&self, high: bool) {
+    /// Drives the line: the kernel's line first, for a real one, so what waiters see is what
+    /// the chip does. Setting a line is one ioctl, which returns at once for a chip on the
+    /// SoC; an expander on a slow bus takes one transfer.
+    pub fn set(&self, high: bool) -> Result<(), LineError> {
+        if let Some(chardev) = &self.chardev {
+            chardev.set(high)?;
+        }
+        self.observe(high);
+        Ok(())
+    }
+
+    /// Records a level seen on the line (an edge from the kernel, the simulator's file);
+    /// waiters wake only on a change.
+    pub fn observe(&self, high: bool) {
         self.level.send_if_modified(|level| {
             if level.high == high {
                 return false;
@@ -92,7 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiters_wake_on_the_level_or_edge_they_wait_for() {
-        let line = Arc::new(SimLine::default());
+        let line = Arc::new(Line::simulated());
         assert!(!line.is_high());
         let waiting = tokio::spawn({
             let line = line.clone();
@@ -105,10 +171,10 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        line.set(false);
+        line.set(false).unwrap();
         tokio::task::yield_now().await;
         assert!(!edge.is_finished(), "setting the same level is no edge");
-        line.set(true);
+        line.observe(true);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .unwrap()
@@ -125,8 +191,8 @@ mod tests {
         // before it.
         let falls = line.edges(false);
         let rises = line.edges(true);
-        line.set(false);
-        line.set(true);
+        line.set(false).unwrap();
+        line.set(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), line.wait_for_edge(false, falls))
             .await
             .unwrap();
