@@ -105,7 +105,7 @@ pub struct AgentArgs {
     )]
     pub compile_tiering: wasi_provider::Tiering,
     /// A device pods may be granted (repeat for more): LABEL=gpio:gpiochip0:LINE:in|out,
-    /// LABEL=i2c:i2c-1, LABEL=sensor:hwmon:hwmon0/temp1_input,
+    /// LABEL=i2c:i2c-1, LABEL=serial:ttyUSB0[:BAUD], LABEL=sensor:hwmon:hwmon0/temp1_input,
     /// LABEL=sensor:iio:iio:device0/in_temp, or a simulated LABEL=gpio:sim:LINE:in|out,
     /// LABEL=i2c:sim:tmp102@ADDRESS or LABEL=serial:sim. It is advertised as the extended
     /// resource peripherals.wasmlet.dev/LABEL, which a pod requests in resources.limits; a
@@ -115,7 +115,7 @@ pub struct AgentArgs {
     /// Where sysfs is, for --device sensor:hwmon and sensor:iio (a fake tree in tests)
     #[arg(long, value_name = "DIR", default_value = "/sys")]
     pub sysfs_root: PathBuf,
-    /// Where the device files are, for --device gpio:CHIP and i2c:BUS
+    /// Where the device files are, for --device gpio:CHIP, i2c:BUS and serial:PORT
     #[arg(long, value_name = "DIR", default_value = "/dev")]
     pub dev_root: PathBuf,
     /// Networks (CIDRs or addresses) that pods' outbound HTTP may reach although the node

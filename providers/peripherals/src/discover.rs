@@ -1,6 +1,5 @@
-//! What devices a host has, for `wasmlet devices`: hwmon inputs, IIO channels and I2C buses
-//! (ready to grant), GPIO chips (whose lines are granted one by one) and serial ports
-//! (listed so an operator sees them; their tty backend is not in this build). Reads sysfs and
+//! What devices a host has, for `wasmlet devices`: hwmon inputs, IIO channels, I2C buses and
+//! serial ports (ready to grant), and GPIO chips (whose lines are granted one by one). Reads sysfs and
 //! /dev below configurable roots, so tests point it at fake trees. Blocking: call it off the
 //! async runtime's threads.
 
@@ -81,8 +80,8 @@ pub fn discover(sysfs_root: &Path, dev_root: &Path) -> Vec<Found> {
             || file.starts_with("ttyAMA")
         {
             found.push(Found {
-                spec: None,
-                what: format!("{path} serial port (the tty backend is not in this build)"),
+                spec: Some(format!("{}=serial:{file}", label_of(&file))),
+                what: format!("{path} serial port"),
             });
         }
     }
@@ -156,6 +155,7 @@ mod tests {
                 "bme280-0-pressure=sensor:iio:iio:device0/in_pressure",
                 "bme280-0-temp=sensor:iio:iio:device0/in_temp",
                 "i2c-1=i2c:i2c-1",
+                "ttyusb0=serial:ttyUSB0",
             ]
         );
         // Every offered spec is one `--device` takes.
@@ -167,7 +167,7 @@ mod tests {
             .filter(|f| f.spec.is_none())
             .map(|f| f.what.as_str())
             .collect();
-        assert_eq!(others.len(), 2, "{others:?}");
+        assert_eq!(others.len(), 1, "{others:?}");
         assert!(
             others[0].ends_with(
                 "gpiochip0 GPIO chip (granted a line at a time: LABEL=gpio:gpiochip0:LINE:in|out)"

@@ -16,7 +16,7 @@ use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use crate::gpio::Line;
 use crate::i2c::{Bus, BusError, NoAck, Operation as BusOperation};
 use crate::registry::{Device, Peripherals};
-use crate::sim::SimSerial;
+use crate::serial::Serial;
 
 wasmtime::component::bindgen!({
     path: "wit",
@@ -81,12 +81,12 @@ pub struct InPin(Pin);
 
 /// An open serial port.
 pub struct SerialPort {
-    port: Arc<SimSerial>,
+    port: Arc<Serial>,
 }
 
 /// A serial port's pollable: ready when there is something to read.
 struct SerialReadable {
-    port: Arc<SimSerial>,
+    port: Arc<Serial>,
 }
 
 #[async_trait::async_trait]

@@ -28,6 +28,7 @@ pub mod gpio;
 mod host;
 pub mod i2c;
 mod registry;
+pub mod serial;
 pub mod sim;
 pub mod sysfs;
 

@@ -12,7 +12,8 @@ use kubelet::{Allocation, ContainerError, DeviceProvider, PodKey};
 use crate::gpio::Line;
 use crate::i2c::Bus;
 use crate::i2c::dev::DevBus;
-use crate::sim::{SimSerial, SimTmp102};
+use crate::serial::Serial;
+use crate::sim::SimTmp102;
 use crate::sysfs::SysfsSensor;
 use peripherals_spec::{DeviceKind, DeviceSpec, Direction};
 
@@ -33,7 +34,7 @@ pub enum Device {
     /// A sensor read through sysfs.
     Sensor(Arc<SysfsSensor>),
     /// A serial port.
-    Serial(Arc<SimSerial>),
+    Serial(Arc<Serial>),
 }
 
 impl Device {
@@ -48,7 +49,7 @@ impl Device {
         match self {
             Device::GpioOut(line) | Device::GpioIn(line) => line.is_simulated(),
             Device::I2c(bus) => matches!(bus.as_ref(), Bus::Simulated(_)),
-            Device::Serial(_) => true,
+            Device::Serial(port) => port.is_simulated(),
             Device::Sensor(_) => false,
         }
     }
@@ -110,9 +111,9 @@ pub enum SetupError {
         /// The line.
         line: u32,
     },
-    /// Two devices are one I2C bus.
-    #[error("--device: I2C bus {0} is given twice")]
-    DuplicateBus(String),
+    /// Two devices are one I2C bus or serial port.
+    #[error("--device: {0} is given twice")]
+    DuplicateFile(String),
     /// A device could not be opened.
     #[error("--device {spec}: {why}")]
     Device {
@@ -123,11 +124,12 @@ pub enum SetupError {
     },
 }
 
-/// Checks that `specs` name each label, GPIO line and I2C bus once, without opening anything.
+/// Checks that `specs` name each label, GPIO line, I2C bus and serial port once, without
+/// opening anything.
 fn check_unique(specs: &[DeviceSpec]) -> Result<(), SetupError> {
     let mut labels = HashSet::new();
     let mut lines = HashSet::new();
-    let mut buses = HashSet::new();
+    let mut files = HashSet::new();
     for spec in specs {
         if !labels.insert(spec.label.as_str()) {
             return Err(SetupError::DuplicateLabel(spec.label.clone()));
@@ -145,10 +147,15 @@ fn check_unique(specs: &[DeviceSpec]) -> Result<(), SetupError> {
                 line,
             });
         }
-        if let DeviceKind::I2cBus { bus } = &spec.kind
-            && !buses.insert(bus.as_str())
+        let file = match &spec.kind {
+            DeviceKind::I2cBus { bus } => Some(bus),
+            DeviceKind::Serial { port, .. } => Some(port),
+            _ => None,
+        };
+        if let Some(file) = file
+            && !files.insert(file.as_str())
         {
-            return Err(SetupError::DuplicateBus(bus.clone()));
+            return Err(SetupError::DuplicateFile(file.clone()));
         }
     }
     Ok(())
@@ -191,7 +198,11 @@ impl Peripherals {
                     Device::I2c(Arc::new(Bus::Dev(bus)))
                 }
                 DeviceKind::SimSerial => Device::Serial(Arc::new(
-                    SimSerial::open().map_err(|err| fail(err.to_string()))?,
+                    Serial::simulated().map_err(|err| fail(err.to_string()))?,
+                )),
+                DeviceKind::Serial { port, baud } => Device::Serial(Arc::new(
+                    Serial::open_tty(&roots.dev.join(port), *baud)
+                        .map_err(|err| fail(err.to_string()))?,
                 )),
                 DeviceKind::Sensor { source, path } => {
                     Device::Sensor(Arc::new(SysfsSensor::new(&roots.sysfs, *source, path)))
@@ -461,7 +472,11 @@ mod tests {
         );
         assert_eq!(
             twice(&["a=i2c:i2c-1", "b=i2c:i2c-1"]),
-            "--device: I2C bus i2c-1 is given twice"
+            "--device: i2c-1 is given twice"
+        );
+        assert_eq!(
+            twice(&["a=serial:ttyUSB0", "b=serial:ttyUSB0:9600"]),
+            "--device: ttyUSB0 is given twice"
         );
     }
 }

@@ -6,6 +6,8 @@
 //!                                      through the GPIO character device
 //! LABEL=i2c:sim:tmp102@ADDRESS        a simulated I2C bus with a TMP102 sensor at ADDRESS
 //! LABEL=i2c:BUS                        the I2C bus DEV/BUS (e.g. i2c-1), through i2c-dev
+//! LABEL=serial:PORT[:BAUD]             the serial port DEV/PORT (e.g. ttyUSB0), raw, at BAUD
+//!                                      bits per second (or the speed it has)
 //! LABEL=serial:sim                     a simulated serial port: a pty pair
 //! LABEL=sensor:hwmon:PATH              a hwmon input below SYSFS/class/hwmon, e.g.
 //!                                      hwmon0/temp1_input
@@ -65,6 +67,13 @@ pub enum DeviceKind {
     },
     /// A simulated serial port.
     SimSerial,
+    /// A real serial port.
+    Serial {
+        /// The tty's device file, below the /dev root (`ttyUSB0`).
+        port: String,
+        /// Its speed in bits per second, if the spec sets one.
+        baud: Option<u32>,
+    },
     /// A sensor the kernel reads, in sysfs.
     Sensor {
         /// Its kind of interface.
@@ -188,7 +197,28 @@ impl DeviceSpec {
                 ));
             }
             ["serial", "sim"] => DeviceKind::SimSerial,
-            ["serial", ..] => return Err(fail("expected serial:sim".into())),
+            ["serial", port] if *port != "sim" => {
+                check_device_file(port).map_err(fail)?;
+                DeviceKind::Serial {
+                    port: port.to_string(),
+                    baud: None,
+                }
+            }
+            ["serial", port, baud] if *port != "sim" => {
+                check_device_file(port).map_err(fail)?;
+                let speed = baud.parse().ok().filter(|speed| *speed > 0);
+                DeviceKind::Serial {
+                    port: port.to_string(),
+                    baud: Some(
+                        speed.ok_or_else(|| fail(format!("baud rate {baud:?} is not a speed")))?,
+                    ),
+                }
+            }
+            ["serial", ..] => {
+                return Err(fail(
+                    "expected serial:PORT[:BAUD] (PORT e.g. ttyUSB0) or serial:sim".into(),
+                ));
+            }
             ["sensor", ..] => {
                 return Err(fail(
                     "expected sensor:hwmon:PATH or sensor:iio:DEVICE/CHANNEL".into(),
@@ -234,6 +264,11 @@ impl fmt::Display for DeviceSpec {
                 write!(f, "{}=i2c:sim:tmp102@{address:#04x}", self.label)
             }
             DeviceKind::SimSerial => write!(f, "{}=serial:sim", self.label),
+            DeviceKind::Serial { port, baud: None } => write!(f, "{}=serial:{port}", self.label),
+            DeviceKind::Serial {
+                port,
+                baud: Some(baud),
+            } => write!(f, "{}=serial:{port}:{baud}", self.label),
             DeviceKind::Sensor { source, path } => {
                 let source = match source {
                     SensorSource::Hwmon => "hwmon",
@@ -283,7 +318,7 @@ fn check_device_file(name: &str) -> Result<(), String> {
     match (components.next(), components.next()) {
         (Some(std::path::Component::Normal(_)), None) if !name.contains('/') => Ok(()),
         _ => Err(format!(
-            "device {name:?} must be a file name in the /dev root (e.g. gpiochip0, i2c-1)"
+            "device {name:?} must be a file name in the /dev root (e.g. gpiochip0, i2c-1, ttyUSB0)"
         )),
     }
 }
@@ -316,6 +351,8 @@ mod tests {
             "cpu=sensor:hwmon:hwmon0/temp1_input",
             "air=sensor:iio:iio:device0/in_pressure",
             "console=serial:sim",
+            "modem=serial:ttyUSB0:115200",
+            "gps=serial:ttyAMA0",
         ] {
             assert_eq!(DeviceSpec::parse(text).unwrap().to_string(), text);
         }
@@ -354,7 +391,15 @@ mod tests {
             ("cpu=sensor:hwmon:../etc/passwd", "without \"..\""),
             ("cpu=sensor:hwmon:", "must be relative"),
             ("cpu=sensor:thermal:zone0", "expected sensor:hwmon:PATH"),
-            ("console=serial:/dev/ttyUSB0", "expected serial:sim"),
+            ("console=serial:/dev/ttyUSB0", "must be a file name in the /dev root"),
+            ("console=serial:ttyUSB0:fast", "baud rate \"fast\""),
+            ("console=serial:ttyUSB0:0", "baud rate \"0\""),
+            (
+                "console=serial:ttyUSB0:9600:8N1",
+                "expected serial:PORT[:BAUD]",
+            ),
+            ("console=serial:sim:9600", "expected serial:PORT[:BAUD]"),
+            ("console=serial:..", "must be a file name in the /dev root"),
         ] {
             let err = DeviceSpec::parse(text).unwrap_err().to_string();
             assert!(err.contains(says), "{text}: {err}");

@@ -1,9 +1,11 @@
-//! A simulated serial port: a pseudo-terminal pair in raw mode. The guest reads and writes
-//! the master side; the outside opens the slave, whose path is in the simulator's file for
-//! the port (`/dev/pts/N`), as it would open `/dev/ttyUSB0`.
+//! A serial port in raw mode, read and written without blocking through tokio's reactor:
+//! a real one (a tty such as `/dev/ttyUSB0`, at the speed `--device` gives), or a simulated
+//! one, a pseudo-terminal pair whose master the guest has and whose slave the outside opens
+//! (its path is in the simulator's file for the port, `/dev/pts/N`) as it would open
+//! `/dev/ttyUSB0`.
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -13,12 +15,15 @@ use tokio::io::unix::AsyncFd;
 /// The most read in one call: the guest's `max` is not trusted.
 pub const MAX_READ: u64 = 64 * 1024;
 
-/// One pty pair: the master for the guest, and the slave held open so the master never
-/// reads end-of-file while the outside has the port closed.
+/// One serial port.
 #[derive(Debug)]
-pub struct SimSerial {
-    master: AsyncFd<OwnedFd>,
-    _slave: OwnedFd,
+pub struct Serial {
+    /// What the guest reads and writes: the tty, or the pty's master.
+    port: AsyncFd<OwnedFd>,
+    /// A pty's slave, held open so the master never reads end-of-file while the outside
+    /// has the port closed; none for a tty.
+    slave: Option<OwnedFd>,
+    /// The tty's path, or the pty slave's, which the outside opens.
     path: PathBuf,
     present: std::sync::atomic::AtomicBool,
 }
@@ -28,9 +33,35 @@ pub struct SimSerial {
 #[error("serial port: {0}")]
 pub struct SerialError(#[from] std::io::Error);
 
-impl SimSerial {
+impl Serial {
+    /// The tty at `path`, in raw mode, at `baud` bits per second (or the speed it has);
+    /// must be called within the tokio runtime. It is never the node's controlling terminal.
+    pub fn open_tty(path: &Path, baud: Option<u32>) -> Result<Self, SerialError> {
+        let io = |errno: Errno| SerialError(errno.into());
+        let tty = rustix::fs::open(
+            path,
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        if !rustix::termios::isatty(&tty) {
+            return Err(SerialError(std::io::Error::other(format!(
+                "{} is not a terminal",
+                path.display()
+            ))));
+        }
+        let mut termios = rustix::termios::tcgetattr(&tty).map_err(io)?;
+        termios.make_raw();
+        if let Some(baud) = baud {
+            termios.set_speed(baud).map_err(io)?;
+        }
+        rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Now, &termios)
+            .map_err(io)?;
+        Self::register(tty, None, path.to_path_buf())
+    }
+
     /// A new pty pair; must be called within the tokio runtime.
-    pub fn open() -> Result<Self, SerialError> {
+    pub fn simulated() -> Result<Self, SerialError> {
         let io = |errno: Errno| SerialError(errno.into());
         let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).map_err(io)?;
         rustix::pty::grantpt(&master).map_err(io)?;
@@ -50,20 +81,29 @@ impl SimSerial {
             .map_err(io)?;
         let flags = rustix::fs::fcntl_getfl(&master).map_err(io)?;
         rustix::fs::fcntl_setfl(&master, flags | OFlags::NONBLOCK).map_err(io)?;
+        Self::register(master, Some(slave), path)
+    }
+
+    fn register(port: OwnedFd, slave: Option<OwnedFd>, path: PathBuf) -> Result<Self, SerialError> {
         // SAFETY: an `OwnedFd` keeps its descriptor open, and names the same one, for as long
         // as it is owned; the `AsyncFd` owns it until it is dropped.
-        let master = unsafe { AsyncFd::register(master) }
+        let port = unsafe { AsyncFd::register(port) }
             .map_err(|err| SerialError(std::io::Error::other(err.to_string())))?;
         Ok(Self {
-            master,
-            _slave: slave,
+            port,
+            slave,
             path,
             present: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
-    /// The slave's path, which the outside opens.
-    pub fn path(&self) -> &std::path::Path {
+    /// Whether the port is the simulator's pty pair.
+    pub fn is_simulated(&self) -> bool {
+        self.slave.is_some()
+    }
+
+    /// The port's path: the tty, or the pty slave the outside opens.
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
@@ -74,7 +114,7 @@ impl SimSerial {
 
     /// Writes what the port takes now.
     pub fn write(&self, data: &[u8]) -> Result<usize, SerialError> {
-        match rustix::io::write(self.master.get_ref(), data) {
+        match rustix::io::write(self.port.get_ref(), data) {
             Ok(n) => Ok(n),
             Err(Errno::AGAIN) => Ok(0),
             Err(errno) => Err(SerialError(errno.into())),
@@ -84,7 +124,7 @@ impl SimSerial {
     /// Up to `max` bytes that have arrived (at most 64 KiB).
     pub fn read(&self, max: u64) -> Result<Vec<u8>, SerialError> {
         let mut buffer = vec![0; max.min(MAX_READ) as usize];
-        match rustix::io::read(self.master.get_ref(), &mut buffer) {
+        match rustix::io::read(self.port.get_ref(), &mut buffer) {
             Ok(n) => {
                 buffer.truncate(n);
                 Ok(buffer)
@@ -97,7 +137,7 @@ impl SimSerial {
     /// Waits until there is something to read.
     pub async fn readable(&self) {
         loop {
-            let Ok(mut guard) = self.master.readable().await else {
+            let Ok(mut guard) = self.port.readable().await else {
                 // The reactor is gone (the node is stopping): never ready, rather than
                 // ready forever.
                 return std::future::pending().await;
@@ -105,7 +145,7 @@ impl SimSerial {
             // The reactor's readiness may be stale (the guest read everything since): ask
             // the kernel, and wait again if there is nothing.
             let mut fds = [rustix::event::PollFd::new(
-                self.master.get_ref(),
+                self.port.get_ref(),
                 rustix::event::PollFlags::IN,
             )];
             let zero = rustix::event::Timespec {
@@ -129,7 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_cross_the_pair_both_ways_unchanged() {
-        let port = SimSerial::open().unwrap();
+        let port = Serial::simulated().unwrap();
         let mut outside = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -154,5 +194,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(port.read(u64::MAX).unwrap().len(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_tty_is_opened_raw_at_its_speed_and_carries_bytes_both_ways() {
+        // A pty's slave is a tty like /dev/ttyUSB0; its master is the device on the wire.
+        let wire = Serial::simulated().unwrap();
+        let tty = Serial::open_tty(wire.path(), Some(9600)).unwrap();
+        assert!(!tty.is_simulated());
+        let termios = rustix::termios::tcgetattr(tty.port.get_ref()).unwrap();
+        assert_eq!(termios.input_speed(), 9600);
+        assert_eq!(termios.output_speed(), 9600);
+        assert_eq!(
+            termios.local_modes & rustix::termios::LocalModes::ECHO,
+            rustix::termios::LocalModes::empty(),
+            "raw: no echo"
+        );
+
+        assert_eq!(tty.write(b"AT\r\n").unwrap(), 4);
+        tokio::time::timeout(Duration::from_secs(5), wire.readable())
+            .await
+            .unwrap();
+        assert_eq!(wire.read(16).unwrap(), b"AT\r\n", "no CR/LF translation");
+        assert_eq!(wire.write(b"OK\r\n").unwrap(), 4);
+        tokio::time::timeout(Duration::from_secs(5), tty.readable())
+            .await
+            .unwrap();
+        assert_eq!(tty.read(16).unwrap(), b"OK\r\n");
+
+        // Not a terminal, or not there: refused with the path.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ttyUSB9");
+        std::fs::write(&file, "").unwrap();
+        let err = Serial::open_tty(&file, None).unwrap_err().to_string();
+        assert!(err.contains("is not a terminal"), "{err}");
+        assert!(Serial::open_tty(&dir.path().join("ttyUSB8"), None).is_err());
     }
 }
