@@ -261,25 +261,28 @@ fn probe(label: &str) {
             Ok(reads) => println!("{label}: transaction read {reads:?}"),
             Err(err) => println!("{label}: transaction failed: {err:?}"),
         }
-        println!("{label}: aliased writes: {}", aliased_writes(&bus));
+        for writes in [200_000, 64] {
+            let answer = aliased_writes(&bus, writes);
+            println!("{label}: {writes} aliased writes: {answer}");
+        }
     }
 }
 
-/// Calls `transaction` with what no binding would make: 200,000 write operations that all
-/// point at the same megabyte (3 MB of guest memory that reads as 200 GB), and says what the
+/// Calls `transaction` with what no binding would make: `writes` write operations that all
+/// point at the same megabyte (200,000 of them are 3 MB of guest memory that read as 200 GB;
+/// 64 are within the operation limit, but each is over the length limit), and says what the
 /// node answered. A host that copied before it checked would run out of memory.
-fn aliased_writes(bus: &I2c) -> String {
+fn aliased_writes(bus: &I2c, writes: usize) -> String {
     #[link(wasm_import_module = "wasi:i2c/i2c@0.2.0-draft")]
     unsafe extern "C" {
         #[link_name = "[method]i2c.transaction"]
         fn transaction(bus: i32, address: i32, operations: *mut u8, len: usize, answer: *mut u8);
     }
-    const WRITES: usize = 200_000;
     let megabyte = vec![0u8; 1 << 20];
     // The canonical ABI's layout of `operation`: 16 bytes, the case (1: write) in the first
     // byte, the list's address and length at offset 8.
     let write = ((megabyte.len() as u64) << 32) | megabyte.as_ptr() as u64;
-    let mut operations: Vec<u64> = [1, write].repeat(WRITES);
+    let mut operations: Vec<u64> = [1, write].repeat(writes);
     // `result<list<list<u8>>, error-code>`: the case at 0, the error's case at 4.
     let mut answer = [0u32; 3];
     unsafe {
@@ -287,7 +290,7 @@ fn aliased_writes(bus: &I2c) -> String {
             bus.handle() as i32,
             i32::from(SENSOR),
             operations.as_mut_ptr().cast(),
-            WRITES,
+            writes,
             answer.as_mut_ptr().cast(),
         );
     }

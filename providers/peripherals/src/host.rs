@@ -248,9 +248,8 @@ impl i2c::HostI2c for View<'_> {
         address: u16,
         operations: Vec<Operation>,
     ) -> wasmtime::Result<Result<Vec<Vec<u8>>, ErrorCode>> {
-        if operations.len() > MAX_OPERATIONS {
-            return Ok(Err(ErrorCode::Overrun));
-        }
+        // Reached only from `read`, `write` and `write-read` below, with one or two
+        // operations: a guest's own transaction goes through `link_bounded_transaction`.
         let operations: Vec<BusOperation> = operations
             .into_iter()
             .map(|operation| match operation {
@@ -315,6 +314,9 @@ fn error_code(err: BusError) -> ErrorCode {
             ErrorCode::NoAcknowledge(NoAcknowledgeSource::Address)
         }
         BusError::NoAcknowledge(NoAck::Data) => ErrorCode::NoAcknowledge(NoAcknowledgeSource::Data),
+        BusError::NoAcknowledge(NoAck::Unknown) => {
+            ErrorCode::NoAcknowledge(NoAcknowledgeSource::Unknown)
+        }
         BusError::Overrun => ErrorCode::Overrun,
         BusError::Other => ErrorCode::Other,
     }

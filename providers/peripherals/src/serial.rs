@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::pty::OpenptFlags;
+use rustix::termios::ControlModes;
 use tokio::io::unix::AsyncFd;
 
 /// The most read in one call: the guest's `max` is not trusted.
@@ -50,8 +51,14 @@ impl Serial {
                 path.display()
             ))));
         }
+        // Exclusive: no other process opens it while the node holds it.
+        rustix::termios::ioctl_tiocexcl(&tty).map_err(io)?;
         let mut termios = rustix::termios::tcgetattr(&tty).map_err(io)?;
         termios.make_raw();
+        // Receive, ignore the modem's carrier (a dropped carrier would otherwise hang the port
+        // up for good), no hardware flow control a three-wire cable cannot do.
+        termios.control_modes |= ControlModes::CLOCAL | ControlModes::CREAD;
+        termios.control_modes -= ControlModes::CRTSCTS;
         if let Some(baud) = baud {
             termios.set_speed(baud).map_err(io)?;
         }
@@ -121,10 +128,19 @@ impl Serial {
         }
     }
 
-    /// Up to `max` bytes that have arrived (at most 64 KiB).
+    /// Up to `max` bytes that have arrived (at most 64 KiB). A tty that reads end-of-file
+    /// was hung up (its adapter unplugged): it is marked unplugged, so a guest waiting on it
+    /// waits rather than spins.
     pub fn read(&self, max: u64) -> Result<Vec<u8>, SerialError> {
         let mut buffer = vec![0; max.min(MAX_READ) as usize];
         match rustix::io::read(self.port.get_ref(), &mut buffer) {
+            Ok(0) if !buffer.is_empty() && !self.is_simulated() => {
+                self.present
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                Err(SerialError(std::io::Error::other(
+                    "the serial port hung up",
+                )))
+            }
             Ok(n) => {
                 buffer.truncate(n);
                 Ok(buffer)

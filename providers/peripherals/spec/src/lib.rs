@@ -391,7 +391,10 @@ mod tests {
             ("cpu=sensor:hwmon:../etc/passwd", "without \"..\""),
             ("cpu=sensor:hwmon:", "must be relative"),
             ("cpu=sensor:thermal:zone0", "expected sensor:hwmon:PATH"),
-            ("console=serial:/dev/ttyUSB0", "must be a file name in the /dev root"),
+            (
+                "console=serial:/dev/ttyUSB0",
+                "must be a file name in the /dev root",
+            ),
             ("console=serial:ttyUSB0:fast", "baud rate \"fast\""),
             ("console=serial:ttyUSB0:0", "baud rate \"0\""),
             (

@@ -25,6 +25,9 @@ use peripherals_spec::Direction;
 pub(crate) struct Chardev {
     request: gpiocdev::Request,
     offset: u32,
+    /// Held across setting the line and recording its level, so two instances setting it at
+    /// once cannot leave the recorded level other than the chip's.
+    driving: std::sync::Mutex<()>,
 }
 
 fn value(high: bool) -> Value {
@@ -32,7 +35,8 @@ fn value(high: bool) -> Value {
 }
 
 impl Chardev {
-    /// Requests line `offset` of `chip`; with the level it is at.
+    /// Requests line `offset` of `chip`; with the level it is at (an output starts low:
+    /// some chips cannot read their outputs back).
     pub(super) fn request(
         chip: &Path,
         offset: u32,
@@ -51,12 +55,25 @@ impl Chardev {
                 .with_edge_detection(EdgeDetection::BothEdges),
         };
         let request = builder.request()?;
-        let high = request.value(offset)? == Value::Active;
-        Ok((Self { request, offset }, high))
+        let high = match direction {
+            Direction::Out => false,
+            Direction::In => request.value(offset)? == Value::Active,
+        };
+        let chardev = Self {
+            request,
+            offset,
+            driving: std::sync::Mutex::new(()),
+        };
+        Ok((chardev, high))
     }
 
-    pub(super) fn set(&self, high: bool) -> Result<(), gpiocdev::Error> {
-        self.request.set_value(self.offset, value(high))
+    /// Sets the line, then runs `record` (which records the level) before another set can
+    /// start.
+    pub(super) fn set(&self, high: bool, record: impl FnOnce()) -> Result<(), gpiocdev::Error> {
+        let _driving = self.driving.lock().unwrap_or_else(|p| p.into_inner());
+        self.request.set_value(self.offset, value(high))?;
+        record();
+        Ok(())
     }
 
     /// The line's level now, read from the chip.
@@ -88,6 +105,7 @@ pub async fn follow(line: Arc<Line>, cancel: CancellationToken) -> Result<(), Fo
     let fd =
         unsafe { AsyncFd::register_with_interest(chardev.request.as_fd(), Interest::READABLE) }
             .map_err(|err| FollowError::Reactor(err.into()))?;
+    let mut last_seqno: Option<u32> = None;
     loop {
         let mut ready = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -95,13 +113,19 @@ pub async fn follow(line: Arc<Line>, cancel: CancellationToken) -> Result<(), Fo
         };
         // Every edge the kernel queued counts; `has_edge_event` polls without blocking, so
         // the read after it never waits.
+        let mut lost = false;
         while chardev.request.has_edge_event()? {
             let event = chardev.request.read_edge_event()?;
+            lost |= last_seqno.is_some_and(|last| event.line_seqno != last.wrapping_add(1));
+            last_seqno = Some(event.line_seqno);
             line.observe(event.kind == EdgeKind::Rising);
         }
-        // The level itself last: a burst that overflowed the kernel's event buffer still ends
-        // at the level the line is at.
-        line.observe(chardev.level()?);
+        // Events the kernel's buffer dropped (a gap in the sequence): the level itself, read
+        // from the chip, so the line still ends where it is. Only then, since on an expander
+        // the read is a bus transfer.
+        if lost {
+            line.observe(chardev.level()?);
+        }
         ready.clear_ready();
     }
 }

@@ -105,10 +105,10 @@ impl Line {
     /// the chip does. Setting a line is one ioctl, which returns at once for a chip on the
     /// SoC; an expander on a slow bus takes one transfer.
     pub fn set(&self, high: bool) -> Result<(), LineError> {
-        if let Some(chardev) = &self.chardev {
-            chardev.set(high)?;
+        match &self.chardev {
+            Some(chardev) => chardev.set(high, || self.observe(high))?,
+            None => self.observe(high),
         }
-        self.observe(high);
         Ok(())
     }
 

@@ -2,9 +2,10 @@
 //!
 //! A transaction is one `I2C_RDWR` ioctl: every operation a message to the one address, with
 //! repeated starts between them, as `wasi:i2c` defines it. An adapter that speaks only SMBus
-//! (many PC chipsets, and the kernel's i2c-stub) refuses `I2C_RDWR`; the bus then carries
-//! the transactions that have an SMBus form (a byte read or write, a register write, a
-//! register read of up to 32 bytes) as those, and refuses the others.
+//! (many PC chipsets, and the kernel's i2c-stub), as the kernel says when the bus is opened
+//! (`I2C_FUNCS`), carries the transactions that have an SMBus form (a byte read or write, a
+//! register write, a register read of up to 32 bytes, as SMBus I2C-block commands) as those,
+//! and refuses the others.
 //!
 //! The ioctls block for as long as the wire takes, so they run on tokio's blocking threads,
 //! one at a time per bus: a guest that waits for the bus waits in the reactor, and a bus
@@ -28,6 +29,13 @@ pub const MAX_TRANSFER: u64 = 4096;
 const MAX_MESSAGES: usize = 42;
 /// The most bytes an SMBus block carries.
 const SMBUS_BLOCK: usize = 32;
+/// The ioctl that says what an adapter can do, and the bit for plain I2C transfers
+/// (`linux/i2c-dev.h`, `linux/i2c.h`).
+const I2C_FUNCS: rustix::ioctl::Opcode = 0x0705;
+const I2C_FUNC_I2C: std::ffi::c_ulong = 0x1;
+/// The highest 7-bit address: the kernel would send a larger one without the ten-bit flag,
+/// cut to seven bits, to another device.
+const MAX_ADDRESS: u16 = 0x7f;
 
 /// An i2c-dev bus.
 #[derive(Debug)]
@@ -58,9 +66,19 @@ pub enum OpenError {
         /// Why.
         source: std::io::Error,
     },
-    /// Its file is not a character device.
+    /// Its file is not a character device, or not an I2C adapter.
     #[error("{} is not an i2c-dev character device", .0.display())]
     NotADevice(PathBuf),
+}
+
+/// Whether the adapter behind `file` takes plain I2C transfers (`I2C_RDWR`), not only SMBus
+/// commands; `None` if it is no adapter.
+fn speaks_i2c(file: &std::fs::File) -> Option<bool> {
+    // SAFETY: I2C_FUNCS writes one `unsigned long` of functionality bits.
+    let getter = unsafe { rustix::ioctl::Getter::<I2C_FUNCS, std::ffi::c_ulong>::new() };
+    // SAFETY: the descriptor is open for the call, and the getter matches the ioctl.
+    let funcs = unsafe { rustix::ioctl::ioctl(file, getter) }.ok()?;
+    Some(funcs & I2C_FUNC_I2C != 0)
 }
 
 impl DevBus {
@@ -78,12 +96,22 @@ impl DevBus {
         {
             return Err(OpenError::NotADevice(path.to_path_buf()));
         }
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(fail)?;
+        let speaks_i2c =
+            speaks_i2c(&file).ok_or_else(|| OpenError::NotADevice(path.to_path_buf()))?;
+        if !speaks_i2c {
+            tracing::info!(bus = %path.display(), "the adapter speaks only SMBus: transactions with an SMBus form go as those");
+        }
         let bus = LinuxI2CBus::new(path).map_err(|err| fail(err.into()))?;
         Ok(Self {
             path: path.to_path_buf(),
             wire: Arc::new(Mutex::new(Wire {
                 bus,
-                smbus_only: false,
+                smbus_only: !speaks_i2c,
                 smbus: None,
             })),
             present: AtomicBool::new(true),
@@ -101,6 +129,9 @@ impl DevBus {
         address: u16,
         operations: Vec<Operation>,
     ) -> Result<Vec<Vec<u8>>, BusError> {
+        if address > MAX_ADDRESS {
+            return Err(BusError::Other);
+        }
         if operations.len() > MAX_MESSAGES || operations.iter().any(too_long) {
             return Err(BusError::Overrun);
         }
@@ -128,13 +159,9 @@ impl Wire {
         operations: &[Operation],
     ) -> Result<Vec<Vec<u8>>, BusError> {
         if !self.smbus_only {
-            match rdwr(&mut self.bus, address, operations) {
-                Err(err) if errno(&err) == Some(Errno::OPNOTSUPP) => {
-                    tracing::info!(bus = %path.display(), "the adapter speaks only SMBus: transactions with an SMBus form go as those");
-                    self.smbus_only = true;
-                }
-                done => return done.map_err(|err| bus_error(&err)),
-            }
+            // An adapter that takes I2C may still refuse one transfer's shape (its quirks):
+            // that transfer fails, and the next is tried as I2C again.
+            return rdwr(&mut self.bus, address, operations).map_err(|err| bus_error(&err));
         }
         let shape = SmbusShape::of(operations).ok_or(BusError::Other)?;
         let device = match &mut self.smbus {
@@ -246,10 +273,12 @@ fn errno(err: &LinuxI2CError) -> Option<Errno> {
 /// (the kernel's Documentation/i2c/fault-codes.rst).
 fn bus_error(err: &LinuxI2CError) -> BusError {
     match errno(err) {
-        // No acknowledge of the address; some adapters say "no such device".
-        Some(Errno::NXIO | Errno::NODEV) => BusError::NoAcknowledge(NoAck::Address),
-        // No acknowledge in the data phase.
-        Some(Errno::REMOTEIO) => BusError::NoAcknowledge(NoAck::Data),
+        // No acknowledge of the address.
+        Some(Errno::NXIO) => BusError::NoAcknowledge(NoAck::Address),
+        // A missing acknowledge the driver does not place (the Raspberry Pi's, DesignWare's
+        // and OMAP's say this for an empty address too), or "no such device" (SMBus
+        // adapters for an empty address, but also an adapter that is gone).
+        Some(Errno::REMOTEIO | Errno::NODEV) => BusError::NoAcknowledge(NoAck::Unknown),
         Some(Errno::AGAIN) => BusError::ArbitrationLoss,
         Some(Errno::PROTO | Errno::IO) => BusError::Bus,
         Some(Errno::OVERFLOW | Errno::MSGSIZE) => BusError::Overrun,
@@ -290,7 +319,11 @@ mod tests {
     fn driver_errors_are_the_proposals_error_codes() {
         let code = |errno: Errno| bus_error(&LinuxI2CError::Errno(errno.raw_os_error()));
         assert_eq!(code(Errno::NXIO), BusError::NoAcknowledge(NoAck::Address));
-        assert_eq!(code(Errno::REMOTEIO), BusError::NoAcknowledge(NoAck::Data));
+        assert_eq!(
+            code(Errno::REMOTEIO),
+            BusError::NoAcknowledge(NoAck::Unknown)
+        );
+        assert_eq!(code(Errno::NODEV), BusError::NoAcknowledge(NoAck::Unknown));
         assert_eq!(code(Errno::AGAIN), BusError::ArbitrationLoss);
         assert_eq!(code(Errno::PROTO), BusError::Bus);
         assert_eq!(code(Errno::TIMEDOUT), BusError::Other);
@@ -301,7 +334,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn what_is_not_an_i2c_bus_is_refused_and_oversized_transfers_never_reach_it() {
+    async fn what_is_not_an_i2c_bus_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let err = DevBus::open(&dir.path().join("i2c-9")).unwrap_err();
         assert!(err.to_string().contains("i2c-9"), "{err}");
@@ -311,20 +344,43 @@ mod tests {
             DevBus::open(&file).unwrap_err().to_string(),
             format!("{} is not an i2c-dev character device", file.display())
         );
-        // /dev/null is a character device but no adapter: the ioctl fails, and says so as
-        // an error code, never as data.
-        let null = DevBus::open(Path::new("/dev/null")).unwrap();
-        let answer = null
-            .transaction(0x48, vec![Operation::Write(vec![0]), Operation::Read(2)])
-            .await;
-        assert!(answer.is_err(), "{answer:?}");
+        // /dev/null is a character device but no adapter: the kernel does not answer
+        // I2C_FUNCS for it.
+        assert_eq!(
+            DevBus::open(Path::new("/dev/null"))
+                .unwrap_err()
+                .to_string(),
+            "/dev/null is not an i2c-dev character device"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_transfers_and_wide_addresses_never_reach_the_wire() {
+        // A bus on /dev/null: any transfer that got as far as the ioctl would fail with
+        // "not a tty" (other), so overrun proves the check came first.
+        let wire = Wire {
+            bus: LinuxI2CBus::new("/dev/null").unwrap(),
+            smbus_only: false,
+            smbus: None,
+        };
+        let bus = DevBus {
+            path: "/dev/null".into(),
+            wire: Arc::new(Mutex::new(wire)),
+            present: AtomicBool::new(true),
+        };
+        let read = vec![Operation::Write(vec![0]), Operation::Read(2)];
+        assert_eq!(
+            bus.transaction(0x48, read.clone()).await,
+            Err(BusError::Other)
+        );
+        assert_eq!(bus.transaction(0x148, read).await, Err(BusError::Other));
         for operations in [
             vec![Operation::Read(MAX_TRANSFER + 1)],
             vec![Operation::Write(vec![0; MAX_TRANSFER as usize + 1])],
             vec![Operation::Read(1); MAX_MESSAGES + 1],
         ] {
             assert_eq!(
-                null.transaction(0x48, operations).await,
+                bus.transaction(0x48, operations).await,
                 Err(BusError::Overrun)
             );
         }
@@ -346,14 +402,11 @@ mod tests {
             .transaction(0x48, vec![Operation::Write(vec![0x10]), Operation::Read(2)])
             .await;
         assert_eq!(read, Ok(vec![vec![0xbe, 0xef]]));
-        // Nobody at 0x49.
+        // Nobody at 0x49: i2c-stub says "no such device".
         let nobody = bus
             .transaction(0x49, vec![Operation::Write(vec![0x10]), Operation::Read(2)])
             .await;
-        assert!(
-            matches!(nobody, Err(BusError::NoAcknowledge(NoAck::Address))),
-            "{nobody:?}"
-        );
+        assert_eq!(nobody, Err(BusError::NoAcknowledge(NoAck::Unknown)));
         // A transaction with no SMBus form is refused on an SMBus-only adapter.
         let long = bus
             .transaction(0x48, vec![Operation::Read(2), Operation::Read(2)])

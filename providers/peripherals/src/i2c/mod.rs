@@ -39,6 +39,8 @@ pub enum NoAck {
     Address,
     /// A data byte.
     Data,
+    /// The adapter does not say which.
+    Unknown,
 }
 
 /// A bus a guest may be granted.
