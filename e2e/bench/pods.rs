@@ -48,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
-    let mut cluster = WasmCluster::start(NODE, (count + SEQUENTIAL + BURST + 20) as u32).await?;
+    // Room for every series' pods (each series keeps its own), the delete batch and a few
+    // more beside the density steps' `count`, so a small `count` runs too.
+    let max_pods = count + 3 * (SEQUENTIAL + BURST) + DELETE_BATCH + 20;
+    let mut cluster = WasmCluster::start(NODE, max_pods as u32).await?;
     let client = cluster.plane.client().await?;
     let pods: kube::Api<Pod> = kube::Api::default_namespaced(client.clone());
     let pid = cluster.node.pid();
