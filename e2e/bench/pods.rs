@@ -1,7 +1,8 @@
 //! The pod benchmark against the real control plane and registry, with a wasmlet release
 //! build: footprint, start latency (a fresh 2 MB module, then cached: one at a time and a
 //! burst, for a default pod with its token mounted, a token-less pod, and a pod with a
-//! ConfigMap volume and a Secret env var, under the node's NodeRestriction identity),
+//! ConfigMap volume and a Secret env var, under the node's NodeRestriction identity; the
+//! default and token-less series also through [`NullAgent`], the API server's floor),
 //! deleting 100 pods, density up to N pods with RSS/CPU at each step, node health under
 //! load, where a start spends its time (from the node's start trace), follow-log latency,
 //! and deletion of everything.
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use e2e::demos::{demo_wasm, push_demo, push_file};
 use e2e::oci_layout::{component_with_code_of_size, sleeper_module_of_size};
-use e2e::{WasmCluster, rss_kib, wait_for, wasm_pod};
+use e2e::{NullAgent, WasmCluster, rss_kib, wait_for, wasm_pod};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
@@ -24,6 +25,8 @@ use kube::api::{DeleteParams, ListParams, LogParams, PostParams, WatchEvent, Wat
 use serde_json::{Value, json};
 
 const NODE: &str = "bench";
+/// The node of the API floor series: a Node object answered for by [`NullAgent`].
+const FLOOR_NODE: &str = "floor";
 /// Pods started one at a time, for single-pod latency without queueing.
 const SEQUENTIAL: usize = 20;
 /// The burst the targets name.
@@ -60,8 +63,9 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("footprint: {footprint}");
 
     let ticker = push_demo(&cluster.registry.host(), "ticker")?;
-    let manifest =
-        |name: &str, interval_ms: u64| shaped(PodShape::TokenLess, name, &ticker, interval_ms);
+    let manifest = |name: &str, interval_ms: u64| {
+        shaped(PodShape::TokenLess, NODE, name, &ticker, interval_ms)
+    };
     let idle = |name: &str| manifest(name, 3_600_000);
     let mut watch: PodWatch = pods
         .watch(&WatchParams::default().timeout(290), "0")
@@ -154,6 +158,8 @@ async fn main() -> anyhow::Result<()> {
             )?,
         )
         .await?;
+    let floor_agent =
+        NullAgent::start(client.clone(), FLOOR_NODE, client.default_namespace()).await?;
     let mut series = serde_json::Map::new();
     for shape in [
         PodShape::Default,
@@ -161,36 +167,31 @@ async fn main() -> anyhow::Result<()> {
         PodShape::ConfigAndSecret,
     ] {
         let retries_before = token_retries(&client).await?;
-        let pod = |name: &str| {
-            shaped(
-                shape,
-                &format!("{}-{name}", shape.prefix()),
-                &ticker,
-                3_600_000,
-            )
+        // Idle pods of this shape on `node`, named `<prefix>-<name>`.
+        let on = |node: &'static str, prefix: String| {
+            let ticker = &ticker;
+            move |name: &str| shaped(shape, node, &format!("{prefix}-{name}"), ticker, 3_600_000)
         };
-        let mut sequential = Vec::new();
-        for i in 0..SEQUENTIAL {
-            sequential
-                .extend(time_to_running(&pods, &mut watch, vec![pod(&format!("one-{i}"))?]).await?);
-        }
-        let burst: Vec<Pod> = (0..BURST)
-            .map(|i| pod(&format!("burst-{i}")))
-            .collect::<anyhow::Result<_>>()?;
-        let started = Instant::now();
-        let mut burst_latencies = time_to_running(&pods, &mut watch, burst).await?;
-        let burst_all = started.elapsed();
+        let (sequential, burst) =
+            start_series(&pods, &mut watch, on(NODE, shape.prefix().into())).await?;
         let retries = token_retries(&client).await? - retries_before;
-        sequential.sort();
-        burst_latencies.sort();
-        let result = json!({
-            "single_pod_cached_create_to_running_ms": percentiles(&sequential),
-            "burst": {"pods": BURST, "all_running_after_ms": ms(burst_all), "create_to_running_ms": percentiles(&burst_latencies)},
+        let mut result = json!({
+            "single_pod_cached_create_to_running_ms": sequential,
+            "burst": burst,
             "token_request_retries_per_100_pods": (retries * 100.0 / (SEQUENTIAL + BURST) as f64 * 10.0).round() / 10.0,
         });
+        if shape.has_floor() {
+            let floor = on(FLOOR_NODE, format!("floor-{}", shape.prefix()));
+            let (sequential, burst) = start_series(&pods, &mut watch, floor).await?;
+            result["api_floor"] = json!({
+                "single_pod_create_to_running_ms": sequential,
+                "burst": burst,
+            });
+        }
         eprintln!("{}: {result}", shape.prefix());
         series.insert(shape.name().to_string(), result);
     }
+    floor_agent.stop().await?;
 
     let config_change = config_change_latency(&cluster, &pods, &configs).await?;
     eprintln!("ConfigMap change → pod volume: {config_change}");
@@ -262,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
         "{log_before_restart}{}",
         cluster.node.log_tail(usize::MAX)
     ));
+    eprintln!("start stages: {stages}");
 
     let deleting = Instant::now();
     pods.delete_collection(&DeleteParams::default(), &ListParams::default())
@@ -334,6 +336,13 @@ impl PodShape {
         }
     }
 
+    /// Whether the series is also run through [`NullAgent`]: what the API server does for
+    /// a config pod is the default pod's (wasmlet reads the ConfigMap and Secret from its
+    /// watches).
+    fn has_floor(self) -> bool {
+        !matches!(self, PodShape::ConfigAndSecret)
+    }
+
     fn prefix(self) -> &'static str {
         match self {
             PodShape::Default => "default",
@@ -343,8 +352,14 @@ impl PodShape {
     }
 }
 
-/// A ticker pod of `shape`, bound to the node, writing a line every `interval_ms`.
-fn shaped(shape: PodShape, name: &str, image: &str, interval_ms: u64) -> anyhow::Result<Pod> {
+/// A ticker pod of `shape`, bound to `node`, writing a line every `interval_ms`.
+fn shaped(
+    shape: PodShape,
+    node: &str,
+    name: &str,
+    image: &str,
+    interval_ms: u64,
+) -> anyhow::Result<Pod> {
     let token = match shape {
         PodShape::TokenLess => "  automountServiceAccountToken: false\n",
         _ => "",
@@ -360,7 +375,7 @@ fn shaped(shape: PodShape, name: &str, image: &str, interval_ms: u64) -> anyhow:
     let yaml = wasm_pod(
         name,
         &format!(
-            "  nodeName: {NODE}\n{token}{volumes}  containers:\n  - name: app\n    image: {image}\n{mounts}    env:\n    - {{name: INTERVAL_MS, value: \"{interval_ms}\"}}{env}\n"
+            "  nodeName: {node}\n{token}{volumes}  containers:\n  - name: app\n    image: {image}\n{mounts}    env:\n    - {{name: INTERVAL_MS, value: \"{interval_ms}\"}}{env}\n"
         ),
     );
     Ok(serde_yaml::from_str(&yaml)?)
@@ -462,6 +477,31 @@ async fn node_requests(client: &kube::Client) -> anyhow::Result<f64> {
         .filter(|l| !l.contains(r#"verb="WATCH""#) && !l.contains(r#"verb="LIST""#))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// Create → Running for [`SEQUENTIAL`] pods made by `pod`, one at a time, then for a burst
+/// of [`BURST`] created back to back: the percentiles of each, and when the whole burst ran.
+async fn start_series(
+    pods: &kube::Api<Pod>,
+    watch: &mut PodWatch,
+    pod: impl Fn(&str) -> anyhow::Result<Pod>,
+) -> anyhow::Result<(Value, Value)> {
+    let mut sequential = Vec::new();
+    for i in 0..SEQUENTIAL {
+        sequential.extend(time_to_running(pods, watch, vec![pod(&format!("one-{i}"))?]).await?);
+    }
+    let burst: Vec<Pod> = (0..BURST)
+        .map(|i| pod(&format!("burst-{i}")))
+        .collect::<anyhow::Result<_>>()?;
+    let started = Instant::now();
+    let mut burst_latencies = time_to_running(pods, watch, burst).await?;
+    let burst_all = started.elapsed();
+    sequential.sort();
+    burst_latencies.sort();
+    Ok((
+        percentiles(&sequential),
+        json!({"pods": BURST, "all_running_after_ms": ms(burst_all), "create_to_running_ms": percentiles(&burst_latencies)}),
+    ))
 }
 
 /// Per-pod latency from the create call returning to the first watch event showing the pod
@@ -672,11 +712,14 @@ fn start_stages(log: &str) -> Value {
         .flatten()
         .map(|(name, ms)| (name.clone(), json!(ms)))
         .collect();
-    let mut cached: HashMap<&str, Vec<Duration>> = HashMap::new();
+    // Per series (the pod name's prefix), per stage.
+    let mut cached: HashMap<&str, HashMap<&str, Vec<Duration>>> = HashMap::new();
     for (pod, stages) in &per_pod {
-        if pod.starts_with("one-") {
+        if let Some((series, _)) = pod.split_once("-one-") {
             for (name, ms) in stages {
                 cached
+                    .entry(series)
+                    .or_default()
                     .entry(name)
                     .or_default()
                     .push(Duration::from_secs_f64(ms / 1e3));
@@ -685,9 +728,15 @@ fn start_stages(log: &str) -> Value {
     }
     let cached: serde_json::Map<String, Value> = cached
         .into_iter()
-        .map(|(name, mut samples)| {
-            samples.sort();
-            (name.to_string(), percentiles(&samples))
+        .map(|(series, stages)| {
+            let stages: serde_json::Map<String, Value> = stages
+                .into_iter()
+                .map(|(name, mut samples)| {
+                    samples.sort();
+                    (name.to_string(), percentiles(&samples))
+                })
+                .collect();
+            (series.to_string(), Value::Object(stages))
         })
         .collect();
     json!({"fresh_pod": fresh, "cached_one_at_a_time": cached})
