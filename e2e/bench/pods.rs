@@ -1,8 +1,10 @@
 //! The pod benchmark against the real control plane and registry, with a wasmlet release
 //! build: footprint, start latency (a fresh 2 MB module, then cached: one at a time and a
-//! burst, for a default pod with its token mounted, a token-less pod, and a pod with a
-//! ConfigMap volume and a Secret env var, under the node's NodeRestriction identity; the
-//! default and token-less series also through [`NullAgent`], the API server's floor),
+//! burst, for a default pod with its projected token volume, a token-less pod, and a pod
+//! with a ConfigMap volume and a Secret env var, under the node's NodeRestriction identity;
+//! the default and token-less series also through [`NullAgent`], the API server's floor;
+//! per series, the API requests and CPU each pod cost and the status patch's time on the API
+//! server and in the agent),
 //! deleting 100 pods, density up to N pods with RSS/CPU at each step, node health under
 //! load, where a start spends its time (from the node's start trace), follow-log latency,
 //! and deletion of everything.
@@ -167,6 +169,9 @@ async fn main() -> anyhow::Result<()> {
         PodShape::ConfigAndSecret,
     ] {
         let retries_before = token_retries(&client).await?;
+        let patches_before = PatchTimes::read(&client).await?;
+        let processes = series_processes(&cluster);
+        let cost_before = SeriesCost::read(&client, &processes).await?;
         // Idle pods of this shape on `node`, named `<prefix>-<name>`.
         let on = |node: &'static str, prefix: String| {
             let ticker = &ticker;
@@ -175,17 +180,38 @@ async fn main() -> anyhow::Result<()> {
         let (sequential, burst) =
             start_series(&pods, &mut watch, on(NODE, shape.prefix().into())).await?;
         let retries = token_retries(&client).await? - retries_before;
+        let patches = PatchTimes::read(&client).await?.since(patches_before);
+        let cost = SeriesCost::read(&client, &processes)
+            .await?
+            .per_pod_since(&cost_before, SEQUENTIAL + BURST);
         let mut result = json!({
+            "per_pod": cost,
             "single_pod_cached_create_to_running_ms": sequential,
             "burst": burst,
+            "status_patches": patches,
             "token_request_retries_per_100_pods": (retries * 100.0 / (SEQUENTIAL + BURST) as f64 * 10.0).round() / 10.0,
         });
         if shape.has_floor() {
             let floor = on(FLOOR_NODE, format!("floor-{}", shape.prefix()));
+            let patches_before = PatchTimes::read(&client).await?;
+            let agent_before = floor_agent.status_patches();
+            let cost_before = SeriesCost::read(&client, &processes).await?;
             let (sequential, burst) = start_series(&pods, &mut watch, floor).await?;
+            let cost = SeriesCost::read(&client, &processes)
+                .await?
+                .per_pod_since(&cost_before, SEQUENTIAL + BURST);
+            let mut patches = PatchTimes::read(&client).await?.since(patches_before);
+            let (count, took) = floor_agent.status_patches();
+            let sent = count.saturating_sub(agent_before.0);
+            if sent > 0 {
+                let mean = (took - agent_before.1).as_secs_f64() / sent as f64;
+                patches["mean_in_agent_ms"] = json!((mean * 1e4).round() / 10.0);
+            }
             result["api_floor"] = json!({
                 "single_pod_create_to_running_ms": sequential,
                 "burst": burst,
+                "status_patches": patches,
+                "per_pod": cost,
             });
         }
         eprintln!("{}: {result}", shape.prefix());
@@ -319,7 +345,11 @@ async fn main() -> anyhow::Result<()> {
 /// The pods whose cached start is timed, each a series of its own.
 #[derive(Clone, Copy)]
 enum PodShape {
-    /// A default pod: its service account token is mounted (a TokenRequest per pod).
+    /// A default pod as the ServiceAccount admission plugin makes it from Kubernetes 1.21
+    /// on: a projected `kube-api-access` volume with a token bound to the pod (a
+    /// TokenRequest per pod), the cluster's CA and the namespace. This 1.20 control plane
+    /// would mount the service account's token Secret instead, so the bench writes the
+    /// volume itself, as the admission plugin of any current cluster does.
     Default,
     /// `automountServiceAccountToken: false`: no volume at all.
     TokenLess,
@@ -352,6 +382,13 @@ impl PodShape {
     }
 }
 
+/// The projected volume the ServiceAccount admission plugin adds to a default pod (from
+/// Kubernetes 1.21 on), with its expiry of 3607 s.
+const KUBE_API_ACCESS_VOLUME: &str = "{name: kube-api-access, projected: {sources: [\
+    {serviceAccountToken: {expirationSeconds: 3607, path: token}}, \
+    {configMap: {name: kube-root-ca.crt, items: [{key: ca.crt, path: ca.crt}]}}, \
+    {downwardAPI: {items: [{path: namespace, fieldRef: {apiVersion: v1, fieldPath: metadata.namespace}}]}}]}}";
+
 /// A ticker pod of `shape`, bound to `node`, writing a line every `interval_ms`.
 fn shaped(
     shape: PodShape,
@@ -360,22 +397,27 @@ fn shaped(
     image: &str,
     interval_ms: u64,
 ) -> anyhow::Result<Pod> {
-    let token = match shape {
-        PodShape::TokenLess => "  automountServiceAccountToken: false\n",
-        _ => "",
-    };
-    let (env, mounts, volumes) = match shape {
-        PodShape::ConfigAndSecret => (
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    if !matches!(shape, PodShape::TokenLess) {
+        volumes.push(KUBE_API_ACCESS_VOLUME);
+        mounts.push(
+            "{name: kube-api-access, mountPath: /var/run/secrets/kubernetes.io/serviceaccount, readOnly: true}",
+        );
+    }
+    let mut env = String::new();
+    if matches!(shape, PodShape::ConfigAndSecret) {
+        volumes.push("{name: config, configMap: {name: bench-config}}");
+        mounts.push("{name: config, mountPath: /config}");
+        env.push_str(
             "\n    - name: PASSWORD\n      valueFrom: {secretKeyRef: {name: bench-secret, key: password}}",
-            "    volumeMounts: [{name: config, mountPath: /config}]\n",
-            "  volumes: [{name: config, configMap: {name: bench-config}}]\n",
-        ),
-        _ => ("", "", ""),
-    };
+        );
+    }
+    let (volumes, mounts) = (volumes.join(", "), mounts.join(", "));
     let yaml = wasm_pod(
         name,
         &format!(
-            "  nodeName: {node}\n{token}{volumes}  containers:\n  - name: app\n    image: {image}\n{mounts}    env:\n    - {{name: INTERVAL_MS, value: \"{interval_ms}\"}}{env}\n"
+            "  nodeName: {node}\n  automountServiceAccountToken: false\n  volumes: [{volumes}]\n  containers:\n  - name: app\n    image: {image}\n    volumeMounts: [{mounts}]\n    env:\n    - {{name: INTERVAL_MS, value: \"{interval_ms}\"}}{env}\n"
         ),
     );
     Ok(serde_yaml::from_str(&yaml)?)
@@ -427,6 +469,13 @@ async fn config_change_latency(
 /// The node's count of TokenRequests sent again (`wasmlet_token_request_retries_total`),
 /// read through the API server's node proxy.
 async fn token_retries(client: &kube::Client) -> anyhow::Result<f64> {
+    Ok(node_metric(client, "wasmlet_token_request_retries_total")
+        .await?
+        .unwrap_or(0.0))
+}
+
+/// One unlabelled sample of the node's metrics, read through the API server's node proxy.
+async fn node_metric(client: &kube::Client, name: &str) -> anyhow::Result<Option<f64>> {
     let text = client
         .request_text(
             http::Request::get(format!("/api/v1/nodes/{NODE}/proxy/metrics")).body(Vec::new())?,
@@ -434,9 +483,144 @@ async fn token_retries(client: &kube::Client) -> anyhow::Result<f64> {
         .await?;
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix("wasmlet_token_request_retries_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
+/// What a series cost, read before and after it: the API server's requests by verb and
+/// resource (from `apiserver_request_total`, watches left out) and each process's CPU
+/// time. Per pod, the difference says which requests an agent makes for a start and where
+/// the machine's two cores went.
+struct SeriesCost {
+    requests: HashMap<String, f64>,
+    cpu_seconds: Vec<(&'static str, f64)>,
+}
+
+impl SeriesCost {
+    async fn read(
+        client: &kube::Client,
+        processes: &[(&'static str, u32)],
+    ) -> anyhow::Result<Self> {
+        let text = client
+            .request_text(http::Request::get("/metrics").body(Vec::new())?)
+            .await?;
+        let mut requests = HashMap::new();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("apiserver_request_total{"))
+        {
+            let label = |name: &str| {
+                line.split_once(&format!(",{name}=\""))
+                    .or_else(|| line.split_once(&format!("{{{name}=\"")))
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map_or("", |(value, _)| value)
+            };
+            let verb = label("verb");
+            if verb == "WATCH" {
+                continue;
+            }
+            let kind = match label("subresource") {
+                "" => format!("{verb} {}", label("resource")),
+                sub => format!("{verb} {}/{sub}", label("resource")),
+            };
+            let count: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *requests.entry(kind).or_insert(0.0) += count;
+        }
+        let cpu_seconds = processes
+            .iter()
+            .map(|(name, pid)| Ok((*name, cpu_seconds(*pid)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            requests,
+            cpu_seconds,
+        })
+    }
+
+    /// Per pod since `before`: requests of each kind (those made at least once per ten
+    /// pods) and CPU milliseconds of each process.
+    fn per_pod_since(&self, before: &Self, pods: usize) -> Value {
+        let pods = pods as f64;
+        let round = |v: f64| (v * 100.0).round() / 100.0;
+        let requests: serde_json::Map<String, Value> = self
+            .requests
+            .iter()
+            .map(|(kind, n)| (kind, n - before.requests.get(kind).copied().unwrap_or(0.0)))
+            .filter(|(_, n)| *n >= pods / 10.0)
+            .map(|(kind, n)| (kind.clone(), json!(round(n / pods))))
+            .collect();
+        let cpu: serde_json::Map<String, Value> = self
+            .cpu_seconds
+            .iter()
+            .zip(&before.cpu_seconds)
+            .map(|((name, after), (_, earlier))| {
+                (
+                    name.to_string(),
+                    json!(round((after - earlier) * 1e3 / pods)),
+                )
+            })
+            .collect();
+        json!({"api_requests": requests, "cpu_ms": cpu})
+    }
+}
+
+/// Status patches served so far, as (count, seconds): as the API server timed them (from
+/// the request arriving to the answer leaving), and as wasmlet timed them (from sending to
+/// the answer decoded). The difference between two readings around a series, per patch,
+/// splits wasmlet's patch into the server's share and the rest.
+#[derive(Clone, Copy, Default)]
+struct PatchTimes {
+    server: (f64, f64),
+    node: (f64, f64),
+}
+
+impl PatchTimes {
+    async fn read(client: &kube::Client) -> anyhow::Result<Self> {
+        let text = client
+            .request_text(http::Request::get("/metrics").body(Vec::new())?)
+            .await?;
+        let status_patches = |suffix: &str| -> f64 {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with(&format!("apiserver_request_duration_seconds_{suffix}{{"))
+                })
+                .filter(|l| {
+                    l.contains(r#"verb="PATCH""#)
+                        && l.contains(r#"resource="pods""#)
+                        && l.contains(r#"subresource="status""#)
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let server = (status_patches("count"), status_patches("sum"));
+        let metric = |name| node_metric(client, name);
+        let node = (
+            metric("wasmlet_pod_status_patch_duration_seconds_count")
+                .await?
+                .unwrap_or(0.0),
+            metric("wasmlet_pod_status_patch_duration_seconds_sum")
+                .await?
+                .unwrap_or(0.0),
+        );
+        Ok(Self { server, node })
+    }
+
+    /// Mean milliseconds per patch since `before`, on the server and (when the node sent
+    /// them) in wasmlet.
+    fn since(self, before: Self) -> Value {
+        let mean = |(count, sum): (f64, f64), (count0, sum0): (f64, f64)| {
+            let n = count - count0;
+            (n > 0.0).then(|| ((sum - sum0) / n * 1e4).round() / 10.0)
+        };
+        json!({
+            "patches_served": self.server.0 - before.server.0,
+            "mean_on_api_server_ms": mean(self.server, before.server),
+            "mean_in_wasmlet_ms": mean(self.node, before.node),
+        })
+    }
 }
 
 /// Binary size, idle RSS after 60 s with no pods, and the node's API requests per minute
@@ -477,6 +661,15 @@ async fn node_requests(client: &kube::Client) -> anyhow::Result<f64> {
         .filter(|l| !l.contains(r#"verb="WATCH""#) && !l.contains(r#"verb="LIST""#))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// The processes whose CPU a series spends: the node, the control plane, and this
+/// benchmark (which also hosts the null agent).
+fn series_processes(cluster: &WasmCluster) -> Vec<(&'static str, u32)> {
+    let mut processes = cluster.plane.pids();
+    processes.push(("wasmlet", cluster.node.pid()));
+    processes.push(("bench-pods", std::process::id()));
+    processes
 }
 
 /// Create → Running for [`SEQUENTIAL`] pods made by `pod`, one at a time, then for a burst

@@ -1,8 +1,8 @@
 //! A node agent that runs nothing: the floor under a real agent's start latency.
 //!
 //! For every pod bound to its node it does only what any agent must before the pod shows
-//! Running: it sees the pod on its own watch, asks for the pod's service-account token when
-//! the pod mounts one (a TokenRequest bound to the pod, as the kubelet does), and patches
+//! Running: it sees the pod on its own watch, asks for a service-account token when the pod
+//! projects one (a TokenRequest bound to the pod, as the kubelet does), and patches
 //! the pod's status to Running with one strategic merge patch. A pod's create → Running
 //! through it is therefore the API server's share of a start on this machine; what wasmlet
 //! adds is the difference between its series and this one.
@@ -17,6 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use tokio::task::JoinHandle;
 
 /// The agent's node: a Node object it created (no kubelet behind it), and the task that
@@ -27,7 +30,12 @@ pub struct NullAgent {
     pods: kube::Api<Pod>,
     node: String,
     task: JoinHandle<()>,
+    patches: Arc<PatchClock>,
 }
+
+/// How many status patches the agent sent and how long they took, from sending to the
+/// answer decoded: the same span wasmlet's `pod_status_patch_duration_seconds` times.
+type PatchClock = Mutex<(u32, Duration)>;
 
 impl NullAgent {
     /// Creates Node `node` and starts answering for pods bound to it in `namespace`.
@@ -47,13 +55,29 @@ impl NullAgent {
             .fields(&format!("spec.nodeName={node}"))
             .timeout(290);
         let events = pods.watch(&params, "0").await?.boxed();
-        let task = tokio::spawn(answer(client.clone(), pods.clone(), params, events));
+        let patches = Arc::new(PatchClock::default());
+        let task = tokio::spawn(answer(
+            client.clone(),
+            pods.clone(),
+            params,
+            events,
+            patches.clone(),
+        ));
         Ok(Self {
             client,
             pods,
             node: node.to_string(),
             task,
+            patches,
         })
+    }
+
+    /// The status patches sent so far, and their total time.
+    pub fn status_patches(&self) -> (u32, Duration) {
+        self.patches
+            .lock()
+            .map(|p| *p)
+            .unwrap_or_else(|poisoned| *poisoned.into_inner())
     }
 
     /// Stops answering, deletes its pods at once (no kubelet is there to finish a graceful
@@ -87,6 +111,7 @@ async fn answer(
     pods: kube::Api<Pod>,
     params: WatchParams,
     mut events: Events,
+    patches: Arc<PatchClock>,
 ) {
     loop {
         let event = match events.try_next().await {
@@ -109,20 +134,35 @@ async fn answer(
         if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
             continue;
         }
-        let (client, pods) = (client.clone(), pods.clone());
+        let (client, pods, patches) = (client.clone(), pods.clone(), patches.clone());
         tokio::spawn(async move {
-            if let Err(err) = run(&client, &pods, &pod).await {
+            if let Err(err) = run(&client, &pods, &pod, &patches).await {
                 eprintln!("null agent: {:?}: {err:#}", pod.metadata.name);
             }
         });
     }
 }
 
-/// The token (when mounted), then the Running status.
-async fn run(client: &kube::Client, pods: &kube::Api<Pod>, pod: &Pod) -> anyhow::Result<()> {
+/// The token (when projected), then the Running status.
+async fn run(
+    client: &kube::Client,
+    pods: &kube::Api<Pod>,
+    pod: &Pod,
+    patches: &PatchClock,
+) -> anyhow::Result<()> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
-    if spec.automount_service_account_token != Some(false) {
+    // The kubelet asks for a token only for a projected `serviceAccountToken` source. On
+    // this control plane (1.20, BoundServiceAccountTokenVolume off) a default pod mounts
+    // its service account's token Secret instead, which an agent reads from its watch of
+    // the Secret, not with a request per pod.
+    let projects_a_token = spec.volumes.iter().flatten().any(|v| {
+        v.projected
+            .as_ref()
+            .and_then(|p| p.sources.as_ref())
+            .is_some_and(|s| s.iter().any(|s| s.service_account_token.is_some()))
+    });
+    if projects_a_token {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), namespace);
         let request = TokenRequest {
@@ -188,7 +228,13 @@ async fn run(client: &kube::Client, pods: &kube::Api<Pod>, pod: &Pod) -> anyhow:
         status: Some(status),
         ..Default::default()
     };
+    let started = Instant::now();
     pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
         .await?;
+    let took = started.elapsed();
+    let mut clock = patches
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *clock = (clock.0.saturating_add(1), clock.1 + took);
     Ok(())
 }

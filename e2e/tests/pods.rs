@@ -138,6 +138,40 @@ spec:
         "no {pulled:?}… Image size in:\n{described}"
     );
 
+    // The image is on the node now: a pod that may use it as it is gets it without a pull,
+    // and says so in the kubelet's words, with no Pulling event.
+    cluster
+        .kubectl
+        .apply(&wasm_pod(
+            "cached",
+            &format!("  automountServiceAccountToken: false\n  restartPolicy: Never\n  containers:\n  - name: app\n    image: {image}\n    imagePullPolicy: IfNotPresent\n"),
+        ))
+        .unwrap();
+    let events = cluster
+        .wait_events("cached", "Pulled and Started events", MINUTE, |events| {
+            let has = |reason: &str| events.iter().any(|e| e.reason.as_deref() == Some(reason));
+            (has("Pulled") && has("Started")).then(|| events.to_vec())
+        })
+        .await
+        .unwrap();
+    let pulled: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Pulled"))
+        .filter_map(|e| e.message.as_deref())
+        .collect();
+    assert_eq!(
+        pulled,
+        [format!(
+            "Container image \"{image}\" already present on machine"
+        )],
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.reason.as_deref() != Some("Pulling")),
+        "a cached image was announced as pulled: {events:?}"
+    );
+
     // A preview 2 component runs the same way, beside a module whose `command` replaces
     // the image's argv[0] and is followed by its `args`, each word kept whole.
     let component = push_demo(&cluster.registry.host(), "hello-component").unwrap();

@@ -198,6 +198,12 @@ pub trait PulledImage: Send + Sync + 'static {
     fn image_id(&self) -> String;
     /// Its size on the node in bytes, which the `Pulled` event reports.
     fn size_bytes(&self) -> u64;
+    /// Whether the pull found it on the node without asking a registry. The node then
+    /// records one `Pulled` event, "already present on machine", as the kubelet does,
+    /// instead of `Pulling` and "Successfully pulled".
+    fn already_present(&self) -> bool {
+        false
+    }
 }
 
 /// A workload runtime plugged into the node agent.

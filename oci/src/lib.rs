@@ -34,7 +34,7 @@ pub use error::Error;
 pub use media::Shape;
 pub use oci_client::secrets::RegistryAuth;
 pub use policy::PullPolicy;
-pub use pull::{PullRequest, Puller, PullerConfig};
+pub use pull::{Origin, PullRequest, Puller, PullerConfig};
 pub use store::Store;
 pub use wasm::WasmKind;
 

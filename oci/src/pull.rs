@@ -61,6 +61,16 @@ pub struct PullRequest<'a> {
     pub on_verified: Option<&'a (dyn Fn(&WasmArtifact) + Send + Sync)>,
 }
 
+/// Where a pulled artifact came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The node's store, without asking the registry (`IfNotPresent` or `Never`).
+    Present,
+    /// The registry was asked: the artifact was fetched, or (`Always`) its digest was
+    /// confirmed to be the one the node holds.
+    Registry,
+}
+
 impl std::fmt::Debug for PullRequest<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PullRequest")
@@ -161,6 +171,12 @@ impl Puller {
 
     /// Pulls `request.image` as its policy says and returns the artifact.
     pub async fn pull(&self, request: &PullRequest<'_>) -> Result<WasmArtifact> {
+        Ok(self.pull_from(request).await?.0)
+    }
+
+    /// As [`Puller::pull`], and says where the artifact came from: a kubelet's events differ
+    /// for an image already on the node.
+    pub async fn pull_from(&self, request: &PullRequest<'_>) -> Result<(WasmArtifact, Origin)> {
         let reference: Reference =
             request
                 .image
@@ -184,11 +200,11 @@ impl Puller {
         reference: &Reference,
         key: &str,
         request: &PullRequest<'_>,
-    ) -> Result<WasmArtifact> {
+    ) -> Result<(WasmArtifact, Origin)> {
         let cached = self.store.record(key).await;
         match (request.policy, cached) {
             (PullPolicy::Never | PullPolicy::IfNotPresent, Some(record)) => {
-                return self.touch(record).await;
+                return Ok((self.touch(record).await?, Origin::Present));
             }
             (PullPolicy::Never, None) => {
                 return Err(Error::NeverPull {
@@ -202,7 +218,7 @@ impl Puller {
                     .await
                     .map_err(|e| map_client_error(reference, e))?;
                 if remote == record.artifact.manifest_digest {
-                    return self.touch(record).await;
+                    return Ok((self.touch(record).await?, Origin::Registry));
                 }
             }
             (_, None) => {}
@@ -212,7 +228,7 @@ impl Puller {
         self.store.save_record(&record).await?;
         info!(image = request.image, digest = %record.artifact.wasm_digest, shape = ?record.artifact.shape,
               elapsed_ms = started.elapsed().as_millis() as u64, "pulled");
-        Ok(record.artifact)
+        Ok((record.artifact, Origin::Registry))
     }
 
     /// Marks a cached artifact used. `last_used` only orders artifacts for garbage
@@ -648,7 +664,12 @@ mod tests {
                 entry: None,
                 on_verified: None,
             };
-            puller.pull(&request).await.unwrap();
+            let (_, origin) = puller.pull_from(&request).await.unwrap();
+            assert_eq!(
+                origin,
+                Origin::Present,
+                "{image}: the registry was not asked"
+            );
         }
         let last_used = |key: &str| {
             let store = store.clone();

@@ -27,9 +27,9 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 struct Objects {
     config: Arc<Mutex<Option<String>>>,
     tokens_issued: Arc<Mutex<u32>>,
-    /// Token requests still to refuse, and with what message, as an API server refuses them
-    /// before it has seen the pod bound to the node.
-    refusals: Arc<Mutex<(u32, &'static str)>>,
+    /// Token requests still to refuse, and with what status code and body, as an API
+    /// server refuses them before it has seen the pod bound to the node.
+    refusals: Arc<Mutex<(u32, u16, Vec<u8>)>>,
 }
 
 fn client(objects: Objects) -> kube::Client {
@@ -67,7 +67,7 @@ fn client(objects: Objects) -> kube::Client {
                 {
                     let mut refusals = objects.refusals.lock().unwrap();
                     refusals.0 -= 1;
-                    (403, forbidden(refusals.1))
+                    (refusals.1, refusals.2.clone())
                 }
                 "/api/v1/namespaces/ns/serviceaccounts/robot/token" => {
                     let mut issued = objects.tokens_issued.lock().unwrap();
@@ -440,7 +440,10 @@ async fn a_token_refused_while_the_api_server_catches_up_with_the_binding_is_ask
     let objects = Objects::default();
     *objects.refusals.lock().unwrap() = (
         3,
-        r#"serviceaccounts "robot" is forbidden: User "system:node:edge" cannot create resource "serviceaccounts/token": no relationship found between node 'edge' and this object"#,
+        403,
+        forbidden(
+            r#"serviceaccounts "robot" is forbidden: User "system:node:edge" cannot create resource "serviceaccounts/token": no relationship found between node 'edge' and this object"#,
+        ),
     );
     let client = client(objects.clone());
     let mut volumes = PodVolumes::new(dir.path());
@@ -453,10 +456,35 @@ async fn a_token_refused_while_the_api_server_catches_up_with_the_binding_is_ask
 }
 
 #[tokio::test]
+async fn a_token_refused_because_node_restriction_has_not_seen_the_pod_is_asked_again_at_once() {
+    // NodeRestriction looks the pod up in its informer's cache, whose "not found" names
+    // the resource in the singular: `kind: pod`, not the API's `pods`.
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    *objects.refusals.lock().unwrap() = (
+        2,
+        404,
+        br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"pod \"p\" not found","reason":"NotFound","details":{"name":"p","kind":"pod"},"code":404}"#.to_vec(),
+    );
+    let client = client(objects.clone());
+    let mut volumes = PodVolumes::new(dir.path());
+    volumes
+        .set_up(&context(&client), &token_pod())
+        .await
+        .expect("the third request gets the token, in the same set-up");
+    assert_eq!(*objects.tokens_issued.lock().unwrap(), 1);
+    assert_eq!(objects.refusals.lock().unwrap().0, 0);
+}
+
+#[tokio::test]
 async fn a_token_refused_for_another_reason_fails_the_set_up_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let objects = Objects::default();
-    *objects.refusals.lock().unwrap() = (2, "serviceaccounts \"robot\" is forbidden: by policy");
+    *objects.refusals.lock().unwrap() = (
+        2,
+        403,
+        forbidden("serviceaccounts \"robot\" is forbidden: by policy"),
+    );
     let client = client(objects.clone());
     let mut volumes = PodVolumes::new(dir.path());
     let err = volumes

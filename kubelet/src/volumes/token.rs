@@ -136,8 +136,13 @@ const CATCH_UP_BUDGET: Duration = Duration::from_secs(3);
 fn not_caught_up(err: &kube::Error) -> bool {
     match err {
         kube::Error::Api(status) => {
-            let pod_missing =
-                status.code == 404 && status.details.as_ref().is_some_and(|d| d.kind == "pods");
+            // The API's own "not found" says `pods`; NodeRestriction's, from its informer
+            // cache (what a 1.20 API server answers), says `pod`.
+            let pod_missing = status.code == 404
+                && status
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d.kind == "pods" || d.kind == "pod");
             let no_relationship =
                 status.code == 403 && status.message.contains("no relationship found");
             pod_missing || no_relationship

@@ -79,6 +79,8 @@ pub struct WasiImage {
     compiled: Compiled,
     /// The Wasm file's size.
     size_bytes: u64,
+    /// Whether it was on the node already, the registry not asked.
+    already_present: bool,
 }
 
 impl PulledImage for WasiImage {
@@ -88,6 +90,10 @@ impl PulledImage for WasiImage {
 
     fn size_bytes(&self) -> u64 {
         self.size_bytes
+    }
+
+    fn already_present(&self) -> bool {
+        self.already_present
     }
 }
 
@@ -239,7 +245,7 @@ impl Provider for WasiProvider {
             on_verified: Some(&|artifact| self.code.prefetch(artifact)),
         };
         let began = std::time::Instant::now();
-        let artifact = self.puller.pull(&pull).await.map_err(pull_error)?;
+        let (artifact, origin) = self.puller.pull_from(&pull).await.map_err(pull_error)?;
         let looked_up = began.elapsed();
         let compiled = self.code.get(&artifact).await?;
         // The two halves of a pull, for the start trace: the artifact (from the store or the
@@ -259,6 +265,7 @@ impl Provider for WasiProvider {
             artifact,
             compiled,
             size_bytes,
+            already_present: origin == oci::Origin::Present,
         })
     }
 

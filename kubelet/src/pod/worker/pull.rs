@@ -115,16 +115,22 @@ impl<P: Provider> Worker<P> {
     ) {
         self.ctx.metrics.observe_image_pull(took);
         let reference = container.image.clone().unwrap_or_default();
+        // The kubelet's two messages: an image it found needs no pull to report.
+        let message = if image.already_present() {
+            format!("Container image \"{reference}\" already present on machine")
+        } else {
+            format!(
+                "Successfully pulled image \"{reference}\" in {:.3}s. Image size: {} bytes.",
+                took.as_secs_f64(),
+                image.size_bytes()
+            )
+        };
         self.event(
             pod,
             Some(&container.name),
             EventType::Normal,
             "Pulled",
-            &format!(
-                "Successfully pulled image \"{reference}\" in {:.3}s. Image size: {} bytes.",
-                took.as_secs_f64(),
-                image.size_bytes()
-            ),
+            &message,
         );
         let index = self.index_of(kind, &container.name);
         self.record(kind, index).image_id = Some(image.image_id());
