@@ -823,9 +823,10 @@ async fn a_configmap_change_reaches_a_running_pods_volume_at_once_through_its_wa
         ])
         .unwrap();
     let patched = Instant::now();
+    // Issue 12's bound: within 1 s of the API accepting the change (measured p99 15 ms).
     wait_for(
         "the new value in the pod's volume",
-        Duration::from_secs(10),
+        Duration::from_secs(1),
         || {
             let now = std::fs::read_to_string(&file).unwrap_or_default();
             async move { Ok((now == "two").then_some(())) }
