@@ -823,7 +823,7 @@ async fn a_configmap_change_reaches_a_running_pods_volume_at_once_through_its_wa
         ])
         .unwrap();
     let patched = Instant::now();
-    // Issue 12's bound: within 1 s of the API accepting the change (measured p99 15 ms).
+    // Issue 12's bound: within 1 s of the API accepting the change (measured p99 11 to 18 ms).
     wait_for(
         "the new value in the pod's volume",
         Duration::from_secs(1),
