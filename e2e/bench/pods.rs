@@ -29,10 +29,15 @@ use serde_json::{Value, json};
 const NODE: &str = "bench";
 /// The node of the API floor series: a Node object answered for by [`NullAgent`].
 const FLOOR_NODE: &str = "floor";
-/// Pods started one at a time, for single-pod latency without queueing.
-const SEQUENTIAL: usize = 20;
+/// Pods started one at a time, for single-pod latency without queueing: enough that the
+/// p99 is not simply the slowest pod.
+const SEQUENTIAL: usize = 100;
 /// The burst the targets name.
 const BURST: usize = 20;
+/// Bursts per series: one burst's time is a single sample.
+const BURSTS: usize = 3;
+/// Pods a series starts.
+const SERIES_PODS: usize = SEQUENTIAL + BURSTS * BURST;
 /// Lines read through a followed log.
 const LOG_LINES: usize = 200;
 /// Pods created, then deleted together, for the deletion target.
@@ -55,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1000);
     // Room for every series' pods (each series keeps its own), the delete batch and a few
     // more beside the density steps' `count`, so a small `count` runs too.
-    let max_pods = count + 3 * (SEQUENTIAL + BURST) + DELETE_BATCH + 20;
+    let max_pods = count + 3 * SERIES_PODS + DELETE_BATCH + 20;
     let mut cluster = WasmCluster::start(NODE, max_pods as u32).await?;
     let client = cluster.plane.client().await?;
     let pods: kube::Api<Pod> = kube::Api::default_namespaced(client.clone());
@@ -163,56 +168,42 @@ async fn main() -> anyhow::Result<()> {
     let floor_agent =
         NullAgent::start(client.clone(), FLOOR_NODE, client.default_namespace()).await?;
     let mut series = serde_json::Map::new();
+    let processes = series_processes(&cluster);
     for shape in [
         PodShape::Default,
         PodShape::TokenLess,
         PodShape::ConfigAndSecret,
     ] {
-        let retries_before = token_retries(&client).await?;
-        let patches_before = PatchTimes::read(&client).await?;
-        let processes = series_processes(&cluster);
-        let cost_before = SeriesCost::read(&client, &processes).await?;
         // Idle pods of this shape on `node`, named `<prefix>-<name>`.
         let on = |node: &'static str, prefix: String| {
             let ticker = &ticker;
             move |name: &str| shaped(shape, node, &format!("{prefix}-{name}"), ticker, 3_600_000)
         };
+        let before = Reading::take(&client, &processes, Some(NODE)).await?;
         let (sequential, burst) =
             start_series(&pods, &mut watch, on(NODE, shape.prefix().into())).await?;
-        let retries = token_retries(&client).await? - retries_before;
-        let patches = PatchTimes::read(&client).await?.since(patches_before);
-        let cost = SeriesCost::read(&client, &processes)
+        let mut result = Reading::take(&client, &processes, Some(NODE))
             .await?
-            .per_pod_since(&cost_before, SEQUENTIAL + BURST);
-        let mut result = json!({
-            "per_pod": cost,
-            "single_pod_cached_create_to_running_ms": sequential,
-            "burst": burst,
-            "status_patches": patches,
-            "token_request_retries_per_100_pods": (retries * 100.0 / (SEQUENTIAL + BURST) as f64 * 10.0).round() / 10.0,
-        });
+            .since(&before);
+        result["single_pod_cached_create_to_running_ms"] = sequential;
+        result["burst"] = burst;
         if shape.has_floor() {
             let floor = on(FLOOR_NODE, format!("floor-{}", shape.prefix()));
-            let patches_before = PatchTimes::read(&client).await?;
+            let before = Reading::take(&client, &processes, None).await?;
             let agent_before = floor_agent.status_patches();
-            let cost_before = SeriesCost::read(&client, &processes).await?;
             let (sequential, burst) = start_series(&pods, &mut watch, floor).await?;
-            let cost = SeriesCost::read(&client, &processes)
+            let mut floor = Reading::take(&client, &processes, None)
                 .await?
-                .per_pod_since(&cost_before, SEQUENTIAL + BURST);
-            let mut patches = PatchTimes::read(&client).await?.since(patches_before);
+                .since(&before);
             let (count, took) = floor_agent.status_patches();
             let sent = count.saturating_sub(agent_before.0);
             if sent > 0 {
                 let mean = (took - agent_before.1).as_secs_f64() / sent as f64;
-                patches["mean_in_agent_ms"] = json!((mean * 1e4).round() / 10.0);
+                floor["status_patches"]["mean_in_agent_ms"] = json!((mean * 1e4).round() / 10.0);
             }
-            result["api_floor"] = json!({
-                "single_pod_create_to_running_ms": sequential,
-                "burst": burst,
-                "status_patches": patches,
-                "per_pod": cost,
-            });
+            floor["single_pod_create_to_running_ms"] = sequential;
+            floor["burst"] = burst;
+            result["api_floor"] = floor;
         }
         eprintln!("{}: {result}", shape.prefix());
         series.insert(shape.name().to_string(), result);
@@ -230,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Density: ramp the idle pods up in steps, reading the agent's cost at each.
     // fresh, cached-component, warm-up, the three series and the logger.
-    let already = 3 + 3 * (SEQUENTIAL + BURST) + 1;
+    let already = 3 + 3 * SERIES_PODS + 1;
     let mut steps = Vec::new();
     let mut created = 0;
     let ramp_started = Instant::now();
@@ -466,40 +457,37 @@ async fn config_change_latency(
     Ok(percentiles(&latencies))
 }
 
-/// The node's count of TokenRequests sent again (`wasmlet_token_request_retries_total`),
-/// read through the API server's node proxy.
-async fn token_retries(client: &kube::Client) -> anyhow::Result<f64> {
-    Ok(node_metric(client, "wasmlet_token_request_retries_total")
-        .await?
-        .unwrap_or(0.0))
-}
-
-/// One unlabelled sample of the node's metrics, read through the API server's node proxy.
-async fn node_metric(client: &kube::Client, name: &str) -> anyhow::Result<Option<f64>> {
-    let text = client
-        .request_text(
-            http::Request::get(format!("/api/v1/nodes/{NODE}/proxy/metrics")).body(Vec::new())?,
-        )
-        .await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok()))
-}
-
-/// What a series cost, read before and after it: the API server's requests by verb and
-/// resource (from `apiserver_request_total`, watches left out) and each process's CPU
-/// time. Per pod, the difference says which requests an agent makes for a start and where
-/// the machine's two cores went.
-struct SeriesCost {
+/// What a series is judged by beside its latencies, read before and after it: the API
+/// server's requests by verb and resource (from `apiserver_request_total`, watches left
+/// out), each process's CPU time, the status patches the server served and how long it took
+/// over them, and, for a wasmlet node, its own patch times and its TokenRequests sent again.
+/// Per pod, the difference says which requests an agent makes for a start and where the
+/// machine's two cores went.
+struct Reading {
     requests: HashMap<String, f64>,
     cpu_seconds: Vec<(&'static str, f64)>,
+    /// Status patches as the API server timed them (from the request arriving to the answer
+    /// leaving), as (count, seconds).
+    patches_on_server: (f64, f64),
+    node: Option<NodeReading>,
 }
 
-impl SeriesCost {
-    async fn read(
+/// A wasmlet node's own counters, from its metrics.
+struct NodeReading {
+    /// Status patches as wasmlet timed them (from sending to the answer decoded), as
+    /// (count, seconds).
+    patches: (f64, f64),
+    /// `wasmlet_token_request_retries_total`.
+    token_retries: f64,
+}
+
+impl Reading {
+    /// Reads the API server's metrics and, when `node` is a wasmlet node, the node's
+    /// (through the API server's node proxy), once each.
+    async fn take(
         client: &kube::Client,
         processes: &[(&'static str, u32)],
+        node: Option<&str>,
     ) -> anyhow::Result<Self> {
         let text = client
             .request_text(http::Request::get("/metrics").body(Vec::new())?)
@@ -509,27 +497,53 @@ impl SeriesCost {
             .lines()
             .filter(|l| l.starts_with("apiserver_request_total{"))
         {
-            let label = |name: &str| {
-                line.split_once(&format!(",{name}=\""))
-                    .or_else(|| line.split_once(&format!("{{{name}=\"")))
-                    .and_then(|(_, rest)| rest.split_once('"'))
-                    .map_or("", |(value, _)| value)
-            };
-            let verb = label("verb");
+            let verb = label(line, "verb");
             if verb == "WATCH" {
                 continue;
             }
-            let kind = match label("subresource") {
-                "" => format!("{verb} {}", label("resource")),
-                sub => format!("{verb} {}/{sub}", label("resource")),
+            let kind = match label(line, "subresource") {
+                "" => format!("{verb} {}", label(line, "resource")),
+                sub => format!("{verb} {}/{sub}", label(line, "resource")),
             };
-            let count: f64 = line
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
-            *requests.entry(kind).or_insert(0.0) += count;
+            *requests.entry(kind).or_insert(0.0) += sample(line);
         }
+        let status_patches = |suffix: &str| -> f64 {
+            let prefix = format!("apiserver_request_duration_seconds_{suffix}{{");
+            text.lines()
+                .filter(|l| l.starts_with(&prefix))
+                .filter(|l| {
+                    label(l, "verb") == "PATCH"
+                        && label(l, "resource") == "pods"
+                        && label(l, "subresource") == "status"
+                })
+                .map(sample)
+                .sum()
+        };
+        let patches_on_server = (status_patches("count"), status_patches("sum"));
+        let node = match node {
+            Some(node) => {
+                let text = client
+                    .request_text(
+                        http::Request::get(format!("/api/v1/nodes/{node}/proxy/metrics"))
+                            .body(Vec::new())?,
+                    )
+                    .await?;
+                let metric = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0.0)
+                };
+                Some(NodeReading {
+                    patches: (
+                        metric("wasmlet_pod_status_patch_duration_seconds_count"),
+                        metric("wasmlet_pod_status_patch_duration_seconds_sum"),
+                    ),
+                    token_retries: metric("wasmlet_token_request_retries_total"),
+                })
+            }
+            None => None,
+        };
         let cpu_seconds = processes
             .iter()
             .map(|(name, pid)| Ok((*name, cpu_seconds(*pid)?)))
@@ -537,13 +551,17 @@ impl SeriesCost {
         Ok(Self {
             requests,
             cpu_seconds,
+            patches_on_server,
+            node,
         })
     }
 
-    /// Per pod since `before`: requests of each kind (those made at least once per ten
-    /// pods) and CPU milliseconds of each process.
-    fn per_pod_since(&self, before: &Self, pods: usize) -> Value {
-        let pods = pods as f64;
+    /// A series' figures since `before`, over its [`SERIES_PODS`] pods: per pod, requests of
+    /// each kind (those made at least once per ten pods) and CPU milliseconds of each
+    /// process; the status patches with their mean times; the TokenRequests sent again per
+    /// 100 pods.
+    fn since(&self, before: &Self) -> Value {
+        let pods = SERIES_PODS as f64;
         let round = |v: f64| (v * 100.0).round() / 100.0;
         let requests: serde_json::Map<String, Value> = self
             .requests
@@ -563,64 +581,42 @@ impl SeriesCost {
                 )
             })
             .collect();
-        json!({"api_requests": requests, "cpu_ms": cpu})
-    }
-}
-
-/// Status patches served so far, as (count, seconds): as the API server timed them (from
-/// the request arriving to the answer leaving), and as wasmlet timed them (from sending to
-/// the answer decoded). The difference between two readings around a series, per patch,
-/// splits wasmlet's patch into the server's share and the rest.
-#[derive(Clone, Copy, Default)]
-struct PatchTimes {
-    server: (f64, f64),
-    node: (f64, f64),
-}
-
-impl PatchTimes {
-    async fn read(client: &kube::Client) -> anyhow::Result<Self> {
-        let text = client
-            .request_text(http::Request::get("/metrics").body(Vec::new())?)
-            .await?;
-        let status_patches = |suffix: &str| -> f64 {
-            text.lines()
-                .filter(|l| {
-                    l.starts_with(&format!("apiserver_request_duration_seconds_{suffix}{{"))
-                })
-                .filter(|l| {
-                    l.contains(r#"verb="PATCH""#)
-                        && l.contains(r#"resource="pods""#)
-                        && l.contains(r#"subresource="status""#)
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
-        let server = (status_patches("count"), status_patches("sum"));
-        let metric = |name| node_metric(client, name);
-        let node = (
-            metric("wasmlet_pod_status_patch_duration_seconds_count")
-                .await?
-                .unwrap_or(0.0),
-            metric("wasmlet_pod_status_patch_duration_seconds_sum")
-                .await?
-                .unwrap_or(0.0),
-        );
-        Ok(Self { server, node })
-    }
-
-    /// Mean milliseconds per patch since `before`, on the server and (when the node sent
-    /// them) in wasmlet.
-    fn since(self, before: Self) -> Value {
-        let mean = |(count, sum): (f64, f64), (count0, sum0): (f64, f64)| {
+        let mean_ms = |(count, sum): (f64, f64), (count0, sum0): (f64, f64)| {
             let n = count - count0;
             (n > 0.0).then(|| ((sum - sum0) / n * 1e4).round() / 10.0)
         };
-        json!({
-            "patches_served": self.server.0 - before.server.0,
-            "mean_on_api_server_ms": mean(self.server, before.server),
-            "mean_in_wasmlet_ms": mean(self.node, before.node),
-        })
+        let mut result = json!({
+            "per_pod": {"api_requests": requests, "cpu_ms": cpu},
+            "status_patches": {
+                "patches_served": self.patches_on_server.0 - before.patches_on_server.0,
+                "mean_on_api_server_ms": mean_ms(self.patches_on_server, before.patches_on_server),
+            },
+        });
+        if let (Some(node), Some(node_before)) = (&self.node, &before.node) {
+            result["status_patches"]["mean_in_wasmlet_ms"] =
+                json!(mean_ms(node.patches, node_before.patches));
+            let retries = node.token_retries - node_before.token_retries;
+            result["token_request_retries_per_100_pods"] =
+                json!((retries * 100.0 / pods * 10.0).round() / 10.0);
+        }
+        result
     }
+}
+
+/// The value of label `name` in a Prometheus sample line, or "" when it has none.
+fn label<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split_once(&format!(",{name}=\""))
+        .or_else(|| line.split_once(&format!("{{{name}=\"")))
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or("", |(value, _)| value)
+}
+
+/// The value of a Prometheus sample line (0 when it cannot be read).
+fn sample(line: &str) -> f64 {
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Binary size, idle RSS after 60 s with no pods, and the node's API requests per minute
@@ -672,8 +668,9 @@ fn series_processes(cluster: &WasmCluster) -> Vec<(&'static str, u32)> {
     processes
 }
 
-/// Create → Running for [`SEQUENTIAL`] pods made by `pod`, one at a time, then for a burst
-/// of [`BURST`] created back to back: the percentiles of each, and when the whole burst ran.
+/// Create → Running for [`SEQUENTIAL`] pods made by `pod`, one at a time, then for
+/// [`BURSTS`] bursts of [`BURST`] pods created back to back: the percentiles of each, and
+/// when each whole burst ran.
 async fn start_series(
     pods: &kube::Api<Pod>,
     watch: &mut PodWatch,
@@ -683,17 +680,25 @@ async fn start_series(
     for i in 0..SEQUENTIAL {
         sequential.extend(time_to_running(pods, watch, vec![pod(&format!("one-{i}"))?]).await?);
     }
-    let burst: Vec<Pod> = (0..BURST)
-        .map(|i| pod(&format!("burst-{i}")))
-        .collect::<anyhow::Result<_>>()?;
-    let started = Instant::now();
-    let mut burst_latencies = time_to_running(pods, watch, burst).await?;
-    let burst_all = started.elapsed();
+    let mut burst_latencies = Vec::new();
+    let mut burst_times = Vec::new();
+    for b in 0..BURSTS {
+        let burst: Vec<Pod> = (0..BURST)
+            .map(|i| pod(&format!("burst-{b}-{i}")))
+            .collect::<anyhow::Result<_>>()?;
+        let started = Instant::now();
+        burst_latencies.extend(time_to_running(pods, watch, burst).await?);
+        burst_times.push(ms(started.elapsed()));
+    }
     sequential.sort();
     burst_latencies.sort();
     Ok((
         percentiles(&sequential),
-        json!({"pods": BURST, "all_running_after_ms": ms(burst_all), "create_to_running_ms": percentiles(&burst_latencies)}),
+        json!({
+            "pods": BURST,
+            "all_running_after_ms": burst_times,
+            "create_to_running_ms": percentiles(&burst_latencies),
+        }),
     ))
 }
 

@@ -7,6 +7,9 @@
 //! through it is therefore the API server's share of a start on this machine; what wasmlet
 //! adds is the difference between its series and this one.
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
@@ -17,9 +20,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use tokio::task::JoinHandle;
 
 /// The agent's node: a Node object it created (no kubelet behind it), and the task that

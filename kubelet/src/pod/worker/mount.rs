@@ -88,16 +88,6 @@ impl<P: Provider> Worker<P> {
             let Some((kind, container)) = spec else {
                 continue;
             };
-            if !image.already_present() {
-                let reference = container.image.clone().unwrap_or_default();
-                self.event(
-                    pod,
-                    Some(&container.name),
-                    EventType::Normal,
-                    "Pulling",
-                    &format!("Pulling image \"{reference}\""),
-                );
-            }
             self.pulled(pod, kind, &container, image, took);
         }
     }

@@ -30,13 +30,6 @@ impl<P: Provider> Worker<P> {
                     pull_secrets: &secrets,
                     command: container.command.as_deref().unwrap_or_default(),
                 };
-                self.event(
-                    &pod,
-                    Some(&container.name),
-                    EventType::Normal,
-                    "Pulling",
-                    &format!("Pulling image \"{image}\""),
-                );
                 let started = Instant::now();
                 let pulled = tokio::select! {
                     result = self.ctx.provider.pull(request) => result,
@@ -48,6 +41,7 @@ impl<P: Provider> Worker<P> {
                         break;
                     }
                     Err(err) => {
+                        self.pulling(&pod, &container.name, &image);
                         self.event(
                             &pod,
                             Some(&container.name),
@@ -104,7 +98,20 @@ impl<P: Provider> Worker<P> {
         records.iter().position(|r| r.name == name).unwrap_or(0)
     }
 
-    /// Keeps the image pulled for `container` after `took`, with its `Pulled` event.
+    /// The kubelet's `Pulling` event, sent once an attempt is known to have pulled (or tried
+    /// to): an image found on the node is only `Pulled`, "already present".
+    fn pulling(&self, pod: &Pod, container: &str, image: &str) {
+        self.event(
+            pod,
+            Some(container),
+            EventType::Normal,
+            "Pulling",
+            &format!("Pulling image \"{image}\""),
+        );
+    }
+
+    /// Keeps the image pulled for `container` after `took`, with its `Pulling` (when it was
+    /// not on the node) and `Pulled` events.
     pub(super) fn pulled(
         &mut self,
         pod: &Pod,
@@ -119,6 +126,7 @@ impl<P: Provider> Worker<P> {
         let message = if image.already_present() {
             format!("Container image \"{reference}\" already present on machine")
         } else {
+            self.pulling(pod, &container.name, &reference);
             format!(
                 "Successfully pulled image \"{reference}\" in {:.3}s. Image size: {} bytes.",
                 took.as_secs_f64(),
