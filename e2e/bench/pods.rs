@@ -42,6 +42,8 @@ const SERIES_PODS: usize = SEQUENTIAL + BURSTS * BURST;
 const LOG_LINES: usize = 200;
 /// Pods created, then deleted together, for the deletion target.
 const DELETE_BATCH: usize = 100;
+/// Directories made to time `mkdir` before each series.
+const MKDIR_PROBES: usize = 50;
 /// ConfigMap patches timed until they show in a pod's volume.
 const CONFIG_CHANGES: usize = 20;
 /// The fresh module: about 2 MB, nearly all of it code to compile.
@@ -179,12 +181,20 @@ async fn main() -> anyhow::Result<()> {
             let ticker = &ticker;
             move |name: &str| shaped(shape, node, &format!("{prefix}-{name}"), ticker, 3_600_000)
         };
+        let mkdir = mkdir_cost(
+            cluster
+                .node
+                .data_dir()
+                .join(format!("mkdir-{}", shape.prefix())),
+        )
+        .await?;
         let before = Reading::take(&client, &processes, Some(NODE)).await?;
         let (sequential, burst) =
             start_series(&pods, &mut watch, on(NODE, shape.prefix().into())).await?;
         let mut result = Reading::take(&client, &processes, Some(NODE))
             .await?
             .since(&before);
+        result["mkdir_on_the_node_s_disk_us"] = mkdir;
         result["single_pod_cached_create_to_running_ms"] = sequential;
         result["burst"] = burst;
         if shape.has_floor() {
@@ -601,6 +611,29 @@ impl Reading {
         }
         result
     }
+}
+
+/// Microseconds per `mkdir` in `dir` (made for the purpose, on the node's disk), over
+/// [`MKDIR_PROBES`] directories: a default pod makes twelve directories to start, and on a
+/// journal-less ext4 such as this VM's, each costs a scan past every inode deleted in the
+/// last minute or so (`recently_deleted`), so a run just after a mass deletion (another
+/// run's teardown, a build) starts pods more slowly. The directories are kept: removing them
+/// would slow what follows.
+async fn mkdir_cost(dir: std::path::PathBuf) -> anyhow::Result<Value> {
+    let mut took = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Duration>> {
+        std::fs::create_dir(&dir)?;
+        (0..MKDIR_PROBES)
+            .map(|i| {
+                let started = Instant::now();
+                std::fs::create_dir(dir.join(i.to_string()))?;
+                Ok(started.elapsed())
+            })
+            .collect()
+    })
+    .await??;
+    took.sort();
+    let us = |d: Duration| (d.as_secs_f64() * 1e7).round() / 10.0;
+    Ok(json!({"p50": us(took[took.len() / 2]), "max": took.last().map(|d| us(*d))}))
 }
 
 /// The value of label `name` in a Prometheus sample line, or "" when it has none.

@@ -34,35 +34,26 @@ impl<P: Provider> Worker<P> {
             fatal: false,
         })?;
         let restart = self.record(kind, index).restart_count;
-        let pod_dir = self.ctx.pods_dir.join(&self.key.uid);
-        let log_path = reader::instance_path(
-            &reader::container_dir(&self.ctx.pods_dir, &self.key.uid, &container.name),
-            restart,
-        );
-        let instance_dir = |restart: i32| {
-            pod_dir
-                .join("rootfs")
-                .join(format!("{}-{restart}", container.name))
-        };
-        let root_dir = instance_dir(restart);
-        // File mounts are staged beside the root, never inside it, where the guest could
-        // reach them another way.
-        let staging = root_dir.with_extension("mounts");
+        let dirs = self.instance_dirs(&container.name, restart);
+        let laid_out = self.laid_out.remove(&(kind, index, restart));
         let fresh_root = async {
             // Only the current and the previous instance's logs are kept (`--previous`), as
             // the kubelet does; older ones would grow without bound in a crash loop.
             if restart >= 2 {
-                remove_instance_logs(&log_path, restart - 2).await;
+                remove_instance_logs(&dirs.log, restart - 2).await;
             }
             // A restarted container starts from a clean writable layer, as a new container does.
             if restart > 0 {
-                let previous = instance_dir(restart - 1);
-                let _ = tokio::fs::remove_dir_all(previous.with_extension("mounts")).await;
-                let _ = tokio::fs::remove_dir_all(previous).await;
+                let previous = self.instance_dirs(&container.name, restart - 1);
+                let _ = tokio::fs::remove_dir_all(previous.staging).await;
+                let _ = tokio::fs::remove_dir_all(previous.root).await;
             }
-            let _ = tokio::fs::remove_dir_all(&staging).await;
-            let _ = tokio::fs::remove_dir_all(&root_dir).await;
-            tokio::fs::create_dir_all(&root_dir).await
+            if laid_out {
+                return Ok(());
+            }
+            let _ = tokio::fs::remove_dir_all(&dirs.staging).await;
+            let _ = tokio::fs::remove_dir_all(&dirs.root).await;
+            tokio::fs::create_dir_all(&dirs.root).await
         };
         fresh_root.await.map_err(|e| ContainerError {
             reason: "CreateContainerError".into(),
@@ -71,14 +62,14 @@ impl<P: Provider> Worker<P> {
         })?;
         let mounts = self
             .volumes
-            .mounts_for(&container, &env, &staging)
+            .mounts_for(&container, &env, &dirs.staging)
             .await
             .map_err(|message| ContainerError {
                 reason: "CreateContainerConfigError".into(),
                 message,
                 fatal: false,
             })?;
-        let (sink, writer) = LogSink::open(log_path, self.ctx.log_limits, &self.ctx.logs)
+        let (sink, writer) = LogSink::open(dirs.log, self.ctx.log_limits, &self.ctx.logs)
             .await
             .map_err(|e| ContainerError {
                 reason: "CreateContainerError".into(),
@@ -100,7 +91,7 @@ impl<P: Provider> Worker<P> {
             env,
             stdout: sink.stream(Stream::Stdout),
             stderr: sink.stream(Stream::Stderr),
-            root_dir,
+            root_dir: dirs.root,
             mounts,
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
             // Admission read every request; a limit too large to count is no limit.

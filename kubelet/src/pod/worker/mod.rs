@@ -15,6 +15,7 @@
 
 mod inbox;
 mod launch;
+mod layout;
 mod mount;
 mod probing;
 mod pull;
@@ -154,7 +155,7 @@ struct Live {
     started: Instant,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Init,
     App,
@@ -225,6 +226,7 @@ pub(crate) async fn run<P: Provider>(
         last_stored: None,
         unsent: false,
         trace: Some(StartTrace::new(seen)),
+        laid_out: Default::default(),
     };
     let mut inbox = Inbox::new(rx, pod);
     worker.drive(&mut inbox, stage).await;
@@ -267,6 +269,9 @@ struct Worker<P: Provider> {
     /// The pod's first start, from its watch event until its containers first all ran and
     /// the API server had that status.
     trace: Option<StartTrace>,
+    /// Container instances whose directories were made during the Mount stage; each start
+    /// takes its own out.
+    laid_out: std::collections::HashSet<layout::Instance>,
 }
 
 impl<P: Provider> Worker<P> {

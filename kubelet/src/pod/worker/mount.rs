@@ -1,5 +1,6 @@
 //! The Mount stage: a pod's volumes, set up as the kubelet does before it starts anything,
-//! while its images are pulled (and compiled) side by side, since neither needs the other.
+//! while its images are pulled (and compiled) and its containers' directories made side by
+//! side, since none of them needs another.
 
 use super::*;
 
@@ -23,6 +24,7 @@ impl<P: Provider> Worker<P> {
         // kubelet's order (a pod whose volumes fail shows no Pulling or Pulled).
         let mut fetched = Vec::new();
         let mut pulls_done = None;
+        let mut layout = Some(layout::lay_out(self.layout_plans(&inbox.pod)));
         loop {
             let pod = inbox.pod.clone();
             let ctx = self.ctx.clone();
@@ -37,10 +39,17 @@ impl<P: Provider> Worker<P> {
                 let result = self.volumes.set_up(&volume_ctx, &pod).await;
                 (result, Instant::now())
             };
-            let ((mounted, mounted_at), pulled) = tokio::select! {
-                done = async { tokio::join!(mount, pulls) } => done,
+            let laying_out = async {
+                match layout.take() {
+                    Some(layout) => Some(layout.await),
+                    None => None,
+                }
+            };
+            let ((mounted, mounted_at), pulled, laid_out) = tokio::select! {
+                done = async { tokio::join!(mount, pulls, laying_out) } => done,
                 _ = inbox.deletion() => return Next::Terminate,
             };
+            self.laid_out.extend(laid_out.into_iter().flatten());
             if let Some((pulled, pulled_at)) = pulled {
                 fetched = pulled;
                 pulls_done = Some(pulled_at);
