@@ -51,9 +51,10 @@ impl<P: Provider> Worker<P> {
             if laid_out {
                 return Ok(());
             }
-            let _ = tokio::fs::remove_dir_all(&dirs.staging).await;
-            let _ = tokio::fs::remove_dir_all(&dirs.root).await;
-            tokio::fs::create_dir_all(&dirs.root).await
+            let (root, staging) = (dirs.root.clone(), dirs.staging.clone());
+            tokio::task::spawn_blocking(move || layout::fresh_root(&root, &staging))
+                .await
+                .unwrap_or_else(|err| Err(std::io::Error::other(err)))
         };
         fresh_root.await.map_err(|e| ContainerError {
             reason: "CreateContainerError".into(),

@@ -56,12 +56,8 @@ impl<P: Provider> Worker<P> {
     pub(super) fn layout_plans(&self, pod: &Pod) -> Vec<Plan> {
         let mut plans = Vec::new();
         for kind in [Kind::Init, Kind::App] {
-            let records = match kind {
-                Kind::Init => &self.state.init,
-                Kind::App => &self.state.app,
-            };
             for (index, container) in Self::containers(pod, kind).iter().enumerate() {
-                let Some(record) = records.get(index) else {
+                let Some(record) = self.records(kind).get(index) else {
                     continue;
                 };
                 plans.push(Plan {
@@ -90,12 +86,10 @@ pub(super) async fn lay_out(plans: Vec<Plan>) -> HashSet<Instance> {
     .unwrap_or_default()
 }
 
-/// Makes an instance's fresh root, with nothing left from an earlier attempt, an empty
-/// directory at each mount point (so that listing `/` shows it), and its log's directory.
+/// Makes an instance's fresh root (see [`fresh_root`]), an empty directory at each mount
+/// point (so that listing `/` shows it), and its log's directory.
 fn fresh_instance(dirs: &InstanceDirs, mount_points: &[String]) -> std::io::Result<()> {
-    remove_if_present(&dirs.staging)?;
-    remove_if_present(&dirs.root)?;
-    std::fs::create_dir_all(&dirs.root)?;
+    fresh_root(&dirs.root, &dirs.staging)?;
     for point in mount_points {
         std::fs::create_dir_all(dirs.root.join(point.trim_start_matches('/')))?;
     }
@@ -105,11 +99,13 @@ fn fresh_instance(dirs: &InstanceDirs, mount_points: &[String]) -> std::io::Resu
     Ok(())
 }
 
-fn remove_if_present(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
-        _ => Ok(()),
-    }
+/// Makes an instance's root and staging directory fresh: whatever an earlier attempt left
+/// there is removed (a removal that fails shows when the root is made or used), and the
+/// root is made.
+pub(super) fn fresh_root(root: &Path, staging: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_dir_all(staging);
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root)
 }
 
 /// The guest paths of `container`'s mounts that are directories whatever the volume holds:

@@ -315,6 +315,14 @@ impl<P: Provider> Worker<P> {
         }
     }
 
+    /// The records of the containers of `kind`, in spec order.
+    pub(super) fn records(&self, kind: Kind) -> &[ContainerRecord] {
+        match kind {
+            Kind::Init => &self.state.init,
+            Kind::App => &self.state.app,
+        }
+    }
+
     pub(super) fn record(&mut self, kind: Kind, index: usize) -> &mut ContainerRecord {
         match kind {
             Kind::Init => &mut self.state.init[index],

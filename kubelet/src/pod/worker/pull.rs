@@ -91,11 +91,10 @@ impl<P: Provider> Worker<P> {
 
     /// The record index of container `name` of `kind`.
     fn index_of(&self, kind: Kind, name: &str) -> usize {
-        let records = match kind {
-            Kind::Init => &self.state.init,
-            Kind::App => &self.state.app,
-        };
-        records.iter().position(|r| r.name == name).unwrap_or(0)
+        self.records(kind)
+            .iter()
+            .position(|r| r.name == name)
+            .unwrap_or(0)
     }
 
     /// The kubelet's `Pulling` event, sent once an attempt is known to have pulled (or tried
