@@ -131,6 +131,14 @@ pub struct AgentArgs {
     /// --kube-api-burst
     #[arg(long, value_name = "N", default_value_t = ApiRateLimit::default().burst)]
     pub kube_api_burst: NonZeroU32,
+    /// Events the node writes per second on average, as the kubelet's --event-qps; events
+    /// past it wait (in order, with the time they happened), so that a storm of starts
+    /// spends the API server on the starts
+    #[arg(long, value_name = "QPS", default_value_t = kubelet::events::default_limit().qps)]
+    pub event_qps: NonZeroU32,
+    /// Events the node may write at once after a quiet spell, as the kubelet's --event-burst
+    #[arg(long, value_name = "N", default_value_t = kubelet::events::default_limit().burst)]
+    pub event_burst: NonZeroU32,
     /// Log verbosity, as the kubelet's: 0-2 what an operator needs, 3-4 debugging, 5 every
     /// step, 6-7 the API client's requests, 8 and up everything. RUST_LOG, when set, wins
     #[arg(short = 'v', long = "v", value_name = "LEVEL", default_value_t = 0)]
@@ -415,6 +423,10 @@ impl AgentArgs {
             extra_labels: kubelet::config::parse_labels(&self.node_labels)?,
             // Set by `main`, which alone can tell.
             secrets_in_memory: false,
+            event_limit: ApiRateLimit {
+                qps: self.event_qps,
+                burst: self.event_burst,
+            },
         })
     }
 
@@ -584,6 +596,29 @@ mod tests {
             .api_rate_limit();
         assert_eq!((set.qps.get(), set.burst.get()), (5, 10));
         for zero in ["--kube-api-qps=0", "--kube-api-burst=0"] {
+            assert!(Cli::try_parse_from(["wasmlet", zero]).is_err(), "{zero}");
+        }
+    }
+
+    #[test]
+    fn the_event_rate_limit_has_the_kubelet_s_defaults_and_refuses_zero() {
+        let events = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let limit = cli.agent.node_config().unwrap().event_limit;
+            (limit.qps.get(), limit.burst.get())
+        };
+        assert_eq!(events(&["wasmlet", "--node-name=n"]), (50, 100));
+        assert_eq!(
+            events(&[
+                "wasmlet",
+                "--node-name=n",
+                "--event-qps=5",
+                "--event-burst",
+                "10"
+            ]),
+            (5, 10)
+        );
+        for zero in ["--event-qps=0", "--event-burst=0"] {
             assert!(Cli::try_parse_from(["wasmlet", zero]).is_err(), "{zero}");
         }
     }

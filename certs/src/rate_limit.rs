@@ -11,6 +11,7 @@ use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use governor::clock::{Clock, MonotonicClock};
 use governor::state::{InMemoryState, NotKeyed};
@@ -54,6 +55,13 @@ impl ApiRateLimit {
             MonotonicClock,
         )
     }
+}
+
+/// Takes a token from `bucket`, or says how long until it has one.
+pub fn take(bucket: &Bucket) -> Result<(), Duration> {
+    bucket
+        .check()
+        .map_err(|not_until| not_until.wait_time_from(MonotonicClock.now()))
 }
 
 /// The layer: every service it wraps shares one bucket.
@@ -108,12 +116,9 @@ where
                 ready!(wait.as_mut().poll(cx));
                 self.wait = None;
             }
-            match self.bucket.check() {
+            match take(&self.bucket) {
                 Ok(()) => self.token = true,
-                Err(not_until) => {
-                    let delay = not_until.wait_time_from(MonotonicClock.now());
-                    self.wait = Some(Box::pin(tokio::time::sleep(delay)));
-                }
+                Err(delay) => self.wait = Some(Box::pin(tokio::time::sleep(delay))),
             }
         }
         self.inner.poll_ready(cx)

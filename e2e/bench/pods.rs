@@ -4,7 +4,8 @@
 //! with a ConfigMap volume and a Secret env var, under the node's NodeRestriction identity;
 //! the default and token-less series also through [`NullAgent`], the API server's floor;
 //! per series, the API requests and CPU each pod cost and the status patch's time on the API
-//! server and in the agent),
+//! server and in the agent, read when the last pod runs and again when the node has written
+//! the last of the series' events, which it paces, before the next series starts),
 //! deleting 100 pods, density up to N pods with RSS/CPU at each step, node health under
 //! load, where a start spends its time (from the node's start trace), follow-log latency,
 //! and deletion of everything.
@@ -22,7 +23,7 @@ use e2e::oci_layout::{component_with_code_of_size, sleeper_module_of_size};
 use e2e::{NullAgent, WasmCluster, rss_kib, wait_for, wasm_pod};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
@@ -169,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let floor_agent =
         NullAgent::start(client.clone(), FLOOR_NODE, client.default_namespace()).await?;
+    let events: kube::Api<Event> = kube::Api::default_namespaced(client.clone());
     let mut series = serde_json::Map::new();
     let processes = series_processes(&cluster);
     for shape in [
@@ -188,12 +190,22 @@ async fn main() -> anyhow::Result<()> {
                 .join(format!("mkdir-{}", shape.prefix())),
         )
         .await?;
+        let written = count_events(events.clone(), format!("{}-", shape.prefix())).await?;
         let before = Reading::take(&client, &processes, Some(NODE)).await?;
         let (sequential, burst) =
             start_series(&pods, &mut watch, on(NODE, shape.prefix().into())).await?;
+        let running = Instant::now();
         let mut result = Reading::take(&client, &processes, Some(NODE))
             .await?
             .since(&before);
+        // The node writes events at its own pace (`--event-qps`): the next series starts
+        // once the last of this one's events is written, and the cost is read again then.
+        series_events_written(&written).await?;
+        result["events_written_after_last_running_ms"] = json!(ms(running.elapsed()));
+        result["per_pod_until_events_written"] = Reading::take(&client, &processes, Some(NODE))
+            .await?
+            .since(&before)["per_pod"]
+            .take();
         result["mkdir_on_the_node_s_disk_us"] = mkdir;
         result["single_pod_cached_create_to_running_ms"] = sequential;
         result["burst"] = burst;
@@ -480,6 +492,56 @@ struct Reading {
     /// leaving), as (count, seconds).
     patches_on_server: (f64, f64),
     node: Option<NodeReading>,
+}
+
+/// Events a cached start of one container writes: Pulled, Created, Started.
+const EVENTS_PER_START: usize = 3;
+
+/// Counts, as the API server takes them, the events about pods whose names start with
+/// `prefix`, on a watch of the namespace's events (a list and a poll would cost the API
+/// server more than the events being waited for).
+async fn count_events(
+    events: kube::Api<Event>,
+    prefix: String,
+) -> anyhow::Result<tokio::sync::watch::Receiver<usize>> {
+    let mut stream = events
+        .watch(&WatchParams::default().timeout(290), "0")
+        .await?
+        .boxed();
+    let (count, counted) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        while let Ok(Some(event)) = stream.try_next().await {
+            if let WatchEvent::Added(event) = event
+                && event
+                    .involved_object
+                    .name
+                    .is_some_and(|name| name.starts_with(&prefix))
+            {
+                count.send_modify(|n| *n += 1);
+            }
+        }
+    });
+    Ok(counted)
+}
+
+/// Waits (a minute at most) until `written` has counted every event of a series.
+async fn series_events_written(
+    written: &tokio::sync::watch::Receiver<usize>,
+) -> anyhow::Result<()> {
+    let want = EVENTS_PER_START * SERIES_PODS;
+    wait_for(
+        "the series' events to be written",
+        Duration::from_secs(60),
+        || async {
+            let seen = *written.borrow();
+            if seen >= want {
+                Ok(Some(()))
+            } else {
+                Err(format!("{seen} of {want} events written"))
+            }
+        },
+    )
+    .await
 }
 
 /// A wasmlet node's own counters, from its metrics.

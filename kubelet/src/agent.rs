@@ -111,10 +111,17 @@ impl<P: Provider> Kubelet<P> {
             _ => None,
         };
         let host = HostFacts::read();
+        // One writer for the node's and the pods' events, so both share one budget.
+        let events = EventRecorder::new(
+            self.client.clone(),
+            &self.config.node_name,
+            self.config.event_limit,
+        );
         let pods = PodManager::new(
             PodSources {
                 client: self.client.clone(),
                 static_pods: self.static_pods.clone(),
+                events: events.clone(),
             },
             self.provider.clone(),
             PodSettings {
@@ -135,7 +142,7 @@ impl<P: Provider> Kubelet<P> {
             self.store.clone(),
             link.clone(),
         );
-        self.provider.attach_events(pods.events());
+        self.provider.attach_events(events.clone());
         let mirrors = self.client.clone().map(|client| {
             MirrorKeeper::new(
                 client,
@@ -146,7 +153,7 @@ impl<P: Provider> Kubelet<P> {
         });
         let node = async {
             if let Some(client) = &self.client {
-                tokio::join!(self.keep_node(client, &link, &cancel), async {
+                tokio::join!(self.keep_node(client, events, &link, &cancel), async {
                     if let Some(mirrors) = mirrors {
                         mirrors.run(cancel.clone()).await;
                     }
@@ -167,8 +174,13 @@ impl<P: Provider> Kubelet<P> {
     }
 
     /// Registers the Node, then keeps its Lease and status current until cancelled.
-    async fn keep_node(&self, client: &kube::Client, link: &Link, cancel: &CancellationToken) {
-        let events = EventRecorder::new(Some(client.clone()), &self.config.node_name);
+    async fn keep_node(
+        &self,
+        client: &kube::Client,
+        events: EventRecorder,
+        link: &Link,
+        cancel: &CancellationToken,
+    ) {
         let host = HostFacts::read();
         events.record_node(EventType::Normal, "Starting", "Starting wasmlet.");
         let name = &self.config.node_name;

@@ -31,6 +31,8 @@ pub struct NodeConfig {
     /// Secret and projected volumes each get a tmpfs, as the kubelet's do. Only for an
     /// agent that runs as root in a mount namespace of its own, which the binary sets up.
     pub secrets_in_memory: bool,
+    /// How fast the node writes events (`--event-qps`, `--event-burst`).
+    pub event_limit: certs::rate_limit::ApiRateLimit,
 }
 
 /// Parses `k=v,k2=v2` as `--node-labels` takes it, checking each key and value the way the

@@ -8,10 +8,18 @@
 //! round trips (Pulling, Pulled, Created, Started), and an unreachable API server costs
 //! events, never progress. Each event carries the time it was recorded; events recorded while
 //! the API server is unreachable wait for it (in order, repeats aggregated, bounded).
+//!
+//! Events are written no faster than their own budget (`--event-qps`, `--event-burst`, the
+//! kubelet's `eventRecordQPS` and `eventBurst`), apart from the node's API budget. Each
+//! costs the API server and etcd about as much as a status patch, and a start makes three:
+//! when many pods start at once, the API server's time goes first to the requests that move
+//! pods forward, and the events follow at their own pace, keeping their recorded times.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
+use certs::rate_limit::{ApiRateLimit, Bucket};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
@@ -24,8 +32,23 @@ use tracing::{debug, warn};
 use crate::backoff::Backoff;
 
 /// Events waiting to be written; past this, new ones are dropped (and logged), as the
-/// kubelet's broadcaster drops them, rather than growing without bound during an outage.
+/// kubelet's broadcaster drops them, rather than growing without bound during an outage or
+/// a storm of starts.
 const QUEUE: usize = 1000;
+/// The kubelet's `eventRecordQPS` default (since Kubernetes 1.27). Unlike the API budget it
+/// is not scaled up for 1,000 pods: events never hold a pod back, so they can wait.
+const DEFAULT_QPS: u32 = 50;
+/// The kubelet's `eventBurst` default: a few dozen starts' events go at once.
+const DEFAULT_BURST: u32 = 100;
+
+/// The kubelet's event budget: 50 events a second, 100 at once after a quiet spell.
+pub fn default_limit() -> ApiRateLimit {
+    ApiRateLimit {
+        qps: NonZeroU32::new(DEFAULT_QPS).unwrap_or(NonZeroU32::MIN),
+        burst: NonZeroU32::new(DEFAULT_BURST).unwrap_or(NonZeroU32::MIN),
+    }
+}
+
 /// Events written at once: enough to keep up with a burst of starts, few enough not to
 /// crowd the node's status and lease requests.
 const IN_FLIGHT: usize = 8;
@@ -48,13 +71,13 @@ pub struct EventRecorder {
 }
 
 impl EventRecorder {
-    /// A recorder reporting as wasmlet on `node_name`. Spawns the task that writes the
-    /// events; it ends when the last recorder is dropped. Without a client, events are only
-    /// logged (at debug).
-    pub fn new(client: Option<kube::Client>, node_name: &str) -> Self {
+    /// A recorder reporting as wasmlet on `node_name`, writing at most `limit`. Spawns the
+    /// task that writes the events; it ends when the last recorder is dropped. Without a
+    /// client, events are only logged (at debug).
+    pub fn new(client: Option<kube::Client>, node_name: &str, limit: ApiRateLimit) -> Self {
         let queue = client.map(|client| {
             let (queue, pending) = mpsc::channel(QUEUE);
-            tokio::spawn(write_events(client, pending));
+            tokio::spawn(write_events(client, pending, limit.bucket()));
             queue
         });
         Self {
@@ -203,17 +226,27 @@ fn queue_or_aggregate(pending: &mut VecDeque<Event>, event: Event) -> bool {
     true
 }
 
-/// Writes queued events, 8 at a time. While the API server cannot be reached, events wait in
-/// order (aggregated, at most [`QUEUE`]) and are written with their original times when it
-/// answers again; the first failure pauses writing, retried with backoff up to 10 s.
-async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>) {
+/// Writes queued events, 8 at a time and each with a token from `budget`. While the API
+/// server cannot be reached, events wait in order (aggregated, at most [`QUEUE`]) and are
+/// written with their original times when it answers again; the first failure pauses
+/// writing, retried with backoff up to 10 s.
+async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>, budget: Bucket) {
     let mut pending: VecDeque<Event> = VecDeque::new();
     let mut in_flight = FuturesUnordered::new();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut paused_until: Option<tokio::time::Instant> = None;
+    let mut token_at: Option<tokio::time::Instant> = None;
     let mut dropped = 0u64;
     loop {
-        while paused_until.is_none() && in_flight.len() < IN_FLIGHT {
+        while paused_until.is_none()
+            && token_at.is_none()
+            && in_flight.len() < IN_FLIGHT
+            && !pending.is_empty()
+        {
+            if let Err(wait) = certs::rate_limit::take(&budget) {
+                token_at = Some(tokio::time::Instant::now() + wait);
+                break;
+            }
             let Some(event) = pending.pop_front() else {
                 break;
             };
@@ -231,7 +264,7 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>) {
                     let queued = queue_or_aggregate(&mut pending, event);
                     dropped += u64::from(!queued);
                     if !queued && dropped.is_power_of_two() {
-                        warn!(dropped, "event queue full while the API server is unreachable; dropping events");
+                        warn!(dropped, "event queue full (the API server is unreachable, or events come faster than --event-qps); dropping events");
                     }
                 }
                 None if pending.is_empty() && in_flight.is_empty() => return,
@@ -258,6 +291,7 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>) {
                 }
             }
             () = sleep_until(paused_until) => paused_until = None,
+            () = sleep_until(token_at) => token_at = None,
         }
     }
 }
@@ -271,6 +305,8 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 #[cfg(test)]
 mod tests {
+    use kube::client::Body;
+
     use super::*;
 
     fn event(reason: &str, at: i64) -> Event {
@@ -321,6 +357,57 @@ mod tests {
             "a repeat still counts when full"
         );
         assert_eq!(pending[0].count, Some(2));
+    }
+
+    type Handle = tower_test::mock::Handle<http::Request<Body>, http::Response<Body>>;
+
+    /// Answers the next event POST with the event it carried; returns its reason.
+    async fn answer(handle: &mut Handle) -> String {
+        let (request, send) = handle.next_request().await.expect("an event POST");
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let event: Event = serde_json::from_slice(&bytes).unwrap();
+        send.send_response(
+            http::Response::builder()
+                .status(201)
+                .body(Body::from(bytes.to_vec()))
+                .unwrap(),
+        );
+        event.reason.unwrap_or_default()
+    }
+
+    /// Events past the budget's burst wait for its refill, in order, and none is lost.
+    #[tokio::test]
+    async fn events_past_the_burst_wait_for_the_budget() {
+        let (service, mut handle) = tower_test::mock::pair();
+        let limit = ApiRateLimit {
+            qps: NonZeroU32::MIN,
+            burst: NonZeroU32::new(2).unwrap(),
+        };
+        let recorder = EventRecorder::new(Some(kube::Client::new(service, "default")), "n", limit);
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        for reason in ["Pulled", "Created", "Started"] {
+            recorder.record(&pod, Some("app"), EventType::Normal, reason, "m");
+        }
+        let soon = Duration::from_secs(5);
+        let first = tokio::time::timeout(soon, answer(&mut handle)).await;
+        assert_eq!(first.unwrap(), "Pulled");
+        let second = tokio::time::timeout(soon, answer(&mut handle)).await;
+        assert_eq!(second.unwrap(), "Created");
+        // One token a second: the third waits for most of one.
+        let early = tokio::time::timeout(Duration::from_millis(500), answer(&mut handle)).await;
+        assert!(
+            early.is_err(),
+            "the third event went before the budget had a token"
+        );
+        let third = tokio::time::timeout(soon, answer(&mut handle)).await;
+        assert_eq!(third.unwrap(), "Started");
     }
 
     #[test]

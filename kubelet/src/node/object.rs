@@ -152,6 +152,7 @@ pub(crate) mod tests {
             pressure: Default::default(),
             sync_frequency: std::time::Duration::from_secs(60),
             secrets_in_memory: false,
+            event_limit: crate::events::default_limit(),
             extra_labels: [("site".to_string(), "lab".to_string())].into(),
         }
     }

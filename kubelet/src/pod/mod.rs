@@ -94,6 +94,8 @@ pub struct PodSources {
     pub client: Option<kube::Client>,
     /// The static pods' manifests, as the manifest directory's watcher last read them.
     pub static_pods: Option<watch::Receiver<Vec<StaticPod>>>,
+    /// Where the pods' events go.
+    pub events: EventRecorder,
 }
 
 /// A running worker: its source and the channel that holds its pod's latest object.
@@ -127,7 +129,7 @@ impl<P: Provider> PodManager<P> {
     ) -> Self {
         Self {
             ctx: Arc::new(WorkerContext {
-                recorder: EventRecorder::new(sources.client.clone(), &settings.node_name),
+                recorder: sources.events,
                 watched: sources.client.clone().map(WatchedObjects::new),
                 client: sources.client,
                 store,
@@ -153,11 +155,6 @@ impl<P: Provider> PodManager<P> {
             ended: Ended::default(),
             mirrors: MirrorBoard::default(),
         }
-    }
-
-    /// The recorder of events about the node's pods, shared with the provider.
-    pub fn events(&self) -> EventRecorder {
-        self.ctx.recorder.clone()
     }
 
     /// Where this manager posts static pods and the mirror pods it sees, for the
@@ -618,6 +615,7 @@ mod tests {
             PodSources {
                 client: Some(kube::Client::new(service, "default")),
                 static_pods: None,
+                events: EventRecorder::new(None, "edge-1", crate::events::default_limit()),
             },
             Arc::new(Picky),
             settings,
