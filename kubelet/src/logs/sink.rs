@@ -75,10 +75,17 @@ impl LogSink {
         limits: LogLimits,
         hub: &LogHub,
     ) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let file = open_append(&path).await?;
+        // The directory is usually there already (the worker lays out a container's
+        // directories before its start): open first, make it only when it is missing.
+        let file = match open_append(&path).await {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    tokio::fs::create_dir_all(dir).await?;
+                }
+                open_append(&path).await?
+            }
+            opened => opened?,
+        };
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let progress = hub.publish(&path);
         let writer = tokio::spawn(write_lines(path, file, limits, rx, progress));

@@ -46,7 +46,9 @@ fn write_blocking(dir: &Path, payload: &Payload) -> io::Result<bool> {
     std::fs::create_dir(&version_dir)?;
     for (path, file) in payload {
         let target = version_dir.join(path);
-        if let Some(parent) = target.parent() {
+        if let Some(parent) = target.parent()
+            && parent != version_dir
+        {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&target, &file.data)?;
