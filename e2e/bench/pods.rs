@@ -190,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
                 .join(format!("mkdir-{}", shape.prefix())),
         )
         .await?;
-        let written = count_events(events.clone(), format!("{}-", shape.prefix())).await?;
+        let mut written = count_events(events.clone(), format!("{}-", shape.prefix())).await?;
         let before = Reading::take(&client, &processes, Some(NODE)).await?;
         let (sequential, burst) =
             start_series(&pods, &mut watch, on(NODE, shape.prefix().into())).await?;
@@ -200,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
             .since(&before);
         // The node writes events at its own pace (`--event-qps`): the next series starts
         // once the last of this one's events is written, and the cost is read again then.
-        series_events_written(&written).await?;
+        series_events_written(&mut written).await?;
         result["events_written_after_last_running_ms"] = json!(ms(running.elapsed()));
         result["per_pod_until_events_written"] = Reading::take(&client, &processes, Some(NODE))
             .await?
@@ -524,24 +524,24 @@ async fn count_events(
     Ok(counted)
 }
 
-/// Waits (a minute at most) until `written` has counted every event of a series.
+/// Waits (a minute at most) until `written` has counted every event of a series; woken by
+/// each count, so the time read after it is when the last event was taken.
 async fn series_events_written(
-    written: &tokio::sync::watch::Receiver<usize>,
+    written: &mut tokio::sync::watch::Receiver<usize>,
 ) -> anyhow::Result<()> {
     let want = EVENTS_PER_START * SERIES_PODS;
-    wait_for(
-        "the series' events to be written",
-        Duration::from_secs(60),
-        || async {
-            let seen = *written.borrow();
-            if seen >= want {
-                Ok(Some(()))
-            } else {
-                Err(format!("{seen} of {want} events written"))
-            }
-        },
-    )
-    .await
+    let limit = Duration::from_secs(60);
+    let outcome = tokio::time::timeout(limit, written.wait_for(|seen| *seen >= want))
+        .await
+        .map(|counted| counted.is_ok());
+    match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => anyhow::bail!("the event watch ended before {want} events were written"),
+        Err(_) => anyhow::bail!(
+            "after {limit:?}, {} of {want} events written",
+            *written.borrow()
+        ),
+    }
 }
 
 /// A wasmlet node's own counters, from its metrics.

@@ -49,9 +49,11 @@ pub fn default_limit() -> ApiRateLimit {
     }
 }
 
-/// Events written at once: enough to keep up with a burst of starts, few enough not to
-/// crowd the node's status and lease requests.
-const IN_FLIGHT: usize = 8;
+/// Events written at once. One, as the kubelet's broadcaster writes them: a write takes a
+/// few milliseconds, so one at a time keeps well ahead of the budget, and while pods start
+/// in a burst the API server has one event to handle beside their tokens and status
+/// patches, not eight.
+const IN_FLIGHT: usize = 1;
 
 /// Normal or Warning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,7 +228,7 @@ fn queue_or_aggregate(pending: &mut VecDeque<Event>, event: Event) -> bool {
     true
 }
 
-/// Writes queued events, 8 at a time and each with a token from `budget`. While the API
+/// Writes queued events, one at a time and each with a token from `budget`. While the API
 /// server cannot be reached, events wait in order (aggregated, at most [`QUEUE`]) and are
 /// written with their original times when it answers again; the first failure pauses
 /// writing, retried with backoff up to 10 s.
@@ -361,6 +363,18 @@ mod tests {
 
     type Handle = tower_test::mock::Handle<http::Request<Body>, http::Response<Body>>;
 
+    /// Pod `default/p`, which the events are about.
+    fn test_pod() -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
     /// Answers the next event POST with the event it carried; returns its reason.
     async fn answer(handle: &mut Handle) -> String {
         let (request, send) = handle.next_request().await.expect("an event POST");
@@ -384,14 +398,7 @@ mod tests {
             burst: NonZeroU32::new(2).unwrap(),
         };
         let recorder = EventRecorder::new(Some(kube::Client::new(service, "default")), "n", limit);
-        let pod = Pod {
-            metadata: ObjectMeta {
-                name: Some("p".into()),
-                namespace: Some("default".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let pod = test_pod();
         for reason in ["Pulled", "Created", "Started"] {
             recorder.record(&pod, Some("app"), EventType::Normal, reason, "m");
         }
@@ -408,6 +415,42 @@ mod tests {
         );
         let third = tokio::time::timeout(soon, answer(&mut handle)).await;
         assert_eq!(third.unwrap(), "Started");
+    }
+
+    /// The next event is sent only once the one before it is answered, as the kubelet's
+    /// broadcaster sends them: a burst of starts leaves the API server one event at a time.
+    #[tokio::test]
+    async fn one_event_is_written_at_a_time() {
+        let (service, mut handle) = tower_test::mock::pair();
+        let recorder = EventRecorder::new(
+            Some(kube::Client::new(service, "default")),
+            "n",
+            default_limit(),
+        );
+        let pod = test_pod();
+        for reason in ["Pulled", "Created"] {
+            recorder.record(&pod, Some("app"), EventType::Normal, reason, "m");
+        }
+        let soon = Duration::from_secs(5);
+        let (first, respond) = tokio::time::timeout(soon, handle.next_request())
+            .await
+            .unwrap()
+            .expect("the first event's POST");
+        let second_early =
+            tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
+        assert!(
+            second_early.is_err(),
+            "the second event was sent while the first was unanswered"
+        );
+        let bytes = first.into_body().collect_bytes().await.unwrap();
+        respond.send_response(
+            http::Response::builder()
+                .status(201)
+                .body(Body::from(bytes.to_vec()))
+                .unwrap(),
+        );
+        let second = tokio::time::timeout(soon, answer(&mut handle)).await;
+        assert_eq!(second.unwrap(), "Created");
     }
 
     #[test]
