@@ -5,10 +5,76 @@
 use std::time::{Duration, Instant};
 
 use e2e::demos::{cri_ticks, push_demo, tick};
-use e2e::status::{condition, container, running};
+use e2e::status::{condition, container, phase, running};
 use e2e::{WasmCluster, WasmletOptions, ps_row, wait_for, wasm_pod};
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// A pod that ran to completion (a Job's, say) stays completed through restarts of the node:
+/// each restart takes it on as finished, it never runs again, and its status is the one it
+/// finished with, in the API and in the node's store.
+#[tokio::test]
+async fn a_finished_pod_stays_finished_through_restarts_of_the_node() {
+    let mut cluster = WasmCluster::start("edge-done", 110).await.unwrap();
+    let image = push_demo(&cluster.registry.host(), "wasi-example").unwrap();
+    cluster
+        .kubectl
+        .apply(&wasm_pod(
+            "once",
+            &format!(
+                "  restartPolicy: Never\n  automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: {image}\n"
+            ),
+        ))
+        .unwrap();
+    cluster
+        .wait_pod("once", "Succeeded", MINUTE, |p| phase(p) == "Succeeded")
+        .await
+        .unwrap();
+    let finished = cluster.pod("once").unwrap().status.unwrap();
+
+    for restart in 1..=2 {
+        cluster
+            .node
+            .restart_with(rustix::process::Signal::TERM)
+            .unwrap();
+        let taken_on = wait_for(
+            "the restarted node to take the pod on again",
+            MINUTE,
+            || {
+                let log = cluster.node.log_tail(400);
+                async move {
+                    Ok::<_, String>(
+                        log.lines()
+                            .find(|line| {
+                                line.contains("taking on pod") && line.contains("\"once\"")
+                            })
+                            .map(str::to_owned),
+                    )
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            taken_on.contains("stage=Finished"),
+            "restart {restart} took the finished pod on to run it again: {taken_on}"
+        );
+        wait_for("wasmlet ps --all to show the pod Succeeded", MINUTE, || {
+            let ps = cluster.node.tool(&["ps", "--all"]);
+            async move {
+                let ps = ps.map_err(|e| format!("{e:#}"))?;
+                Ok(ps_row(&ps, "once")
+                    .filter(|cols| cols[2] == "Succeeded")
+                    .map(|_| ()))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("restart {restart}: {e}\n{}", cluster.node.log_tail(30)));
+    }
+    let after = cluster.pod("once").unwrap().status.unwrap();
+    assert_eq!(after.phase.as_deref(), Some("Succeeded"));
+    assert_eq!(after.container_statuses, finished.container_statuses);
+}
 
 #[tokio::test]
 async fn pods_run_on_through_a_cut_link_and_are_ready_again_when_it_returns() {

@@ -202,7 +202,10 @@ impl ContainerRecord {
                 .and_then(|s| s.terminated.as_ref())
                 .map(ContainerState::from_terminated)
         };
-        self.restart_count = reported.restart_count.max(0) + i32::from(ended.is_some());
+        self.restart_count = reported
+            .restart_count
+            .max(0)
+            .saturating_add(i32::from(ended.is_some()));
         self.last_terminated = ended.or_else(|| {
             reported
                 .last_state
@@ -210,6 +213,26 @@ impl ContainerRecord {
                 .and_then(|s| s.terminated.as_ref())
                 .map(ContainerState::from_terminated)
         });
+        self
+    }
+
+    /// Exactly as the API last heard of this container, for a pod that finished under an
+    /// earlier run of the agent: nothing of it runs again, so nothing is counted again.
+    fn kept_as_reported(mut self, reported: Option<&ContainerStatus>) -> Self {
+        let Some(reported) = reported else {
+            return self;
+        };
+        let terminated = |state: Option<&K8sState>| {
+            state
+                .and_then(|s| s.terminated.as_ref())
+                .map(ContainerState::from_terminated)
+        };
+        if let Some(state) = terminated(reported.state.as_ref()) {
+            self.state = state;
+        }
+        self.last_terminated = terminated(reported.last_state.as_ref());
+        self.restart_count = reported.restart_count.max(0);
+        self.image_id = Some(reported.image_id.clone()).filter(|id| !id.is_empty());
         self
     }
 
@@ -238,6 +261,9 @@ impl ContainerRecord {
     }
 }
 
+/// The conditions the node sets, in the order its statuses list them.
+const CONDITIONS: [&str; 4] = ["PodScheduled", "Initialized", "ContainersReady", "Ready"];
+
 /// The agent's model of one pod.
 #[derive(Clone, Debug)]
 pub struct PodState {
@@ -260,8 +286,21 @@ pub struct PodState {
 }
 
 impl PodState {
-    /// The state of a pod the agent has just taken on.
+    /// The state of a pod the agent has just taken on. A pod that already finished (seen
+    /// again after a restart of the agent) keeps the phase, reason and container states it
+    /// finished with, so that publishing it again changes nothing and the next restart still
+    /// sees it finished.
     pub fn new(pod: &Pod, host_ip: &str) -> Self {
+        let status = pod.status.as_ref();
+        let finished = match status.and_then(|s| s.phase.as_deref()) {
+            Some("Succeeded") => Some(Phase::Succeeded),
+            Some("Failed") => Some(Phase::Failed),
+            _ => None,
+        };
+        let record = |record: ContainerRecord, name: &str| match finished {
+            Some(_) => record.kept_as_reported(reported(pod, name)),
+            None => record.carried_over(reported(pod, name)),
+        };
         let spec = pod.spec.clone().unwrap_or_default();
         let has_init = spec.init_containers.as_ref().is_some_and(|c| !c.is_empty());
         let app_reason = if has_init {
@@ -269,33 +308,37 @@ impl PodState {
         } else {
             "ContainerCreating"
         };
-        Self {
-            phase: Phase::Pending,
-            reason: None,
-            message: None,
+        let mut state = Self {
+            phase: finished.unwrap_or(Phase::Pending),
+            reason: finished.and(status.and_then(|s| s.reason.clone())),
+            message: finished.and(status.and_then(|s| s.message.clone())),
             init: spec
                 .init_containers
                 .iter()
                 .flatten()
                 .map(|c| {
-                    ContainerRecord::new(
+                    record(
+                        ContainerRecord::new(
+                            &c.name,
+                            c.image.as_deref().unwrap_or_default(),
+                            "PodInitializing",
+                        ),
                         &c.name,
-                        c.image.as_deref().unwrap_or_default(),
-                        "PodInitializing",
                     )
-                    .carried_over(reported(pod, &c.name))
                 })
                 .collect(),
             app: spec
                 .containers
                 .iter()
                 .map(|c| {
-                    ContainerRecord::new(
+                    record(
+                        ContainerRecord::new(
+                            &c.name,
+                            c.image.as_deref().unwrap_or_default(),
+                            app_reason,
+                        ),
                         &c.name,
-                        c.image.as_deref().unwrap_or_default(),
-                        app_reason,
                     )
-                    .carried_over(reported(pod, &c.name))
                 })
                 .collect(),
             initialized: !has_init,
@@ -308,6 +351,26 @@ impl PodState {
                 .map(|t| t.0)
                 .unwrap_or_else(Timestamp::now),
             transitions: BTreeMap::new(),
+        };
+        if finished.is_some() {
+            state.carry_conditions(status.and_then(|s| s.conditions.as_deref()));
+        }
+        state
+    }
+
+    /// Takes the reported conditions as they were, transition times included.
+    fn carry_conditions(&mut self, reported: Option<&[PodCondition]>) {
+        for condition in reported.into_iter().flatten() {
+            let Some(&type_) = CONDITIONS.iter().find(|t| **t == condition.type_) else {
+                continue;
+            };
+            let status = condition.status == "True";
+            if type_ == "Initialized" {
+                self.initialized = status;
+            }
+            if let Some(at) = &condition.last_transition_time {
+                self.transitions.insert(type_, (status, at.0));
+            }
         }
     }
 
@@ -585,6 +648,44 @@ mod tests {
         );
         assert_eq!(app.restart_count, 1);
         assert!(app.last_state.as_ref().unwrap().terminated.is_some());
+    }
+
+    /// A Job's pod that finished, or one rejected at admission, is taken on again after
+    /// the agent restarts: its status must come out as it went in, or the store would hold
+    /// Pending and the next restart would run it again.
+    #[test]
+    fn a_finished_pod_taken_on_again_keeps_the_status_it_finished_with() {
+        let mut finished = pod(&["setup"], &["app"]);
+        let mut first = PodState::new(&finished, "10.0.0.1");
+        first.initialized = true;
+        first.init[0].state = ContainerState::Terminated {
+            exit_code: 0,
+            reason: "Completed".into(),
+            message: None,
+            started_at: Some(Timestamp::now()),
+            finished_at: Timestamp::now(),
+        };
+        first.app[0].image_id = Some("sha256:abc".into());
+        first.app[0].restart_count = 2;
+        first.app[0].last_terminated = Some(first.init[0].state.clone());
+        first.app[0].state = ContainerState::Terminated {
+            exit_code: 3,
+            reason: "Error".into(),
+            message: Some("exit 3".into()),
+            started_at: Some(Timestamp::now()),
+            finished_at: Timestamp::now(),
+        };
+        first.finish(
+            Phase::Failed,
+            Some("DeadlineExceeded"),
+            Some("too slow".into()),
+        );
+        let reported = first.to_status();
+        finished.status = Some(reported.clone());
+
+        let again = PodState::new(&finished, "10.0.0.1").to_status();
+
+        assert_eq!(again, reported);
     }
 
     #[test]

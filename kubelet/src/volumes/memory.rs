@@ -67,8 +67,15 @@ pub(crate) fn is_tmpfs(dir: &Path) -> io::Result<bool> {
 /// Unmounts every mount at or under `dir`, deepest first, so that removing `dir` removes only
 /// its own files. Blocking: it reads the mount table.
 pub(crate) fn unmount_under(dir: &Path) -> io::Result<()> {
+    // The mount table has absolute paths without symlinks; the data dir may be given as
+    // `./data` or through a link. A directory that is already gone has nothing mounted.
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(dir) => dir,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
     let table = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut mounts = mount_points_under(&table, dir);
+    let mut mounts = mount_points_under(&table, &dir);
     mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for mount in mounts {
         // Detached: a file still open in a finishing guest cannot keep the pod's removal

@@ -407,8 +407,11 @@ impl Session {
             && !data.is_empty()
         {
             if entry.started {
-                // The forward may have ended; its bytes then have nowhere to go.
-                let _ = inbound.send(data).await;
+                // The forward may have ended; its bytes then have nowhere to go. A pod side
+                // that takes nothing for the idle timeout would hold the whole connection
+                // (this reader waits, and sees no other frame): its stream is reset.
+                let sent = tokio::time::timeout(self.limits.idle_timeout, inbound.send(data));
+                overflow = sent.await.is_err();
             } else {
                 // Before the pair is complete nothing drains the queue: a client that fills
                 // it is not waited for.

@@ -43,15 +43,29 @@ impl Inbox {
     /// Cancel-safe, so it can sit in every `select!`.
     pub(crate) async fn deletion(&mut self) {
         while !self.deleting() {
-            if self.rx.changed().await.is_err() {
-                self.agent_stopping = true;
-                return;
-            }
-            let desired = self.rx.borrow_and_update().clone();
-            match desired {
-                Desired::Present(pod) => self.pod = Pod::clone(&pod),
-                Desired::Gone => self.gone = true,
-            }
+            self.receive().await;
+        }
+    }
+
+    /// Resolves once the pod is gone from its source or the agent is stopping: a deleted
+    /// pod's worker waits for this while the API server will not yet confirm the deletion.
+    /// Cancel-safe.
+    pub(crate) async fn gone_or_stopping(&mut self) {
+        while !(self.gone || self.agent_stopping) {
+            self.receive().await;
+        }
+    }
+
+    /// Takes the next change of what the node was told.
+    async fn receive(&mut self) {
+        if self.rx.changed().await.is_err() {
+            self.agent_stopping = true;
+            return;
+        }
+        let desired = self.rx.borrow_and_update().clone();
+        match desired {
+            Desired::Present(pod) => self.pod = Pod::clone(&pod),
+            Desired::Gone => self.gone = true,
         }
     }
 

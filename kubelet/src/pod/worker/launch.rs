@@ -36,31 +36,21 @@ impl<P: Provider> Worker<P> {
         let restart = self.record(kind, index).restart_count;
         let dirs = self.instance_dirs(&container.name, restart);
         let laid_out = self.laid_out.remove(&(kind, index, restart));
-        let fresh_root = async {
-            // Only the current and the previous instance's logs are kept (`--previous`), as
-            // the kubelet does; older ones would grow without bound in a crash loop.
-            if restart >= 2 {
-                remove_instance_logs(&dirs.log, restart - 2).await;
-            }
-            // A restarted container starts from a clean writable layer, as a new container does.
-            if restart > 0 {
-                let previous = self.instance_dirs(&container.name, restart - 1);
-                let _ = tokio::fs::remove_dir_all(previous.staging).await;
-                let _ = tokio::fs::remove_dir_all(previous.root).await;
-            }
-            if laid_out {
-                return Ok(());
-            }
-            let (root, staging) = (dirs.root.clone(), dirs.staging.clone());
-            tokio::task::spawn_blocking(move || layout::fresh_root(&root, &staging))
-                .await
-                .unwrap_or_else(|err| Err(std::io::Error::other(err)))
+        let previous = (restart > 0).then(|| self.instance_dirs(&container.name, restart - 1));
+        let dirs = if previous.is_some() || !laid_out {
+            let ready = tokio::task::spawn_blocking(move || {
+                layout::ready_instance(&dirs, previous.as_ref(), restart, laid_out).map(|()| dirs)
+            })
+            .await
+            .unwrap_or_else(|err| Err(std::io::Error::other(err)));
+            ready.map_err(|e| ContainerError {
+                reason: "CreateContainerError".into(),
+                message: format!("cannot create the container's root directory: {e}"),
+                fatal: false,
+            })?
+        } else {
+            dirs
         };
-        fresh_root.await.map_err(|e| ContainerError {
-            reason: "CreateContainerError".into(),
-            message: format!("cannot create the container's root directory: {e}"),
-            fatal: false,
-        })?;
         let mounts = self
             .volumes
             .mounts_for(&container, &env, &dirs.staging)
@@ -251,7 +241,7 @@ impl<P: Provider> Worker<P> {
     ) {
         let record = self.record(kind, index);
         record.last_terminated = Some(record.state.clone());
-        record.restart_count += 1;
+        record.restart_count = record.restart_count.saturating_add(1);
         record.state = if delay.is_zero() {
             ContainerState::waiting("ContainerCreating", None)
         } else {

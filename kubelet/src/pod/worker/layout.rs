@@ -99,10 +99,51 @@ fn fresh_instance(dirs: &InstanceDirs, mount_points: &[String]) -> std::io::Resu
     Ok(())
 }
 
+/// Readies instance `restart` for its start, in one blocking step. A restarted container
+/// starts from a clean writable layer, as a new container does, so the previous instance's
+/// root and staging go; only the current and the previous instance's logs are kept
+/// (`--previous`), as the kubelet does, since older ones would grow without bound in a crash
+/// loop. The instance's own fresh root is made unless it was laid out ahead (`laid_out`).
+pub(super) fn ready_instance(
+    dirs: &InstanceDirs,
+    previous: Option<&InstanceDirs>,
+    restart: i32,
+    laid_out: bool,
+) -> std::io::Result<()> {
+    if let Some(previous) = previous {
+        let _ = std::fs::remove_dir_all(&previous.staging);
+        let _ = std::fs::remove_dir_all(&previous.root);
+    }
+    if restart >= 2 {
+        remove_instance_logs(&dirs.log, restart - 2);
+    }
+    if laid_out {
+        return Ok(());
+    }
+    fresh_root(&dirs.root, &dirs.staging)
+}
+
+/// Removes instance `restart`'s log and its rotations, beside `current` (another instance's log).
+fn remove_instance_logs(current: &Path, restart: i32) {
+    let Some(dir) = current.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let name = format!("{restart}.log");
+    let rotation = format!("{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if file == name || file.starts_with(&rotation) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Makes an instance's root and staging directory fresh: whatever an earlier attempt left
 /// there is removed (a removal that fails shows when the root is made or used), and the
 /// root is made.
-pub(super) fn fresh_root(root: &Path, staging: &Path) -> std::io::Result<()> {
+fn fresh_root(root: &Path, staging: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_dir_all(staging);
     let _ = std::fs::remove_dir_all(root);
     std::fs::create_dir_all(root)
@@ -137,12 +178,47 @@ mod tests {
     use super::*;
 
     fn dirs(base: &Path) -> InstanceDirs {
-        let root = base.join("rootfs/app-0");
+        instance(base, 0)
+    }
+
+    fn instance(base: &Path, restart: i32) -> InstanceDirs {
+        let root = base.join(format!("rootfs/app-{restart}"));
         InstanceDirs {
             staging: root.with_extension("mounts"),
-            log: base.join("logs/app/0.log"),
+            log: base.join(format!("logs/app/{restart}.log")),
             root,
         }
+    }
+
+    #[test]
+    fn a_restart_clears_the_previous_root_and_all_but_the_previous_log() {
+        let base = tempfile::tempdir().unwrap();
+        let (older, previous, next) = (
+            instance(base.path(), 1),
+            instance(base.path(), 2),
+            instance(base.path(), 3),
+        );
+        for dirs in [&older, &previous] {
+            std::fs::create_dir_all(dirs.root.join("written")).unwrap();
+            std::fs::create_dir_all(&dirs.staging).unwrap();
+            std::fs::create_dir_all(dirs.log.parent().unwrap()).unwrap();
+            std::fs::write(&dirs.log, "line\n").unwrap();
+        }
+        let rotated = base.path().join("logs/app/1.log.1");
+        std::fs::write(&rotated, "line\n").unwrap();
+        let unrelated = base.path().join("logs/app/11.log");
+        std::fs::write(&unrelated, "line\n").unwrap();
+
+        ready_instance(&next, Some(&previous), 3, false).unwrap();
+
+        assert!(next.root.is_dir());
+        assert!(!previous.root.exists() && !previous.staging.exists());
+        assert!(
+            previous.log.exists(),
+            "the previous log stays for --previous"
+        );
+        assert!(!older.log.exists() && !rotated.exists());
+        assert!(unrelated.exists());
     }
 
     #[test]

@@ -224,7 +224,7 @@ pub(crate) async fn run<P: Provider>(
         crash_app: vec![CrashLoop::default(); containers],
         last_sent: None,
         last_stored: None,
-        unsent: false,
+        unsent: None,
         trace: Some(StartTrace::new(seen)),
         laid_out: Default::default(),
     };
@@ -264,8 +264,9 @@ struct Worker<P: Provider> {
     last_sent: Option<PodStatus>,
     /// The last status written to the store and the table.
     last_stored: Option<PodStatus>,
-    /// The last status patch failed.
-    unsent: bool,
+    /// The status whose patch failed last, and when it is sent again (unless the status
+    /// changes first): not each time the worker wakes, which a probe does every second.
+    unsent: Option<(PodStatus, Instant)>,
     /// The pod's first start, from its watch event until its containers first all ran and
     /// the API server had that status.
     trace: Option<StartTrace>,
@@ -360,21 +361,6 @@ impl<P: Provider> Worker<P> {
             .as_ref()
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into())
-    }
-}
-
-/// Removes instance `restart`'s log and its rotations, beside `current` (another instance's log).
-async fn remove_instance_logs(current: &std::path::Path, restart: i32) {
-    let Some(dir) = current.parent() else { return };
-    let prefix = format!("{restart}.log");
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
-        return;
-    };
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == prefix || name.starts_with(&format!("{prefix}.")) {
-            let _ = tokio::fs::remove_file(entry.path()).await;
-        }
     }
 }
 

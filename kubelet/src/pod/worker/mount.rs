@@ -45,9 +45,29 @@ impl<P: Provider> Worker<P> {
                     None => None,
                 }
             };
-            let ((mounted, mounted_at), pulled, laid_out) = tokio::select! {
-                done = async { tokio::join!(mount, pulls, laying_out) } => done,
-                _ = inbox.deletion() => return Next::Terminate,
+            // A deletion drops the pulls (they write only to the image store) but lets the
+            // volumes and directories finish: their blocking writes would go on without
+            // them, and could make the pod's files again after its removal.
+            let (((mounted, mounted_at), laid_out), pulled) = {
+                let mut local = std::pin::pin!(async { tokio::join!(mount, laying_out) });
+                let mut pulls = std::pin::pin!(pulls);
+                let (mut local_done, mut pulls_done_now, mut deleted) = (None, None, false);
+                loop {
+                    tokio::select! {
+                        done = &mut local, if local_done.is_none() => local_done = Some(done),
+                        done = &mut pulls, if pulls_done_now.is_none() && !deleted => {
+                            pulls_done_now = Some(done);
+                        }
+                        () = inbox.deletion(), if !deleted => deleted = true,
+                    }
+                    match local_done.take() {
+                        Some(_) if deleted => return Next::Terminate,
+                        Some(done) if pulls_done_now.is_some() => {
+                            break (done, pulls_done_now.flatten());
+                        }
+                        done => local_done = done,
+                    }
+                }
             };
             self.laid_out.extend(laid_out.into_iter().flatten());
             if let Some((pulled, pulled_at)) = pulled {

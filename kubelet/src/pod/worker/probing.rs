@@ -232,7 +232,9 @@ impl<P: Provider> Worker<P> {
         );
         if let Some(probing) = self.probing[index].as_mut() {
             probing.killed = true;
-            probing.abort_at = Some(Instant::now() + grace);
+            // A grace period past what a clock can hold (the API allows any int64 of
+            // seconds) is one that never ends.
+            probing.abort_at = Instant::now().checked_add(grace);
         }
         if let Some(live) = &self.live_app[index] {
             live.stop.cancel();

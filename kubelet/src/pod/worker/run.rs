@@ -174,7 +174,7 @@ impl<P: Provider> Worker<P> {
                 _ = sleep_until(next_due) => {}
                 _ = sleep_until(next_check) => self.start_due_checks(&mut checks),
                 Some(result) = checks.next() => self.apply_check(&pod, result),
-                _ = self.resend_due() => self.last_sent = None,
+                _ = self.resend_due() => self.resend(),
                 () = sources_changed(&mut changes) => {
                     // A ConfigMap or Secret it reads changed: its volumes follow at once.
                     self.refresh_volumes(&inbox.pod.clone()).await;

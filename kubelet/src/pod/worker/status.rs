@@ -15,7 +15,12 @@ impl<P: Provider> Worker<P> {
             self.ctx.store.put_status(&self.key.uid, &status).await;
             self.last_stored = Some(status.clone());
         }
-        if self.last_sent.as_ref() == Some(&status) {
+        if self.last_sent.as_ref() == Some(&status)
+            || self
+                .unsent
+                .as_ref()
+                .is_some_and(|(failed, _)| *failed == status)
+        {
             return;
         }
         let Some(api) = &self.api else {
@@ -43,7 +48,7 @@ impl<P: Provider> Worker<P> {
                 self.ctx.link.succeeded();
                 self.ctx.metrics.observe_status_patch(started.elapsed());
                 self.last_sent = Some(status);
-                self.unsent = false;
+                self.unsent = None;
             }
             Err(err) => {
                 let reachable = matches!(err, kube::Error::Api(_));
@@ -58,7 +63,9 @@ impl<P: Provider> Worker<P> {
                 } else {
                     debug!(pod = %self.key.name, %err, "pod status update failed; retrying");
                 }
-                self.unsent = true;
+                // Jittered, so pods whose patches failed together do not retry in lockstep.
+                let jitter = Duration::from_millis(fastrand::u64(0..=STATUS_RETRY_JITTER_MS));
+                self.unsent = Some((status, Instant::now() + STATUS_RETRY + jitter));
             }
         }
     }
@@ -66,22 +73,19 @@ impl<P: Provider> Worker<P> {
     /// Resolves when the status must be sent again though it did not change: the last one
     /// was not accepted and its retry is due, or the link to the API server came back (while
     /// the node was cut off, the node lifecycle controller may have rewritten the status
-    /// the API holds). The caller then forgets what it sent. Cancel-safe.
+    /// the API holds). The caller then calls [`Self::resend`]. Cancel-safe.
     pub(super) async fn resend_due(&mut self) {
-        let unsent = self.unsent;
-        // Jittered, so pods whose patches failed together do not retry in lockstep.
-        let jitter = Duration::from_millis(fastrand::u64(0..=STATUS_RETRY_JITTER_MS));
-        let retry = async move {
-            if unsent {
-                tokio::time::sleep(STATUS_RETRY + jitter).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
+        let retry_at = self.unsent.as_ref().map(|(_, at)| *at);
         tokio::select! {
-            () = retry => {}
+            () = sleep_until(retry_at) => {}
             () = self.restorations.restored() => {}
         }
+    }
+
+    /// Forgets what was sent and what failed: the next publish sends the status.
+    pub(super) fn resend(&mut self) {
+        self.last_sent = None;
+        self.unsent = None;
     }
 
     pub(super) async fn reject(&mut self, pod: &Pod, rejection: Rejection) {
@@ -104,7 +108,7 @@ impl<P: Provider> Worker<P> {
             self.publish().await;
             tokio::select! {
                 _ = inbox.deletion() => return Next::Terminate,
-                _ = self.resend_due() => self.last_sent = None,
+                _ = self.resend_due() => self.resend(),
             }
         }
     }

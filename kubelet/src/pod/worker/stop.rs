@@ -2,6 +2,7 @@
 //! object and its files when it is gone.
 
 use super::*;
+use crate::backoff::Backoff;
 
 impl<P: Provider> Worker<P> {
     /// Stops every running container: at once, since a Wasm guest cannot catch SIGTERM, and
@@ -38,6 +39,9 @@ impl<P: Provider> Worker<P> {
                 );
                 stopping.push(live);
             }
+        }
+        if !stopping.is_empty() {
+            info!(pod = %self.key.name, grace_s = grace.as_secs(), "stopping the pod's containers");
         }
         for live in &stopping {
             live.stop.cancel();
@@ -93,13 +97,15 @@ impl<P: Provider> Worker<P> {
         self.release().await;
         if !inbox.gone && self.source == PodSource::Api {
             self.publish().await;
-            self.delete_object().await;
+            self.delete_object(inbox).await;
         }
         super::super::remove_files(&self.ctx.pods_dir, &self.key.uid).await;
     }
 
-    /// Confirms the deletion to the API server (grace 0, for this UID only).
-    async fn delete_object(&self) {
+    /// Confirms the deletion to the API server (grace 0, for this UID only), trying again
+    /// with back-off until it is confirmed, the pod is gone, or the agent stops: until then
+    /// nothing else would ever confirm it, and the pod would stay Terminating.
+    async fn delete_object(&self, inbox: &mut Inbox) {
         let Some(api) = &self.api else { return };
         let params = DeleteParams {
             grace_period_seconds: Some(0),
@@ -109,10 +115,22 @@ impl<P: Provider> Worker<P> {
             }),
             ..Default::default()
         };
-        match api.delete(&self.key.name, &params).await {
-            Ok(_) => info!(pod = %self.key.name, "pod deleted"),
-            Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {}
-            Err(err) => warn!(pod = %self.key.name, %err, "could not remove the pod object"),
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match api.delete(&self.key.name, &params).await {
+                Ok(_) => return info!(pod = %self.key.name, "pod deleted"),
+                Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {
+                    return;
+                }
+                Err(err) => {
+                    let retry_in = backoff.next_delay();
+                    warn!(pod = %self.key.name, %err, ?retry_in, "could not remove the pod object; trying again");
+                    tokio::select! {
+                        () = inbox.gone_or_stopping() => return,
+                        () = tokio::time::sleep(retry_in) => {}
+                    }
+                }
+            }
         }
     }
 }
