@@ -71,6 +71,67 @@ async fn a_standalone_node_runs_its_static_pods_and_follows_its_manifest_directo
     .unwrap();
 }
 
+/// Editing a manifest replaces its pod, as the kubelet does: the new version starts once
+/// the old one has stopped, though both declare the same port (two pods on the node may
+/// not).
+#[tokio::test]
+async fn an_edited_manifest_replaces_its_pod_though_both_declare_the_same_port() {
+    let registry = Registry::start().unwrap();
+    let image = push_demo(&registry.host(), "ticker").unwrap();
+    let node = StandaloneWasmlet::start("edge-edit", &[registry.host()]).unwrap();
+    let port = e2e::free_port().unwrap();
+    let manifest = node.manifests().join("ticker.yaml");
+    let version = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ticker\nspec:\n  containers:\n  - name: app\n    image: {image}\n    ports: [{{containerPort: {port}}}]\n    env: [{{name: INTERVAL_MS, value: \"100\"}}, {{name: POD_NAME, value: {name}}}]\n"
+        )
+    };
+    let ticks_from = |name: &'static str| {
+        let node = &node;
+        async move {
+            wait_for(
+                &format!("the pod to tick as {name}"),
+                Duration::from_secs(30),
+                || {
+                    let log = node.tool(&["logs", "ticker-edge-edit"]);
+                    async move {
+                        let log = log.map_err(|e| format!("{e:#}"))?;
+                        let from = format!(" from {name} ");
+                        Ok(log.lines().any(|l| l.contains(&from)).then_some(()))
+                    }
+                },
+            )
+            .await
+            .map_err(|e| format!("{e}\n{}", node.log_tail(30)))
+            .unwrap();
+        }
+    };
+
+    std::fs::write(&manifest, version("first")).unwrap();
+    ticks_from("first").await;
+    std::fs::write(&manifest, version("second")).unwrap();
+    ticks_from("second").await;
+    wait_for(
+        "only the new version to be left",
+        Duration::from_secs(30),
+        || {
+            let ps = node.tool(&["ps", "--all"]);
+            async move {
+                let ps = ps.map_err(|e| format!("{e:#}"))?;
+                let rows: Vec<&str> = ps
+                    .lines()
+                    .filter(|l| l.contains("ticker-edge-edit"))
+                    .collect();
+                let running = rows.len() == 1
+                    && ps_row(&ps, "ticker-edge-edit").is_some_and(|c| c[4] == "Running");
+                Ok(running.then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_standalone_node_joined_later_shows_its_static_pods_as_mirror_pods() {
     let first_registry = Registry::start().unwrap();

@@ -57,18 +57,7 @@ pub fn parse_labels(spec: &str) -> Result<BTreeMap<String, String>> {
 fn validate_label_key(key: &str) -> std::result::Result<(), String> {
     let name = match key.split_once('/') {
         Some((prefix, name)) => {
-            let dns_ok = !prefix.is_empty()
-                && prefix.len() <= 253
-                && prefix.split('.').all(|part| {
-                    !part.is_empty()
-                        && part.len() <= 63
-                        && part
-                            .chars()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                        && !part.starts_with('-')
-                        && !part.ends_with('-')
-                });
-            if !dns_ok {
+            if !crate::names::is_dns_subdomain(prefix) {
                 return Err(format!("prefix {prefix:?} is not a DNS subdomain"));
             }
             name

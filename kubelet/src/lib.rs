@@ -19,6 +19,7 @@ pub mod host;
 pub mod link;
 pub mod logs;
 pub mod metrics;
+pub mod names;
 pub mod node;
 pub mod pod;
 pub mod provider;

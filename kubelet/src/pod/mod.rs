@@ -101,6 +101,8 @@ pub struct PodSources {
 /// A running worker: its source and the channel that holds its pod's latest object.
 struct WorkerHandle {
     source: PodSource,
+    /// `namespace/name`: a static pod's new version has the same one and another UID.
+    full_name: String,
     desired: watch::Sender<Desired>,
 }
 
@@ -304,23 +306,32 @@ impl<P: Provider> PodManager<P> {
         }
     }
 
-    /// Runs the static pods `current` describes, and stops those it no longer does.
+    /// Runs the static pods `current` describes, and stops those it no longer does. A
+    /// changed manifest's pod (a new UID under the same name) starts once the old version
+    /// has stopped, as the kubelet waits for a static pod of the same full name: the two
+    /// would otherwise compete for the same ports and devices, and the new one be refused.
+    /// The old worker's end runs this again.
     async fn reconcile_static(&mut self, current: &[StaticPod]) {
-        let mut wanted = HashSet::new();
+        let wanted: HashSet<&str> = current
+            .iter()
+            .filter_map(|m| m.pod.metadata.uid.as_deref())
+            .collect();
+        let mut stopping = HashSet::new();
+        for (uid, handle) in &self.workers {
+            if handle.source == PodSource::File && !wanted.contains(uid.as_str()) {
+                info!(%uid, "its manifest is gone or changed; stopping the static pod");
+                handle.desired.send_replace(Desired::Gone);
+                stopping.insert(handle.full_name.clone());
+            }
+        }
         for manifest in current {
             let Some(uid) = manifest.pod.metadata.uid.clone() else {
                 continue;
             };
-            if !self.workers.contains_key(&uid) {
+            let waiting = stopping.contains(&full_name(&manifest.pod));
+            if !waiting && !self.workers.contains_key(&uid) {
                 self.ctx.store.put_pod(PodSource::File, &manifest.pod).await;
                 self.apply(PodSource::File, manifest.pod.clone(), Instant::now());
-            }
-            wanted.insert(uid);
-        }
-        for (uid, handle) in &self.workers {
-            if handle.source == PodSource::File && !wanted.contains(uid) {
-                info!(%uid, "its manifest is gone; stopping the static pod");
-                handle.desired.send_replace(Desired::Gone);
             }
         }
         self.mirrors.want(current);
@@ -358,6 +369,7 @@ impl<P: Provider> PodManager<P> {
             uid.clone(),
             WorkerHandle {
                 source: source.clone(),
+                full_name: full_name(&pod),
                 desired,
             },
         );
@@ -435,6 +447,15 @@ impl<P: Provider> PodManager<P> {
             Err(rejection) => Stage::Rejected(rejection),
         }
     }
+}
+
+/// `namespace/name`.
+fn full_name(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Removes pod `uid`'s files (logs, volumes, writable roots) under `pods_dir`, unmounting its

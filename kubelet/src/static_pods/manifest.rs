@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar, Pod, PodSpec, PodStatus, Toleration};
 use sha2::{Digest, Sha256};
 
+use crate::names::{is_dns_label, is_dns_subdomain};
+
 use super::{
     CONFIG_HASH_ANNOTATION, CONFIG_MIRROR_ANNOTATION, CONFIG_SEEN_ANNOTATION,
     CONFIG_SOURCE_ANNOTATION,
@@ -360,6 +362,7 @@ fn normalise(mut pod: Pod, file: &Path, node_name: &str) -> Result<Pod, String> 
             "static pods cannot reference API objects: {reference}"
         ));
     }
+    check_names(spec)?;
     // Hashed before anything below is added, so the UID depends on the manifest alone.
     let uid = content_hash(node_name, file, &pod)?;
 
@@ -585,25 +588,34 @@ fn env_reference(env: Option<&[EnvVar]>, env_from: Option<&[EnvFromSource]>) -> 
     None
 }
 
-/// RFC 1123 subdomain, as the API server validates a pod's name.
-fn is_dns_subdomain(name: &str) -> bool {
-    name.len() <= 253 && name.split('.').all(is_dns_label_part)
-}
-
-/// RFC 1123 label, as the API server validates a namespace.
-fn is_dns_label(name: &str) -> bool {
-    name.len() <= 63 && is_dns_label_part(name)
-}
-
-fn is_dns_label_part(part: &str) -> bool {
-    let bytes = part.as_bytes();
-    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    match (bytes.first(), bytes.last()) {
-        (Some(first), Some(last)) => {
-            alnum(first) && alnum(last) && bytes.iter().all(|b| alnum(b) || *b == b'-')
+/// Container and volume names, checked as the API server checks an API pod's: each a DNS
+/// label, none used twice. They name directories under the data dir (a volume named `..`
+/// would be the pod's own directory), so a manifest is refused before any is made.
+fn check_names(spec: &PodSpec) -> Result<(), String> {
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .map(|c| ("container", c.name.as_str()));
+    let volumes = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| ("volume", v.name.as_str()));
+    let mut seen = std::collections::HashSet::new();
+    for (kind, name) in containers.chain(volumes) {
+        if !is_dns_label(name) {
+            return Err(format!(
+                "{kind} name {name:?} is not a valid DNS label \
+                 (lower-case letters, digits and '-', at most 63 characters)"
+            ));
         }
-        _ => false,
+        if !seen.insert((kind, name)) {
+            return Err(format!("{kind} name {name:?} is used twice"));
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -882,6 +894,35 @@ spec:
         let (pods, errors) = read_manifests(dir.path(), NODE);
         assert_eq!(pods, []);
         one_error(&errors).message.clone()
+    }
+
+    /// A volume's name is a directory under the pod's: `..` would be the pod's own, whose
+    /// entries a downwardAPI volume's writer removes.
+    #[test]
+    fn volume_and_container_names_must_be_dns_labels_used_once() {
+        let downward = "  volumes:\n  - name: \"..\"\n    downwardAPI:\n      items: []\n";
+        assert_eq!(
+            refusal(downward),
+            "volume name \"..\" is not a valid DNS label \
+             (lower-case letters, digits and '-', at most 63 characters)"
+        );
+        let twice = "  volumes:\n  - name: a\n    emptyDir: {}\n  - name: a\n    emptyDir: {}\n";
+        assert_eq!(refusal(twice), "volume name \"a\" is used twice");
+        let container = WEB.replace("name: app", "name: app/x");
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "web.yaml", &container);
+        let (pods, errors) = read_manifests(dir.path(), NODE);
+        assert_eq!(pods, []);
+        assert!(
+            one_error(&errors)
+                .message
+                .starts_with("container name \"app/x\"")
+        );
+        // A volume may share a container's name.
+        let shared = "  volumes:\n  - name: app\n    emptyDir: {}\n";
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "web.yaml", &format!("{WEB}{shared}"));
+        assert_eq!(read_manifests(dir.path(), NODE).1, []);
     }
 
     #[test]

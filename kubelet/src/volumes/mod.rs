@@ -14,7 +14,7 @@ mod payload;
 mod token;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeProjection};
 use tracing::warn;
@@ -135,6 +135,18 @@ impl PodVolumes {
         pod: &Pod,
         volume: &Volume,
     ) -> Result<(Prepared, bool), String> {
+        // The API server and the static pod reader refuse such names already; whatever a
+        // pod's source, its volumes stay under its own volumes directory.
+        let mut parts = Path::new(&volume.name).components();
+        if !matches!(
+            (parts.next(), parts.next()),
+            (Some(Component::Normal(_)), None)
+        ) {
+            return Err(format!(
+                "volume name {:?} is not a valid DNS label",
+                volume.name
+            ));
+        }
         let path = self.dir.join(&volume.name);
         if let Some(empty) = &volume.empty_dir {
             tokio::fs::create_dir_all(&path)
