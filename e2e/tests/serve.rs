@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::demos::push_demo;
-use e2e::{WasmCluster, free_port, status_summary, wait_for, wasm_pod};
+use e2e::{WasmCluster, WasmletOptions, free_port, status_summary, wait_for, wasm_pod};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
@@ -255,18 +255,7 @@ async fn requests_past_the_bound_get_503_and_a_delete_drains_the_ones_in_flight(
         .unwrap();
     let (code, body) = in_flight.join().unwrap();
     assert_eq!(code, 200, "the request in flight was answered: {body}");
-    wait_for("the pod to be gone", MINUTE, || {
-        let gone = cluster.pod("busy").is_err();
-        async move { Ok::<_, String>(gone.then_some(())) }
-    })
-    .await
-    .unwrap_or_else(|e| {
-        let pod = cluster
-            .pod("busy")
-            .map(|p| status_summary(&p))
-            .unwrap_or_default();
-        panic!("{e:#}: {pod}\n{}", cluster.node.log_tail(30))
-    });
+    wait_gone(&cluster, "busy").await;
     assert!(
         deleted.elapsed() < Duration::from_secs(20),
         "{:?}",
@@ -274,6 +263,134 @@ async fn requests_past_the_bound_get_503_and_a_delete_drains_the_ones_in_flight(
     );
     // Nothing listens there any more.
     assert_eq!(curl(&format!("http://127.0.0.1:{port}/gone")).0, 0);
+}
+
+/// Whether the pod named `name` is gone from the API, waiting a minute at most.
+async fn wait_gone(cluster: &WasmCluster, name: &str) {
+    wait_for(&format!("{name} to be gone"), MINUTE, || {
+        let gone = cluster.pod(name).is_err();
+        async move { Ok::<_, String>(gone.then_some(())) }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let pod = cluster
+            .pod(name)
+            .map(|p| status_summary(&p))
+            .unwrap_or_default();
+        panic!("{e:#}: {pod}\n{}", cluster.node.log_tail(30))
+    });
+}
+
+/// An instance still streaming its response when the pod's grace period runs out ends with
+/// the pod: nothing of a deleted pod runs on, holding its client, CPU and memory.
+#[tokio::test]
+async fn a_response_still_streaming_when_the_grace_period_ends_ends_with_its_pod() {
+    use std::io::{ErrorKind, Read, Write};
+
+    let cluster = WasmCluster::start("edge-stream", 110).await.unwrap();
+    let image = push_demo(&cluster.registry.host(), "http-hello").unwrap();
+    let port = free_port().unwrap();
+    let short_grace = serving_pod("stream", &image, port, "").replace(
+        "terminationGracePeriodSeconds: 20",
+        "terminationGracePeriodSeconds: 2",
+    );
+    cluster.kubectl.apply(&short_grace).unwrap();
+    wait_serving(&cluster, "stream", port).await;
+
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    client
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: stream\r\n\r\n")
+        .unwrap();
+    let mut received = Vec::new();
+    // Reads what arrives until `want` has, or the server closes the connection (true), by
+    // `until` at the latest.
+    let mut read_until = |until: Instant, received: &mut Vec<u8>, want: Option<&str>| loop {
+        if want.is_some_and(|w| String::from_utf8_lossy(received).contains(w)) {
+            return false;
+        }
+        if Instant::now() >= until {
+            panic!(
+                "still open, having received: {}\n{}",
+                String::from_utf8_lossy(&received[received.len().saturating_sub(100)..]),
+                cluster.node.log_tail(40)
+            );
+        }
+        let mut chunk = [0u8; 4096];
+        match client.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    };
+    let streaming = Instant::now() + Duration::from_secs(20);
+    assert!(!read_until(streaming, &mut received, Some("tick 3")));
+
+    let deleted = Instant::now();
+    cluster
+        .kubectl
+        .run(&["delete", "pod", "stream", "--wait=false"])
+        .unwrap();
+    // Two seconds of grace, then the instance is stopped and its connection closed.
+    assert!(read_until(
+        deleted + Duration::from_secs(20),
+        &mut received,
+        None
+    ));
+    eprintln!(
+        "the stream ended {:.1} s after the delete",
+        deleted.elapsed().as_secs_f64()
+    );
+    wait_gone(&cluster, "stream").await;
+}
+
+/// A deletion the API server cannot take when the pod's containers have stopped (the
+/// node's link is down just then) is confirmed once the link returns, with no restart of
+/// the node: the pod does not stay Terminating.
+#[tokio::test]
+async fn a_deletion_the_api_server_could_not_take_is_confirmed_once_the_link_returns() {
+    let cluster = WasmCluster::start_with_options(WasmletOptions {
+        behind_link: true,
+        ..WasmletOptions::named("edge-unconfirmed")
+    })
+    .await
+    .unwrap();
+    let image = push_demo(&cluster.registry.host(), "http-hello").unwrap();
+    let port = free_port().unwrap();
+    let one_at_a_time = "  annotations:\n    wasmlet.dev/max-concurrent-inbound-requests: \"1\"\n";
+    cluster
+        .kubectl
+        .apply(&serving_pod("held", &image, port, one_at_a_time))
+        .unwrap();
+    wait_serving(&cluster, "held", port).await;
+
+    // A request in flight holds the pod's stop open for four seconds.
+    let (in_flight, _) = hold_the_only_slot(port, 4000);
+    cluster
+        .kubectl
+        .run(&["delete", "pod", "held", "--wait=false"])
+        .unwrap();
+    let node = &cluster.node;
+    let log_shows = |what: &'static str| {
+        wait_for(what, MINUTE, move || {
+            let log = node.log_tail(200);
+            async move { Ok::<_, String>(log.contains(what).then_some(())) }
+        })
+    };
+    log_shows("stopping the pod's containers").await.unwrap();
+    cluster.node.uplink().unwrap().cut();
+    let (code, body) = in_flight.join().unwrap();
+    assert_eq!(code, 200, "the request in flight was answered: {body}");
+    log_shows("could not remove the pod object; trying again")
+        .await
+        .unwrap();
+    assert!(cluster.pod("held").is_ok(), "the pod is still there");
+
+    cluster.node.uplink().unwrap().restore();
+    wait_gone(&cluster, "held").await;
 }
 
 #[tokio::test]

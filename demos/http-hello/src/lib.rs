@@ -1,8 +1,9 @@
 //! A `wasi:http/proxy` component: wasmlet serves it on the pod's containerPort, one instance
 //! per request. It answers `GET /anything` with a greeting naming its pod and the path, and
 //! `/sleep?ms=N` after waiting N milliseconds (for the concurrency and drain tests); `/trap`
-//! traps and `/spin` loops forever, as buggy handlers do. Each request is logged to stdout, so `kubectl logs`
-//! shows it.
+//! traps and `/spin` loops forever, as buggy handlers do; `/stream` answers at once and then
+//! never ends its body, as an event stream does. Each request is logged to stdout, so
+//! `kubectl logs` shows it.
 
 use std::io::Write as _;
 
@@ -30,6 +31,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
                 turns = std::hint::black_box(turns.wrapping_add(1));
             }
         }
+        if path == "/stream" {
+            stream(response_out);
+            return;
+        }
         if let Some(ms) = path
             .strip_prefix("/sleep?ms=")
             .and_then(|ms| ms.parse::<u64>().ok())
@@ -49,5 +54,29 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             let _ = out.flush();
         }
         let _ = OutgoingBody::finish(body, None);
+    }
+}
+
+/// A line every 100 ms until the client goes (or the instance is stopped), waiting on the
+/// clock in between rather than spinning.
+fn stream(response_out: ResponseOutparam) {
+    let response = OutgoingResponse::new(Fields::new());
+    let Ok(body) = response.body() else {
+        return;
+    };
+    ResponseOutparam::set(response_out, Ok(response));
+    let Ok(mut out) = body.write() else {
+        return;
+    };
+    for tick in 0u64.. {
+        // One write per line, so that each line is one chunk of the response.
+        let line = format!("tick {tick}\n");
+        if std::io::Write::write_all(&mut out, line.as_bytes())
+            .and_then(|()| std::io::Write::flush(&mut out))
+            .is_err()
+        {
+            return;
+        }
+        wasip2::clocks::monotonic_clock::subscribe_duration(100_000_000).block();
     }
 }

@@ -28,10 +28,13 @@ const OPEN_CONNECTIONS: usize = 128;
 const OUTGOING_BODY_CHUNK: usize = 16 * 1024;
 
 /// The `wasi:http` hooks of one container instance: the policy's gate in front of
-/// wasmtime-wasi-http's default sender.
+/// wasmtime-wasi-http's default sender. A clone shares the bounds (its permits): a served
+/// component's requests, each an instance of its own, are bound together, as one container.
+#[derive(Clone)]
 pub(crate) struct OutboundHttp {
     policy: HttpPolicy,
-    /// One per instance, so a restarted container starts with every permit free.
+    /// One per container instance (shared by a served component's requests), so a
+    /// restarted container starts with every permit free.
     in_flight: Option<Arc<Semaphore>>,
     /// [`OPEN_CONNECTIONS`] permits, one held by each open connection.
     open: Arc<Semaphore>,
@@ -248,12 +251,15 @@ mod tests {
         let p = policy(&format!(r#"["http://127.0.0.1:{port}"]"#))
             .under(Arc::new(EgressPolicy::parse("127.0.0.1").unwrap()));
         let mut hooks = OutboundHttp::new(p, &pod, "app");
-        let mut send = || {
-            let request = ::http::Request::get(format!("http://127.0.0.1:{port}/"))
+        // A served component's next request: an instance of its own, with the same bound.
+        let mut sibling = hooks.clone();
+        let request = || {
+            ::http::Request::get(format!("http://127.0.0.1:{port}/"))
                 .body(WasiBody::default())
-                .unwrap();
-            Pin::from(hooks.send_request(request, None, Box::new(async { Ok(()) })))
+                .unwrap()
         };
+        let mut send =
+            || Pin::from(hooks.send_request(request(), None, Box::new(async { Ok(()) })));
         // Each response is kept with its connection's task, as wasmtime-wasi-http keeps them
         // while the guest holds the body.
         let mut open = Vec::new();
@@ -268,6 +274,15 @@ mod tests {
             ),
             "{:?}",
             refused.map(|(r, _)| r.status())
+        );
+        let refused =
+            Pin::from(sibling.send_request(request(), None, Box::new(async { Ok(()) }))).await;
+        assert!(
+            matches!(
+                refused,
+                Err(wasmtime_wasi_http::Error::ConnectionLimitReached)
+            ),
+            "another instance of the container got past its bound"
         );
         // The guest drops one body: its connection's permit is free again.
         drop(open.pop());

@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use kubelet::logs::LogStream;
 use kubelet::usage::ContainerUsage;
-use kubelet::{ContainerError, ContainerExit, ContainerStart, Mount, PodKey};
+use kubelet::{ContainerError, ContainerExit, ContainerStart, Mount};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -76,8 +76,6 @@ struct Handler {
     engine: Engine,
     pre: ProxyPre<P2Host>,
     plan: Plan,
-    pod: PodKey,
-    container: String,
     root_dir: PathBuf,
     mounts: Vec<Mount>,
     memory_limit_bytes: Option<u64>,
@@ -87,6 +85,13 @@ struct Handler {
     logs: Mutex<(LogStream, LogStream)>,
     requests: Arc<Semaphore>,
     max_concurrent: u32,
+    /// Outbound HTTP's hooks, cloned for each request: its requests share the container's
+    /// bounds on requests in flight and open connections.
+    outbound: OutboundHttp,
+    /// Cancelled when serving ends, drained or killed (the agent drops the serving task when
+    /// the grace period runs out): connections and instances still running then end with it
+    /// rather than outlive their pod.
+    ended: CancellationToken,
 }
 
 /// Binds every port of `start` on `address`, then serves until `start.stop`. A port that
@@ -123,12 +128,11 @@ pub(crate) async fn listen(
     let quota = start
         .cpu_limit_millis
         .and_then(|millicores| CpuQuota::shared(millicores, tokio::time::Instant::now()));
+    let outbound = OutboundHttp::new(plan.outbound().clone(), &start.pod, &start.container);
     let handler = Arc::new(Handler {
         engine,
         pre,
         plan,
-        pod: start.pod,
-        container: start.container,
         root_dir: start.root_dir,
         mounts: start.mounts,
         memory_limit_bytes: start.memory_limit_bytes,
@@ -137,6 +141,8 @@ pub(crate) async fn listen(
         logs: Mutex::new((start.stdout, start.stderr)),
         requests: Arc::new(Semaphore::new(max_concurrent as usize)),
         max_concurrent,
+        ended: CancellationToken::new(),
+        outbound,
     });
     let ports: Vec<String> = start.ports.iter().map(ToString::to_string).collect();
     handler
@@ -154,6 +160,7 @@ async fn serve(
     listeners: Vec<TcpListener>,
     stop: CancellationToken,
 ) -> ContainerExit {
+    let _end_with_serving = handler.ended.clone().drop_guard();
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -207,7 +214,8 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        let ended = handler.ended.clone();
+        tokio::spawn(ended.run_until_cancelled_owned(async move {
             let _permit = permit;
             let service = service_fn(move |request| {
                 let handler = handler.clone();
@@ -225,7 +233,7 @@ async fn accept(
                     let _ = connection.await;
                 }
             }
-        });
+        }));
     }
 }
 
@@ -282,7 +290,7 @@ impl Handler {
         builder
             .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, stdout))
             .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, stderr));
-        let outbound = OutboundHttp::new(self.plan.outbound().clone(), &self.pod, &self.container);
+        let outbound = self.outbound.clone();
         let limits = limits_for(self.memory_limit_bytes, self.usage.clone());
         let host = P2Host::new(builder.build(), outbound, limits, &self.plan.extensions);
         let mut store = Store::new(&self.engine, host);
@@ -308,12 +316,17 @@ impl Handler {
         })?;
         let usage = self.usage.clone();
         let quota = self.quota.clone();
+        let ended = self.ended.clone();
         let guest = tokio::spawn(async move {
             let _permit = permit;
             let handling = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, out);
-            cpu_metered(handling, &usage, quota).await
+            // An instance still streaming its body when serving ends goes with it.
+            ended
+                .run_until_cancelled(cpu_metered(handling, &usage, quota))
+                .await
+                .unwrap_or_else(|| Err(wasmtime::format_err!("the container was stopped")))
         });
         let abort = guest.abort_handle();
         match tokio::time::timeout(RESPONSE_TIMEOUT, receiver).await {
