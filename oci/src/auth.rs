@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
+use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 
@@ -72,6 +73,16 @@ impl RegistryCredentials {
         Ok(())
     }
 
+    /// The auth to use for pulling `image`: its registry's credentials (Docker Hub's for a
+    /// name without a registry, as `nginx` or `user/app`), else anonymous.
+    pub fn for_image(&self, image: &str) -> RegistryAuth {
+        match image.parse::<Reference>() {
+            Ok(reference) => self.for_registry(reference.resolve_registry()),
+            // The pull itself says what is wrong with the name.
+            Err(_) => RegistryAuth::Anonymous,
+        }
+    }
+
     /// The auth to use for `registry` (`host[:port]`): its credentials, else anonymous.
     pub fn for_registry(&self, registry: &str) -> RegistryAuth {
         match self.by_host.get(&normalize_host(registry)) {
@@ -99,18 +110,26 @@ fn credentials(server: &str, auth: DockerAuth) -> Result<(String, String)> {
     Ok((user.to_string(), password.to_string()))
 }
 
-/// `https://host:5000/v1/` and `host:5000` name the same registry.
+/// `https://host:5000/v1/` and `host:5000` name the same registry; so do Docker Hub's
+/// names, as the kubelet's keyring takes them.
 fn normalize_host(server: &str) -> String {
     let without_scheme = server
         .strip_prefix("https://")
         .or_else(|| server.strip_prefix("http://"))
         .unwrap_or(server);
-    without_scheme
+    let host = without_scheme
         .split('/')
         .next()
         .unwrap_or_default()
-        .to_lowercase()
+        .to_lowercase();
+    match host.as_str() {
+        "docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
+        _ => host,
+    }
 }
+
+/// The host Docker Hub's credentials are kept under.
+const DOCKER_HUB: &str = "index.docker.io";
 
 #[cfg(test)]
 mod tests {
@@ -133,6 +152,43 @@ mod tests {
             RegistryAuth::Basic("alice".into(), "s3cret".into())
         );
         assert_eq!(creds.for_registry("other:5000"), RegistryAuth::Anonymous);
+    }
+
+    /// An image named without a registry is Docker Hub's, whichever of its names the secret
+    /// uses; a path's first part is not a registry unless it looks like a host.
+    #[test]
+    fn images_find_their_registrys_credentials() {
+        for server in ["https://index.docker.io/v1/", "docker.io"] {
+            let mut creds = RegistryCredentials::default();
+            let json =
+                format!(r#"{{"auths":{{"{server}":{{"username":"hub","password":"pw"}}}}}}"#);
+            creds
+                .add_secret(DOCKER_CONFIG_JSON, &data(".dockerconfigjson", &json))
+                .unwrap();
+            let hub = RegistryAuth::Basic("hub".into(), "pw".into());
+            for image in [
+                "nginx",
+                "user/app:1",
+                "docker.io/user/app",
+                "index.docker.io/app",
+            ] {
+                assert_eq!(creds.for_image(image), hub, "{server} for {image}");
+            }
+            assert_eq!(
+                creds.for_image("reg.example:5000/app"),
+                RegistryAuth::Anonymous
+            );
+        }
+        let mut creds = RegistryCredentials::default();
+        let json = r#"{"auths":{"user":{"username":"u","password":"pw"}}}"#;
+        creds
+            .add_secret(DOCKER_CONFIG_JSON, &data(".dockerconfigjson", json))
+            .unwrap();
+        assert_eq!(
+            creds.for_image("user/app"),
+            RegistryAuth::Anonymous,
+            "a secret for host `user` is not sent to Docker Hub"
+        );
     }
 
     #[test]

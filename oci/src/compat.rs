@@ -137,6 +137,18 @@ pub(crate) fn read_entry(
     )
 }
 
+/// Refuses an image of more layers than `MAX_LAYERS`: checked on its manifest, before
+/// any layer is downloaded, and again when its layers are read.
+pub(crate) fn check_layer_count(reference: &str, layers: usize) -> Result<()> {
+    if layers > MAX_LAYERS {
+        return Err(Error::CompatLimit {
+            reference: reference.to_string(),
+            detail: format!("it has {layers} layers, over the {MAX_LAYERS}-layer limit"),
+        });
+    }
+    Ok(())
+}
+
 fn read_entry_within(
     reference: &str,
     layers: &[Layer],
@@ -145,15 +157,7 @@ fn read_entry_within(
     max_bytes: u64,
     budget: &Arc<Budget>,
 ) -> Result<Option<Vec<u8>>> {
-    if layers.len() > MAX_LAYERS {
-        return Err(Error::CompatLimit {
-            reference: reference.to_string(),
-            detail: format!(
-                "it has {} layers, over the {MAX_LAYERS}-layer limit",
-                layers.len()
-            ),
-        });
-    }
+    check_layer_count(reference, layers.len())?;
     let tree = index(reference, layers, budget)?;
     let start = if entry.starts_with('/') {
         entry.to_string()

@@ -41,6 +41,8 @@ pub struct GcReport {
     pub removed: Vec<String>,
     /// Bytes of blobs deleted.
     pub freed_bytes: u64,
+    /// Pulls were under way, so nothing was collected; the next collection tries again.
+    pub deferred: bool,
 }
 
 impl Puller {
@@ -63,7 +65,14 @@ impl Puller {
         let target_free = capacity * (100 - policy.low_percent.min(100)) / 100;
         let to_free = target_free.saturating_sub(usage.available_bytes);
 
-        let _exclusive = self.exclusive().await;
+        // Never waited for: a waiting collection would hold up every pull behind one slow
+        // download, cached starts included.
+        let Some(_exclusive) = self.exclusive() else {
+            return Ok(GcReport {
+                deferred: true,
+                ..GcReport::default()
+            });
+        };
         let store = self.store();
         let mut records = store.records().await?;
         records.sort_by_key(|r| r.last_used);
@@ -163,6 +172,36 @@ mod tests {
         assert!(!store.has_blob(&old));
         assert!(store.has_blob(&used) && store.has_blob(&newer) && store.has_blob(&recent));
         assert!(store.record("newer").await.is_some());
+    }
+
+    /// A pull under way (one slow download, say) defers the collection rather than have it
+    /// wait, which would hold up every pull after it.
+    #[tokio::test]
+    async fn a_collection_while_a_pull_is_under_way_is_deferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let old = artifact(&store, "old", 1, 100).await;
+        let puller = Puller::new(store.clone(), PullerConfig::default());
+        let full = DiskUsage {
+            capacity_bytes: 1000,
+            available_bytes: 50,
+        };
+        let pulling = puller.pulling();
+        let report = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            puller.collect_garbage(&HashSet::new(), &HashSet::new(), full, GcPolicy::default()),
+        )
+        .await
+        .expect("the collection did not wait for the pull")
+        .unwrap();
+        assert!(report.deferred && report.removed.is_empty());
+        assert!(store.has_blob(&old));
+        drop(pulling);
+        let report = puller
+            .collect_garbage(&HashSet::new(), &HashSet::new(), full, GcPolicy::default())
+            .await
+            .unwrap();
+        assert_eq!(report.removed, vec!["old".to_string()]);
     }
 
     #[tokio::test]

@@ -165,8 +165,15 @@ impl Puller {
         client
     }
 
-    pub(crate) async fn exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
-        self.gc_gate.write().await
+    /// The garbage collector's hold on the store, unless a pull is under way.
+    pub(crate) fn exclusive(&self) -> Option<tokio::sync::RwLockWriteGuard<'_, ()>> {
+        self.gc_gate.try_write().ok()
+    }
+
+    /// What a pull holds while it runs, for tests of what it holds up.
+    #[cfg(test)]
+    pub(crate) fn pulling(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gc_gate.try_read().expect("no collection under way")
     }
 
     /// Pulls `request.image` as its policy says and returns the artifact.
@@ -244,9 +251,8 @@ impl Puller {
         }
         record.last_used = now;
         let artifact = record.artifact.clone();
-        // The caller holds the gate shared; a collection waiting for it makes `try` fail
-        // (tokio's lock lets no new reader past a waiting writer), and then the write is
-        // done here, before the caller lets the collection in.
+        // The caller holds the gate shared, so no collection runs now, and another share
+        // keeps it out until the record is written; should none be had, it is written here.
         match self.gc_gate.clone().try_read_owned() {
             Ok(gate) => {
                 let store = self.store.clone();
@@ -315,6 +321,7 @@ impl Puller {
         };
         let artifact = match (shape, wasm_layer) {
             (Shape::Compat, _) => {
+                compat::check_layer_count(&reference.whole(), image.layers.len())?;
                 let config = self
                     .image_config(reference, &image, auth, &mut blobs)
                     .await?;

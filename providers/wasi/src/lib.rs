@@ -236,11 +236,10 @@ impl Provider for WasiProvider {
                 tracing::warn!(%err, "ignoring image pull secret");
             }
         }
-        let registry = request.image.split('/').next().unwrap_or_default();
         let pull = PullRequest {
             image: request.image,
             policy: PullPolicy::for_container(request.pull_policy, request.image),
-            auth: credentials.for_registry(registry),
+            auth: credentials.for_image(request.image),
             entry: request.command.first().map(String::as_str),
             on_verified: Some(&|artifact| self.code.prefetch(artifact)),
         };
@@ -349,6 +348,9 @@ impl Provider for WasiProvider {
             Ok(report) if !report.removed.is_empty() => {
                 tracing::info!(removed = ?report.removed, freed_bytes = report.freed_bytes, "collected unused images");
                 self.code.retain(|digest| store.has_blob(digest));
+            }
+            Ok(report) if report.deferred => {
+                tracing::debug!("image garbage collection deferred: pulls are under way");
             }
             Ok(_) => {}
             Err(err) => tracing::warn!(%err, "image garbage collection failed"),
