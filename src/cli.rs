@@ -408,6 +408,12 @@ impl AgentArgs {
         if node_name.is_empty() {
             bail!("the host name is empty; pass --node-name");
         }
+        // The API server would refuse to register it, and the node would retry for ever.
+        if !kubelet::names::is_dns_subdomain(&node_name) {
+            bail!(
+                "node name {node_name:?} is not a valid DNS subdomain (lower-case letters,                  digits, '-' and '.', at most 253 characters); pass --node-name"
+            );
+        }
         Ok(NodeConfig {
             node_name,
             node_ip: self.node_ip.unwrap_or_else(default_node_ip),

@@ -38,15 +38,14 @@ pub struct Parsed {
 pub fn parse_cli(args: Vec<OsString>) -> anyhow::Result<Parsed> {
     let Some(path) = config_path(&args) else {
         return Ok(Parsed {
-            cli: Cli::parse_from(args),
+            cli: parse(args)?,
             overridden: Vec::new(),
         });
     };
     let settings = read(Path::new(&path))?;
     let program = args.first().cloned().unwrap_or_else(|| "wasmlet".into());
     // The file alone first, so that a bad value is reported as the file's.
-    Cli::try_parse_from(std::iter::once(program.clone()).chain(settings.iter().cloned()))
-        .map_err(|err| anyhow::anyhow!("{}", first_line(&err.to_string())))
+    parse(std::iter::once(program.clone()).chain(settings.iter().cloned()))
         .with_context(|| format!("config file {}", path.to_string_lossy()))?;
     let split = if args.get(1).is_some_and(|a| a == "join") {
         2
@@ -66,8 +65,24 @@ pub fn parse_cli(args: Vec<OsString>) -> anyhow::Result<Parsed> {
             )
         })
         .collect();
-    let cli = Cli::parse_from(head.iter().chain(&settings).chain(tail));
+    let cli = parse(head.iter().chain(&settings).chain(tail).cloned())?;
     Ok(Parsed { cli, overridden })
+}
+
+/// Parses `args`; a bad one is an error of one line (clap's first, without its `error: `),
+/// as every other error of the command line is. Help and the version are printed, and the
+/// process exits, as clap does.
+fn parse(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Cli> {
+    Cli::try_parse_from(args).map_err(|err| match err.kind() {
+        clap::error::ErrorKind::DisplayHelp
+        | clap::error::ErrorKind::DisplayVersion
+        | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => err.exit(),
+        _ => {
+            let text = err.to_string();
+            let line = first_line(&text);
+            anyhow::anyhow!("{}", line.strip_prefix("error: ").unwrap_or(line))
+        }
+    })
 }
 
 /// The long names of the flags among `args` (`-v` is `--v`), in order, each once.
@@ -146,37 +161,63 @@ fn settings(text: &str) -> anyhow::Result<Vec<OsString>> {
     let mut args = Vec::new();
     for (key, value) in document {
         // Every key is known by now.
-        let Some(long) = flags.get(key.as_str()) else {
+        let Some(flag) = flags.get(key.as_str()) else {
             continue;
         };
-        let text = match value {
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Bool(b) => b.to_string(),
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Array(items) => items
-                .iter()
-                .map(|item| match item {
-                    serde_json::Value::String(s) => Ok(s.clone()),
-                    serde_json::Value::Number(n) => Ok(n.to_string()),
-                    _ => bail!("{key}: a list holds strings"),
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?
-                .join(","),
+        let texts = match value {
+            serde_json::Value::String(s) => vec![s],
+            serde_json::Value::Bool(b) => vec![b.to_string()],
+            serde_json::Value::Number(n) => vec![n.to_string()],
+            serde_json::Value::Array(items) => {
+                let items = items
+                    .iter()
+                    .map(|item| match item {
+                        serde_json::Value::String(s) => Ok(s.clone()),
+                        serde_json::Value::Number(n) => Ok(n.to_string()),
+                        _ => bail!("{key}: a list holds strings"),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                // A flag given once per item (`--device`) takes each item as it is, commas
+                // and all; any other takes the list as the command line writes it.
+                if flag.repeated {
+                    items
+                } else {
+                    vec![items.join(",")]
+                }
+            }
             serde_json::Value::Null => continue,
             serde_json::Value::Object(_) => bail!("{key}: expected a value, not a map"),
         };
-        args.push(format!("--{long}={text}").into());
+        args.extend(
+            texts
+                .into_iter()
+                .map(|text| format!("--{}={text}", flag.long).into()),
+        );
     }
     Ok(args)
 }
 
-/// Every agent flag that is a setting, by its key in the file: camelCase key → long name.
-fn settable_flags() -> BTreeMap<String, String> {
+/// An agent flag a file may set.
+struct Flag {
+    long: String,
+    /// Given once per value, with no delimiter of its own.
+    repeated: bool,
+}
+
+/// Every agent flag that is a setting, by its key in the file (its long name in camelCase).
+fn settable_flags() -> BTreeMap<String, Flag> {
     Cli::command()
         .get_arguments()
-        .filter_map(|arg| arg.get_long())
-        .filter(|long| !NOT_SETTINGS.contains(long))
-        .map(|long| (camel_case(long), long.to_string()))
+        .filter_map(|arg| {
+            let long = arg.get_long().filter(|long| !NOT_SETTINGS.contains(long))?;
+            let repeated = matches!(arg.get_action(), clap::ArgAction::Append)
+                && arg.get_value_delimiter().is_none();
+            let flag = Flag {
+                long: long.to_owned(),
+                repeated,
+            };
+            Some((camel_case(long), flag))
+        })
         .collect()
 }
 
@@ -280,6 +321,15 @@ mod tests {
         assert!(!cli.agent.rotate_server_certificates);
         assert_eq!(cli.agent.insecure_registries, ["a:5000", "b:5000"]);
         assert_eq!(cli.agent.sync_frequency.as_secs(), 10);
+        // A repeated flag's items stay whole, commas and all.
+        let devices = write(&format!(
+            "{HEADER}device: [\"a=gpio:sim:1:out\", \"b=sensor:hwmon:x,y/temp1_input\"]\n"
+        ));
+        let cli = parse(&["wasmlet", "--config", devices.path().to_str().unwrap()]).unwrap();
+        assert_eq!(
+            cli.agent.devices,
+            ["a=gpio:sim:1:out", "b=sensor:hwmon:x,y/temp1_input"]
+        );
         let cli = parse(&["wasmlet", &format!("--config={path}"), "--node-name=flag"]).unwrap();
         assert_eq!(cli.agent.node_name.as_deref(), Some("flag"));
     }

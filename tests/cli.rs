@@ -364,12 +364,35 @@ fn join_against_an_unreachable_server_retries_then_fails_in_one_line_with_json_l
 #[test]
 fn a_join_token_that_is_not_id_dot_secret_is_refused() {
     let out = wasmlet(&["join", "127.0.0.1:1", "--token", "abc.def"]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--token must be 6 and 16 characters of [a-z0-9]"),
-        "{stderr}"
-    );
+    assert_one_line_error(&out, &["--token must be 6 and 16 characters of [a-z0-9]"]);
+}
+
+/// A flag's value that clap refuses, or a flag it does not know, is one line too.
+#[test]
+fn a_bad_flag_or_value_is_one_line() {
+    for (args, expected) in [
+        (&["--max-pods", "0"][..], "'--max-pods <MAX_PODS>'"),
+        (&["--compile-tiering", "fastest"][..], "'--compile-tiering"),
+        (&["--no-such-flag"][..], "'--no-such-flag'"),
+    ] {
+        let out = wasmlet(args);
+        assert_one_line_error(&out, &[expected]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = unreachable_kubeconfig(dir.path());
+    let data_dir = dir.path().display().to_string();
+    let out = wasmlet(&[
+        "--kubeconfig",
+        &kubeconfig,
+        "--data-dir",
+        &data_dir,
+        "--node-name",
+        "Edge_1",
+    ]);
+    assert_one_line_error(&out, &["\"Edge_1\" is not a valid DNS subdomain"]);
+    let help = wasmlet(&["--help"]);
+    assert!(help.status.success(), "{help:?}");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--max-pods"));
 }
 
 #[test]
