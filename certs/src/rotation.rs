@@ -16,7 +16,7 @@ pub const RETRY_MAX: Duration = Duration::from_secs(300);
 /// When to start renewing a certificate valid from `not_before` to `not_after`: at
 /// 70% + `jitter` × 20% of its lifetime (`jitter` in [0, 1)), client-go's rule with a
 /// spread that keeps a fleet of nodes from renewing at the same instant. A certificate whose
-/// validity is empty or inverted is due at once.
+/// validity is empty or inverted is due from its `not_before`.
 pub fn rotation_deadline(not_before: SystemTime, not_after: SystemTime, jitter: f64) -> SystemTime {
     let Ok(lifetime) = not_after.duration_since(not_before) else {
         return not_before;

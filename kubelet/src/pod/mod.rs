@@ -37,13 +37,13 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::events::EventRecorder;
+use crate::events::{EventRecorder, EventType};
 use crate::link::Link;
 use crate::logs::{LogHub, LogLimits};
 use crate::metrics::AgentMetrics;
-use crate::provider::Provider;
+use crate::provider::{PodKey, Provider};
 use crate::static_pods::{self, StaticPod};
 use crate::store::{LocalStore, PodSource, StoredPod};
 use admission::{Capacity, Requests};
@@ -101,8 +101,8 @@ pub struct PodSources {
 /// A running worker: its source and the channel that holds its pod's latest object.
 struct WorkerHandle {
     source: PodSource,
-    /// `namespace/name`: a static pod's new version has the same one and another UID.
-    full_name: String,
+    /// Which pod: a static pod's new version has the same namespace and name, another UID.
+    key: PodKey,
     desired: watch::Sender<Desired>,
 }
 
@@ -114,6 +114,8 @@ pub struct PodManager<P> {
     static_pods: Option<watch::Receiver<Vec<StaticPod>>>,
     workers: HashMap<String, WorkerHandle>,
     tasks: JoinSet<(String, Outcome)>,
+    /// Which pod each worker task owns, for a task that ends without saying (it panicked).
+    task_uids: HashMap<tokio::task::Id, String>,
     ended: Ended,
     mirrors: MirrorBoard,
 }
@@ -154,6 +156,7 @@ impl<P: Provider> PodManager<P> {
             static_pods: sources.static_pods,
             workers: HashMap::new(),
             tasks: JoinSet::new(),
+            task_uids: HashMap::new(),
             ended: Ended::default(),
             mirrors: MirrorBoard::default(),
         }
@@ -183,11 +186,17 @@ impl<P: Provider> PodManager<P> {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(done) = self.tasks.join_next() => {
-                    if let Ok((uid, outcome)) = done {
+                Some(done) = self.tasks.join_next_with_id() => match done {
+                    Ok((id, (uid, outcome))) => {
+                        self.task_uids.remove(&id);
                         self.worker_ended(&uid, outcome).await;
                     }
-                }
+                    Err(err) => {
+                        if let Some(uid) = self.task_uids.remove(&err.id()) {
+                            self.worker_failed(&uid, &err).await;
+                        }
+                    }
+                },
                 changed = changed(&mut self.static_pods) => {
                     if changed {
                         let current = self.static_pods.as_mut().map(|m| m.borrow_and_update().clone()).unwrap_or_default();
@@ -321,14 +330,14 @@ impl<P: Provider> PodManager<P> {
             if handle.source == PodSource::File && !wanted.contains(uid.as_str()) {
                 info!(%uid, "its manifest is gone or changed; stopping the static pod");
                 handle.desired.send_replace(Desired::Gone);
-                stopping.insert(handle.full_name.clone());
+                stopping.insert(full_name(&handle.key));
             }
         }
         for manifest in current {
             let Some(uid) = manifest.pod.metadata.uid.clone() else {
                 continue;
             };
-            let waiting = stopping.contains(&full_name(&manifest.pod));
+            let waiting = stopping.contains(&full_name(&worker::pod_key(&manifest.pod)));
             if !waiting && !self.workers.contains_key(&uid) {
                 self.ctx.store.put_pod(PodSource::File, &manifest.pod).await;
                 self.apply(PodSource::File, manifest.pod.clone(), Instant::now());
@@ -342,11 +351,12 @@ impl<P: Provider> PodManager<P> {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
-        self.ctx.table.put(&uid, pod.clone());
         match self.workers.get(&uid) {
             Some(handle) => {
+                self.ctx.table.put(&uid, pod.clone());
                 handle.desired.send_replace(Desired::Present(Arc::new(pod)));
             }
+            // It puts the pod in the table itself.
             None => self.take_on(source, pod, seen),
         }
     }
@@ -369,15 +379,17 @@ impl<P: Provider> PodManager<P> {
             uid.clone(),
             WorkerHandle {
                 source: source.clone(),
-                full_name: full_name(&pod),
+                key: worker::pod_key(&pod),
                 desired,
             },
         );
         let ctx = self.ctx.clone();
-        self.tasks.spawn(async move {
+        let task_uid = uid.clone();
+        let task = self.tasks.spawn(async move {
             let outcome = worker::run(ctx, pod, source, rx, stage, seen).await;
-            (uid, outcome)
+            (task_uid, outcome)
         });
+        self.task_uids.insert(task.id(), uid);
     }
 
     /// Forgets a pod whose worker ended. The manager is the only writer of pod records, and
@@ -405,6 +417,31 @@ impl<P: Provider> PodManager<P> {
             }
             None => {}
         }
+    }
+
+    /// A worker that panicked (a bug): its containers were aborted with it (a `Live` aborts
+    /// its instance when dropped). What it held is freed as its own end would have freed
+    /// it, and the pod is forgotten as when the agent stops, its record kept: the next
+    /// change the API server or its manifest reports takes it on afresh. Not at once, so a
+    /// pod that makes its worker fail every time cannot spin.
+    async fn worker_failed(&mut self, uid: &str, err: &tokio::task::JoinError) {
+        let Some(key) = self.workers.get(uid).map(|handle| handle.key.clone()) else {
+            return;
+        };
+        error!(pod = %key.name, namespace = %key.namespace, %uid, %err, "the pod's worker failed; its containers were stopped, and the pod is taken on again at its next change");
+        self.ctx.recorder.record_for(
+            &key,
+            EventType::Warning,
+            "Failed",
+            &format!("wasmlet's worker for this pod failed ({err}); its containers were stopped"),
+        );
+        self.ctx.provider.pod_ended(&key).await;
+        self.ctx
+            .admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+        self.worker_ended(uid, Outcome::AgentStopping).await;
     }
 
     /// Lets every worker wind down (their channels close: the pods and their files stay for
@@ -450,12 +487,8 @@ impl<P: Provider> PodManager<P> {
 }
 
 /// `namespace/name`.
-fn full_name(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or_default(),
-        pod.metadata.name.as_deref().unwrap_or_default()
-    )
+fn full_name(key: &PodKey) -> String {
+    format!("{}/{}", key.namespace, key.name)
 }
 
 /// Removes pod `uid`'s files (logs, volumes, writable roots) under `pods_dir`, unmounting its

@@ -1,7 +1,8 @@
 //! The pods this node runs, as the kubelet API reports them (`/pods`, logs, stats).
 //!
-//! Pod workers are the only writers: each keeps its own pod's entry current and removes it
-//! when it ends. Readers get copies, so a slow API client never holds up a worker.
+//! The pod manager adds a pod's entry when it hands the pod to its worker and removes it
+//! when the worker ends; the worker keeps the entry current meanwhile. Readers get copies,
+//! so a slow API client never holds up a worker.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};

@@ -13,7 +13,8 @@ use super::VolumeContext;
 use crate::pod::env::unreachable;
 use crate::store::ObjectKey;
 
-/// The kubelet's default and floor for `expirationSeconds`.
+/// The kubelet's default for `expirationSeconds` (the API server refuses less than ten
+/// minutes).
 const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 /// A token is renewed after 80% of its life, or after a day, whichever is first.
 const RENEW_AFTER_FRACTION: f64 = 0.8;

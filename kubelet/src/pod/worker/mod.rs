@@ -6,7 +6,8 @@
 //!     └── any stage, on deletion ────────────────────────────────────┴──▶ terminate, delete object
 //! ```
 //!
-//! and it alone writes the pod's status, only when it changed. Deletion is watched at every
+//! and it computes and sends the pod's status, only when it changed (the mirror keeper only
+//! gives a static pod's new mirror pod the status the worker last computed). Deletion is watched at every
 //! await point, so no stage can keep a deleted pod alive. Each stage is a module with one
 //! job: `mount` (volumes), `pull` (images), `run` (init and app containers, restarts),
 //! `launch` (one container instance: its env, root dir, log and provider start), `status`
@@ -153,6 +154,15 @@ struct Live {
     stop: CancellationToken,
     abort: AbortHandle,
     started: Instant,
+}
+
+/// An instance lives no longer than the worker's record of it: a worker that ends without
+/// stopping it (it panicked) aborts it rather than leave it running unowned. Every other
+/// way a `Live` goes, its instance has already ended.
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -368,5 +378,26 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that goes without stopping its instances (it panicked) takes them with it.
+    #[tokio::test]
+    async fn an_instance_goes_with_the_workers_record_of_it() {
+        let task = tokio::spawn(std::future::pending::<()>());
+        let live = Live {
+            stop: CancellationToken::new(),
+            abort: task.abort_handle(),
+            started: Instant::now(),
+        };
+        drop(live);
+        let ended = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the instance was aborted");
+        assert!(ended.is_err_and(|err| err.is_cancelled()));
     }
 }
