@@ -332,6 +332,8 @@ impl Provider for WasiProvider {
             .keys()
             .cloned()
             .collect();
+        // Every period, whatever the disk: code in memory is for what runs.
+        self.code.forget_idle(|digest| in_use.contains(digest));
         let store = self.puller.store();
         let Ok(disk) = kubelet::host::DiskUsage::of(store.root()) else {
             return;

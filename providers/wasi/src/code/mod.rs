@@ -180,6 +180,18 @@ impl CodeCache {
         Lookup::Pending(pending)
     }
 
+    /// Lets go of the in-memory code of digests no container runs now (`running` refuses),
+    /// so memory holds what runs, however many images the node has run; their code stays on
+    /// disk, and the next start loads it from there in milliseconds. Code still being made
+    /// is kept.
+    pub(crate) fn forget_idle(&self, running: impl Fn(&str) -> bool) {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|digest, slot| running(digest) || slot.pending.is_some());
+    }
+
     /// Forgets the code of digests `keep` refuses, in memory and on disk (their images
     /// were collected).
     pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
@@ -523,6 +535,27 @@ mod tests {
             .open = |_| std::fs::File::options().write(true).open("/dev/full");
         assert_eq!(cache.get(&app).await.unwrap().tier(), TierKind::Optimised);
         assert!(!node.entry(&cache, TierKind::Optimised, &app).exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn code_nothing_runs_leaves_memory_and_comes_back_from_disk() {
+        let node = Node::new();
+        let cache = node.start(Tiering::Optimised);
+        let (running, idle) = (node.artifact(PLAIN), node.artifact(TAIL_CALLS));
+        cache.get(&running).await.unwrap();
+        cache.get(&idle).await.unwrap();
+        assert_eq!(compiles(&cache), (0, 2));
+
+        cache.forget_idle(|digest| digest == running.wasm_digest);
+
+        let held: Vec<String> = cache.inner.slots.lock().unwrap().keys().cloned().collect();
+        assert_eq!(held, std::slice::from_ref(&running.wasm_digest));
+        cache.get(&idle).await.unwrap();
+        assert_eq!(
+            compiles(&cache),
+            (0, 2),
+            "loaded from disk, not compiled again"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
