@@ -274,6 +274,22 @@ async fn image_index_resolves_to_its_wasm_platform_or_says_which_platforms_it_ha
         .await
         .unwrap();
     assert_eq!(std::fs::read(&artifact.wasm_path).unwrap(), wasm);
+    // `Always` asks the registry what the tag names now (the index's digest) and, that
+    // being what it pulled, fetches no manifest again.
+    let manifest_gets = || {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains("GET /v2/demo/multi/manifests/"))
+            .count()
+    };
+    let before = manifest_gets();
+    let again = puller
+        .pull(&request(&multi, PullPolicy::Always))
+        .await
+        .unwrap();
+    assert_eq!(again.wasm_digest, artifact.wasm_digest);
+    assert_eq!(manifest_gets(), before, "{}", registry.log());
     let err = puller
         .pull(&request(&linux_only, PullPolicy::IfNotPresent))
         .await

@@ -224,7 +224,9 @@ impl Puller {
                     .fetch_manifest_digest(reference, &request.auth)
                     .await
                     .map_err(|e| map_client_error(reference, e))?;
-                if remote == record.artifact.manifest_digest {
+                let unchanged = remote == record.artifact.manifest_digest
+                    || record.index_digest.as_deref() == Some(remote.as_str());
+                if unchanged {
                     return Ok((self.touch(record).await?, Origin::Registry));
                 }
             }
@@ -287,7 +289,9 @@ impl Puller {
         let auth = &request.auth;
         let (mut manifest_digest, mut manifest) =
             self.manifest(reference, auth, reference.digest()).await?;
+        let mut index_digest = None;
         if let OciManifest::ImageIndex(index) = &manifest {
+            index_digest = Some(manifest_digest.clone());
             let entry = pick_wasm_platform(reference, index)?;
             let child = reference.clone_with_digest(entry.clone());
             (manifest_digest, manifest) = self.manifest(&child, auth, Some(&entry)).await?;
@@ -403,6 +407,7 @@ impl Puller {
             artifact,
             blobs,
             last_used: now_secs(),
+            index_digest,
         })
     }
 

@@ -27,6 +27,10 @@ pub struct ArtifactRecord {
     pub blobs: Vec<String>,
     /// Seconds since the epoch when a pod last asked for it, for GC order.
     pub last_used: u64,
+    /// The digest the reference named when it was an image index (the artifact's manifest
+    /// is then the index's Wasm entry): what an `Always` pull compares with the registry's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<String>,
 }
 
 /// A download in progress: a file in `tmp/`, removed if dropped uncommitted.
@@ -317,6 +321,7 @@ pub(crate) mod testing {
                 },
                 blobs: vec![digest.clone()],
                 last_used,
+                index_digest: None,
             })
             .await
             .unwrap();
