@@ -411,7 +411,8 @@ impl AgentArgs {
         // The API server would refuse to register it, and the node would retry for ever.
         if !kubelet::names::is_dns_subdomain(&node_name) {
             bail!(
-                "node name {node_name:?} is not a valid DNS subdomain (lower-case letters,                  digits, '-' and '.', at most 253 characters); pass --node-name"
+                "node name {node_name:?} is not a valid DNS subdomain (lower-case letters, \
+                 digits, '-' and '.', at most 253 characters); pass --node-name"
             );
         }
         Ok(NodeConfig {

@@ -389,7 +389,10 @@ fn a_bad_flag_or_value_is_one_line() {
         "--node-name",
         "Edge_1",
     ]);
-    assert_one_line_error(&out, &["\"Edge_1\" is not a valid DNS subdomain"]);
+    assert_one_line_error(
+        &out,
+        &["\"Edge_1\" is not a valid DNS subdomain (lower-case letters, digits, '-' and '.'"],
+    );
     let help = wasmlet(&["--help"]);
     assert!(help.status.success(), "{help:?}");
     assert!(String::from_utf8_lossy(&help.stdout).contains("--max-pods"));

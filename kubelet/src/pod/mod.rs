@@ -425,7 +425,11 @@ impl<P: Provider> PodManager<P> {
     /// change the API server or its manifest reports takes it on afresh. Not at once, so a
     /// pod that makes its worker fail every time cannot spin.
     async fn worker_failed(&mut self, uid: &str, err: &tokio::task::JoinError) {
-        let Some(key) = self.workers.get(uid).map(|handle| handle.key.clone()) else {
+        let Some((key, source)) = self
+            .workers
+            .get(uid)
+            .map(|handle| (handle.key.clone(), handle.source.clone()))
+        else {
             return;
         };
         error!(pod = %key.name, namespace = %key.namespace, %uid, %err, "the pod's worker failed; its containers were stopped, and the pod is taken on again at its next change");
@@ -442,6 +446,19 @@ impl<P: Provider> PodManager<P> {
             .unwrap_or_else(|p| p.into_inner())
             .remove(uid);
         self.worker_ended(uid, Outcome::AgentStopping).await;
+        // A static pod's new version may have been waiting for this one to stop. The failed
+        // pod itself, if its manifest still wants it, waits for the manifest's next change.
+        if source == PodSource::File
+            && let Some(manifests) = &self.static_pods
+        {
+            let current = manifests.borrow().clone();
+            if !current
+                .iter()
+                .any(|m| m.pod.metadata.uid.as_deref() == Some(uid))
+            {
+                self.reconcile_static(&current).await;
+            }
+        }
     }
 
     /// Lets every worker wind down (their channels close: the pods and their files stay for

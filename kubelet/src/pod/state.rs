@@ -227,7 +227,15 @@ impl ContainerRecord {
                 .and_then(|s| s.terminated.as_ref())
                 .map(ContainerState::from_terminated)
         };
-        if let Some(state) = terminated(reported.state.as_ref()) {
+        let waiting = reported
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .map(|w| {
+                ContainerState::waiting(w.reason.as_deref().unwrap_or_default(), w.message.clone())
+            });
+        // Waiting with its reason when the pod failed before it ran (`NotWasm`, say).
+        if let Some(state) = terminated(reported.state.as_ref()).or(waiting) {
             self.state = state;
         }
         self.last_terminated = terminated(reported.last_state.as_ref());
@@ -686,6 +694,15 @@ mod tests {
         let again = PodState::new(&finished, "10.0.0.1").to_status();
 
         assert_eq!(again, reported);
+
+        // One that failed before it ran keeps its container's waiting reason.
+        let mut never_ran = pod(&[], &["app"]);
+        let mut first = PodState::new(&never_ran, "10.0.0.1");
+        first.app[0].state = ContainerState::waiting("NotWasm", Some("a Linux image".into()));
+        first.finish(Phase::Failed, None, None);
+        let reported = first.to_status();
+        never_ran.status = Some(reported.clone());
+        assert_eq!(PodState::new(&never_ran, "10.0.0.1").to_status(), reported);
     }
 
     #[test]

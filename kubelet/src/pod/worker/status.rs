@@ -15,12 +15,13 @@ impl<P: Provider> Worker<P> {
             self.ctx.store.put_status(&self.key.uid, &status).await;
             self.last_stored = Some(status.clone());
         }
-        if self.last_sent.as_ref() == Some(&status)
-            || self
-                .unsent
-                .as_ref()
-                .is_some_and(|(failed, _)| *failed == status)
-        {
+        // A status whose patch failed waits for its retry deadline, then goes with the next
+        // publish (stages that wait without `resend_due`, as the Mount back-off does).
+        let waiting_retry = self
+            .unsent
+            .as_ref()
+            .is_some_and(|(failed, at)| *failed == status && Instant::now() < *at);
+        if self.last_sent.as_ref() == Some(&status) || waiting_retry {
             return;
         }
         let Some(api) = &self.api else {

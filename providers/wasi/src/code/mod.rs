@@ -95,7 +95,8 @@ struct Slot {
     best: Option<Compiled>,
     /// The first code, while it is being loaded or compiled; every pod that asks waits on it.
     pending: Option<Pending>,
-    /// Cranelift has been asked for this digest's optimised code.
+    /// Cranelift is making this digest's optimised code (or could not: it is not asked
+    /// again).
     optimising: bool,
 }
 
@@ -189,7 +190,7 @@ impl CodeCache {
             .slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|digest, slot| running(digest) || slot.pending.is_some());
+            .retain(|digest, slot| running(digest) || slot.pending.is_some() || slot.optimising);
     }
 
     /// Forgets the code of digests `keep` refuses, in memory and on disk (their images
@@ -285,6 +286,7 @@ impl Inner {
                 let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(slot) = slots.get_mut(&artifact.wasm_digest) {
                     slot.best = Some(code);
+                    slot.optimising = false;
                 }
             }
             Err(err) => {
