@@ -439,12 +439,7 @@ impl<P: Provider> PodManager<P> {
             "Failed",
             &format!("wasmlet's worker for this pod failed ({err}); its containers were stopped"),
         );
-        self.ctx.provider.pod_ended(&key).await;
-        self.ctx
-            .admitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uid);
+        self.ctx.release(&key).await;
         self.worker_ended(uid, Outcome::AgentStopping).await;
         // A static pod's new version may have been waiting for this one to stop. The failed
         // pod itself, if its manifest still wants it, waits for the manifest's next change.

@@ -349,7 +349,14 @@ impl Provider for WasiProvider {
         {
             Ok(report) if !report.removed.is_empty() => {
                 tracing::info!(removed = ?report.removed, freed_bytes = report.freed_bytes, "collected unused images");
-                self.code.retain(|digest| store.has_blob(digest));
+                // Reading the code cache's directory and unlinking its files block.
+                let (code, store) = (self.code.clone(), Arc::clone(store));
+                let forgotten = tokio::task::spawn_blocking(move || {
+                    code.retain(|digest| store.has_blob(digest));
+                });
+                if let Err(err) = forgotten.await {
+                    tracing::warn!(%err, "cannot forget the code of collected images");
+                }
             }
             Ok(report) if report.deferred => {
                 tracing::debug!("image garbage collection deferred: pulls are under way");

@@ -113,6 +113,20 @@ impl<P> WorkerContext<P> {
     }
 }
 
+impl<P: Provider> WorkerContext<P> {
+    /// Frees what a pod held: its share of the node at admission, and whatever the provider
+    /// keeps for it (granted devices). Its containers have all ended.
+    pub(crate) async fn release(&self, key: &PodKey) {
+        // The provider first: once admission no longer counts the pod, a newcomer may be
+        // admitted and started, and must find the devices free.
+        self.provider.pod_ended(key).await;
+        self.admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key.uid);
+    }
+}
+
 /// Where a worker starts.
 #[derive(Debug)]
 pub(crate) enum Stage {

@@ -114,16 +114,8 @@ impl<P: Provider> Worker<P> {
         }
     }
 
-    /// Frees what the pod held: its share of the node at admission, and whatever the
-    /// provider keeps for it (granted devices). Its containers have all ended.
+    /// Frees what the pod held ([`WorkerContext::release`]).
     pub(super) async fn release(&self) {
-        // The provider first: once admission no longer counts the pod, a newcomer may be
-        // admitted and started, and must find the devices free.
-        self.ctx.provider.pod_ended(&self.key).await;
-        self.ctx
-            .admitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key.uid);
+        self.ctx.release(&self.key).await;
     }
 }

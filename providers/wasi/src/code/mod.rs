@@ -101,6 +101,7 @@ struct Slot {
 }
 
 /// Code for every digest the node runs.
+#[derive(Clone)]
 pub(crate) struct CodeCache {
     inner: Arc<Inner>,
 }
