@@ -311,11 +311,11 @@ impl<P: Provider> Worker<P> {
             let next = match stage {
                 Stage::Rejected(rejection) => {
                     self.reject(&inbox.pod, rejection).await;
-                    self.release().await;
+                    self.ctx.release(&self.key).await;
                     self.idle_until_deleted(inbox).await
                 }
                 Stage::Finished => {
-                    self.release().await;
+                    self.ctx.release(&self.key).await;
                     self.idle_until_deleted(inbox).await
                 }
                 Stage::Mount => self.mount_all(inbox).await,
@@ -329,7 +329,7 @@ impl<P: Provider> Worker<P> {
             }
         }
         self.terminate(inbox, &mut exits).await;
-        self.release().await;
+        self.ctx.release(&self.key).await;
     }
 
     pub(super) fn containers(pod: &Pod, kind: Kind) -> Vec<Container> {

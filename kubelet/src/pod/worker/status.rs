@@ -113,9 +113,4 @@ impl<P: Provider> Worker<P> {
             }
         }
     }
-
-    /// Frees what the pod held ([`WorkerContext::release`]).
-    pub(super) async fn release(&self) {
-        self.ctx.release(&self.key).await;
-    }
 }

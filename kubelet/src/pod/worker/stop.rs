@@ -94,7 +94,7 @@ impl<P: Provider> Worker<P> {
         }
         // Free its share of the node and its devices before the object goes: the moment it
         // is gone the scheduler may bind a pod that needs them here.
-        self.release().await;
+        self.ctx.release(&self.key).await;
         if !inbox.gone && self.source == PodSource::Api {
             self.publish().await;
             self.delete_object(inbox).await;
