@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use e2e::demos::{demo_wasm, push_demo, push_file};
 use e2e::oci_layout::{component_with_code_of_size, sleeper_module_of_size};
-use e2e::{NullAgent, WasmCluster, rss_kib, wait_for, wasm_pod};
+use e2e::{NullAgent, WasmCluster, WasmletOptions, rss_kib, wait_for, wasm_pod};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret};
@@ -64,7 +64,15 @@ async fn main() -> anyhow::Result<()> {
     // Room for every series' pods (each series keeps its own), the delete batch and a few
     // more beside the density steps' `count`, so a small `count` runs too.
     let max_pods = count + 3 * SERIES_PODS + DELETE_BATCH + 20;
-    let mut cluster = WasmCluster::start(NODE, max_pods as u32).await?;
+    let mut cluster = WasmCluster::start_with_options(WasmletOptions {
+        max_pods: max_pods as u32,
+        // The default level, as a node runs, and the WASI provider's `image ready` lines,
+        // which split the start trace's pull; the agent's debug lines (three per start for
+        // its events alone) cost a twentieth of its CPU.
+        log_filter: "info,wasi_provider=debug".into(),
+        ..WasmletOptions::named(NODE)
+    })
+    .await?;
     let client = cluster.plane.client().await?;
     let pods: kube::Api<Pod> = kube::Api::default_namespaced(client.clone());
     let pid = cluster.node.pid();

@@ -60,7 +60,13 @@ pub struct WasmletOptions {
     pub devices: Vec<String>,
     /// `--sysfs-root`.
     pub sysfs_root: Option<PathBuf>,
+    /// `RUST_LOG`: by default the agent's and the WASI provider's debug lines, which tests
+    /// wait for; a benchmark asks for less, since each line costs CPU.
+    pub log_filter: String,
 }
+
+/// What tests log: the agent's and the WASI provider's debug lines.
+const TEST_LOG: &str = "info,kubelet=debug,wasi_provider=debug";
 
 impl WasmletOptions {
     /// Defaults for a node called `name`.
@@ -83,6 +89,7 @@ impl WasmletOptions {
             outbound_http_allow_networks: None,
             devices: Vec::new(),
             sysfs_root: None,
+            log_filter: TEST_LOG.into(),
         }
     }
 }
@@ -101,6 +108,7 @@ pub struct WasmletNode {
     kubeconfig: PathBuf,
     /// How it was started, for [`WasmletNode::restart_with`].
     args: Vec<std::ffi::OsString>,
+    log_filter: String,
     log: PathBuf,
 }
 
@@ -129,7 +137,7 @@ impl WasmletNode {
         };
         let port = free_port()?;
         let mut cmd = Command::new(wasmlet_binary()?);
-        cmd.env("RUST_LOG", "info,kubelet=debug,wasi_provider=debug");
+        cmd.env("RUST_LOG", &options.log_filter);
         match &options.join_line {
             Some(line) => {
                 cmd.arg("join").args(join_arguments(line)?);
@@ -191,6 +199,7 @@ impl WasmletNode {
             data_dir,
             kubeconfig,
             args,
+            log_filter: options.log_filter.clone(),
             log,
         })
     }
@@ -200,8 +209,7 @@ impl WasmletNode {
     pub fn restart_with(&mut self, signal: Signal) -> anyhow::Result<()> {
         self.stop_with(signal)?;
         let mut cmd = Command::new(wasmlet_binary()?);
-        cmd.env("RUST_LOG", "info,kubelet=debug,wasi_provider=debug")
-            .args(&self.args);
+        cmd.env("RUST_LOG", &self.log_filter).args(&self.args);
         let log = self.log.with_extension(format!(
             "restart-{}.log",
             std::time::SystemTime::now()

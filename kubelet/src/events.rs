@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
+use crate::unread_reply;
 
 /// Events waiting to be written; past this, new ones are dropped (and logged), as the
 /// kubelet's broadcaster drops them, rather than growing without bound during an outage or
@@ -239,7 +240,13 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>, bu
     let mut paused_until: Option<tokio::time::Instant> = None;
     let mut token_at: Option<tokio::time::Instant> = None;
     let mut dropped = 0u64;
+    // Every recorder is gone: what is pending is written, then the task ends. (`recv` would
+    // answer at once from then on, and the loop spin while a write waits out a pause.)
+    let mut closed = false;
     loop {
+        if closed && pending.is_empty() && in_flight.is_empty() {
+            return;
+        }
         while paused_until.is_none()
             && token_at.is_none()
             && in_flight.len() < IN_FLIGHT
@@ -256,12 +263,12 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>, bu
             in_flight.push(async move {
                 let namespace = event.metadata.namespace.clone().unwrap_or_default();
                 let api: Api<Event> = Api::namespaced(client, &namespace);
-                let result = api.create(&PostParams::default(), &event).await;
+                let result = unread_reply::create(&api, &PostParams::default(), &event).await;
                 (event, result)
             });
         }
         tokio::select! {
-            received = queue.recv() => match received {
+            received = queue.recv(), if !closed => match received {
                 Some(event) => {
                     let queued = queue_or_aggregate(&mut pending, event);
                     dropped += u64::from(!queued);
@@ -269,14 +276,13 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>, bu
                         warn!(dropped, "event queue full (the API server is unreachable, or events come faster than --event-qps); dropping events");
                     }
                 }
-                None if pending.is_empty() && in_flight.is_empty() => return,
-                None => {}
+                None => closed = true,
             },
             Some((event, result)) = in_flight.next() => {
                 let object = event.involved_object.name.clone().unwrap_or_default();
                 let reason = event.reason.clone().unwrap_or_default();
                 match result {
-                    Ok(_) => {
+                    Ok(()) => {
                         backoff.reset();
                         debug!(%object, %reason, message = ?event.message, "event");
                     }

@@ -27,6 +27,7 @@ pub mod server;
 pub mod static_pods;
 pub mod store;
 pub mod testing;
+mod unread_reply;
 pub mod usage;
 pub mod volumes;
 

@@ -196,7 +196,8 @@ pub struct ContainerExit {
 pub trait PulledImage: Send + Sync + 'static {
     /// Reported as the container's `imageID`, e.g. `sha256:…` of the exact code run.
     fn image_id(&self) -> String;
-    /// Its size on the node in bytes, which the `Pulled` event reports.
+    /// Its size on the node in bytes, which the `Pulled` event of a pulled image reports;
+    /// an image [already present](Self::already_present) may say 0.
     fn size_bytes(&self) -> u64;
     /// Whether the pull found it on the node without asking a registry. The node then
     /// records one `Pulled` event, "already present on machine", as the kubelet does,

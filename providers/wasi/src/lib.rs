@@ -77,7 +77,7 @@ pub enum SetupError {
 pub struct WasiImage {
     artifact: oci::WasmArtifact,
     compiled: Compiled,
-    /// The Wasm file's size.
+    /// The Wasm file's size; 0 when it was already present.
     size_bytes: u64,
     /// Whether it was on the node already, the registry not asked.
     already_present: bool,
@@ -257,9 +257,14 @@ impl Provider for WasiProvider {
             compiler = compiled.tier().compiler(),
             "image ready"
         );
-        let size_bytes = tokio::fs::metadata(&artifact.wasm_path)
-            .await
-            .map_or(0, |m| m.len());
+        // Only a pulled image's event gives its size: a cached start, whose every blocking
+        // hop waits for a core the API server is busy with, skips the file system.
+        let size_bytes = match origin {
+            oci::Origin::Present => 0,
+            oci::Origin::Registry => tokio::fs::metadata(&artifact.wasm_path)
+                .await
+                .map_or(0, |m| m.len()),
+        };
         Ok(WasiImage {
             artifact,
             compiled,

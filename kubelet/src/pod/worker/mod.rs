@@ -58,6 +58,7 @@ use crate::provider::{
     ContainerError, ContainerExit, ContainerStart, ImageRequest, PodKey, Provider, PulledImage,
 };
 use crate::store::{LocalStore, PodSource};
+use crate::unread_reply;
 use crate::usage::ContainerUsage;
 use crate::volumes::{PodVolumes, VolumeContext};
 

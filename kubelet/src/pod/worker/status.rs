@@ -41,8 +41,7 @@ impl<P: Provider> Worker<P> {
         // STATUS_PATCHES_IN_FLIGHT at once; the permit is only ever held for one request.
         let _permit = self.ctx.status_patches.acquire().await;
         let started = Instant::now();
-        match api
-            .patch_status(&self.key.name, &params, &Patch::Strategic(&patch))
+        match unread_reply::patch_status(api, &self.key.name, &params, &Patch::Strategic(&patch))
             .await
         {
             Ok(_) => {
