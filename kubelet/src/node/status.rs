@@ -19,6 +19,7 @@ use crate::node::events;
 use crate::node::registration::FIELD_MANAGER;
 use crate::node::{STATUS_REPORT_INTERVAL, object};
 use crate::provider::Provider;
+use crate::unread_reply;
 
 /// Owns the node's status: the only writer of `nodes/status`.
 pub struct StatusReporter<P> {
@@ -121,9 +122,13 @@ impl<P: Provider> StatusReporter<P> {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
-        self.api
-            .patch_status(&self.config.node_name, &params, &Patch::Strategic(&patch))
-            .await?;
+        unread_reply::patch_status(
+            &self.api,
+            &self.config.node_name,
+            &params,
+            &Patch::Strategic(&patch),
+        )
+        .await?;
         if self
             .last_sent
             .as_ref()

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use super::table::PodTable;
 use crate::node::registration::FIELD_MANAGER;
 use crate::static_pods::{StaticPod, mirror_hash, mirror_pod};
+use crate::unread_reply;
 
 /// How often the keeper looks again after a request failed, or with nothing new to go on.
 const RECHECK: Duration = Duration::from_secs(10);
@@ -263,9 +264,8 @@ impl MirrorKeeper {
             ..Default::default()
         };
         let name = mirror.metadata.name.as_deref().unwrap_or_default();
-        if let Err(err) = api
-            .patch_status(name, &params, &Patch::Strategic(&patch))
-            .await
+        if let Err(err) =
+            unread_reply::patch_status(api, name, &params, &Patch::Strategic(&patch)).await
         {
             debug!(%name, %err, "cannot give the new mirror pod its status yet; its worker will");
         }
