@@ -58,6 +58,24 @@ pub(crate) async fn mount_tmpfs(dir: &Path, size_bytes: u64) -> io::Result<()> {
     .map_err(io::Error::other)?
 }
 
+/// Makes the tmpfs at `dir` hold `size_bytes`: a payload larger than the size it was mounted
+/// with, which is chosen before the payload is known.
+pub(crate) async fn grow_tmpfs(dir: &Path, size_bytes: u64) -> io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let options = std::ffi::CString::new(format!("mode=0700,size={size_bytes}"))
+            .map_err(io::Error::other)?;
+        rustix::mount::mount_remount(
+            &dir,
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            options.as_c_str(),
+        )
+        .map_err(io::Error::from)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 /// Whether `dir` is on a tmpfs.
 pub(crate) fn is_tmpfs(dir: &Path) -> io::Result<bool> {
     // `f_type`'s integer type differs between architectures.
@@ -157,8 +175,14 @@ mod tests {
             std::fs::read_to_string(volume.join("password")).unwrap(),
             "hunter2"
         );
-        // The size bounds it.
+        // The size bounds it, and a larger payload grows it, keeping its files.
         assert!(std::fs::write(volume.join("big"), vec![0u8; 2 << 20]).is_err());
+        grow_tmpfs(&volume, 4 << 20).await.unwrap();
+        std::fs::write(volume.join("big"), vec![0u8; 2 << 20]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(volume.join("password")).unwrap(),
+            "hunter2"
+        );
 
         unmount_under(dir.path()).unwrap();
         assert!(!is_tmpfs(&volume).unwrap());

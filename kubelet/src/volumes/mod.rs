@@ -16,6 +16,7 @@ mod token;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeProjection};
 use tracing::warn;
 
@@ -33,6 +34,9 @@ use token::IssuedToken;
 /// The least size of a Secret or projected volume's tmpfs; only the pages its files use are
 /// taken from memory.
 const MEMORY_VOLUME_SIZE: u64 = 16 << 20;
+/// Volumes of one pod set up at once: enough for a pod's token, ConfigMaps and Secrets side
+/// by side, few enough that a pod of hundreds of volumes does not send hundreds of reads.
+const VOLUMES_AT_ONCE: usize = 8;
 
 /// A volume that could not be set up, worded as the kubelet's FailedMount event.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +72,25 @@ struct Prepared {
     empty_dir: bool,
 }
 
+/// One volume's set-up: the volume, whether its files changed, and the tokens it asked the
+/// API server for (kept by the caller, so volumes can be set up side by side).
+struct Materialised {
+    prepared: Prepared,
+    changed: bool,
+    tokens: Vec<(String, IssuedToken)>,
+}
+
+impl Materialised {
+    /// A volume whose files are not the agent's to write (emptyDir, hostPath).
+    fn local(prepared: Prepared) -> Self {
+        Self {
+            prepared,
+            changed: false,
+            tokens: Vec::new(),
+        }
+    }
+}
+
 /// The volumes of one pod.
 #[derive(Debug)]
 pub struct PodVolumes {
@@ -87,38 +110,63 @@ impl PodVolumes {
     }
 
     /// Sets up every volume of `pod`, keeping what earlier calls made (an emptyDir's files
-    /// survive), and stops at the first that cannot be set up.
+    /// survive). Volumes are set up side by side, a few at a time: a token volume waiting on
+    /// the API server does not hold up a ConfigMap's files. Every volume is attempted; the
+    /// first in the spec's order that cannot be set up is the error, and the others are kept.
     pub async fn set_up(&mut self, ctx: &VolumeContext<'_>, pod: &Pod) -> Result<(), MountError> {
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let mut sources = Sources::new(ctx.reads, uid, namespace);
-        for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-            let prepared = self
-                .materialise(ctx, &mut sources, pod, volume)
-                .await
-                .map_err(|message| MountError {
-                    volume: volume.name.clone(),
-                    message,
-                })?;
-            self.volumes.insert(volume.name.clone(), prepared.0);
+        let volumes: Vec<&Volume> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .collect();
+        // A loop rather than `stream::iter(..).map(..).buffered(..)`: a closure over the pod
+        // and the context would make the worker's future not `Send` for every lifetime.
+        let mut queued = volumes.iter();
+        let mut pending = futures::stream::FuturesOrdered::new();
+        for volume in queued.by_ref().take(VOLUMES_AT_ONCE) {
+            pending.push_back(self.materialise(ctx, pod, volume));
         }
-        Ok(())
+        let mut results = Vec::with_capacity(volumes.len());
+        while let Some(result) = pending.next().await {
+            results.push(result);
+            if let Some(volume) = queued.next() {
+                pending.push_back(self.materialise(ctx, pod, volume));
+            }
+        }
+        drop(pending);
+        let mut first_failure = None;
+        for (volume, result) in volumes.iter().zip(results) {
+            match result {
+                Ok(done) => {
+                    self.tokens.extend(done.tokens);
+                    self.volumes.insert(volume.name.clone(), done.prepared);
+                }
+                Err(message) => {
+                    first_failure.get_or_insert_with(|| MountError {
+                        volume: volume.name.clone(),
+                        message,
+                    });
+                }
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// Rewrites the API-backed volumes whose sources changed and returns their names. A
     /// source that cannot be read now leaves the volume as it was, as the kubelet does.
     pub async fn refresh(&mut self, ctx: &VolumeContext<'_>, pod: &Pod) -> Vec<String> {
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let mut sources = Sources::new(ctx.reads, uid, namespace);
         let mut updated = Vec::new();
         for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
             if !self.volumes.get(&volume.name).is_some_and(|v| v.from_api) {
                 continue;
             }
-            match self.materialise(ctx, &mut sources, pod, volume).await {
-                Ok((_, true)) => updated.push(volume.name.clone()),
-                Ok(_) => {}
+            match self.materialise(ctx, pod, volume).await {
+                Ok(done) => {
+                    self.tokens.extend(done.tokens);
+                    if done.changed {
+                        updated.push(volume.name.clone());
+                    }
+                }
                 Err(err) => {
                     warn!(volume = %volume.name, %err, "cannot refresh volume; keeping its files")
                 }
@@ -127,14 +175,13 @@ impl PodVolumes {
         updated
     }
 
-    /// Sets up one volume; says whether its files changed.
+    /// Sets up one volume: what it is, whether its files changed, and the tokens it asked for.
     async fn materialise(
-        &mut self,
+        &self,
         ctx: &VolumeContext<'_>,
-        sources: &mut Sources<'_>,
         pod: &Pod,
         volume: &Volume,
-    ) -> Result<(Prepared, bool), String> {
+    ) -> Result<Materialised, String> {
         // The API server and the static pod reader refuse such names already; whatever a
         // pod's source, its volumes stay under its own volumes directory.
         let mut parts = Path::new(&volume.name).components();
@@ -161,67 +208,79 @@ impl PodVolumes {
                         .map_err(|err| format!("sizeLimit {:?} {err}", q.0))
                 })
                 .transpose()?;
-            return Ok((
-                Prepared {
-                    path,
-                    from_api: false,
-                    size_limit,
-                    empty_dir: true,
-                },
-                false,
-            ));
+            return Ok(Materialised::local(Prepared {
+                path,
+                from_api: false,
+                size_limit,
+                empty_dir: true,
+            }));
         }
         if let Some(host) = &volume.host_path {
             let path = PathBuf::from(&host.path);
             host_path::prepare(&path, host.type_.as_deref()).await?;
-            return Ok((
-                Prepared {
-                    path,
-                    from_api: false,
-                    size_limit: None,
-                    empty_dir: false,
-                },
-                false,
-            ));
+            return Ok(Materialised::local(Prepared {
+                path,
+                from_api: false,
+                size_limit: None,
+                empty_dir: false,
+            }));
         }
-        let payload = self.payload(ctx, sources, pod, volume).await?;
-        // Mounted at the first set-up; a refresh (every sync tick) writes into that mount.
-        let first_set_up = !self.volumes.contains_key(&volume.name);
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let mut sources = Sources::new(ctx.reads, uid, namespace);
+        let mut tokens = Vec::new();
+        // Mounted at the first set-up, while the payload is gathered (a token request's round
+        // trip); a refresh (every sync tick) writes into that mount.
         let in_memory = volume.secret.is_some() || volume.projected.is_some();
-        if ctx.secrets_in_memory && in_memory && first_set_up {
-            // Room for the old and the new version side by side while one replaces the other.
-            let bytes = payload
-                .values()
-                .fold(0u64, |sum, f| sum.saturating_add(f.data.len() as u64));
-            let size = bytes
-                .saturating_mul(2)
-                .saturating_add(1 << 20)
-                .max(MEMORY_VOLUME_SIZE);
-            memory::mount_tmpfs(&path, size)
+        let mount_tmpfs =
+            ctx.secrets_in_memory && in_memory && !self.volumes.contains_key(&volume.name);
+        let mounting = async {
+            if mount_tmpfs {
+                memory::mount_tmpfs(&path, MEMORY_VOLUME_SIZE).await
+            } else {
+                Ok(())
+            }
+        };
+        let (payload, mounted) = tokio::join!(
+            self.payload(ctx, &mut sources, pod, volume, &mut tokens),
+            mounting
+        );
+        let payload = payload?;
+        let tmpfs_failed = |e| format!("cannot mount a tmpfs for the volume: {e}");
+        mounted.map_err(tmpfs_failed)?;
+        // Room for the old and the new version side by side while one replaces the other.
+        let bytes = payload
+            .values()
+            .fold(0u64, |sum, f| sum.saturating_add(f.data.len() as u64));
+        let size = bytes.saturating_mul(2).saturating_add(1 << 20);
+        if mount_tmpfs && size > MEMORY_VOLUME_SIZE {
+            memory::grow_tmpfs(&path, size)
                 .await
-                .map_err(|e| format!("cannot mount a tmpfs for the volume: {e}"))?;
+                .map_err(tmpfs_failed)?;
         }
         let changed = atomic_writer::write(&path, &payload)
             .await
             .map_err(|e| format!("cannot write the volume's files: {e}"))?;
-        Ok((
-            Prepared {
+        Ok(Materialised {
+            prepared: Prepared {
                 path,
                 from_api: true,
                 size_limit: None,
                 empty_dir: false,
             },
             changed,
-        ))
+            tokens,
+        })
     }
 
     /// The files of an API-backed volume.
     async fn payload(
-        &mut self,
+        &self,
         ctx: &VolumeContext<'_>,
         sources: &mut Sources<'_>,
         pod: &Pod,
         volume: &Volume,
+        tokens: &mut Vec<(String, IssuedToken)>,
     ) -> Result<Payload, String> {
         if let Some(map) = &volume.config_map {
             let source = Keyed::ConfigMap(&map.name);
@@ -264,6 +323,7 @@ impl PodVolumes {
                         &volume.name,
                         source,
                         projected.default_mode,
+                        tokens,
                     )
                     .await?;
                 files.extend(part);
@@ -277,14 +337,17 @@ impl PodVolumes {
         ))
     }
 
+    /// One source of a projected volume; a token it had to ask for is added to `tokens`.
+    #[allow(clippy::too_many_arguments)]
     async fn projection(
-        &mut self,
+        &self,
         ctx: &VolumeContext<'_>,
         sources: &mut Sources<'_>,
         pod: &Pod,
         volume: &str,
         source: &VolumeProjection,
         default_mode: Option<i32>,
+        tokens: &mut Vec<(String, IssuedToken)>,
     ) -> Result<Payload, String> {
         if let Some(map) = &source.config_map {
             let keyed = Keyed::ConfigMap(&map.name);
@@ -331,7 +394,7 @@ impl PodVolumes {
                         sa.expiration_seconds,
                     )
                     .await?;
-                    self.tokens.insert(key, fresh.clone());
+                    tokens.push((key, fresh.clone()));
                     fresh
                 }
             };

@@ -30,6 +30,8 @@ struct Objects {
     /// Token requests still to refuse, and with what status code and body, as an API
     /// server refuses them before it has seen the pod bound to the node.
     refusals: Arc<Mutex<(u32, u16, Vec<u8>)>>,
+    /// When set, token answers wait for it: an API server slow to answer.
+    token_gate: Arc<Mutex<Option<Arc<tokio::sync::Notify>>>>,
 }
 
 fn client(objects: Objects) -> kube::Client {
@@ -85,12 +87,20 @@ fn client(objects: Objects) -> kube::Client {
                 }
                 _ => (404, not_found()),
             };
-            send.send_response(
-                Response::builder()
-                    .status(status)
-                    .body(Body::from(body))
-                    .unwrap(),
-            );
+            let response = Response::builder()
+                .status(status)
+                .body(Body::from(body))
+                .unwrap();
+            let gate = objects.token_gate.lock().unwrap().clone();
+            match gate {
+                Some(gate) if path.ends_with("/token") => {
+                    tokio::spawn(async move {
+                        gate.notified().await;
+                        send.send_response(response);
+                    });
+                }
+                _ => send.send_response(response),
+            }
         }
     });
     kube::Client::new(service, "ns")
@@ -416,6 +426,110 @@ async fn projected_tokens_are_requested_once_and_renewed_when_due() {
     }
     assert_eq!(volumes.refresh(&ctx, &pod).await, vec!["sa".to_string()]);
     assert_eq!(std::fs::read_to_string(&token).unwrap(), "token-2");
+}
+
+/// A token volume first in the spec and a ConfigMap volume after it: the ConfigMap's files
+/// are written while the token request is still unanswered.
+#[tokio::test]
+async fn a_volume_does_not_wait_for_another_s_token_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    *objects.config.lock().unwrap() = Some("v1".into());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *objects.token_gate.lock().unwrap() = Some(gate.clone());
+    let client = client(objects.clone());
+    let ctx = context(&client);
+    let mut volumes_of_pod = token_pod().spec.unwrap().volumes.unwrap();
+    volumes_of_pod.push(config_volume());
+    let pod = pod(volumes_of_pod);
+    let mut volumes = PodVolumes::new(dir.path());
+    let config_file = dir.path().join("volumes/config/app.conf");
+    let config_written_first = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !config_file.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ConfigMap volume waited for the token request"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            !dir.path().join("volumes/sa/token").exists(),
+            "the token was not answered yet"
+        );
+        gate.notify_one();
+    };
+    let (set_up, ()) = tokio::join!(volumes.set_up(&ctx, &pod), config_written_first);
+    set_up.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("volumes/sa/token")).unwrap(),
+        "token-1"
+    );
+}
+
+/// Every volume is attempted; the error is the first failure in the spec's order.
+#[tokio::test]
+async fn a_failed_volume_is_reported_and_the_others_are_set_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    *objects.config.lock().unwrap() = Some("v1".into());
+    let client = client(objects);
+    let absent = |name: &str| Volume {
+        secret: Some(SecretVolumeSource {
+            secret_name: Some("absent".into()),
+            ..Default::default()
+        }),
+        ..volume(name)
+    };
+    let pod = pod(vec![absent("first"), config_volume(), absent("second")]);
+    let mut volumes = PodVolumes::new(dir.path());
+    let err = volumes.set_up(&context(&client), &pod).await.unwrap_err();
+    assert_eq!(err.volume, "first");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("volumes/config/app.conf")).unwrap(),
+        "v1"
+    );
+}
+
+/// A projected volume kept in memory whose payload is larger than the tmpfs it is first
+/// mounted with (before its payload is known): the tmpfs grows to hold it.
+#[tokio::test]
+async fn an_in_memory_volume_larger_than_its_first_tmpfs_is_written() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    let big = "x".repeat(MEMORY_VOLUME_SIZE as usize + 1);
+    *objects.config.lock().unwrap() = Some(big.clone());
+    let client = client(objects);
+    let ctx = VolumeContext {
+        secrets_in_memory: true,
+        ..context(&client)
+    };
+    let projected = Volume {
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                config_map: Some(k8s_openapi::api::core::v1::ConfigMapProjection {
+                    name: "config".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..volume("big")
+    };
+    let mut volumes = PodVolumes::new(dir.path());
+    let set_up = volumes.set_up(&ctx, &pod(vec![projected])).await;
+    let path = dir.path().join("volumes/big");
+    let on_tmpfs = memory::is_tmpfs(&path);
+    let written = std::fs::read_to_string(path.join("app.conf")).map(|f| f.len());
+    memory::unmount_under(dir.path()).unwrap();
+    set_up.unwrap();
+    assert!(on_tmpfs.unwrap());
+    assert_eq!(written.unwrap(), big.len());
 }
 
 fn token_pod() -> Pod {
