@@ -58,11 +58,23 @@ pub(crate) async fn mount_tmpfs(dir: &Path, size_bytes: u64) -> io::Result<()> {
     .map_err(io::Error::other)?
 }
 
-/// Makes the tmpfs at `dir` hold `size_bytes`: a payload larger than the size it was mounted
-/// with, which is chosen before the payload is known.
+/// Makes the tmpfs mounted at `dir` hold at least `size_bytes`: a payload larger than the
+/// size it was mounted with, which is chosen before the payload is known. Never shrinks one,
+/// and leaves alone a `dir` that is on a tmpfs without being its root (a data dir on `/run`:
+/// `mount_tmpfs` mounted nothing there).
 pub(crate) async fn grow_tmpfs(dir: &Path, size_bytes: u64) -> io::Result<()> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
+        let fs = rustix::fs::statfs(&dir)?;
+        // The fields' integer types differ between architectures (u64 here, not everywhere).
+        #[allow(clippy::useless_conversion)]
+        let capacity = u64::try_from(fs.f_blocks)
+            .unwrap_or(0)
+            .saturating_mul(u64::try_from(fs.f_bsize).unwrap_or(0));
+        let own_mount = rustix::fs::stat(&dir)?.st_dev != rustix::fs::stat(dir.join(".."))?.st_dev;
+        if capacity >= size_bytes || !own_mount {
+            return Ok(());
+        }
         let options = std::ffi::CString::new(format!("mode=0700,size={size_bytes}"))
             .map_err(io::Error::other)?;
         rustix::mount::mount_remount(
@@ -179,6 +191,13 @@ mod tests {
         assert!(std::fs::write(volume.join("big"), vec![0u8; 2 << 20]).is_err());
         grow_tmpfs(&volume, 4 << 20).await.unwrap();
         std::fs::write(volume.join("big"), vec![0u8; 2 << 20]).unwrap();
+        // Never shrinks it.
+        grow_tmpfs(&volume, 1 << 20).await.unwrap();
+        std::fs::write(volume.join("more"), vec![0u8; 1 << 20]).unwrap();
+        // A directory on that tmpfs, not its root, is left alone.
+        let inner = volume.join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        grow_tmpfs(&inner, 64 << 20).await.unwrap();
         assert_eq!(
             std::fs::read_to_string(volume.join("password")).unwrap(),
             "hunter2"

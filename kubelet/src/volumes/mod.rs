@@ -72,23 +72,12 @@ struct Prepared {
     empty_dir: bool,
 }
 
-/// One volume's set-up: the volume, whether its files changed, and the tokens it asked the
-/// API server for (kept by the caller, so volumes can be set up side by side).
-struct Materialised {
-    prepared: Prepared,
-    changed: bool,
+/// One volume's set-up: the volume and whether its files changed, or why it failed; and the
+/// tokens it got from the API server on the way, kept by the caller whatever the outcome
+/// (volumes are set up side by side, each with `&self`), so a retry does not ask again.
+struct Attempt {
+    outcome: Result<(Prepared, bool), String>,
     tokens: Vec<(String, IssuedToken)>,
-}
-
-impl Materialised {
-    /// A volume whose files are not the agent's to write (emptyDir, hostPath).
-    fn local(prepared: Prepared) -> Self {
-        Self {
-            prepared,
-            changed: false,
-            tokens: Vec::new(),
-        }
-    }
 }
 
 /// The volumes of one pod.
@@ -119,27 +108,30 @@ impl PodVolumes {
             .iter()
             .flat_map(|s| s.volumes.iter().flatten())
             .collect();
-        // A loop rather than `stream::iter(..).map(..).buffered(..)`: a closure over the pod
-        // and the context would make the worker's future not `Send` for every lifetime.
-        let mut queued = volumes.iter();
-        let mut pending = futures::stream::FuturesOrdered::new();
-        for volume in queued.by_ref().take(VOLUMES_AT_ONCE) {
-            pending.push_back(self.materialise(ctx, pod, volume));
+        // Unordered, so a slow volume (a token request) does not hold up the ones queued
+        // behind it; a loop rather than `stream::iter(..).map(..)`, since a closure over the
+        // pod and the context would make the worker's future not `Send` for every lifetime.
+        let mut queued = volumes.iter().enumerate();
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for (i, volume) in queued.by_ref().take(VOLUMES_AT_ONCE) {
+            pending.push(self.materialise_nth(i, ctx, pod, volume));
         }
-        let mut results = Vec::with_capacity(volumes.len());
-        while let Some(result) = pending.next().await {
-            results.push(result);
-            if let Some(volume) = queued.next() {
-                pending.push_back(self.materialise(ctx, pod, volume));
+        let mut attempts: Vec<Option<Attempt>> = volumes.iter().map(|_| None).collect();
+        while let Some((i, attempt)) = pending.next().await {
+            if let Some(slot) = attempts.get_mut(i) {
+                *slot = Some(attempt);
+            }
+            if let Some((i, volume)) = queued.next() {
+                pending.push(self.materialise_nth(i, ctx, pod, volume));
             }
         }
         drop(pending);
         let mut first_failure = None;
-        for (volume, result) in volumes.iter().zip(results) {
-            match result {
-                Ok(done) => {
-                    self.tokens.extend(done.tokens);
-                    self.volumes.insert(volume.name.clone(), done.prepared);
+        for (volume, attempt) in volumes.iter().zip(attempts.into_iter().flatten()) {
+            self.tokens.extend(attempt.tokens);
+            match attempt.outcome {
+                Ok((prepared, _)) => {
+                    self.volumes.insert(volume.name.clone(), prepared);
                 }
                 Err(message) => {
                     first_failure.get_or_insert_with(|| MountError {
@@ -160,13 +152,11 @@ impl PodVolumes {
             if !self.volumes.get(&volume.name).is_some_and(|v| v.from_api) {
                 continue;
             }
-            match self.materialise(ctx, pod, volume).await {
-                Ok(done) => {
-                    self.tokens.extend(done.tokens);
-                    if done.changed {
-                        updated.push(volume.name.clone());
-                    }
-                }
+            let attempt = self.materialise(ctx, pod, volume).await;
+            self.tokens.extend(attempt.tokens);
+            match attempt.outcome {
+                Ok((_, true)) => updated.push(volume.name.clone()),
+                Ok(_) => {}
                 Err(err) => {
                     warn!(volume = %volume.name, %err, "cannot refresh volume; keeping its files")
                 }
@@ -175,13 +165,32 @@ impl PodVolumes {
         updated
     }
 
-    /// Sets up one volume: what it is, whether its files changed, and the tokens it asked for.
-    async fn materialise(
+    /// `materialise` for the `i`th volume of the spec, said with its answer.
+    async fn materialise_nth(
+        &self,
+        i: usize,
+        ctx: &VolumeContext<'_>,
+        pod: &Pod,
+        volume: &Volume,
+    ) -> (usize, Attempt) {
+        (i, self.materialise(ctx, pod, volume).await)
+    }
+
+    /// Sets up one volume, with the tokens it asked for.
+    async fn materialise(&self, ctx: &VolumeContext<'_>, pod: &Pod, volume: &Volume) -> Attempt {
+        let mut tokens = Vec::new();
+        let outcome = self.materialise_into(ctx, pod, volume, &mut tokens).await;
+        Attempt { outcome, tokens }
+    }
+
+    /// Sets up one volume; says whether its files changed. Tokens it gets go into `tokens`.
+    async fn materialise_into(
         &self,
         ctx: &VolumeContext<'_>,
         pod: &Pod,
         volume: &Volume,
-    ) -> Result<Materialised, String> {
+        tokens: &mut Vec<(String, IssuedToken)>,
+    ) -> Result<(Prepared, bool), String> {
         // The API server and the static pod reader refuse such names already; whatever a
         // pod's source, its volumes stay under its own volumes directory.
         let mut parts = Path::new(&volume.name).components();
@@ -208,27 +217,34 @@ impl PodVolumes {
                         .map_err(|err| format!("sizeLimit {:?} {err}", q.0))
                 })
                 .transpose()?;
-            return Ok(Materialised::local(Prepared {
-                path,
-                from_api: false,
-                size_limit,
-                empty_dir: true,
-            }));
+            return Ok((
+                Prepared {
+                    path,
+                    from_api: false,
+                    size_limit,
+                    empty_dir: true,
+                },
+                false,
+            ));
         }
         if let Some(host) = &volume.host_path {
             let path = PathBuf::from(&host.path);
             host_path::prepare(&path, host.type_.as_deref()).await?;
-            return Ok(Materialised::local(Prepared {
-                path,
-                from_api: false,
-                size_limit: None,
-                empty_dir: false,
-            }));
+            return Ok((
+                Prepared {
+                    path,
+                    from_api: false,
+                    size_limit: None,
+                    empty_dir: false,
+                },
+                false,
+            ));
         }
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        // Each volume reads its own sources: two volumes of one Secret read it twice (from
+        // the node's watch, mostly), as the kubelet's volume plugins do.
         let mut sources = Sources::new(ctx.reads, uid, namespace);
-        let mut tokens = Vec::new();
         // Mounted at the first set-up, while the payload is gathered (a token request's round
         // trip); a refresh (every sync tick) writes into that mount.
         let in_memory = volume.secret.is_some() || volume.projected.is_some();
@@ -242,7 +258,7 @@ impl PodVolumes {
             }
         };
         let (payload, mounted) = tokio::join!(
-            self.payload(ctx, &mut sources, pod, volume, &mut tokens),
+            self.payload(ctx, &mut sources, pod, volume, tokens),
             mounting
         );
         let payload = payload?;
@@ -261,16 +277,15 @@ impl PodVolumes {
         let changed = atomic_writer::write(&path, &payload)
             .await
             .map_err(|e| format!("cannot write the volume's files: {e}"))?;
-        Ok(Materialised {
-            prepared: Prepared {
+        Ok((
+            Prepared {
                 path,
                 from_api: true,
                 size_limit: None,
                 empty_dir: false,
             },
             changed,
-            tokens,
-        })
+        ))
     }
 
     /// The files of an API-backed volume.

@@ -428,8 +428,8 @@ async fn projected_tokens_are_requested_once_and_renewed_when_due() {
     assert_eq!(std::fs::read_to_string(&token).unwrap(), "token-2");
 }
 
-/// A token volume first in the spec and a ConfigMap volume after it: the ConfigMap's files
-/// are written while the token request is still unanswered.
+/// A token volume first in the spec and more ConfigMap volumes after it than are set up at
+/// once: the last ConfigMap's files are written while the token request is still unanswered.
 #[tokio::test]
 async fn a_volume_does_not_wait_for_another_s_token_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -440,10 +440,17 @@ async fn a_volume_does_not_wait_for_another_s_token_request() {
     let client = client(objects.clone());
     let ctx = context(&client);
     let mut volumes_of_pod = token_pod().spec.unwrap().volumes.unwrap();
-    volumes_of_pod.push(config_volume());
+    for n in 1..=VOLUMES_AT_ONCE {
+        volumes_of_pod.push(Volume {
+            name: format!("config-{n}"),
+            ..config_volume()
+        });
+    }
     let pod = pod(volumes_of_pod);
     let mut volumes = PodVolumes::new(dir.path());
-    let config_file = dir.path().join("volumes/config/app.conf");
+    let config_file = dir
+        .path()
+        .join(format!("volumes/config-{VOLUMES_AT_ONCE}/app.conf"));
     let config_written_first = async {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !config_file.exists() {
@@ -488,6 +495,55 @@ async fn a_failed_volume_is_reported_and_the_others_are_set_up() {
     assert_eq!(
         std::fs::read_to_string(dir.path().join("volumes/config/app.conf")).unwrap(),
         "v1"
+    );
+    assert!(
+        volumes.volumes.contains_key("config"),
+        "the set-up volume is kept"
+    );
+}
+
+/// A token fetched for a volume whose other source is missing is kept: the retry, once the
+/// source exists, does not ask the API server again.
+#[tokio::test]
+async fn a_token_is_kept_when_its_volume_fails_for_another_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::default();
+    let client = client(objects.clone());
+    let ctx = context(&client);
+    let api_access = Volume {
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    config_map: Some(k8s_openapi::api::core::v1::ConfigMapProjection {
+                        name: "config".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..volume("api-access")
+    };
+    let pod = pod(vec![api_access]);
+    let mut volumes = PodVolumes::new(dir.path());
+    assert!(
+        volumes.set_up(&ctx, &pod).await.is_err(),
+        "the ConfigMap is missing"
+    );
+    *objects.config.lock().unwrap() = Some("v1".into());
+    volumes.set_up(&ctx, &pod).await.unwrap();
+    assert_eq!(*objects.tokens_issued.lock().unwrap(), 1);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("volumes/api-access/token")).unwrap(),
+        "token-1"
     );
 }
 
