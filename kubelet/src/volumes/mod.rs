@@ -116,18 +116,17 @@ impl PodVolumes {
         for (i, volume) in queued.by_ref().take(VOLUMES_AT_ONCE) {
             pending.push(self.materialise_nth(i, ctx, pod, volume));
         }
-        let mut attempts: Vec<Option<Attempt>> = volumes.iter().map(|_| None).collect();
-        while let Some((i, attempt)) = pending.next().await {
-            if let Some(slot) = attempts.get_mut(i) {
-                *slot = Some(attempt);
-            }
+        let mut attempts = Vec::with_capacity(volumes.len());
+        while let Some(attempt) = pending.next().await {
+            attempts.push(attempt);
             if let Some((i, volume)) = queued.next() {
                 pending.push(self.materialise_nth(i, ctx, pod, volume));
             }
         }
         drop(pending);
+        attempts.sort_by_key(|(i, _)| *i);
         let mut first_failure = None;
-        for (volume, attempt) in volumes.iter().zip(attempts.into_iter().flatten()) {
+        for (volume, (_, attempt)) in volumes.iter().zip(attempts) {
             self.tokens.extend(attempt.tokens);
             match attempt.outcome {
                 Ok((prepared, _)) => {

@@ -398,21 +398,14 @@ async fn projected_tokens_are_requested_once_and_renewed_when_due() {
     let objects = Objects::default();
     let client = client(objects.clone());
     let ctx = context(&client);
-    let projected = Volume {
-        projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    path: "token".into(),
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
-            ..Default::default()
+    let token = VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            expiration_seconds: Some(3600),
+            ..token_source().service_account_token.unwrap()
         }),
-        ..volume("sa")
+        ..Default::default()
     };
-    let pod = pod(vec![projected]);
+    let pod = pod(vec![projected("sa", vec![token])]);
     let mut volumes = PodVolumes::new(dir.path());
     volumes.set_up(&ctx, &pod).await.unwrap();
     let token = dir.path().join("volumes/sa/token");
@@ -510,28 +503,7 @@ async fn a_token_is_kept_when_its_volume_fails_for_another_source() {
     let objects = Objects::default();
     let client = client(objects.clone());
     let ctx = context(&client);
-    let api_access = Volume {
-        projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![
-                VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        path: "token".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                VolumeProjection {
-                    config_map: Some(k8s_openapi::api::core::v1::ConfigMapProjection {
-                        name: "config".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ]),
-            ..Default::default()
-        }),
-        ..volume("api-access")
-    };
+    let api_access = projected("api-access", vec![token_source(), config_source()]);
     let pod = pod(vec![api_access]);
     let mut volumes = PodVolumes::new(dir.path());
     assert!(
@@ -564,21 +536,9 @@ async fn an_in_memory_volume_larger_than_its_first_tmpfs_is_written() {
         secrets_in_memory: true,
         ..context(&client)
     };
-    let projected = Volume {
-        projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                config_map: Some(k8s_openapi::api::core::v1::ConfigMapProjection {
-                    name: "config".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..volume("big")
-    };
+    let big_volume = projected("big", vec![config_source()]);
     let mut volumes = PodVolumes::new(dir.path());
-    let set_up = volumes.set_up(&ctx, &pod(vec![projected])).await;
+    let set_up = volumes.set_up(&ctx, &pod(vec![big_volume])).await;
     let path = dir.path().join("volumes/big");
     let on_tmpfs = memory::is_tmpfs(&path);
     let written = std::fs::read_to_string(path.join("app.conf")).map(|f| f.len());
@@ -588,20 +548,41 @@ async fn an_in_memory_volume_larger_than_its_first_tmpfs_is_written() {
     assert_eq!(written.unwrap(), big.len());
 }
 
-fn token_pod() -> Pod {
-    pod(vec![Volume {
+/// A projected volume `name` of `sources`.
+fn projected(name: &str, sources: Vec<VolumeProjection>) -> Volume {
+    Volume {
         projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    path: "token".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+            sources: Some(sources),
             ..Default::default()
         }),
-        ..volume("sa")
-    }])
+        ..volume(name)
+    }
+}
+
+/// The service account's token, at `token`.
+fn token_source() -> VolumeProjection {
+    VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            path: "token".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The `config` ConfigMap's keys.
+fn config_source() -> VolumeProjection {
+    VolumeProjection {
+        config_map: Some(k8s_openapi::api::core::v1::ConfigMapProjection {
+            name: "config".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn token_pod() -> Pod {
+    pod(vec![projected("sa", vec![token_source()])])
 }
 
 #[tokio::test]
