@@ -3,21 +3,93 @@
 use std::time::Duration;
 
 use oci_client::Client;
+use oci_client::Reference;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
 
-/// A registry client speaking `protocol`. oci-client's HTTP stack uses rustls' process-wide
-/// crypto provider and panics without one, so this installs ring's when none is set: a
-/// library must not make its callers remember that.
-pub(crate) fn new_client(protocol: ClientProtocol) -> Client {
+use crate::Error;
+
+/// A registry client speaking `protocol`, or why there can be none: a machine without CA
+/// certificates, say (`Client::new` would then make a default client, which panics for the
+/// same reason). oci-client's HTTP stack uses rustls' process-wide crypto provider and
+/// panics without one, so this installs ring's when none is set: a library must not make
+/// its callers remember that. Reads the system's CA certificates: blocking.
+pub(crate) fn new_client(protocol: ClientProtocol) -> Result<Client, OciDistributionError> {
     if CryptoProvider::get_default().is_none() {
         // Losing the race to another thread installing one is fine: there is one either way.
         let _ = ring::default_provider().install_default();
     }
-    Client::new(ClientConfig {
+    Client::try_from(ClientConfig {
         protocol,
         connect_timeout: Some(Duration::from_secs(10)),
         read_timeout: Some(Duration::from_secs(60)),
         ..Default::default()
     })
+}
+
+/// [`new_client`] on the blocking pool, for pulling or pushing `reference`; the error says
+/// why with its causes (reqwest's own says only "builder error").
+pub(crate) async fn new_client_off_runtime(
+    protocol: ClientProtocol,
+    reference: &Reference,
+) -> Result<Client, Error> {
+    let why = |err: &dyn std::error::Error| {
+        let causes: Vec<String> = std::iter::successors(Some(err), |err| err.source())
+            .map(ToString::to_string)
+            .collect();
+        Error::Registry {
+            reference: reference.whole(),
+            message: format!("cannot make a registry client: {}", causes.join(": ")),
+        }
+    };
+    match tokio::task::spawn_blocking(move || new_client(protocol)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(err)) => Err(why(&err)),
+        Err(err) => Err(why(&err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set in the child process of the test below, which runs without CA certificates.
+    const CHILD: &str = "WASMLET_OCI_TEST_NO_CA_CERTIFICATES";
+
+    #[test]
+    fn without_ca_certificates_there_is_no_client_and_no_panic() {
+        if std::env::var_os(CHILD).is_some() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let reference: Reference = "registry.example/app:1".parse().unwrap();
+            let err = runtime
+                .block_on(new_client_off_runtime(ClientProtocol::Https, &reference))
+                .err()
+                .expect("no client without CA certificates");
+            assert!(
+                err.to_string().contains("No CA certificates were loaded"),
+                "{err}"
+            );
+            return;
+        }
+        // The CA certificates are read from these when they are set, and only from them.
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "client::tests::without_ca_certificates_there_is_no_client_and_no_panic",
+                "--exact",
+            ])
+            .env(CHILD, "1")
+            .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+            .env("SSL_CERT_DIR", "/nonexistent")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
 }

@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use flate2::read::GzDecoder;
+use oci_client::manifest::OciDescriptor;
 use tar::EntryType;
 
 use crate::media::TarCompression;
@@ -45,6 +47,17 @@ const PREALLOC_BYTES: u64 = 1024 * 1024;
 
 /// The most layers an image may have (Docker's own limit is 127).
 const MAX_LAYERS: usize = 128;
+/// The most an image's layers may come to, as downloaded: a compat image is its `.wasm` and
+/// whatever base it was built on, and every layer is downloaded before the `.wasm` is found.
+const MAX_DOWNLOAD_BYTES: u64 = 1 << 30;
+/// The longest entry name or link target, as Linux's PATH_MAX.
+const MAX_PATH_BYTES: usize = 4096;
+/// The largest GNU long-name or PAX record read before a member: a name and a few
+/// attributes, far less than this.
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+/// What an image's indexed paths and link targets may come to: a distro base of tens of
+/// thousands of files comes to a few MiB.
+const MAX_INDEX_BYTES: usize = 64 << 20;
 /// The most tar entries read across an image's layers: a distro base has tens of thousands.
 const MAX_ENTRIES: usize = 500_000;
 /// The most bytes an image's layers may come to once inflated, across every read of them:
@@ -137,9 +150,26 @@ pub(crate) fn read_entry(
     )
 }
 
-/// Refuses an image of more layers than `MAX_LAYERS`: checked on its manifest, before
-/// any layer is downloaded, and again when its layers are read.
-pub(crate) fn check_layer_count(reference: &str, layers: usize) -> Result<()> {
+/// Refuses, on its manifest and before any layer is downloaded, an image of more layers
+/// than `MAX_LAYERS` or whose layers come to more than `MAX_DOWNLOAD_BYTES` (each download
+/// stops at the size its descriptor gives, so the manifest's sum bounds the disk used).
+pub(crate) fn check_layers(reference: &str, layers: &[OciDescriptor]) -> Result<()> {
+    check_layer_count(reference, layers.len())?;
+    let total = layers.iter().try_fold(0u64, |sum, layer| {
+        sum.checked_add(u64::try_from(layer.size).ok()?)
+    });
+    match total {
+        Some(total) if total <= MAX_DOWNLOAD_BYTES => Ok(()),
+        _ => Err(Error::CompatLimit {
+            reference: reference.to_string(),
+            detail: format!("its layers come to more than {MAX_DOWNLOAD_BYTES} bytes"),
+        }),
+    }
+}
+
+/// Refuses an image of more layers than `MAX_LAYERS`: checked on its manifest, and again
+/// when its layers are read.
+fn check_layer_count(reference: &str, layers: usize) -> Result<()> {
     if layers > MAX_LAYERS {
         return Err(Error::CompatLimit {
             reference: reference.to_string(),
@@ -197,11 +227,9 @@ fn index(
 ) -> Result<BTreeMap<String, Node>> {
     let mut tree = BTreeMap::new();
     let mut entries = 0usize;
+    let mut path_bytes = 0usize;
     for (i, layer) in layers.iter().enumerate() {
-        let bad = |source| budget.error(reference, layer, source);
-        let mut archive = open(reference, layer, budget)?;
-        for entry in archive.entries().map_err(bad)? {
-            let entry = entry.map_err(bad)?;
+        each_member(reference, layer, budget, |member, entry| {
             entries += 1;
             if entries > budget.entries {
                 return Err(Error::CompatLimit {
@@ -209,57 +237,174 @@ fn index(
                     detail: format!("its layers hold more than {} entries", budget.entries),
                 });
             }
-            let raw = entry.path().map_err(bad)?.into_owned();
-            let path = confine(reference, &raw, Path::new("/"), false)?;
+            let path = confine(reference, &member.path, Path::new("/"), false)?;
             let name = path.rsplit('/').next().unwrap_or_default();
             let parent = parent_of(&path);
             if name == OPAQUE_WHITEOUT {
                 remove_below(&mut tree, parent, false);
-                continue;
+                return Ok(());
             }
             if let Some(hidden) = name.strip_prefix(".wh.") {
                 remove_below(&mut tree, &join(parent, hidden), true);
-                continue;
+                return Ok(());
             }
             let node = match entry.header().entry_type() {
                 EntryType::Regular | EntryType::Continuous => Node::File { layer: i },
                 EntryType::Directory => Node::Dir,
                 EntryType::Symlink => {
-                    let target = link_target(&entry).map_err(bad)?;
-                    Node::Symlink(confine(
-                        reference,
-                        Path::new(&target),
-                        Path::new(parent),
-                        true,
-                    )?)
+                    Node::Symlink(confine(reference, &member.link, Path::new(parent), true)?)
                 }
                 EntryType::Link => {
-                    let target = link_target(&entry).map_err(bad)?;
-                    Node::Hardlink(confine(
-                        reference,
-                        Path::new(&target),
-                        Path::new("/"),
-                        false,
-                    )?)
+                    Node::Hardlink(confine(reference, &member.link, Path::new("/"), false)?)
                 }
-                _ => continue,
+                _ => return Ok(()),
             };
+            // The index is the image's whole tree in memory: bounded by what its paths
+            // come to, not only by how many there are.
+            path_bytes = path_bytes
+                .saturating_add(path.len())
+                .saturating_add(match &node {
+                    Node::Symlink(target) | Node::Hardlink(target) => target.len(),
+                    Node::File { .. } | Node::Dir => 0,
+                });
+            if path_bytes > MAX_INDEX_BYTES {
+                return Err(Error::CompatLimit {
+                    reference: reference.to_string(),
+                    detail: format!("its paths come to more than {MAX_INDEX_BYTES} bytes"),
+                });
+            }
             // A new entry replaces whatever was at that path, and a non-directory hides
             // everything that was below it.
             if node != Node::Dir {
                 remove_below(&mut tree, &path, false);
             }
             tree.insert(path, node);
-        }
+            Ok(())
+        })?;
     }
     Ok(tree)
 }
 
-fn link_target<R: Read>(entry: &tar::Entry<R>) -> std::io::Result<String> {
-    Ok(entry
-        .link_name()?
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default())
+/// A tar member's names, with the GNU long-name and PAX records before it applied.
+struct Member {
+    path: PathBuf,
+    /// The link target (empty for a member that is not a link).
+    link: PathBuf,
+}
+
+/// Calls `visit` with each member of `layer` in order. The tar crate reads a GNU long name
+/// or a PAX record whole, however large its header says it is (a few hundred KiB of gzip
+/// can claim a name of hundreds of MiB), so members are read raw and those records here,
+/// each refused past `MAX_RECORD_BYTES`, and every name past `MAX_PATH_BYTES`. A member
+/// whose length is not its header's (GNU sparse, or sized by a PAX record) is refused.
+fn each_member(
+    reference: &str,
+    layer: &Layer,
+    budget: &Arc<Budget>,
+    mut visit: impl FnMut(&Member, &mut tar::Entry<'_, Box<dyn Read>>) -> Result<()>,
+) -> Result<()> {
+    let bad = |source| budget.error(reference, layer, source);
+    let limit = |detail: String| Error::CompatLimit {
+        reference: reference.to_string(),
+        detail: format!("layer {}: {detail}", layer.digest),
+    };
+    let mut archive = open(reference, layer, budget)?;
+    let (mut gnu_path, mut gnu_link, mut pax) = (None, None, None::<Vec<u8>>);
+    for entry in archive.entries().map_err(bad)?.raw(true) {
+        let mut entry = entry.map_err(bad)?;
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions() {
+            let size = entry.header().entry_size().map_err(bad)?;
+            if size > MAX_RECORD_BYTES {
+                return Err(limit(format!(
+                    "a long-name or PAX record of {size} bytes, over the {MAX_RECORD_BYTES}-byte limit"
+                )));
+            }
+            let mut record = Vec::new();
+            entry.read_to_end(&mut record).map_err(bad)?;
+            let slot = if kind.is_gnu_longname() {
+                &mut gnu_path
+            } else if kind.is_gnu_longlink() {
+                &mut gnu_link
+            } else {
+                &mut pax
+            };
+            *slot = Some(record);
+            continue;
+        }
+        let pax_value = |key: &[u8]| {
+            pax.as_deref().and_then(|records| {
+                tar::PaxExtensions::new(records)
+                    .filter_map(std::result::Result::ok)
+                    .find(|record| record.key_bytes() == key)
+                    .map(|record| record.value_bytes().to_vec())
+            })
+        };
+        // The tar crate's order: a GNU long name, then a PAX record, then the header.
+        let path = gnu_path
+            .take()
+            .map(trim_nul)
+            .or_else(|| pax_value(b"path"))
+            .unwrap_or_else(|| entry.header().path_bytes().into_owned());
+        let link = gnu_link
+            .take()
+            .map(trim_nul)
+            .or_else(|| pax_value(b"linkpath"))
+            .or_else(|| {
+                entry
+                    .header()
+                    .link_name_bytes()
+                    .map(|name| name.into_owned())
+            })
+            .unwrap_or_default();
+        // The tar crate applies neither a PAX `size` nor a GNU sparse map to a raw member,
+        // so such a member would be read at another length than another reader gives it:
+        // its data read as headers, an image showing wasmlet files no one else sees. No
+        // image builder writes either (a PAX size is for members over 8 GiB).
+        let header_size = entry.header().entry_size().map_err(bad)?;
+        let sized_elsewhere = kind.is_gnu_sparse()
+            || pax.as_deref().is_some_and(|records| {
+                tar::PaxExtensions::new(records)
+                    .filter_map(std::result::Result::ok)
+                    .any(|record| {
+                        let key = record.key_bytes();
+                        key.starts_with(b"GNU.sparse.")
+                            || (key == b"size"
+                                && record.value().ok().and_then(|v| v.parse().ok())
+                                    != Some(header_size))
+                    })
+            });
+        if sized_elsewhere {
+            return Err(limit(
+                "a sparse member, or one whose PAX record gives it another size than its header"
+                    .into(),
+            ));
+        }
+        pax = None;
+        if let Some(long) = [&path, &link]
+            .into_iter()
+            .find(|name| name.len() > MAX_PATH_BYTES)
+        {
+            return Err(limit(format!(
+                "a name of {} bytes, over the {MAX_PATH_BYTES}-byte limit",
+                long.len()
+            )));
+        }
+        let member = Member {
+            path: PathBuf::from(std::ffi::OsString::from_vec(path)),
+            link: PathBuf::from(std::ffi::OsString::from_vec(link)),
+        };
+        visit(&member, &mut entry)?;
+    }
+    Ok(())
+}
+
+/// A GNU long name without the NUL it ends with.
+fn trim_nul(mut name: Vec<u8>) -> Vec<u8> {
+    if name.last() == Some(&0) {
+        name.pop();
+    }
+    name
 }
 
 /// Normalizes `raw` (taken relative to `base`) into an absolute path inside the root, or fails
@@ -393,18 +538,15 @@ fn read_file(
     budget: &Arc<Budget>,
 ) -> Result<Vec<u8>> {
     let bad = |source| budget.error(reference, layer, source);
-    let mut archive = open(reference, layer, budget)?;
     let mut found = None;
-    for entry in archive.entries().map_err(bad)? {
-        let mut entry = entry.map_err(bad)?;
-        let raw = entry.path().map_err(bad)?.into_owned();
-        if confine(reference, &raw, Path::new("/"), false)? != wanted
+    each_member(reference, layer, budget, |member, entry| {
+        if confine(reference, &member.path, Path::new("/"), false)? != wanted
             || !matches!(
                 entry.header().entry_type(),
                 EntryType::Regular | EntryType::Continuous
             )
         {
-            continue;
+            return Ok(());
         }
         let size = entry.header().size().map_err(bad)?;
         if size > max_bytes {
@@ -433,7 +575,8 @@ fn read_file(
         }
         // The last copy in the layer wins, as it would on disk.
         found = Some(bytes);
-    }
+        Ok(())
+    })?;
     found.ok_or_else(|| {
         bad(std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -697,5 +840,185 @@ pub(crate) mod tests {
         let l = layers(dir.path(), &[tar_bytes(&[Item::File("big.wasm", &big)])]);
         let err = read_entry("img", &l, "/big.wasm", "/", 1024).unwrap_err();
         assert!(matches!(err, Error::LayerTooLarge { .. }), "{err}");
+    }
+
+    /// Appends `data` at `path` as `tar::Builder` writes a long path: in a GNU long-name
+    /// record before the member.
+    fn append_long_named(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(EntryType::Regular);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, path, data).unwrap();
+    }
+
+    /// Appends a member named in its header (a symlink's target is "nowhere").
+    fn append_member(
+        builder: &mut tar::Builder<Vec<u8>>,
+        kind: EntryType,
+        name: &str,
+        data: &[u8],
+    ) {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_path(name).unwrap();
+        if kind == EntryType::Symlink {
+            header.set_link_name("nowhere").unwrap();
+        }
+        header.set_cksum();
+        builder.append(&header, data).unwrap();
+    }
+
+    /// A layer holding only `data` at `path`, named by a GNU long-name record.
+    fn long_named(path: &str, data: &[u8]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        append_long_named(&mut builder, path, data);
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_long_name_record_past_its_limit_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // 8 MiB of `a/a/…`: the tar crate would read it whole, and confining it would make
+        // a String of each of its four million parts.
+        let name = "a/".repeat(4 << 20) + "app.wasm";
+        let l = layers(dir.path(), &[long_named(&name, WASM)]);
+
+        let err = read_entry("img", &l, &format!("/{name}"), "/", 1 << 20).unwrap_err();
+
+        assert!(matches!(err, Error::CompatLimit { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("long-name or PAX record of"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_name_longer_than_path_max_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "d/".repeat(2100) + "app.wasm";
+        let l = layers(dir.path(), &[long_named(&name, WASM)]);
+
+        let err = read_entry("img", &l, &format!("/{name}"), "/", 1 << 20).unwrap_err();
+
+        assert!(
+            err.to_string()
+                .contains("a name of 4208 bytes, over the 4096-byte limit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn long_names_links_and_pax_paths_within_the_limits_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = "deep/".repeat(60);
+        let long = format!("{deep}app.wasm");
+        let mut builder = tar::Builder::new(Vec::new());
+        append_long_named(&mut builder, &long, WASM);
+        // A symlink whose target needs a GNU long-link record.
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(EntryType::Symlink);
+        header.set_size(0);
+        builder
+            .append_link(&mut header, "entry.wasm", format!("/{long}"))
+            .unwrap();
+        // A member whose name is in a PAX record, not its header.
+        let pax_name = format!("{}other.wasm", "pax/".repeat(40));
+        builder
+            .append_pax_extensions([("path", pax_name.as_bytes())])
+            .unwrap();
+        append_member(&mut builder, EntryType::Regular, "placeholder", WASM);
+        // A symlink whose target is in a PAX record; the member after it has its own name.
+        builder
+            .append_pax_extensions([("linkpath", pax_name.as_bytes())])
+            .unwrap();
+        append_member(&mut builder, EntryType::Symlink, "by-pax.wasm", &[]);
+        append_member(&mut builder, EntryType::Regular, "plain.wasm", WASM);
+        let tar = builder.into_inner().unwrap();
+        let l = layers(dir.path(), &[tar]);
+
+        let read = |entry: &str| read_entry("img", &l, entry, "/", 1 << 20).unwrap();
+
+        assert_eq!(read(&format!("/{long}")).as_deref(), Some(WASM));
+        assert_eq!(read("/entry.wasm").as_deref(), Some(WASM));
+        assert_eq!(read(&format!("/{pax_name}")).as_deref(), Some(WASM));
+        assert_eq!(
+            read("/placeholder"),
+            None,
+            "the PAX path replaces the header's"
+        );
+        assert_eq!(
+            read("/by-pax.wasm").as_deref(),
+            Some(WASM),
+            "a PAX link target"
+        );
+        assert_eq!(
+            read("/plain.wasm").as_deref(),
+            Some(WASM),
+            "a PAX record names one member only"
+        );
+    }
+
+    #[test]
+    fn a_member_sized_by_a_pax_record_or_sparse_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |tar: Vec<u8>| {
+            let l = layers(dir.path(), &[tar]);
+            read_entry("img", &l, "/app.wasm", "/", 1 << 20)
+        };
+        let refused = |tar: Vec<u8>| {
+            let err = read(tar).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("a sparse member, or one whose PAX record"),
+                "{err}"
+            );
+        };
+        // Another reader takes the hidden member's 1,024 bytes as its data; a raw reader
+        // that kept the header's 0 would read them as the next headers.
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("size", &b"1024"[..])])
+            .unwrap();
+        append_member(&mut builder, EntryType::Regular, "hidden", &[]);
+        append_member(&mut builder, EntryType::Regular, "app.wasm", WASM);
+        refused(builder.into_inner().unwrap());
+
+        let mut builder = tar::Builder::new(Vec::new());
+        append_member(&mut builder, EntryType::GNUSparse, "sparse", &[]);
+        append_member(&mut builder, EntryType::Regular, "app.wasm", WASM);
+        refused(builder.into_inner().unwrap());
+
+        // A PAX size that agrees with the header is no trouble.
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("size", &b"8"[..])])
+            .unwrap();
+        append_member(&mut builder, EntryType::Regular, "app.wasm", WASM);
+        assert_eq!(
+            read(builder.into_inner().unwrap()).unwrap().as_deref(),
+            Some(WASM)
+        );
+    }
+
+    #[test]
+    fn an_image_whose_layers_come_to_more_than_the_download_limit_is_refused() {
+        let layer = |size: i64| OciDescriptor {
+            size,
+            ..Default::default()
+        };
+        let third = i64::try_from(MAX_DOWNLOAD_BYTES / 3).unwrap();
+
+        assert!(check_layers("img", &[layer(third), layer(third), layer(third)]).is_ok());
+        let err = check_layers("img", &[layer(third), layer(third), layer(third + 2)]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("its layers come to more than 1073741824 bytes"),
+            "{err}"
+        );
+        assert!(check_layers("img", &[layer(-1)]).is_err());
+        assert!(check_layers("img", &[layer(i64::MAX), layer(i64::MAX)]).is_err());
     }
 }

@@ -17,13 +17,17 @@ use tokio::io::AsyncWrite;
 use tokio::sync::RwLock;
 use tracing::info;
 
-use crate::client::new_client;
+use crate::client::new_client_off_runtime;
 use crate::compat::{self, Layer};
 use crate::media::{self, Shape};
 use crate::store::{ArtifactRecord, now_secs};
 use crate::wasm::describe_non_wasm;
 use crate::{Error, PullPolicy, Result, Store, WasmArtifact, WasmKind};
 
+/// The largest image config accepted: it is read whole and parsed, and a real one (the
+/// entrypoint, the environment, the layers' history) is a few KiB. The OCI distribution
+/// spec expects manifests of up to 4 MiB; a config has no reason to be larger.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// How stale a cached artifact's `last_used` may get before a use rewrites it.
 const TOUCH_GRANULARITY_SECS: u64 = 60;
 /// How the puller reaches registries.
@@ -143,7 +147,9 @@ impl Puller {
         &self.store
     }
 
-    fn client_for(&self, auth: &RegistryAuth) -> Client {
+    /// The client for `auth`'s credentials, made on first use off the runtime's threads
+    /// (making one reads the system's CA certificates).
+    async fn client_for(&self, reference: &Reference, auth: &RegistryAuth) -> Result<Client> {
         let key = match auth {
             RegistryAuth::Anonymous => "anonymous".to_string(),
             RegistryAuth::Basic(user, password) => {
@@ -156,13 +162,22 @@ impl Puller {
                 format!("bearer:{}", crate::store::digest_of(token.as_bytes()))
             }
         };
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(&key) {
-            return client.clone();
+        if let Some(client) = self.clients().get(&key) {
+            return Ok(client.clone());
         }
-        let client = new_client(self.protocol.clone());
-        clients.insert(key, client.clone());
-        client
+        let protocol = self.protocol.clone();
+        let made = new_client_off_runtime(protocol, reference).await?;
+        // Two pulls that missed together both made one: the first kept serves both.
+        let mut clients = self.clients();
+        if let Some(kept) = clients.get(&key) {
+            return Ok(kept.clone());
+        }
+        clients.insert(key, made.clone());
+        Ok(made)
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, LruCache<String, Client>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The garbage collector's hold on the store, unless a pull is under way.
@@ -220,7 +235,8 @@ impl Puller {
             }
             (PullPolicy::Always, Some(record)) => {
                 let remote = self
-                    .client_for(&request.auth)
+                    .client_for(reference, &request.auth)
+                    .await?
                     .fetch_manifest_digest(reference, &request.auth)
                     .await
                     .map_err(|e| map_client_error(reference, e))?;
@@ -325,13 +341,15 @@ impl Puller {
         };
         let artifact = match (shape, wasm_layer) {
             (Shape::Compat, _) => {
-                compat::check_layer_count(&reference.whole(), image.layers.len())?;
+                compat::check_layers(&reference.whole(), &image.layers)?;
                 let config = self
                     .image_config(reference, &image, auth, &mut blobs)
                     .await?;
                 let mut layers = Vec::new();
                 for layer in &image.layers {
-                    let path = self.download(reference, layer, auth).await?;
+                    let path = self
+                        .download(reference, layer, auth, self.max_layer_bytes)
+                        .await?;
                     blobs.push(layer.digest.clone());
                     layers.push(Layer {
                         path,
@@ -388,7 +406,9 @@ impl Puller {
             }
             (_, Some(i)) => {
                 let layer = &image.layers[i];
-                let path = self.download(reference, layer, auth).await?;
+                let path = self
+                    .download(reference, layer, auth, self.max_layer_bytes)
+                    .await?;
                 blobs.push(layer.digest.clone());
                 let header = read_header(&path).await?;
                 let kind = WasmKind::detect(&header).ok_or_else(|| Error::InvalidWasm {
@@ -419,7 +439,8 @@ impl Puller {
         expected: Option<&str>,
     ) -> Result<(String, OciManifest)> {
         let (bytes, _) = self
-            .client_for(auth)
+            .client_for(reference, auth)
+            .await?
             .pull_manifest_raw(reference, auth, &media::ACCEPTED_MANIFESTS)
             .await
             .map_err(|e| map_client_error(reference, e))?;
@@ -446,7 +467,8 @@ impl Puller {
         auth: &RegistryAuth,
         blobs: &mut Vec<String>,
     ) -> Result<ContainerConfig> {
-        let path = self.download(reference, &image.config, auth).await?;
+        let limit = MAX_CONFIG_BYTES.min(self.max_layer_bytes);
+        let path = self.download(reference, &image.config, auth, limit).await?;
         blobs.push(image.config.digest.clone());
         let bytes = tokio::fs::read(&path)
             .await
@@ -458,27 +480,51 @@ impl Puller {
         Ok(config.config.unwrap_or_default())
     }
 
-    /// Downloads one blob into the store (unless present), bounded by the size limit and
-    /// verified against its digest twice: by the client while streaming, by the store on commit.
+    /// Downloads one blob into the store (unless present), refused if its manifest gives
+    /// it more than `limit` bytes, stopped if it streams more than its manifest gives, and
+    /// verified against its digest twice: by the client while streaming, by the store on
+    /// commit.
     async fn download(
         &self,
         reference: &Reference,
         layer: &OciDescriptor,
         auth: &RegistryAuth,
+        limit: u64,
     ) -> Result<std::path::PathBuf> {
-        if self.store.has_blob(&layer.digest) {
-            return self.store.blob_path(&layer.digest);
-        }
-        let too_large = |size| Error::LayerTooLarge {
-            reference: reference.whole(),
-            digest: layer.digest.clone(),
-            size,
-            limit: self.max_layer_bytes,
+        let Ok(declared) = u64::try_from(layer.size) else {
+            return Err(Error::Registry {
+                reference: reference.whole(),
+                message: format!("layer {} has a negative size", layer.digest),
+            });
         };
-        if u64::try_from(layer.size).unwrap_or(u64::MAX) > self.max_layer_bytes {
-            return Err(too_large(layer.size.max(0) as u64));
+        if declared > limit {
+            return Err(Error::LayerTooLarge {
+                reference: reference.whole(),
+                digest: layer.digest.clone(),
+                size: declared,
+                limit,
+            });
         }
-        let client = self.client_for(auth);
+        let not_its_size = |actual: &str| Error::Registry {
+            reference: reference.whole(),
+            message: format!(
+                "layer {} is not the {declared} bytes its manifest gives: it is {actual}",
+                layer.digest
+            ),
+        };
+        if self.store.has_blob(&layer.digest) {
+            // Held already, perhaps as another image's layer: the same limits hold for it.
+            let path = self.store.blob_path(&layer.digest)?;
+            let stored = tokio::fs::metadata(&path)
+                .await
+                .map_err(Error::store("read", &path))?
+                .len();
+            if stored != declared {
+                return Err(not_its_size(&format!("{stored} bytes")));
+            }
+            return Ok(path);
+        }
+        let client = self.client_for(reference, auth).await?;
         // Authenticate for this registry before the blob request (a no-op once done).
         client
             .store_auth_if_needed(reference.resolve_registry(), auth)
@@ -487,15 +533,17 @@ impl Puller {
         let file = tokio::fs::File::create(pending.path())
             .await
             .map_err(Error::store("create", pending.path()))?;
+        // A descriptor's size is part of what its manifest's digest vouches for: a blob
+        // that streams past it is not the blob the manifest names, whatever it hashes to.
         let exceeded = Arc::new(AtomicBool::new(false));
         let writer = LimitedWriter {
             inner: file,
-            remaining: self.max_layer_bytes,
+            remaining: declared,
             exceeded: exceeded.clone(),
         };
         if let Err(err) = client.pull_blob(reference, layer, writer).await {
             if exceeded.load(Ordering::Relaxed) {
-                return Err(too_large(self.max_layer_bytes + 1));
+                return Err(not_its_size("larger"));
             }
             return Err(map_client_error(reference, err));
         }
@@ -712,13 +760,7 @@ mod tests {
             }
         });
         let dir = tempfile::tempdir().unwrap();
-        let puller = Puller::new(
-            Arc::new(Store::open(dir.path()).unwrap()),
-            PullerConfig {
-                insecure_registries: vec![host.clone()],
-                ..PullerConfig::default()
-            },
-        );
+        let puller = puller_of(&host, dir.path());
         let image = format!("{host}/demo/silent:v1");
         let request = PullRequest {
             image: &image,
@@ -740,17 +782,19 @@ mod tests {
         held.abort();
     }
 
-    #[test]
-    fn registry_clients_are_kept_for_the_most_recent_credentials_only() {
+    #[tokio::test]
+    async fn registry_clients_are_kept_for_the_most_recent_credentials_only() {
         let dir = tempfile::tempdir().unwrap();
         let puller = Puller::new(
             Arc::new(Store::open(dir.path()).unwrap()),
             PullerConfig::default(),
         );
+        let reference: Reference = "registry.example/app:1".parse().unwrap();
         for n in 0..MAX_CLIENTS + 10 {
-            puller.client_for(&RegistryAuth::Basic(format!("user-{n}"), "pw".into()));
+            let auth = RegistryAuth::Basic(format!("user-{n}"), "pw".into());
+            puller.client_for(&reference, &auth).await.unwrap();
         }
-        assert_eq!(puller.clients.lock().unwrap().len(), MAX_CLIENTS);
+        assert_eq!(puller.clients().len(), MAX_CLIENTS);
     }
 
     #[tokio::test]
@@ -772,6 +816,17 @@ mod tests {
         assert!(err.to_string().contains("size limit"), "{err}");
         assert!(exceeded.load(Ordering::Relaxed));
         assert_eq!(writer.inner.len(), 16, "the refused write reached nothing");
+    }
+
+    /// A puller into a store in `dir`, speaking plain HTTP to `host`.
+    fn puller_of(host: &str, dir: &std::path::Path) -> Puller {
+        Puller::new(
+            Arc::new(Store::open(dir).unwrap()),
+            PullerConfig {
+                insecure_registries: vec![host.to_string()],
+                ..PullerConfig::default()
+            },
+        )
     }
 
     /// A registry on 127.0.0.1 that answers every blob request with `body` and everything
@@ -817,9 +872,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_blob_larger_than_its_manifest_says_stops_at_the_limit_and_nothing_is_committed() {
+    async fn a_blob_larger_than_its_manifest_says_stops_at_that_size_and_nothing_is_committed() {
         // The body hashes to the digest asked for, so the digest checks would pass and only
-        // the streaming limit stands between it and the store.
+        // the declared size stands between it and the store.
         let body = vec![0x2a; 64 * 1024];
         let digest = crate::store::digest_of(&body);
         let host = registry_serving(body).await;
@@ -829,11 +884,10 @@ mod tests {
             store.clone(),
             PullerConfig {
                 insecure_registries: vec![host.clone()],
-                max_layer_bytes: 16 * 1024,
+                max_layer_bytes: 1 << 20,
             },
         );
         let reference: Reference = format!("{host}/demo/liar:v1").parse().unwrap();
-        // The manifest understates the layer: 16 bytes passes the up-front size check.
         let layer = OciDescriptor {
             media_type: media::CNCF_LAYER.into(),
             digest: digest.clone(),
@@ -841,11 +895,12 @@ mod tests {
             ..Default::default()
         };
         let err = puller
-            .download(&reference, &layer, &RegistryAuth::Anonymous)
+            .download(&reference, &layer, &RegistryAuth::Anonymous, 1 << 20)
             .await
             .unwrap_err();
         assert!(
-            matches!(err, Error::LayerTooLarge { limit: 16384, ref digest, .. } if *digest == layer.digest),
+            err.to_string()
+                .contains("is not the 16 bytes its manifest gives: it is larger"),
             "{err}"
         );
         assert!(!store.has_blob(&digest), "the blob never enters the store");
@@ -856,5 +911,76 @@ mod tests {
                 .is_none(),
             "the partial download is removed"
         );
+    }
+
+    #[tokio::test]
+    async fn an_image_config_over_its_limit_is_refused_before_it_is_fetched() {
+        // Whatever is asked for, the registry answers: the refusal must come first.
+        let host = registry_serving(vec![b' '; 1 << 20]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let puller = puller_of(&host, dir.path());
+        let reference: Reference = format!("{host}/demo/bloated:v1").parse().unwrap();
+        let image = OciImageManifest {
+            config: OciDescriptor {
+                media_type: "application/vnd.oci.image.config.v1+json".into(),
+                digest: format!("sha256:{}", "0".repeat(64)),
+                size: i64::try_from(MAX_CONFIG_BYTES + 1).unwrap(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+
+        let err = puller
+            .image_config(
+                &reference,
+                &image,
+                &RegistryAuth::Anonymous,
+                &mut Vec::new(),
+            )
+            .await
+            .err()
+            .unwrap();
+
+        assert!(
+            matches!(err, Error::LayerTooLarge { limit, .. } if limit == MAX_CONFIG_BYTES),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_blob_is_used_only_at_the_size_the_manifest_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        // Another image's large layer, already on the node.
+        let (digest, _) = store.put_bytes(&vec![7u8; 64 * 1024]).await.unwrap();
+        let puller = Puller::new(store, PullerConfig::default());
+        let reference: Reference = "registry.example/demo/small:v1".parse().unwrap();
+        let config = |size| OciDescriptor {
+            media_type: "application/vnd.oci.image.config.v1+json".into(),
+            digest: digest.clone(),
+            size,
+            ..Default::default()
+        };
+
+        let err = puller
+            .download(&reference, &config(16), &RegistryAuth::Anonymous, 1 << 20)
+            .await
+            .unwrap_err();
+
+        assert!(
+            err.to_string()
+                .contains("is not the 16 bytes its manifest gives: it is 65536 bytes"),
+            "{err}"
+        );
+        let held = puller
+            .download(
+                &reference,
+                &config(64 * 1024),
+                &RegistryAuth::Anonymous,
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(std::fs::metadata(held).unwrap().len(), 64 * 1024);
     }
 }
