@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use e2e::demos::{cri_ticks, push_demo, tick};
 use e2e::status::{condition, container, phase, running};
-use e2e::{WasmCluster, WasmletOptions, ps_row, wait_for, wasm_pod};
+use e2e::{ControlPlane, Kubectl, WasmCluster, WasmletOptions, ps_row, wait_for, wasm_pod};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -169,6 +169,57 @@ async fn pods_run_on_through_a_cut_link_and_are_ready_again_when_it_returns() {
         numbers.iter().copied().eq(0..numbers.len() as u64),
         "ticks run 0, 1, 2, … without a gap or a restart: {numbers:?}"
     );
+}
+
+/// What keeps a node's status for a pod off another pod of the same name (one deleted and
+/// made again elsewhere while the node was cut off, as an operator does for a StatefulSet's
+/// pod on an unreachable node): the node's status patches carry the pod's UID (a unit test
+/// of `status_patch` shows it), and the API server refuses a status patch whose UID is not
+/// the pod's, taking the same patch with the pod's own.
+#[tokio::test]
+async fn the_api_server_refuses_a_status_patch_naming_another_pod_s_uid() {
+    let plane = ControlPlane::start().await.expect("control plane starts");
+    let kubectl = Kubectl::new(&plane.admin_kubeconfig());
+    kubectl
+        .apply(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\nspec:\n  nodeName: elsewhere\n  containers:\n  - {name: app, image: example/app:1}\n",
+        )
+        .unwrap();
+    let uid = kubectl
+        .run(&["get", "pod", "web-0", "-o", "jsonpath={.metadata.uid}"])
+        .unwrap();
+    let patch = |uid: &str| {
+        let body = format!(
+            r#"{{"metadata":{{"uid":"{uid}"}},"status":{{"phase":"Running","hostIP":"10.9.9.9"}}}}"#
+        );
+        kubectl.run(&[
+            "patch",
+            "pod",
+            "web-0",
+            "--subresource=status",
+            "--type=strategic",
+            "-p",
+            &body,
+        ])
+    };
+    let status = || {
+        kubectl
+            .run(&[
+                "get",
+                "pod",
+                "web-0",
+                "-o",
+                "jsonpath={.status.phase}/{.status.hostIP}",
+            ])
+            .unwrap()
+    };
+
+    let refused = patch("6f1e0c1a-0000-4000-8000-000000000000").unwrap_err();
+
+    assert!(format!("{refused:#}").contains("uid"), "{refused:#}");
+    assert_eq!(status(), "Pending/", "the pod's status is untouched");
+    patch(&uid).unwrap();
+    assert_eq!(status(), "Running/10.9.9.9", "its own UID is taken");
 }
 
 /// Ticks numbered as the ticker demo writes them, from `wasmlet logs` or `kubectl logs`.

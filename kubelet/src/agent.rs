@@ -225,7 +225,7 @@ async fn register_until_done(
                 return Some(node);
             }
             Err(err) => {
-                link.failed();
+                link.failed_with(&err);
                 let delay = backoff.next_delay();
                 warn!(error = %err, retry_in = ?delay, "node registration failed");
                 if !sleep_unless_cancelled(delay, cancel).await {
@@ -255,7 +255,7 @@ async fn keep_lease(mut lease: LeaseKeeper, link: &Link, cancel: &CancellationTo
                 LEASE_RENEW_INTERVAL
             }
             Err(err) => {
-                link.failed();
+                link.failed_with(&err);
                 let delay = backoff.next_delay();
                 warn!(error = %err, retry_in = ?delay, "lease renewal failed");
                 delay

@@ -56,6 +56,37 @@ impl Link {
             .send_if_modified(|state| !std::mem::replace(&mut state.down, true))
     }
 
+    /// A request failed with `err`: an answer from the API server, even a refusal or a
+    /// "too many requests", is a link that works, and only a request that got no answer
+    /// is a link that is down (else a node refused by RBAC or throttled by the server would
+    /// see the link come back with each success and resend every pod's status each time).
+    /// A 502, 503 or 504 is no answer: it is what a proxy or load balancer in front of an
+    /// API server it cannot reach says. Returns what [`Self::failed`] returns, and false
+    /// for an answer.
+    pub fn failed_with(&self, err: &kube::Error) -> bool {
+        match err {
+            kube::Error::Api(status) if !matches!(status.code, 502..=504) => {
+                self.succeeded();
+                false
+            }
+            _ => self.failed(),
+        }
+    }
+
+    /// As [`Self::failed_with`], for a watch's error.
+    pub fn watch_failed_with(&self, err: &kube::runtime::watcher::Error) -> bool {
+        use kube::runtime::watcher::Error;
+        match err {
+            Error::InitialListFailed(err)
+            | Error::WatchStartFailed(err)
+            | Error::WatchFailed(err) => self.failed_with(err),
+            Error::WatchError(_) | Error::NoResourceVersion => {
+                self.succeeded();
+                false
+            }
+        }
+    }
+
     /// A watch that resolves each time the link is restored from now on.
     pub fn watch(&self) -> Restorations {
         let rx = self.state.subscribe();
@@ -112,5 +143,46 @@ mod tests {
                 .is_err(),
             "a success while up, or a failure, restores nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_even_a_refusal_is_a_link_that_works() {
+        let answer = |code| {
+            kube::Error::Api(
+                kube::core::Status::failure("no", "Forbidden")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let unreachable = || kube::Error::Service(Box::new(std::io::Error::other("refused")));
+        let link = Link::default();
+        let mut restored = link.watch();
+
+        assert!(!link.failed_with(&answer(403)), "a refusal is no outage");
+        assert!(link.failed_with(&unreachable()), "no answer is");
+        assert!(!link.failed_with(&answer(429)));
+        tokio::time::timeout(Duration::from_secs(1), restored.restored())
+            .await
+            .expect("an answer after an outage restores the link");
+        assert!(!link.failed_with(&answer(409)));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), restored.restored())
+                .await
+                .is_err(),
+            "answers while up restore nothing"
+        );
+        assert!(
+            link.failed_with(&answer(503)),
+            "a gateway that cannot reach the API server is no answer"
+        );
+        assert!(!link.failed_with(&answer(403)));
+        let gone = kube::runtime::watcher::Error::WatchError(
+            kube::core::Status::failure("too old", "Expired")
+                .with_code(410)
+                .boxed(),
+        );
+        assert!(!link.watch_failed_with(&gone));
+        let dropped = kube::runtime::watcher::Error::WatchFailed(unreachable());
+        assert!(link.watch_failed_with(&dropped), "a dropped watch is");
     }
 }

@@ -206,7 +206,7 @@ impl<P: Provider> PodManager<P> {
                 event = watch.next(), if watching => match event {
                     None => watching = false,
                     Some(Err(err)) => {
-                        if self.ctx.link.failed() {
+                        if self.ctx.link.watch_failed_with(&err) {
                             warn!(%err, "pod watch failed; pods run on from the local store, retrying");
                         } else {
                             debug!(%err, "pod watch failed; retrying");
@@ -458,10 +458,16 @@ impl<P: Provider> PodManager<P> {
 
     /// Lets every worker wind down (their channels close: the pods and their files stay for
     /// the next run), waiting at most [`STOP_TIMEOUT`] for the last log lines and status.
+    /// A worker that was already removing its pod (deleted, or gone from the API) finishes
+    /// that, and its record goes with it, or the next run would start the pod again.
     async fn stop(mut self) {
         self.workers.clear();
         let drained = tokio::time::timeout(STOP_TIMEOUT, async {
-            while self.tasks.join_next().await.is_some() {}
+            while let Some(joined) = self.tasks.join_next().await {
+                if let Ok((uid, Outcome::Removed)) = joined {
+                    self.ctx.store.remove_pod(&uid).await;
+                }
+            }
         })
         .await;
         if drained.is_err() {
@@ -661,10 +667,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_provider_and_the_advertised_devices_both_decide_admission() {
-        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let settings = PodSettings {
+    /// A small node's settings.
+    fn settings() -> PodSettings {
+        PodSettings {
             node_name: "edge-1".into(),
             host_ip: "10.0.0.1".into(),
             capacity: Capacity {
@@ -673,9 +678,14 @@ mod tests {
                 memory_bytes: 1 << 30,
                 ephemeral_storage_bytes: 1 << 40,
             },
-            sync_frequency: std::time::Duration::from_secs(60),
+            sync_frequency: Duration::from_secs(60),
             secrets_in_memory: false,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn the_provider_and_the_advertised_devices_both_decide_admission() {
+        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let store_dir = tempfile::tempdir().unwrap();
         let manager = PodManager::new(
             PodSources {
@@ -684,7 +694,7 @@ mod tests {
                 events: EventRecorder::new(None, "edge-1", crate::events::default_limit()),
             },
             Arc::new(Picky),
-            settings,
+            settings(),
             &SharedPodState::default(),
             LocalStore::open(store_dir.path()).unwrap(),
             Link::default(),
@@ -708,5 +718,129 @@ mod tests {
         }
         let held = manager.ctx.admitted.lock().unwrap().len();
         assert_eq!(held, 1, "refused pods hold nothing");
+    }
+
+    /// A runtime whose containers run until told to stop, then exit only when released: so
+    /// the agent can be stopped while one of its pods is being removed.
+    struct SlowToStop {
+        started: Arc<tokio::sync::Notify>,
+        stopping: Arc<tokio::sync::Notify>,
+        release: Arc<tokio::sync::Notify>,
+    }
+
+    impl Provider for SlowToStop {
+        type Image = NoImage;
+
+        fn node_contribution(&self) -> NodeContribution {
+            NodeContribution::default()
+        }
+
+        async fn pull(&self, _: ImageRequest<'_>) -> Result<NoImage, ContainerError> {
+            Ok(NoImage)
+        }
+
+        async fn start(
+            &self,
+            _: &NoImage,
+            start: ContainerStart,
+        ) -> Result<JoinHandle<ContainerExit>, ContainerError> {
+            self.started.notify_one();
+            let (stopping, release) = (self.stopping.clone(), self.release.clone());
+            Ok(tokio::spawn(async move {
+                start.stop.cancelled().await;
+                stopping.notify_one();
+                release.notified().await;
+                ContainerExit {
+                    exit_code: 0,
+                    reason: "Completed".into(),
+                    message: None,
+                }
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_being_removed_when_the_agent_stops_is_not_kept_for_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let shared = SharedPodState {
+            pods_dir: dir.path().join("pods"),
+            ..SharedPodState::default()
+        };
+        let static_pod = StaticPod {
+            pod: Pod {
+                metadata: ObjectMeta {
+                    name: Some("web-edge-1".into()),
+                    namespace: Some("default".into()),
+                    uid: Some("web-hash".into()),
+                    ..Default::default()
+                },
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "app".into(),
+                        image: Some("example/app:1".into()),
+                        ..Default::default()
+                    }],
+                    node_name: Some("edge-1".into()),
+                    termination_grace_period_seconds: Some(30),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            file: dir.path().join("web.yaml"),
+        };
+        let (manifests, watched) = watch::channel(vec![static_pod]);
+        let provider = SlowToStop {
+            started: Arc::default(),
+            stopping: Arc::default(),
+            release: Arc::default(),
+        };
+        let (started, stopping, release) = (
+            provider.started.clone(),
+            provider.stopping.clone(),
+            provider.release.clone(),
+        );
+        let manager = PodManager::new(
+            PodSources {
+                client: None,
+                static_pods: Some(watched),
+                events: EventRecorder::new(None, "edge-1", crate::events::default_limit()),
+            },
+            Arc::new(provider),
+            settings(),
+            &shared,
+            store.clone(),
+            Link::default(),
+        );
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(manager.run(cancel.clone()));
+        let soon = Duration::from_secs(10);
+        tokio::time::timeout(soon, started.notified())
+            .await
+            .expect("the pod starts");
+        store.flush().await;
+        assert_eq!(
+            store.pods().await.unwrap().len(),
+            1,
+            "a running pod is kept"
+        );
+
+        // Its manifest goes; while its container is still stopping, so does the agent.
+        manifests.send_replace(Vec::new());
+        tokio::time::timeout(soon, stopping.notified())
+            .await
+            .expect("the container is told to stop");
+        cancel.cancel();
+        release.notify_one();
+        tokio::time::timeout(soon, running)
+            .await
+            .expect("the agent stops")
+            .unwrap();
+
+        store.flush().await;
+        assert!(
+            store.pods().await.unwrap().is_empty(),
+            "the removed pod would start again on the next run"
+        );
     }
 }

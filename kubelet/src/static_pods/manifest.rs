@@ -363,6 +363,12 @@ fn normalise(mut pod: Pod, file: &Path, node_name: &str) -> Result<Pod, String> 
         ));
     }
     check_names(spec)?;
+    // A manifest says what should run, never what has happened: a pod pasted from
+    // `kubectl get -o yaml` while it was terminating would otherwise be stopped the moment
+    // it is taken on, and taken on again, without end.
+    pod.metadata.deletion_timestamp = None;
+    pod.metadata.deletion_grace_period_seconds = None;
+    pod.metadata.resource_version = None;
     // Hashed before anything below is added, so the UID depends on the manifest alone.
     let uid = content_hash(node_name, file, &pod)?;
 
@@ -1031,5 +1037,30 @@ spec:
 
         let annotations = pods[0].pod.metadata.annotations.as_ref().unwrap();
         assert!(!annotations.contains_key(CONFIG_MIRROR_ANNOTATION));
+    }
+
+    #[test]
+    fn a_manifest_cannot_make_its_pod_look_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "web.yaml", WEB);
+        let plain_uid = read_manifests(dir.path(), NODE).0[0].uid().to_owned();
+        let text = WEB.replace(
+            "  name: web\n",
+            "  name: web\n  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n  deletionGracePeriodSeconds: 0\n  resourceVersion: \"42\"\n",
+        );
+        write(dir.path(), "web.yaml", &text);
+
+        let (pods, errors) = read_manifests(dir.path(), NODE);
+
+        assert!(errors.is_empty(), "{errors:?}");
+        let metadata = &pods[0].pod.metadata;
+        assert_eq!(metadata.deletion_timestamp, None);
+        assert_eq!(metadata.deletion_grace_period_seconds, None);
+        assert_eq!(metadata.resource_version, None);
+        assert_eq!(
+            pods[0].uid(),
+            plain_uid,
+            "what happened to a pod is not part of what should run"
+        );
     }
 }

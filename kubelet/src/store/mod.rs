@@ -113,6 +113,16 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The file is a store of another schema version.
+    #[error(
+        "local store {path}: schema version {found}, this agent keeps version {SCHEMA_VERSION}"
+    )]
+    Schema {
+        /// The store's file.
+        path: PathBuf,
+        /// The version the file holds.
+        found: i64,
+    },
     /// A read on the blocking pool did not finish (the runtime is shutting down).
     #[error("local store read did not finish")]
     Join(#[source] tokio::task::JoinError),
@@ -140,14 +150,22 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// Opens (or creates) the store in `data_dir`. A file that SQLite cannot open, that
-    /// fails its integrity check or that has another schema is moved aside with one log line
-    /// and a fresh store is made: the node then rebuilds it from the API, never crash-loops
-    /// on it. Starts the writer thread.
+    /// Opens (or creates) the store in `data_dir`. A file that is not a store (damaged,
+    /// not SQLite, another schema) is moved aside with one log line and a fresh store is
+    /// made: the node then rebuilds it from the API, never crash-loops on it. A store that
+    /// cannot be opened now (a full disk, an I/O error) is an error, and the file stays
+    /// where it is: its pods are what an offline node restarts once the trouble passes
+    /// (the log says how to start afresh instead).
+    /// Starts the writer thread.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join(STORE_FILE);
         let write = match open_checked(&path) {
             Ok(conn) => conn,
+            Err(err) if !err.means_not_a_store() => {
+                error!(store = %path.display(), error = %err,
+                    "the local store cannot be opened now and is kept as it is; free space or mend the disk, or move it away to start with an empty one (pods are then rebuilt from the API server)");
+                return Err(err);
+            }
             Err(err) => {
                 let aside = move_aside(&path)?;
                 error!(store = %path.display(), moved_to = %aside.display(), error = %err,
@@ -312,6 +330,24 @@ impl ObjectKey {
     }
 }
 
+impl StoreError {
+    /// Whether the file is not a store this agent can use (damaged, not an SQLite
+    /// database, another schema), as against one it cannot use now.
+    fn means_not_a_store(&self) -> bool {
+        match self {
+            Self::Schema { .. } => true,
+            Self::Sqlite {
+                source: rusqlite::Error::SqliteFailure(failure, _),
+                ..
+            } => matches!(
+                failure.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ),
+            _ => false,
+        }
+    }
+}
+
 fn sqlite(path: &Path, operation: &'static str, source: rusqlite::Error) -> StoreError {
     StoreError::Sqlite {
         path: path.to_path_buf(),
@@ -366,15 +402,19 @@ fn open_checked(path: &Path) -> Result<Connection, StoreError> {
         )
         .map_err(|source| sqlite(path, "read the schema", source))?;
     if !empty && version != SCHEMA_VERSION {
-        return Err(sqlite(
-            path,
-            "read the schema version",
-            rusqlite::Error::InvalidQuery,
-        ));
+        return Err(StoreError::Schema {
+            path: path.to_path_buf(),
+            found: version,
+        });
     }
-    conn.execute_batch(SCHEMA)
-        .and_then(|()| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
+    // The store itself is not written when it is current (its WAL may still be); a new one
+    // gets its tables and version at once or not at all.
+    if empty {
+        conn.execute_batch(&format!(
+            "BEGIN;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+        ))
         .map_err(|source| sqlite(path, "create the schema", source))?;
+    }
     Ok(conn)
 }
 

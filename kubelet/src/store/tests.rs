@@ -165,3 +165,84 @@ fn a_missing_store_reads_as_no_pods() {
         "reading never creates it"
     );
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_be_opened_now_is_an_error_and_stays_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    // Something other than damage stands in the store's way (here a directory where the
+    // file should be; a full disk or an I/O error in the field).
+    let path = dir.path().join(STORE_FILE);
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("keep"), b"x").unwrap();
+
+    assert!(LocalStore::open(dir.path()).is_err());
+
+    assert!(path.join("keep").exists(), "nothing was moved aside");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [STORE_FILE]);
+}
+
+#[test]
+fn only_damage_and_another_schema_mean_the_file_is_not_a_store() {
+    let path = PathBuf::from("/x/store.db");
+    let failure = |code| {
+        sqlite(
+            &path,
+            "open",
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        )
+    };
+    for code in [rusqlite::ffi::SQLITE_CORRUPT, rusqlite::ffi::SQLITE_NOTADB] {
+        assert!(failure(code).means_not_a_store(), "{code}");
+    }
+    assert!(
+        StoreError::Schema {
+            path: path.clone(),
+            found: 7
+        }
+        .means_not_a_store()
+    );
+    for code in [
+        rusqlite::ffi::SQLITE_FULL,
+        rusqlite::ffi::SQLITE_IOERR,
+        rusqlite::ffi::SQLITE_CANTOPEN,
+        rusqlite::ffi::SQLITE_READONLY,
+        rusqlite::ffi::SQLITE_BUSY,
+    ] {
+        assert!(!failure(code).means_not_a_store(), "{code}");
+    }
+    let io = StoreError::Io {
+        path,
+        operation: "create",
+        source: std::io::Error::other("no space left on device"),
+    };
+    assert!(!io.means_not_a_store());
+}
+
+#[tokio::test]
+async fn a_store_of_another_schema_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = Connection::open(dir.path().join(STORE_FILE)).unwrap();
+    other
+        .execute_batch("CREATE TABLE pods (uid TEXT); PRAGMA user_version = 99;")
+        .unwrap();
+    drop(other);
+
+    let store = LocalStore::open(dir.path()).expect("another schema is replaced");
+
+    assert!(store.pods().await.unwrap().is_empty());
+    let aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("store.db.corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1);
+}

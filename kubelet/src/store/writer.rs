@@ -1,16 +1,20 @@
 //! The store's one writer: a thread that owns the write connection and commits whatever has
 //! queued up since its last commit as one transaction.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, ErrorCode, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::{StoreError, io};
 
 /// Writes applied together in one transaction, at most; a larger backlog takes several.
 const BATCH: usize = 512;
+/// The most unsaved writes kept for the next transaction while the disk cannot take them;
+/// past it the oldest are dropped.
+const MAX_KEPT: usize = 8 * BATCH;
 
 /// One queued change.
 #[derive(Debug)]
@@ -50,35 +54,136 @@ pub(super) fn spawn(
         .map_err(|source| io(Path::new(""), "start the writer thread", source))
 }
 
-fn run(mut conn: Connection, mut pending: mpsc::Receiver<Write>, path: &Path) {
-    let mut batch = Vec::with_capacity(BATCH);
+fn run(conn: Connection, mut pending: mpsc::Receiver<Write>, path: &Path) {
+    let mut writer = Writer {
+        conn,
+        kept: Vec::new(),
+        path,
+    };
     while let Some(first) = pending.blocking_recv() {
-        batch.push(first);
+        let mut batch = vec![first];
         while batch.len() < BATCH {
             match pending.try_recv() {
                 Ok(write) => batch.push(write),
                 Err(_) => break,
             }
         }
-        if let Err(err) = commit(&mut conn, &mut batch) {
-            // The transaction rolled back whole (a full disk, say): the store keeps its last
-            // committed state and the next change is tried again afresh.
-            warn!(store = %path.display(), %err, "a local store transaction failed; its changes were not saved");
-        }
-        for write in batch.drain(..) {
-            if let Write::Flush(done) = write {
-                let _ = done.send(());
-            }
+        writer.commit(batch);
+    }
+    // The agent is gone: a last try for what the disk refused, and a word if it refuses
+    // again, rather than losing it without one.
+    if !writer.kept.is_empty() {
+        writer.commit(Vec::new());
+        if !writer.kept.is_empty() {
+            error!(store = %path.display(), lost = writer.kept.len(), "the local store could not save its last changes");
         }
     }
 }
 
-fn commit(conn: &mut Connection, batch: &mut [Write]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    for write in batch.iter() {
-        apply(&tx, write)?;
+/// The write connection, and the changes of transactions that failed for want of room or
+/// of a working disk, which go again, first, with the next.
+struct Writer<'a> {
+    conn: Connection,
+    kept: Vec<Write>,
+    path: &'a Path,
+}
+
+impl Writer<'_> {
+    /// Commits what was kept and `batch` as one transaction, then answers the flushes in it
+    /// (a flush waits for one attempt, not for a disk to be freed).
+    fn commit(&mut self, batch: Vec<Write>) {
+        let mut writes = std::mem::take(&mut self.kept);
+        writes.extend(batch);
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            for write in &writes {
+                apply(&tx, write)?;
+            }
+            tx.commit()
+        })();
+        let mut unsaved = Vec::new();
+        for write in writes {
+            match write {
+                Write::Flush(done) => {
+                    let _ = done.send(());
+                }
+                write => unsaved.push(write),
+            }
+        }
+        let Err(err) = result else {
+            return;
+        };
+        if !passing(&err) {
+            warn!(store = %self.path.display(), %err, "a local store transaction failed; its changes were not saved");
+            return;
+        }
+        // The transaction rolled back whole: what it held is what the node must still find
+        // after a restart (a pod's end, a removal), so it is tried again.
+        self.kept = latest_only(unsaved);
+        if self.kept.len() > MAX_KEPT {
+            let dropped = self.kept.len() - MAX_KEPT;
+            self.kept.drain(..dropped);
+            error!(store = %self.path.display(), %err, dropped, "the local store cannot be written; its oldest unsaved changes were dropped");
+        } else {
+            warn!(store = %self.path.display(), %err, kept = self.kept.len(), "a local store transaction failed; its changes are tried again with the next");
+        }
     }
-    tx.commit()
+}
+
+/// Whether `err` is the disk's trouble of the moment (full, failing, locked), which a later
+/// transaction may not meet, rather than something wrong with a change itself.
+fn passing(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly
+                | ErrorCode::OutOfMemory
+        )
+    )
+}
+
+/// `writes` with what a later write replaces whole left out, so that what they leave in the
+/// store is unchanged and what is kept grows with the pods, not with their changes: a pod's
+/// statuses and its reads of one object but the last; and a pod's objects but the first
+/// since it was last removed, which takes the last one's content (it keeps the first's
+/// place, since statuses and object reads after it need its row).
+fn latest_only(writes: Vec<Write>) -> Vec<Write> {
+    let mut pods: Vec<Write> = Vec::with_capacity(writes.len());
+    let mut first_pod_at = HashMap::new();
+    for write in writes {
+        match write {
+            Write::Pod { uid, source, json } => match first_pod_at.get(&uid) {
+                Some(&at) => pods[at] = Write::Pod { uid, source, json },
+                None => {
+                    first_pod_at.insert(uid.clone(), pods.len());
+                    pods.push(Write::Pod { uid, source, json });
+                }
+            },
+            Write::RemovePod { uid } => {
+                first_pod_at.remove(&uid);
+                pods.push(Write::RemovePod { uid });
+            }
+            other => pods.push(other),
+        }
+    }
+    let mut statuses = HashSet::new();
+    let mut objects = HashSet::new();
+    let mut kept: Vec<Write> = pods
+        .into_iter()
+        .rev()
+        .filter(|write| match write {
+            Write::Status { uid, .. } => statuses.insert(uid.clone()),
+            Write::Object { uid, key, .. } => objects.insert((uid.clone(), key.clone())),
+            _ => true,
+        })
+        .collect();
+    kept.reverse();
+    kept
 }
 
 fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
@@ -130,4 +235,115 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
         Write::Flush(_) => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(uid: &str, json: &str) -> Write {
+        Write::Status {
+            uid: uid.into(),
+            json: json.into(),
+        }
+    }
+
+    #[test]
+    fn changes_a_full_disk_refused_go_again_with_the_next_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let conn = super::super::open_checked(&path).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .unwrap();
+        // The file may not grow: as good as a full disk for the next insert.
+        conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let mut writer = Writer {
+            conn,
+            kept: Vec::new(),
+            path: &path,
+        };
+        let pod = Write::Pod {
+            uid: "u1".into(),
+            source: "api",
+            json: format!("{{\"pad\":\"{}\"}}", "x".repeat(64 * 1024)),
+        };
+        let (flushed, answer) = oneshot::channel();
+
+        writer.commit(vec![
+            pod,
+            status("u1", "\"Running\""),
+            Write::Flush(flushed),
+        ]);
+
+        assert!(answer.blocking_recv().is_ok(), "a flush is answered anyway");
+        assert_eq!(writer.kept.len(), 2, "the pod and its status are kept");
+        writer
+            .conn
+            .pragma_update(None, "max_page_count", 1_000_000)
+            .unwrap();
+        writer.commit(vec![status("u1", "\"Succeeded\"")]);
+        assert!(writer.kept.is_empty());
+        let stored: String = writer
+            .conn
+            .query_row("SELECT status FROM pods WHERE uid = 'u1'", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(stored, "\"Succeeded\"");
+    }
+
+    #[test]
+    fn what_a_later_write_replaces_is_not_kept() {
+        let object = |uid: &str, key: &str, json: &str| Write::Object {
+            uid: uid.into(),
+            key: key.into(),
+            json: Some(json.into()),
+        };
+        let pod = |uid: &str, json: &str| Write::Pod {
+            uid: uid.into(),
+            source: "api",
+            json: json.into(),
+        };
+        let writes = vec![
+            pod("a", "a1"),
+            status("a", "1"),
+            object("a", "cm", "v1"),
+            status("b", "1"),
+            pod("a", "a2"),
+            Write::RemovePod { uid: "c".into() },
+            pod("c", "c1"),
+            Write::RemovePod { uid: "c".into() },
+            pod("c", "c2"),
+            status("a", "2"),
+            object("b", "cm", "v2"),
+            pod("a", "a3"),
+            object("a", "cm", "v3"),
+        ];
+
+        let kept: Vec<String> = latest_only(writes)
+            .iter()
+            .map(|write| match write {
+                Write::Status { uid, json } => format!("status {uid} {json}"),
+                Write::Object { uid, json, .. } => format!("object {uid} {json:?}"),
+                Write::Pod { uid, json, .. } => format!("pod {uid} {json}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+
+        assert_eq!(
+            kept,
+            [
+                "pod a a3",
+                "status b 1",
+                "RemovePod { uid: \"c\" }",
+                "pod c c1",
+                "RemovePod { uid: \"c\" }",
+                "pod c c2",
+                "status a 2",
+                "object b Some(\"v2\")",
+                "object a Some(\"v3\")",
+            ]
+        );
+    }
 }

@@ -4,6 +4,22 @@
 
 use super::*;
 
+/// The body of a status patch. An API pod's carries its UID, as the kubelet's does: the API
+/// server refuses the patch if the pod of that name is now another one (the pod was deleted
+/// and made again, elsewhere perhaps, while this node was cut off), instead of writing this
+/// node's truth over it. A static pod's mirror has a UID of the API server's making, so its
+/// patch goes by name alone.
+fn status_patch(status: &PodStatus, from_api: bool, uid: &str) -> Pod {
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            uid: from_api.then(|| uid.to_owned()),
+            ..Default::default()
+        },
+        status: Some(status.clone()),
+        ..Default::default()
+    }
+}
+
 impl<P: Provider> Worker<P> {
     /// Records the status where the node keeps it (the table the kubelet API reads, the
     /// local store for the next run) when it changed, and sends it to the API server if it
@@ -29,10 +45,7 @@ impl<P: Provider> Worker<P> {
             self.last_sent = Some(status);
             return;
         };
-        let patch = Pod {
-            status: Some(status.clone()),
-            ..Default::default()
-        };
+        let patch = status_patch(&status, self.source == PodSource::Api, &self.key.uid);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
@@ -111,5 +124,26 @@ impl<P: Provider> Worker<P> {
                 _ = self.resend_due() => self.resend(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_pod_s_status_patch_names_its_uid_and_a_static_pod_s_does_not() {
+        let status = PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        };
+
+        let api = serde_json::to_value(status_patch(&status, true, "uid-1")).unwrap();
+        let mirror = serde_json::to_value(status_patch(&status, false, "hash-1")).unwrap();
+
+        assert_eq!(api["metadata"]["uid"], "uid-1");
+        assert_eq!(api["status"]["phase"], "Running");
+        assert!(mirror["metadata"].get("uid").is_none(), "{mirror}");
+        assert_eq!(mirror["status"]["phase"], "Running");
     }
 }
