@@ -32,6 +32,13 @@ impl Default for Link {
     }
 }
 
+/// Whether `err` is the API server's answer: an error status it sent (kube takes the code
+/// from a JSON body when there is one, so a gateway's `{}` comes with code 0, and is no
+/// answer), not a gateway's 502, 503 or 504.
+pub fn answered(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if matches!(status.code, 400..=501 | 505..=599))
+}
+
 impl Link {
     /// A request reached the API server.
     pub fn succeeded(&self) {
@@ -64,12 +71,11 @@ impl Link {
     /// API server it cannot reach says. Returns what [`Self::failed`] returns, and false
     /// for an answer.
     pub fn failed_with(&self, err: &kube::Error) -> bool {
-        match err {
-            kube::Error::Api(status) if !matches!(status.code, 502..=504) => {
-                self.succeeded();
-                false
-            }
-            _ => self.failed(),
+        if answered(err) {
+            self.succeeded();
+            false
+        } else {
+            self.failed()
         }
     }
 
@@ -176,6 +182,11 @@ mod tests {
             "a gateway that cannot reach the API server is no answer"
         );
         assert!(!link.failed_with(&answer(403)));
+        assert!(
+            link.failed_with(&answer(0)),
+            "a JSON body that is no Status (a gateway's) is no answer"
+        );
+        assert!(!link.failed_with(&answer(404)));
         let gone = kube::runtime::watcher::Error::WatchError(
             kube::core::Status::failure("too old", "Expired")
                 .with_code(410)

@@ -329,8 +329,17 @@ fn each_member(
             } else {
                 &mut pax
             };
-            *slot = Some(record);
+            // Readers differ on a second record of a kind before one member (the tar
+            // crate and libarchive refuse it, Go keeps the last): refused.
+            if slot.replace(record).is_some() {
+                return Err(limit("two records of one kind before one member".into()));
+            }
             continue;
+        }
+        // Solaris' extended header, which libarchive applies as a PAX record and the tar
+        // crate passes over: readers would name the next member differently.
+        if kind.as_byte() == b'X' {
+            return Err(limit("a Solaris extended header".into()));
         }
         let pax_value = |key: &[u8]| {
             pax.as_deref().and_then(|records| {
@@ -362,7 +371,19 @@ fn each_member(
         // its data read as headers, an image showing wasmlet files no one else sees. No
         // image builder writes either (a PAX size is for members over 8 GiB).
         let header_size = entry.header().entry_size().map_err(bad)?;
-        let sized_elsewhere = kind.is_gnu_sparse()
+        // Go's reader gives a link, a directory, a device or a FIFO no data whatever its
+        // header says; the tar crate skips what the header says.
+        let header_only = matches!(
+            kind,
+            EntryType::Link
+                | EntryType::Symlink
+                | EntryType::Char
+                | EntryType::Block
+                | EntryType::Directory
+                | EntryType::Fifo
+        );
+        let sized_elsewhere = (header_only && header_size != 0)
+            || kind.is_gnu_sparse()
             || pax.as_deref().is_some_and(|records| {
                 tar::PaxExtensions::new(records)
                     .filter_map(std::result::Result::ok)
@@ -376,11 +397,15 @@ fn each_member(
             });
         if sized_elsewhere {
             return Err(limit(
-                "a sparse member, or one whose PAX record gives it another size than its header"
+                "a sparse member, one whose PAX record gives it another size than its header, or a link, directory or device with data"
                     .into(),
             ));
         }
         pax = None;
+        // Go cuts a name at its first NUL, this reader would not: refused.
+        if [&path, &link].iter().any(|name| name.contains(&0)) {
+            return Err(limit("a name holding a NUL".into()));
+        }
         if let Some(long) = [&path, &link]
             .into_iter()
             .find(|name| name.len() > MAX_PATH_BYTES)
@@ -962,7 +987,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_member_sized_by_a_pax_record_or_sparse_is_refused() {
+    fn members_that_tar_readers_would_read_differently_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let read = |tar: Vec<u8>| {
             let l = layers(dir.path(), &[tar]);
@@ -972,7 +997,7 @@ pub(crate) mod tests {
             let err = read(tar).unwrap_err();
             assert!(
                 err.to_string()
-                    .contains("a sparse member, or one whose PAX record"),
+                    .contains("a sparse member, one whose PAX record"),
                 "{err}"
             );
         };
@@ -990,6 +1015,35 @@ pub(crate) mod tests {
         append_member(&mut builder, EntryType::GNUSparse, "sparse", &[]);
         append_member(&mut builder, EntryType::Regular, "app.wasm", WASM);
         refused(builder.into_inner().unwrap());
+
+        let mut builder = tar::Builder::new(Vec::new());
+        append_member(&mut builder, EntryType::Directory, "dir", &[0; 512]);
+        append_member(&mut builder, EntryType::Regular, "app.wasm", WASM);
+        refused(builder.into_inner().unwrap());
+
+        // Records that readers apply differently.
+        let layer_refused = |tar: Vec<u8>, why: &str| {
+            let err = read(tar).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        };
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("path", &b"a.wasm"[..])])
+            .unwrap();
+        builder
+            .append_pax_extensions([("path", &b"b.wasm"[..])])
+            .unwrap();
+        append_member(&mut builder, EntryType::Regular, "app.wasm", WASM);
+        layer_refused(builder.into_inner().unwrap(), "two records of one kind");
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("path", &b"app.wasm\0.txt"[..])])
+            .unwrap();
+        append_member(&mut builder, EntryType::Regular, "x", WASM);
+        layer_refused(builder.into_inner().unwrap(), "a name holding a NUL");
+        let mut builder = tar::Builder::new(Vec::new());
+        append_member(&mut builder, EntryType::new(b'X'), "solaris", b"path=x\n");
+        layer_refused(builder.into_inner().unwrap(), "a Solaris extended header");
 
         // A PAX size that agrees with the header is no trouble.
         let mut builder = tar::Builder::new(Vec::new());

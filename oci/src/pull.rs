@@ -547,6 +547,15 @@ impl Puller {
             }
             return Err(map_client_error(reference, err));
         }
+        // Shorter is no better: a blob committed at another size would be refused by every
+        // later pull that finds it held.
+        let written = tokio::fs::metadata(pending.path())
+            .await
+            .map_err(Error::store("read", pending.path()))?
+            .len();
+        if written != declared {
+            return Err(not_its_size(&format!("{written} bytes")));
+        }
         self.store.commit_blob(pending, &layer.digest).await
     }
 }
@@ -871,22 +880,15 @@ mod tests {
         host
     }
 
-    #[tokio::test]
-    async fn a_blob_larger_than_its_manifest_says_stops_at_that_size_and_nothing_is_committed() {
+    /// Downloads `body`, served under its own digest, as a layer whose manifest gives it 16
+    /// bytes: the error, and whether anything was left in the store or its `tmp/`.
+    async fn download_as_16_bytes(body: Vec<u8>) -> (Error, bool) {
         // The body hashes to the digest asked for, so the digest checks would pass and only
         // the declared size stands between it and the store.
-        let body = vec![0x2a; 64 * 1024];
         let digest = crate::store::digest_of(&body);
         let host = registry_serving(body).await;
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let puller = Puller::new(
-            store.clone(),
-            PullerConfig {
-                insecure_registries: vec![host.clone()],
-                max_layer_bytes: 1 << 20,
-            },
-        );
+        let puller = puller_of(&host, dir.path());
         let reference: Reference = format!("{host}/demo/liar:v1").parse().unwrap();
         let layer = OciDescriptor {
             media_type: media::CNCF_LAYER.into(),
@@ -898,19 +900,33 @@ mod tests {
             .download(&reference, &layer, &RegistryAuth::Anonymous, 1 << 20)
             .await
             .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("is not the 16 bytes its manifest gives: it is larger"),
-            "{err}"
-        );
-        assert!(!store.has_blob(&digest), "the blob never enters the store");
-        assert!(
-            std::fs::read_dir(dir.path().join("tmp"))
+        let left = puller.store().has_blob(&digest)
+            || std::fs::read_dir(dir.path().join("tmp"))
                 .unwrap()
                 .next()
-                .is_none(),
-            "the partial download is removed"
+                .is_some();
+        (err, left)
+    }
+
+    #[tokio::test]
+    async fn a_blob_of_another_size_than_its_manifest_says_is_never_committed() {
+        let (longer, left) = download_as_16_bytes(vec![0x2a; 64 * 1024]).await;
+        assert!(
+            longer
+                .to_string()
+                .contains("is not the 16 bytes its manifest gives: it is larger"),
+            "{longer}"
         );
+        assert!(!left, "a longer blob stops at 16 bytes and is removed");
+
+        let (shorter, left) = download_as_16_bytes(vec![0x2a; 10]).await;
+        assert!(
+            shorter
+                .to_string()
+                .contains("is not the 16 bytes its manifest gives: it is 10 bytes"),
+            "{shorter}"
+        );
+        assert!(!left, "a shorter one is removed too");
     }
 
     #[tokio::test]

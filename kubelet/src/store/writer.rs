@@ -70,14 +70,6 @@ fn run(conn: Connection, mut pending: mpsc::Receiver<Write>, path: &Path) {
         }
         writer.commit(batch);
     }
-    // The agent is gone: a last try for what the disk refused, and a word if it refuses
-    // again, rather than losing it without one.
-    if !writer.kept.is_empty() {
-        writer.commit(Vec::new());
-        if !writer.kept.is_empty() {
-            error!(store = %path.display(), lost = writer.kept.len(), "the local store could not save its last changes");
-        }
-    }
 }
 
 /// The write connection, and the changes of transactions that failed for want of room or
@@ -90,7 +82,8 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     /// Commits what was kept and `batch` as one transaction, then answers the flushes in it
-    /// (a flush waits for one attempt, not for a disk to be freed).
+    /// (a flush waits for one attempt, not for a disk to be freed: the agent's last flush,
+    /// when it stops, is the last attempt, and says so if it fails).
     fn commit(&mut self, batch: Vec<Write>) {
         let mut writes = std::mem::take(&mut self.kept);
         writes.extend(batch);
@@ -102,19 +95,25 @@ impl Writer<'_> {
             tx.commit()
         })();
         let mut unsaved = Vec::new();
+        let mut flushes = Vec::new();
         for write in writes {
             match write {
-                Write::Flush(done) => {
-                    let _ = done.send(());
-                }
+                Write::Flush(done) => flushes.push(done),
                 write => unsaved.push(write),
             }
         }
+        let answer = |flushes: Vec<oneshot::Sender<()>>| {
+            for done in flushes {
+                let _ = done.send(());
+            }
+        };
         let Err(err) = result else {
+            answer(flushes);
             return;
         };
         if !passing(&err) {
             warn!(store = %self.path.display(), %err, "a local store transaction failed; its changes were not saved");
+            answer(flushes);
             return;
         }
         // The transaction rolled back whole: what it held is what the node must still find
@@ -124,9 +123,12 @@ impl Writer<'_> {
             let dropped = self.kept.len() - MAX_KEPT;
             self.kept.drain(..dropped);
             error!(store = %self.path.display(), %err, dropped, "the local store cannot be written; its oldest unsaved changes were dropped");
-        } else {
+        } else if flushes.is_empty() {
             warn!(store = %self.path.display(), %err, kept = self.kept.len(), "a local store transaction failed; its changes are tried again with the next");
+        } else {
+            error!(store = %self.path.display(), %err, unsaved = self.kept.len(), "the local store could not save its latest changes when asked to; they are tried again with the next change, and lost if the agent stops now");
         }
+        answer(flushes);
     }
 }
 

@@ -64,14 +64,15 @@ impl<P: Provider> Worker<P> {
                 self.unsent = None;
             }
             Err(err) => {
-                let reachable = matches!(err, kube::Error::Api(_));
+                let reachable = crate::link::answered(&err);
+                let outage_begins = self.ctx.link.failed_with(&err);
                 let no_mirror_yet = self.source == PodSource::File
                     && matches!(&err, kube::Error::Api(status) if status.is_not_found());
                 if no_mirror_yet {
                     debug!(pod = %self.key.name, "the static pod has no mirror pod yet; its status waits");
                 } else if reachable {
                     warn!(pod = %self.key.name, %err, "pod status update failed; retrying");
-                } else if self.ctx.link.failed() {
+                } else if outage_begins {
                     warn!(pod = %self.key.name, %err, "the API server cannot be reached; pods run on and their status is sent when it answers");
                 } else {
                     debug!(pod = %self.key.name, %err, "pod status update failed; retrying");
