@@ -16,6 +16,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -103,10 +104,8 @@ pub(crate) fn rotating_client(
     // would go on seeing the old certificate on new connections. client-go does not resume
     // either.
     tls.resumption = tokio_rustls::rustls::client::Resumption::disabled();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
     let closing = ClosingConnector {
-        inner: http,
+        inner: api_connector(),
         connections,
     };
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
@@ -139,6 +138,24 @@ pub(crate) fn rotating_client(
         .map_err(BoxError::from)
         .service(http_client);
     Ok(kube::Client::new(service, config.default_namespace.clone()))
+}
+
+/// How long a connection to the API server may hold data the server has not acknowledged,
+/// and how soon an idle one is probed (then every 10 s, three times). A link that drops
+/// without a reset (a cellular or VPN uplink) would otherwise hold a request for as long as
+/// TCP retransmits, about 15 minutes on Linux, and a pod worker waits on its status patch
+/// all that while; client-go's HTTP/2 health check gives up after 30 + 15 s.
+const API_TCP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The TCP side of every connection to the API server: see [`API_TCP_TIMEOUT`].
+fn api_connector() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_keepalive(Some(API_TCP_TIMEOUT));
+    http.set_keepalive_interval(Some(Duration::from_secs(10)));
+    http.set_keepalive_retries(Some(3));
+    http.set_tcp_user_timeout(Some(API_TCP_TIMEOUT));
+    http
 }
 
 /// The generation of connections made with the current client certificate.
@@ -254,6 +271,22 @@ impl<T: Connection> Connection for Closable<T> {
 mod tests {
     use super::*;
     use crate::{Authority, CertificateSpec};
+
+    #[tokio::test]
+    async fn connections_to_the_api_server_are_probed_and_give_up_on_unacknowledged_data() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: http::Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+
+        let stream = tower::ServiceExt::oneshot(api_connector(), uri)
+            .await
+            .unwrap();
+
+        let socket = socket2::SockRef::from(stream.inner());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(API_TCP_TIMEOUT));
+    }
     use std::net::{IpAddr, Ipv4Addr};
     use tokio_rustls::rustls::ServerConfig;
     use tokio_rustls::rustls::server::WebPkiClientVerifier;
