@@ -18,6 +18,7 @@ pub mod mirror;
 pub(crate) mod probe;
 pub mod quantity;
 pub mod state;
+mod status_sender;
 pub mod storage;
 pub mod table;
 mod trace;
@@ -49,6 +50,7 @@ use crate::store::{LocalStore, PodSource, StoredPod};
 use admission::{Capacity, Requests};
 use ended::Ended;
 use mirror::MirrorBoard;
+use status_sender::StatusSender;
 use table::PodTable;
 use watched::WatchedObjects;
 use worker::{Desired, Outcome, Stage, WorkerContext};
@@ -138,7 +140,7 @@ impl<P: Provider> PodManager<P> {
                 client: sources.client,
                 store,
                 link,
-                status_patches: tokio::sync::Semaphore::new(worker::STATUS_PATCHES_IN_FLIGHT),
+                status: StatusSender::default(),
                 provider,
                 host_ip: settings.host_ip.clone(),
                 pods_dir: shared.pods_dir.clone(),
@@ -172,6 +174,12 @@ impl<P: Provider> PodManager<P> {
     /// outages; running pods are unaffected by them. On the way out it waits (bounded) for
     /// the workers to stop their containers and flush their logs.
     pub async fn run(mut self, cancel: CancellationToken) {
+        let sending = tokio::spawn(
+            self.ctx
+                .status
+                .clone()
+                .run(self.ctx.link.clone(), self.ctx.metrics.clone()),
+        );
         self.start_stored().await;
         if let Some(mut manifests) = self.static_pods.clone() {
             let current = manifests.borrow_and_update().clone();
@@ -237,6 +245,7 @@ impl<P: Provider> PodManager<P> {
             }
         }
         self.stop().await;
+        sending.abort();
     }
 
     /// Starts every pod the store holds, before any request to the API server.
@@ -578,6 +587,14 @@ impl Iterator for WatchBackoff {
 impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.0.reset();
+    }
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -35,7 +35,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Preconditions};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,21 +44,21 @@ use tracing::{debug, info, warn};
 use super::admission::{Capacity, Rejection, Requests};
 use super::backoff::CrashLoop;
 use super::env::ObjectReads;
+use super::sleep_until;
 use super::state::{ContainerRecord, ContainerState, Phase, PodState, overwritten};
+use super::status_sender::{PodStatusHandle, StatusSender, Target};
 use super::table::PodTable;
 use super::trace::StartTrace;
 use super::watched::WatchedObjects;
 use super::{admission, env, quantity};
 use crate::events::{EventRecorder, EventType};
-use crate::link::{Link, Restorations};
+use crate::link::Link;
 use crate::logs::{LogHub, LogLimits, LogSink, Stream, reader};
 use crate::metrics::AgentMetrics;
-use crate::node::registration::FIELD_MANAGER;
 use crate::provider::{
     ContainerError, ContainerExit, ContainerStart, ImageRequest, PodKey, Provider, PulledImage,
 };
 use crate::store::{LocalStore, PodSource};
-use crate::unread_reply;
 use crate::usage::ContainerUsage;
 use crate::volumes::{PodVolumes, VolumeContext};
 
@@ -72,10 +72,10 @@ pub(crate) struct WorkerContext<P> {
     pub(crate) store: LocalStore,
     /// The ConfigMaps and Secrets pods read, each watched once (None on a standalone node).
     pub(crate) watched: Option<WatchedObjects>,
-    /// The link to the API server, which status patches report on.
+    /// The link to the API server, which the pod watch reports on.
     pub(crate) link: Link,
-    /// Permits for status patches in flight ([`STATUS_PATCHES_IN_FLIGHT`]).
-    pub(crate) status_patches: tokio::sync::Semaphore,
+    /// Sends the pods' statuses to the API server.
+    pub(crate) status: StatusSender,
     pub(crate) provider: Arc<P>,
     pub(crate) recorder: EventRecorder,
     pub(crate) host_ip: String,
@@ -151,12 +151,6 @@ const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// volume manager retries (its cap is about two minutes).
 const MOUNT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 const MOUNT_BACKOFF_MAX: Duration = Duration::from_secs(122);
-/// A status the API server did not accept is sent again after this long, plus up to
-/// this much jitter.
-const STATUS_RETRY: Duration = Duration::from_secs(5);
-const STATUS_RETRY_JITTER_MS: u64 = 1000;
-/// Status patches in flight at once, across the node's pods.
-pub(crate) const STATUS_PATCHES_IN_FLIGHT: usize = 64;
 /// How long the log writer may take to flush after a container ends.
 const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Exit code reported for a container the agent had to kill, as for SIGKILL.
@@ -221,13 +215,22 @@ pub(crate) async fn run<P: Provider>(
     let state = PodState::new(&pod, &ctx.host_ip);
     let volumes = PodVolumes::new(&ctx.pods_dir.join(&key.uid));
     let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+    let api = ctx
+        .client
+        .clone()
+        .map(|client| Api::<Pod>::namespaced(client, &key.namespace));
+    // A static pod's status goes to its mirror pod, which has the same name.
+    let status = api.as_ref().map(|api| {
+        let target = Target {
+            api: api.clone(),
+            name: key.name.clone(),
+            uid: (source == PodSource::Api).then(|| key.uid.clone()),
+        };
+        ctx.status.register(&key.uid, target)
+    });
     let mut worker = Worker {
-        // A static pod's status goes to its mirror pod, which has the same name.
-        api: ctx
-            .client
-            .clone()
-            .map(|client| Api::namespaced(client, &key.namespace)),
-        restorations: ctx.link.watch(),
+        api,
+        status,
         changes: ctx.watched.as_ref().map(|w| w.changes(&key.uid)),
         source,
         ctx,
@@ -247,10 +250,9 @@ pub(crate) async fn run<P: Provider>(
         probing: (0..containers).map(|_| None).collect(),
         crash_init: CrashLoop::default(),
         crash_app: vec![CrashLoop::default(); containers],
-        last_sent: None,
         last_stored: None,
-        unsent: None,
         trace: Some(StartTrace::new(seen)),
+        start_sent: None,
         laid_out: Default::default(),
     };
     let mut inbox = Inbox::new(rx, pod);
@@ -269,8 +271,8 @@ struct Worker<P: Provider> {
     /// Where the pod came from: a static pod's status goes to its mirror pod, and its
     /// object is never deleted through the API.
     source: PodSource,
-    /// Tells the worker when the link to the API server comes back.
-    restorations: Restorations,
+    /// Where the pod's statuses go to the API server (None on a standalone node).
+    status: Option<PodStatusHandle>,
     /// Tells the worker when a ConfigMap or Secret it reads changes.
     changes: Option<watch::Receiver<u64>>,
     key: PodKey,
@@ -285,16 +287,14 @@ struct Worker<P: Provider> {
     probing: Vec<Option<probing::Probing>>,
     crash_init: CrashLoop,
     crash_app: Vec<CrashLoop>,
-    /// The last status the API server accepted.
-    last_sent: Option<PodStatus>,
-    /// The last status written to the store and the table.
+    /// The last status written to the store and the table, and handed to the sender.
     last_stored: Option<PodStatus>,
-    /// The status whose patch failed last, and when it is sent again (unless the status
-    /// changes first): not each time the worker wakes, which a probe does every second.
-    unsent: Option<(PodStatus, Instant)>,
     /// The pod's first start, from its watch event until its containers first all ran and
     /// the API server had that status.
     trace: Option<StartTrace>,
+    /// The version of the status that first showed the containers all running, once it is
+    /// handed over: the start trace ends when the API server answers its request.
+    start_sent: Option<u64>,
     /// Container instances whose directories were made during the Mount stage; each start
     /// takes its own out.
     laid_out: std::collections::HashSet<layout::Instance>,
@@ -386,13 +386,6 @@ impl<P: Provider> Worker<P> {
             .as_ref()
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into())
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -121,8 +121,9 @@ impl<P: Provider> Worker<P> {
             {
                 self.state.phase = Phase::Running;
             }
-            let first_run =
-                self.state.app.iter().all(ContainerRecord::is_running) && self.trace.is_some();
+            let first_run = self.trace.is_some()
+                && self.start_sent.is_none()
+                && self.state.app.iter().all(ContainerRecord::is_running);
             if first_run {
                 self.mark("start");
             }
@@ -143,10 +144,8 @@ impl<P: Provider> Worker<P> {
                 return Next::Stage(Stage::Finished);
             }
             self.publish().await;
-            if first_run && let Some(mut trace) = self.trace.take() {
-                trace.mark("status_patch");
-                self.ctx.metrics.observe_pod_start(trace.total());
-                info!(pod = %pod_name, total_ms = trace.total().as_secs_f64() * 1e3, stages = %trace, "pod started");
+            if first_run {
+                self.start_sent = Some(self.status.as_ref().map_or(0, PodStatusHandle::offered));
             }
             let next_due = due.iter().flatten().min().copied();
             let next_check = self.next_probe_due();
@@ -174,7 +173,9 @@ impl<P: Provider> Worker<P> {
                 _ = sleep_until(next_due) => {}
                 _ = sleep_until(next_check) => self.start_due_checks(&mut checks),
                 Some(result) = checks.next() => self.apply_check(&pod, result),
-                _ = self.resend_due() => self.resend(),
+                () = answered(self.status.as_mut(), self.start_sent.unwrap_or_default()), if self.trace.is_some() && self.start_sent.is_some() => {
+                    self.started(&pod_name);
+                }
                 () = sources_changed(&mut changes) => {
                     // A ConfigMap or Secret it reads changed: its volumes follow at once.
                     self.refresh_volumes(&inbox.pod.clone()).await;
@@ -182,9 +183,12 @@ impl<P: Provider> Worker<P> {
                 _ = sync.tick() => {
                     // The latest object: a label change shows in downwardAPI volumes.
                     let current = inbox.pod.clone();
-                    if self.last_sent.as_ref().is_some_and(|sent| overwritten(sent, current.status.as_ref())) {
+                    if let Some(sender) = &self.status
+                        && sender.up_to_date()
+                        && self.last_stored.as_ref().is_some_and(|sent| overwritten(sent, current.status.as_ref()))
+                    {
                         info!(pod = %pod_name, "the pod's status was changed by another writer; sending the node's again");
-                        self.last_sent = None;
+                        sender.send_again();
                     }
                     self.refresh_volumes(&current).await;
                     if let Some(message) = self.over_storage(&current).await {
@@ -193,6 +197,17 @@ impl<P: Provider> Worker<P> {
                 }
                 _ = inbox.deletion() => return Next::Terminate,
             }
+        }
+    }
+
+    /// Ends the start trace: the API server answered the request with the status that first
+    /// showed the containers all running. (A pod whose containers all end before that answer
+    /// leaves no trace: it never ran as far as the API server knew.)
+    fn started(&mut self, pod_name: &str) {
+        if let Some(mut trace) = self.trace.take() {
+            trace.mark("status_patch");
+            self.ctx.metrics.observe_pod_start(trace.total());
+            info!(pod = %pod_name, total_ms = trace.total().as_secs_f64() * 1e3, stages = %trace, "pod started");
         }
     }
 
@@ -237,6 +252,15 @@ impl<P: Provider> Worker<P> {
         if !updated.is_empty() {
             info!(pod = %self.key.name, volumes = ?updated, "volumes updated");
         }
+    }
+}
+
+/// Resolves when the API server answered the request for `version` of the pod's status
+/// (or the request failed); at once on a standalone node, where the store and the table are
+/// all there is to tell.
+async fn answered(sender: Option<&mut PodStatusHandle>, version: u64) {
+    if let Some(sender) = sender {
+        sender.attempted(version).await;
     }
 }
 

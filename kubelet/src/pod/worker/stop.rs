@@ -97,6 +97,7 @@ impl<P: Provider> Worker<P> {
         self.ctx.release(&self.key).await;
         if !inbox.gone && self.source == PodSource::Api {
             self.publish().await;
+            self.newest_status_attempted(inbox).await;
             self.delete_object(inbox).await;
         }
         super::super::remove_files(&self.ctx.pods_dir, &self.key.uid).await;
