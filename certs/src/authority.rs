@@ -179,30 +179,41 @@ impl Authority {
     /// Issues a certificate for `spec` that expired long ago.
     #[cfg(test)]
     pub(crate) fn issue_expired(&self, spec: &CertificateSpec) -> Result<KeyedCertificate> {
-        let key = generate_key("expired key")?;
         let mut params = spec.params()?;
         params.not_before = rcgen::date_time_ymd(2000, 1, 1);
         params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|source| Error::Generate {
-                what: "expired certificate".into(),
-                source,
-            })?;
-        Ok(KeyedCertificate {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        self.sign(params, &spec.common_name)
+    }
+
+    /// Issues a certificate for `spec` valid from now for `lifetime` only: one a test
+    /// watches expire.
+    pub fn issue_valid_for(
+        &self,
+        spec: &CertificateSpec,
+        lifetime: std::time::Duration,
+    ) -> Result<KeyedCertificate> {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+        let mut params = spec.params()?;
+        params.not_before = now;
+        params.not_after = now + lifetime;
+        self.sign(params, &spec.common_name)
     }
 
     /// Issues a certificate for `spec` with a freshly generated key.
     pub fn issue(&self, spec: &CertificateSpec) -> Result<KeyedCertificate> {
-        let key = generate_key(&format!("key for {}", spec.common_name))?;
-        let cert = spec
-            .params()?
+        self.sign(spec.params()?, &spec.common_name)
+    }
+
+    /// Signs `params` for a freshly generated key.
+    fn sign(&self, params: CertificateParams, common_name: &str) -> Result<KeyedCertificate> {
+        let key = generate_key(&format!("key for {common_name}"))?;
+        let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|source| Error::Generate {
-                what: format!("certificate for {}", spec.common_name),
+                what: format!("certificate for {common_name}"),
                 source,
             })?;
         Ok(KeyedCertificate {

@@ -21,7 +21,7 @@ use tracing::info;
 
 use crate::csr::NodeCertificate;
 use crate::files::write_atomically;
-use crate::manager::obtain;
+use crate::manager::{Requester, obtain};
 use crate::store::CertStore;
 use crate::x509::CertInfo;
 use crate::{Error, Result};
@@ -111,24 +111,14 @@ impl Bootstrap {
         if reusable.is_some() {
             info!(path = %store.current_path().display(), "reusing the client certificate issued earlier");
         } else {
-            let config = kube::Config::from_custom_kubeconfig(
-                self.kubeconfig.clone(),
-                &KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|e| Error::Kubeconfig {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
-            let server = config.cluster_url.to_string();
-            let client = kube::Client::try_from(config)
-                .map_err(|source| Error::Client { server, source })?;
+            let client = self.client().await?;
             info!(
                 bootstrap_kubeconfig = %self.path.display(),
                 "requesting a client certificate for {} with the bootstrap credentials",
                 cert.common_name()
             );
-            if obtain(&kube::Api::all(client), &cert, &store, cancel)
+            let api = kube::Api::all(client);
+            if obtain(&Requester::only(&api), &cert, &store, cancel)
                 .await
                 .is_none()
             {
@@ -138,6 +128,21 @@ impl Bootstrap {
         self.write_kubeconfig(kubeconfig, &store.current_path())?;
         info!(kubeconfig = %kubeconfig.display(), "wrote the node kubeconfig");
         Ok(true)
+    }
+
+    /// A client with the bootstrap credentials. It makes no request.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let config = kube::Config::from_custom_kubeconfig(
+            self.kubeconfig.clone(),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .map_err(|e| Error::Kubeconfig {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        let server = config.cluster_url.to_string();
+        kube::Client::try_from(config).map_err(|source| Error::Client { server, source })
     }
 
     /// The node kubeconfig: the bootstrap cluster (its CA inlined, so the file does not

@@ -8,9 +8,9 @@ use std::time::SystemTime;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::Api;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::csr::NodeCertificate;
+use crate::csr::{Kind, NodeCertificate};
 use crate::request::{Answer, submit_and_wait};
 use crate::rotating::RotatingCert;
 use crate::rotation::{deadline_for, retry_delay, sleep_before};
@@ -24,6 +24,9 @@ pub(crate) type OnRotate = Box<dyn Fn() + Send + Sync>;
 /// [`RotatingCert`].
 pub struct CertificateManager {
     api: Api<CertificateSigningRequest>,
+    /// The bootstrap kubeconfig's, for a client certificate that expired before it was
+    /// renewed.
+    bootstrap: Option<Api<CertificateSigningRequest>>,
     cert: NodeCertificate,
     store: CertStore,
     rotating: Arc<RotatingCert>,
@@ -41,12 +44,22 @@ impl CertificateManager {
     ) -> Self {
         Self {
             api: Api::all(client),
+            bootstrap: None,
             cert,
             store,
             rotating,
             current,
             on_rotate: None,
         }
+    }
+
+    /// Requests the node's client certificate with the bootstrap kubeconfig's credentials
+    /// once the current one has expired: a node cut off past its certificate's end cannot
+    /// renew it with its own identity, which the API server no longer accepts. The kubelet
+    /// exits then, to bootstrap again when restarted; wasmlet carries on, its pods with it.
+    pub fn with_bootstrap(mut self, client: kube::Client) -> Self {
+        self.bootstrap = Some(Api::all(client));
+        self
     }
 
     pub(crate) fn on_rotate(mut self, hook: OnRotate) -> Self {
@@ -84,7 +97,15 @@ impl CertificateManager {
                     self.cert.what()
                 );
             }
-            let Some(issued) = obtain(&self.api, &self.cert, &self.store, &cancel).await else {
+            let requester = Requester {
+                own: &self.api,
+                // Only the client certificate is what the node's own requests present.
+                own_until: (self.cert.kind() == Kind::Client)
+                    .then(|| self.current.as_ref().map(|c| c.info.not_after))
+                    .flatten(),
+                bootstrap: self.bootstrap.as_ref(),
+            };
+            let Some(issued) = obtain(&requester, &self.cert, &self.store, &cancel).await else {
                 return;
             };
             if let Err(e) = self.rotating.set(&issued.cert_pem, &issued.key_pem) {
@@ -122,17 +143,69 @@ impl CertificateManager {
     }
 }
 
-/// Obtains a certificate for `cert` through `api` and stores it: submits a request for the
-/// pending key (or finds it), waits for the answer, and on a refusal starts over with a new
-/// key after a pause. `None` only when cancelled.
+/// Whose credentials a certificate is requested with.
+pub(crate) struct Requester<'a> {
+    /// The node's, or the bootstrap kubeconfig's during TLS bootstrap.
+    pub(crate) own: &'a Api<CertificateSigningRequest>,
+    /// When the client certificate `own` presents ends, if that is the certificate sought.
+    pub(crate) own_until: Option<SystemTime>,
+    /// The bootstrap kubeconfig's, for when `own` has expired.
+    pub(crate) bootstrap: Option<&'a Api<CertificateSigningRequest>>,
+}
+
+impl<'a> Requester<'a> {
+    /// Requests with `api`'s credentials, whatever happens.
+    pub(crate) fn only(api: &'a Api<CertificateSigningRequest>) -> Self {
+        Self {
+            own: api,
+            own_until: None,
+            bootstrap: None,
+        }
+    }
+
+    fn expired(&self, now: SystemTime) -> bool {
+        self.own_until.is_some_and(|until| now >= until)
+    }
+
+    /// The API to ask through at `now`.
+    fn api(&self, now: SystemTime) -> &'a Api<CertificateSigningRequest> {
+        match self.bootstrap {
+            Some(bootstrap) if self.expired(now) => bootstrap,
+            _ => self.own,
+        }
+    }
+}
+
+/// Obtains a certificate for `cert` through `requester` and stores it: submits a request
+/// for the pending key (or finds it), waits for the answer, and on a refusal starts over
+/// with a new key after a pause. `None` only when cancelled.
 pub(crate) async fn obtain(
-    api: &Api<CertificateSigningRequest>,
+    requester: &Requester<'_>,
     cert: &NodeCertificate,
     store: &CertStore,
     cancel: &CancellationToken,
 ) -> Option<StoredCert> {
     let mut failures = 0;
+    let mut told_expired = false;
     loop {
+        let now = SystemTime::now();
+        if requester.expired(now) && !told_expired {
+            told_expired = true;
+            let until = requester.own_until.map(jiff_time).unwrap_or_default();
+            if requester.bootstrap.is_some() {
+                // Other credentials, a fresh start: not the back-off the old ones built up.
+                failures = 0;
+                warn!(not_after = %until, "the {} expired before it could be renewed (the API server was out of reach); requesting a new one with the bootstrap credentials", cert.what());
+            } else {
+                error!(not_after = %until, "the {} expired before it could be renewed, and the API server no longer accepts it; without --bootstrap-kubeconfig the node cannot request another: give it a new kubeconfig and restart it", cert.what());
+            }
+        }
+        let api = requester.api(now);
+        let credentials = if std::ptr::eq(api, requester.own) {
+            "usual"
+        } else {
+            "bootstrap"
+        };
         let pause = retry_delay(failures);
         failures = failures.saturating_add(1);
         let key = match store.pending_key() {
@@ -175,7 +248,7 @@ pub(crate) async fn obtain(
                 cert.what()
             ),
             Err(e) => warn!(
-                error = %e, retry_in = ?pause,
+                error = %e, retry_in = ?pause, credentials,
                 "cannot request the {}", cert.what()
             ),
         }
@@ -245,9 +318,15 @@ mod tests {
             assert_ne!(second.metadata.name, first.metadata.name);
             assert_ne!(second.spec.request, first.spec.request);
         });
-        let stored = obtain(&Api::all(client), &cert, &store, &CancellationToken::new())
-            .await
-            .unwrap();
+        let api = Api::all(client);
+        let stored = obtain(
+            &Requester::only(&api),
+            &cert,
+            &store,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         server.await.unwrap();
         assert_eq!(stored.info.common_name, "system:node:edge-1");
         assert!(store.current_path().exists());
@@ -263,14 +342,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = CertStore::client(dir.path());
         let ca = Authority::generate("ca").unwrap();
-        let old = ca
-            .issue_expired(&crate::CertificateSpec::client(
-                "system:node:edge-1",
-                &["system:nodes"],
-            ))
-            .unwrap();
-        let old_stored = crate::store::StoredCert::verify(&old.cert_pem, &old.key_pem).unwrap();
-        let rotating = Arc::new(RotatingCert::new(&old.cert_pem, &old.key_pem).unwrap());
+        let (old_stored, rotating) = expired(
+            &ca,
+            &crate::CertificateSpec::client("system:node:edge-1", &["system:nodes"]),
+        );
         let (client, mut handle) = mock_client();
         let rotated = Arc::new(AtomicBool::new(false));
         let cancel = CancellationToken::new();
@@ -304,6 +379,102 @@ mod tests {
             "the new one is presented"
         );
         assert_eq!(store.load_current().unwrap().info, info, "and stored");
+    }
+
+    /// A certificate for `spec` that expired long ago, as stored and as presented.
+    fn expired(ca: &Authority, spec: &crate::CertificateSpec) -> (StoredCert, Arc<RotatingCert>) {
+        let old = ca.issue_expired(spec).unwrap();
+        let stored = StoredCert::verify(&old.cert_pem, &old.key_pem).unwrap();
+        let rotating = Arc::new(RotatingCert::new(&old.cert_pem, &old.key_pem).unwrap());
+        (stored, rotating)
+    }
+
+    /// Renews `cert`, expired long ago (issued for `spec`), with a manager that has both the
+    /// node's own client and the bootstrap one; only the client `through_bootstrap` names is
+    /// answered (a request through the other never is, and the renewal times out). Returns
+    /// what was stored.
+    async fn renew_expired(
+        cert: NodeCertificate,
+        spec: crate::CertificateSpec,
+        store: CertStore,
+        through_bootstrap: bool,
+    ) -> CertInfo {
+        let ca = Authority::generate("ca").unwrap();
+        let (old, rotating) = expired(&ca, &spec);
+        let (own, own_handle) = mock_client();
+        let (bootstrap, bootstrap_handle) = mock_client();
+        let (mut answered, _silent) = if through_bootstrap {
+            (bootstrap_handle, own_handle)
+        } else {
+            (own_handle, bootstrap_handle)
+        };
+        let cancel = CancellationToken::new();
+        let manager = CertificateManager::new(own, cert, store.clone(), rotating, Some(old))
+            .with_bootstrap(bootstrap)
+            .on_rotate({
+                let cancel = cancel.clone();
+                Box::new(move || cancel.cancel())
+            });
+        let server = tokio::spawn(async move {
+            accept_create_then_list(&mut answered, |csr| approved(&ca, csr)).await;
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), manager.run(cancel))
+            .await
+            .expect("renewed through the expected client");
+        server.await.unwrap();
+        store.load_current().unwrap().info
+    }
+
+    /// A client certificate that expired before it could be renewed is requested with the
+    /// bootstrap credentials: the API server would refuse the node's own.
+    #[tokio::test]
+    async fn an_expired_client_certificate_is_renewed_with_the_bootstrap_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::CertificateSpec::client("system:node:edge-1", &["system:nodes"]);
+        let store = CertStore::client(dir.path());
+        let info = renew_expired(NodeCertificate::client("edge-1"), spec, store, true).await;
+        assert!(info.is_valid_at(SystemTime::now()));
+        assert_eq!(info.common_name, "system:node:edge-1");
+    }
+
+    /// An expired serving certificate is renewed with the node's own client even when the
+    /// bootstrap credentials are at hand: the client certificate is what they stand in for.
+    #[tokio::test]
+    async fn an_expired_serving_certificate_is_renewed_with_the_node_s_own_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let ip = "127.0.0.1".parse().unwrap();
+        let spec = crate::CertificateSpec::server("system:node:edge-1", &[], &[ip]);
+        let cert = NodeCertificate::serving("edge-1", &[], &[ip]);
+        let info = renew_expired(cert, spec, CertStore::serving(dir.path()), false).await;
+        assert!(info.is_valid_at(SystemTime::now()));
+    }
+
+    /// The bootstrap credentials are for an expired client certificate only: not for one
+    /// still valid, nor for the serving certificate (which the node's client requests).
+    #[tokio::test]
+    async fn the_bootstrap_credentials_stand_in_only_once_the_client_certificate_has_expired() {
+        let (own, _h1) = mock_client();
+        let (bootstrap, _h2) = mock_client();
+        let (own, bootstrap) = (Api::all(own), Api::all(bootstrap));
+        let until = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let requester = Requester {
+            own: &own,
+            own_until: Some(until),
+            bootstrap: Some(&bootstrap),
+        };
+        let second = std::time::Duration::from_secs(1);
+        assert!(std::ptr::eq(requester.api(until - second), &own));
+        assert!(std::ptr::eq(requester.api(until), &bootstrap));
+        assert!(std::ptr::eq(requester.api(until + second), &bootstrap));
+        let serving = Requester {
+            own_until: None,
+            ..requester
+        };
+        assert!(std::ptr::eq(serving.api(until + second), &own));
+        assert!(std::ptr::eq(
+            Requester::only(&own).api(until + second),
+            &own
+        ));
     }
 
     /// An approved request whose certificate is empty is still pending; nothing is written
@@ -340,7 +511,8 @@ mod tests {
                 cancel.cancel();
             })
         };
-        let result = obtain(&Api::all(client), &cert, &store, &cancel).await;
+        let api = Api::all(client);
+        let result = obtain(&Requester::only(&api), &cert, &store, &cancel).await;
         server.await.unwrap();
         assert!(result.is_none(), "cancelled while waiting");
         assert!(!store.current_path().exists());

@@ -139,6 +139,44 @@ impl ControlPlane {
         Ok(path)
     }
 
+    /// Leaves node `name` as TLS bootstrap would have, but with a client certificate that
+    /// ends `lifetime` from now: the certificate and its key in
+    /// `<data_dir>/pki/kubelet-client-current.pem`, where wasmlet keeps the one it was
+    /// issued, and a kubeconfig at `kubeconfig` naming that file and reaching the apiserver
+    /// at `server`. Returns when the certificate ends.
+    pub fn node_with_expiring_certificate(
+        &self,
+        name: &str,
+        data_dir: &Path,
+        kubeconfig: &Path,
+        server: &str,
+        lifetime: std::time::Duration,
+    ) -> anyhow::Result<std::time::SystemTime> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let issued = self.pki.ca.issue_valid_for(
+            &CertificateSpec::client(format!("system:node:{name}"), &["system:nodes"]),
+            lifetime,
+        )?;
+        let pki = data_dir.join("pki");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&pki)?;
+        let current = std::path::absolute(pki.join("kubelet-client-current.pem"))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&current)?;
+        std::io::Write::write_all(
+            &mut file,
+            format!("{}{}", issued.cert_pem, issued.key_pem).as_bytes(),
+        )?;
+        write_cert_kubeconfig(kubeconfig, server, &self.pki.cert("ca"), &current, &current)?;
+        let info = certs::x509::CertInfo::from_pem(&issued.cert_pem)?;
+        Ok(info.not_after)
+    }
+
     /// The cluster CA certificate (it signs every client and serving certificate, including
     /// the ones the controller manager issues for approved CSRs).
     pub fn ca_cert(&self) -> PathBuf {
@@ -257,6 +295,12 @@ impl ControlPlane {
     /// `system:bootstrappers:wasmlet`), as an operator who sets up TLS bootstrap by hand
     /// would. Calling it again adds another token.
     pub async fn bootstrap_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        self.bootstrap_kubeconfig_via(&self.server_url()).await
+    }
+
+    /// [`bootstrap_kubeconfig`](Self::bootstrap_kubeconfig) reaching the apiserver at
+    /// `server`, e.g. through a [`CloudLink`](crate::CloudLink).
+    pub async fn bootstrap_kubeconfig_via(&self, server: &str) -> anyhow::Result<PathBuf> {
         let client = self.client().await?;
         let id = random_token_chars(6)?;
         let secret = random_token_chars(16)?;
@@ -289,7 +333,7 @@ impl ControlPlane {
         let path = self.dir.path().join(format!("bootstrap-{id}.kubeconfig"));
         write_token_kubeconfig(
             &path,
-            &self.server_url(),
+            server,
             &self.pki.cert("ca"),
             &format!("{id}.{secret}"),
         )?;

@@ -1,13 +1,14 @@
 //! Certificates against a real control plane: TLS bootstrap from a bootstrap token, the
 //! kubelet-serving CSR flow through `kubectl certificate approve` / `deny`, and reuse of
-//! what was issued across a restart. The API server runs with
+//! what was issued across a restart, and a client certificate that ends while the node is
+//! cut off. The API server runs with
 //! `--kubelet-certificate-authority`, so it refuses the kubelet's self-signed certificate.
 
 use std::time::{Duration, Instant};
 
 use certs::csr::{KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER};
 use certs::x509::CertInfo;
-use e2e::{ControlPlane, Kubectl, WasmletNode, WasmletOptions, wait_for};
+use e2e::{CloudLink, ControlPlane, Kubectl, WasmletNode, WasmletOptions, wait_for};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::config::Kubeconfig;
 
@@ -25,6 +26,26 @@ fn condition(csr: &CertificateSigningRequest, type_: &str) -> Option<String> {
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| c.reason.clone().unwrap_or_default())
+}
+
+/// The plane's requests for kubelet client certificates.
+async fn client_csrs(plane: &ControlPlane) -> Vec<CertificateSigningRequest> {
+    let csrs: kube::Api<CertificateSigningRequest> = kube::Api::all(plane.client().await.unwrap());
+    csrs.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|csr| csr.spec.signer_name == KUBELET_CLIENT_SIGNER)
+        .collect()
+}
+
+/// Whether `csr` was made with a bootstrap token.
+fn by_bootstrapper(csr: &CertificateSigningRequest) -> bool {
+    csr.spec
+        .username
+        .as_deref()
+        .is_some_and(|u| u.starts_with("system:bootstrap:"))
 }
 
 /// `kubectl get --raw /api/v1/nodes/<node>/proxy/healthz`: the API server dials the kubelet
@@ -86,27 +107,12 @@ async fn node_joined_with_only_a_bootstrap_kubeconfig_gets_its_own_client_certif
     assert_eq!(info.organizations, vec!["system:nodes"]);
 
     // Its request was made by the bootstrap identity and approved by the controller manager.
-    let csrs: kube::Api<CertificateSigningRequest> = kube::Api::all(plane.client().await.unwrap());
-    let client_csrs: Vec<_> = csrs
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|csr| csr.spec.signer_name == KUBELET_CLIENT_SIGNER)
-        .collect();
+    let client_csrs = client_csrs(&plane).await;
     assert_eq!(client_csrs.len(), 1, "one request, not one per retry");
     let csr = &client_csrs[0];
     let name = csr.metadata.name.clone().unwrap();
     assert!(name.starts_with("node-csr-"), "{name}");
-    assert!(
-        csr.spec
-            .username
-            .as_deref()
-            .is_some_and(|u| u.starts_with("system:bootstrap:")),
-        "{:?}",
-        csr.spec.username
-    );
+    assert!(by_bootstrapper(csr), "{:?}", csr.spec.username);
     assert_eq!(condition(csr, "Approved").as_deref(), Some("AutoApproved"));
     assert!(
         csr.status
@@ -242,4 +248,107 @@ async fn a_denied_serving_csr_is_logged_and_replaced_by_a_new_one() {
         .await
         .unwrap();
     assert!(node.is_running());
+}
+
+/// A node cut off from its API server until after its client certificate ended cannot renew
+/// it with its own identity, which the API server no longer accepts: when the link returns it
+/// requests a new one with the bootstrap credentials, and goes on as the same node.
+#[tokio::test]
+async fn a_client_certificate_that_ended_while_cut_off_is_renewed_with_the_bootstrap_credentials() {
+    // Long enough for the node to be Ready before its renewal falls due (70 to 90% of it).
+    const LIFETIME: Duration = Duration::from_secs(25);
+    let plane = ControlPlane::start().await.expect("control plane starts");
+    let kubectl = Kubectl::new(&plane.admin_kubeconfig());
+    let link = CloudLink::to(plane.api_addr()).expect("link");
+    let name = "edge-expiring";
+    let options = WasmletOptions {
+        bootstrap_kubeconfig: Some(
+            plane
+                .bootstrap_kubeconfig_via(&link.url())
+                .await
+                .expect("bootstrap token and RBAC"),
+        ),
+        ..WasmletOptions::named(name)
+    };
+    let data_dir = plane.dir().join("nodes").join(name);
+    let kubeconfig = plane.dir().join("nodes").join(format!("{name}.kubeconfig"));
+    let ends = plane
+        .node_with_expiring_certificate(name, &data_dir, &kubeconfig, &link.url(), LIFETIME)
+        .expect("a short-lived client certificate");
+    let node = WasmletNode::start(&plane, &options).expect("wasmlet starts");
+    assert_eq!(
+        node.kubeconfig_path(),
+        kubeconfig,
+        "the node uses the kubeconfig made for it"
+    );
+    wait_ready(&kubectl, &node, Duration::from_secs(20)).await;
+    let current = data_dir.join("pki").join("kubelet-client-current.pem");
+    let presented = || CertInfo::from_pem(&std::fs::read_to_string(&current).unwrap()).unwrap();
+    assert_eq!(
+        presented().not_after,
+        ends,
+        "renewed before the link was cut"
+    );
+
+    link.cut();
+    wait_for(
+        "the node to find its client certificate ended",
+        Duration::from_secs(90),
+        || {
+            let told = node
+                .log_tail(400)
+                .contains("expired before it could be renewed");
+            async move { Ok(told.then_some(())) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nwasmlet log:\n{}", node.log_tail(30)));
+    assert!(std::time::SystemTime::now() >= ends);
+
+    link.restore();
+    let restored = jiff::Timestamp::now();
+    let renewed = wait_for("a new client certificate", Duration::from_secs(90), || {
+        let info = CertInfo::from_pem(&std::fs::read_to_string(&current).unwrap_or_default());
+        async move { Ok(info.ok().filter(|info| info.not_after > ends)) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nwasmlet log:\n{}", node.log_tail(30)));
+    assert_eq!(renewed.common_name, format!("system:node:{name}"));
+
+    // Asked for by the bootstrap identity, and approved as a bootstrapper's request.
+    let by_bootstrap: Vec<_> = client_csrs(&plane)
+        .await
+        .into_iter()
+        .filter(by_bootstrapper)
+        .collect();
+    assert_eq!(by_bootstrap.len(), 1, "{by_bootstrap:?}");
+    assert_eq!(
+        condition(&by_bootstrap[0], "Approved").as_deref(),
+        Some("AutoApproved")
+    );
+
+    // And the node goes on as itself: its Lease is renewed with the new certificate.
+    wait_for(
+        "the node's Lease renewed after the link returned",
+        Duration::from_secs(60),
+        || {
+            let renew = kubectl.run(&[
+                "get",
+                "lease",
+                "-n",
+                "kube-node-lease",
+                name,
+                "-o",
+                "jsonpath={.spec.renewTime}",
+            ]);
+            async move {
+                let renew = renew.map_err(|e| e.to_string())?;
+                let at: jiff::Timestamp =
+                    renew.trim().parse().map_err(|e| format!("{renew}: {e}"))?;
+                Ok((at > restored).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nwasmlet log:\n{}", node.log_tail(30)));
 }
