@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -28,6 +28,24 @@ use crate::{Error, PullPolicy, Result, Store, WasmArtifact, WasmKind};
 /// entrypoint, the environment, the layers' history) is a few KiB. The OCI distribution
 /// spec expects manifests of up to 4 MiB; a config has no reason to be larger.
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// How fast a blob must come: at least `min_bytes` in every `window` (in its last window,
+/// what is left of it), as curl's `--speed-limit`/`--speed-time`. A registry that trickles a
+/// byte now and then, each within the client's read timeout, would otherwise hold the pull,
+/// the pod waiting on it and the store's garbage collection for as long as it liked.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    min_bytes: u64,
+    window: std::time::Duration,
+}
+
+/// 16 KiB a minute: far below any link an image can be pulled over.
+const MIN_PACE: Pace = Pace {
+    min_bytes: 16 * 1024,
+    window: std::time::Duration::from_secs(60),
+};
+/// How long a manifest may take to come: at most 4 MiB, so a slow link's minutes, not a
+/// trickle's forever.
+const MANIFEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 /// How stale a cached artifact's `last_used` may get before a use rewrites it.
 const TOUCH_GRANULARITY_SECS: u64 = 60;
 /// How the puller reaches registries.
@@ -127,6 +145,10 @@ pub struct Puller {
     /// Pulls hold it shared, garbage collection exclusively, so GC never sweeps blobs of a
     /// pull whose record is not written yet.
     gc_gate: Arc<RwLock<()>>,
+    /// How fast a blob must come ([`MIN_PACE`]).
+    pace: Pace,
+    /// How long a manifest may take ([`MANIFEST_DEADLINE`]).
+    manifest_deadline: std::time::Duration,
 }
 
 impl Puller {
@@ -139,6 +161,8 @@ impl Puller {
             max_layer_bytes: config.max_layer_bytes,
             in_flight: Mutex::new(HashMap::new()),
             gc_gate: Arc::new(RwLock::new(())),
+            pace: MIN_PACE,
+            manifest_deadline: MANIFEST_DEADLINE,
         }
     }
 
@@ -438,12 +462,20 @@ impl Puller {
         auth: &RegistryAuth,
         expected: Option<&str>,
     ) -> Result<(String, OciManifest)> {
-        let (bytes, _) = self
-            .client_for(reference, auth)
-            .await?
-            .pull_manifest_raw(reference, auth, &media::ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| map_client_error(reference, e))?;
+        let client = self.client_for(reference, auth).await?;
+        let fetched = tokio::time::timeout(
+            self.manifest_deadline,
+            client.pull_manifest_raw(reference, auth, &media::ACCEPTED_MANIFESTS),
+        )
+        .await
+        .map_err(|_| Error::Registry {
+            reference: reference.whole(),
+            message: format!(
+                "the manifest did not come within {:?}; the pull was abandoned",
+                self.manifest_deadline
+            ),
+        })?;
+        let (bytes, _) = fetched.map_err(|e| map_client_error(reference, e))?;
         let (digest, _) = self.store.put_bytes(&bytes).await?;
         if let Some(expected) = expected
             && expected != digest
@@ -536,12 +568,26 @@ impl Puller {
         // A descriptor's size is part of what its manifest's digest vouches for: a blob
         // that streams past it is not the blob the manifest names, whatever it hashes to.
         let exceeded = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
         let writer = LimitedWriter {
             inner: file,
             remaining: declared,
             exceeded: exceeded.clone(),
+            written: written.clone(),
         };
-        if let Err(err) = client.pull_blob(reference, layer, writer).await {
+        let pulled = tokio::select! {
+            pulled = client.pull_blob(reference, layer, writer) => pulled,
+            came = stalled(&written, declared, self.pace) => {
+                return Err(Error::Registry {
+                    reference: reference.whole(),
+                    message: format!(
+                        "layer {} came too slowly ({came} bytes in the last {:?}, under {}); the pull was abandoned",
+                        layer.digest, self.pace.window, self.pace.min_bytes
+                    ),
+                });
+            }
+        };
+        if let Err(err) = pulled {
             if exceeded.load(Ordering::Relaxed) {
                 return Err(not_its_size("larger"));
             }
@@ -679,12 +725,29 @@ fn map_client_error(reference: &Reference, err: OciDistributionError) -> Error {
     }
 }
 
+/// Resolves when a window passes in which a `declared`-byte blob came slower than `pace`
+/// (counted in `written`), with how many bytes came in it.
+async fn stalled(written: &AtomicU64, declared: u64, pace: Pace) -> u64 {
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(pace.window).await;
+        let now = written.load(Ordering::Relaxed);
+        let came = now.saturating_sub(seen);
+        if came < pace.min_bytes.min(declared.saturating_sub(seen)) {
+            return came;
+        }
+        seen = now;
+    }
+}
+
 /// Forwards writes until `remaining` bytes are used up, then fails and raises `exceeded`, so
-/// a registry cannot fill the disk with a blob larger than the limit.
+/// a registry cannot fill the disk with a blob larger than the limit; counts what it
+/// forwarded in `written`.
 struct LimitedWriter<W> {
     inner: W,
     remaining: u64,
     exceeded: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for LimitedWriter<W> {
@@ -700,6 +763,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for LimitedWriter<W> {
         let this = &mut *self;
         let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
         this.remaining -= written as u64;
+        this.written.fetch_add(written as u64, Ordering::Relaxed);
         Poll::Ready(Ok(written))
     }
 
@@ -757,9 +821,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_cancelled_pull_leaves_no_in_flight_entry_behind() {
-        // A registry that accepts connections and never answers: the pull hangs on it.
+    /// An anonymous `Always` pull of `image`.
+    fn always_pull(image: &str) -> PullRequest<'_> {
+        PullRequest {
+            image,
+            policy: PullPolicy::Always,
+            auth: RegistryAuth::Anonymous,
+            entry: None,
+            on_verified: None,
+        }
+    }
+
+    /// A registry on 127.0.0.1 that accepts connections and never answers; its `host:port`
+    /// and the task holding the connections.
+    async fn registry_silent() -> (String, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let held = tokio::spawn(async move {
@@ -768,16 +843,36 @@ mod tests {
                 open.push(conn);
             }
         });
+        (host, held)
+    }
+
+    /// A manifest that never comes fails the pull at its deadline, as a registry error that
+    /// is tried again later: the pull does not wait on the registry for ever.
+    #[tokio::test]
+    async fn a_manifest_that_never_comes_fails_the_pull_at_its_deadline() {
+        let (host, held) = registry_silent().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut puller = puller_of(&host, dir.path());
+        puller.manifest_deadline = std::time::Duration::from_millis(300);
+        let image = format!("{host}/demo/silent:v1");
+        let request = always_pull(&image);
+        let err = tokio::time::timeout(std::time::Duration::from_secs(10), puller.pull(&request))
+            .await
+            .expect("the pull ended")
+            .unwrap_err();
+        assert!(err.to_string().contains("did not come within"), "{err}");
+        assert!(err.is_transient());
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_pull_leaves_no_in_flight_entry_behind() {
+        // A registry that accepts connections and never answers: the pull hangs on it.
+        let (host, held) = registry_silent().await;
         let dir = tempfile::tempdir().unwrap();
         let puller = puller_of(&host, dir.path());
         let image = format!("{host}/demo/silent:v1");
-        let request = PullRequest {
-            image: &image,
-            policy: PullPolicy::Always,
-            auth: RegistryAuth::Anonymous,
-            entry: None,
-            on_verified: None,
-        };
+        let request = always_pull(&image);
         let in_flight = || puller.in_flight.lock().unwrap().len();
         {
             let pull = puller.pull(&request);
@@ -814,6 +909,7 @@ mod tests {
             inner: Vec::new(),
             remaining: 16,
             exceeded: exceeded.clone(),
+            written: Arc::default(),
         };
         writer.write_all(&[1; 10]).await.unwrap();
         writer.write_all(&[2; 6]).await.unwrap();
@@ -842,6 +938,12 @@ mod tests {
     /// else (the `/v2/` version check) with an empty 200, which is all `pull_blob` needs.
     /// Returns its `host:port`; dropping the runtime stops it.
     async fn registry_serving(body: Vec<u8>) -> String {
+        registry_trickling(body, None).await
+    }
+
+    /// As [`registry_serving`], sending the body a byte at a time with `pause` between
+    /// bytes, if given.
+    async fn registry_trickling(body: Vec<u8>, pause: Option<std::time::Duration>) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
@@ -872,7 +974,17 @@ mod tests {
                         body.len()
                     );
                     let _ = conn.write_all(reply.as_bytes()).await;
-                    let _ = conn.write_all(body).await;
+                    match pause {
+                        None => drop(conn.write_all(body).await),
+                        Some(pause) => {
+                            for byte in body.chunks(1) {
+                                if conn.write_all(byte).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(pause).await;
+                            }
+                        }
+                    }
                     let _ = conn.shutdown().await;
                 });
             }
@@ -906,6 +1018,61 @@ mod tests {
                 .next()
                 .is_some();
         (err, left)
+    }
+
+    /// A registry that sends a byte now and then, each well within the client's read
+    /// timeout, is given up on once a window passes with too little of the blob.
+    #[tokio::test]
+    async fn a_blob_that_trickles_in_is_abandoned() {
+        let body = vec![0x2a; 4096];
+        let digest = crate::store::digest_of(&body);
+        let host = registry_trickling(body, Some(std::time::Duration::from_millis(20))).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut puller = puller_of(&host, dir.path());
+        puller.pace = Pace {
+            min_bytes: 1024,
+            window: std::time::Duration::from_millis(300),
+        };
+        let reference: Reference = format!("{host}/demo/trickle:v1").parse().unwrap();
+        let layer = OciDescriptor {
+            media_type: media::CNCF_LAYER.into(),
+            digest: digest.clone(),
+            size: 4096,
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let err = puller
+            .download(&reference, &layer, &RegistryAuth::Anonymous, 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("came too slowly"), "{err}");
+        assert!(err.is_transient(), "tried again later, as a registry error");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert!(!puller.store().has_blob(&digest));
+    }
+
+    /// Only the blob's last window may bring less than the pace asks: what was left of it.
+    #[tokio::test(start_paused = true)]
+    async fn a_blob_s_last_window_is_held_only_to_what_was_left() {
+        let pace = Pace {
+            min_bytes: 1000,
+            window: std::time::Duration::from_secs(60),
+        };
+        let written = AtomicU64::new(1500);
+        // All of it came in the first window: never stalled, however long the commit takes.
+        let complete = tokio::time::timeout(pace.window * 10, stalled(&written, 1500, pace)).await;
+        assert!(complete.is_err(), "stalled after all of it came");
+        // 1,000 bytes of 1,500 in the first window, then 400 of the last 500: stalled.
+        written.store(1000, Ordering::Relaxed);
+        let check = stalled(&written, 1500, pace);
+        tokio::pin!(check);
+        assert!(
+            tokio::time::timeout(pace.window + pace.window / 2, check.as_mut())
+                .await
+                .is_err()
+        );
+        written.store(1400, Ordering::Relaxed);
+        assert_eq!(check.await, 400);
     }
 
     #[tokio::test]
