@@ -309,31 +309,15 @@ fn each_member(
         detail: format!("layer {}: {detail}", layer.digest),
     };
     let mut archive = open(reference, layer, budget)?;
-    let (mut gnu_path, mut gnu_link, mut pax) = (None, None, None::<Vec<u8>>);
+    let mut records = Records::default();
     for entry in archive.entries().map_err(bad)?.raw(true) {
         let mut entry = entry.map_err(bad)?;
         let kind = entry.header().entry_type();
         if kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions() {
-            let size = entry.header().entry_size().map_err(bad)?;
-            if size > MAX_RECORD_BYTES {
-                return Err(limit(format!(
-                    "a long-name or PAX record of {size} bytes, over the {MAX_RECORD_BYTES}-byte limit"
-                )));
-            }
-            let mut record = Vec::new();
-            entry.read_to_end(&mut record).map_err(bad)?;
-            let slot = if kind.is_gnu_longname() {
-                &mut gnu_path
-            } else if kind.is_gnu_longlink() {
-                &mut gnu_link
-            } else {
-                &mut pax
-            };
-            // Readers differ on a second record of a kind before one member (the tar
-            // crate and libarchive refuse it, Go keeps the last): refused.
-            if slot.replace(record).is_some() {
-                return Err(limit("two records of one kind before one member".into()));
-            }
+            records.keep(&mut entry).map_err(|refusal| match refusal {
+                Refusal::Read(source) => bad(source),
+                Refusal::Limit(detail) => limit(detail),
+            })?;
             continue;
         }
         // Solaris' extended header, which libarchive applies as a PAX record and the tar
@@ -341,38 +325,117 @@ fn each_member(
         if kind.as_byte() == b'X' {
             return Err(limit("a Solaris extended header".into()));
         }
-        let pax_value = |key: &[u8]| {
-            pax.as_deref().and_then(|records| {
-                tar::PaxExtensions::new(records)
-                    .filter_map(std::result::Result::ok)
-                    .find(|record| record.key_bytes() == key)
-                    .map(|record| record.value_bytes().to_vec())
-            })
+        let header_size = entry.header().entry_size().map_err(bad)?;
+        let member = records.apply(entry.header(), header_size).map_err(limit)?;
+        visit(&member, &mut entry)?;
+    }
+    Ok(())
+}
+
+/// Why a record was not kept.
+enum Refusal {
+    Read(std::io::Error),
+    Limit(String),
+}
+
+/// The GNU long-name and PAX records read since the last member, which name (and may size)
+/// the next one.
+#[derive(Default)]
+struct Records {
+    gnu_path: Option<Vec<u8>>,
+    gnu_link: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+}
+
+/// What a member's PAX record says, read in one pass.
+#[derive(Default)]
+struct Pax {
+    /// The first `path` and `linkpath` values, as the tar crate takes them.
+    path: Option<Vec<u8>>,
+    linkpath: Option<Vec<u8>>,
+    /// A `size` other than the header's, or a GNU sparse map.
+    sized_elsewhere: bool,
+}
+
+impl Pax {
+    fn read(records: &[u8], header_size: u64) -> Self {
+        let mut pax = Pax::default();
+        for record in tar::PaxExtensions::new(records).filter_map(std::result::Result::ok) {
+            match record.key_bytes() {
+                b"path" if pax.path.is_none() => pax.path = Some(record.value_bytes().to_vec()),
+                b"linkpath" if pax.linkpath.is_none() => {
+                    pax.linkpath = Some(record.value_bytes().to_vec());
+                }
+                b"size" => {
+                    let size = record.value().ok().and_then(|v| v.parse::<u64>().ok());
+                    pax.sized_elsewhere |= size != Some(header_size);
+                }
+                key if key.starts_with(b"GNU.sparse.") => pax.sized_elsewhere = true,
+                _ => {}
+            }
+        }
+        pax
+    }
+}
+
+impl Records {
+    /// Reads one record member into its slot.
+    fn keep(&mut self, entry: &mut tar::Entry<'_, Box<dyn Read>>) -> Result<(), Refusal> {
+        let size = entry.header().entry_size().map_err(Refusal::Read)?;
+        if size > MAX_RECORD_BYTES {
+            return Err(Refusal::Limit(format!(
+                "a long-name or PAX record of {size} bytes, over the {MAX_RECORD_BYTES}-byte limit"
+            )));
+        }
+        let kind = entry.header().entry_type();
+        let mut record = Vec::new();
+        entry.read_to_end(&mut record).map_err(Refusal::Read)?;
+        let slot = if kind.is_gnu_longname() {
+            &mut self.gnu_path
+        } else if kind.is_gnu_longlink() {
+            &mut self.gnu_link
+        } else {
+            &mut self.pax
         };
-        // The tar crate's order: a GNU long name, then a PAX record, then the header.
-        let path = gnu_path
+        // Readers differ on a second record of a kind before one member (the tar crate and
+        // libarchive refuse it, Go keeps the last): refused.
+        if slot.replace(record).is_some() {
+            return Err(Refusal::Limit(
+                "two records of one kind before one member".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The member `header` heads, named as the tar crate names it (a GNU long name, then a
+    /// PAX record, then the header), the records used up; refused where readers would read
+    /// it differently.
+    fn apply(&mut self, header: &tar::Header, header_size: u64) -> Result<Member, String> {
+        let pax = self
+            .pax
+            .take()
+            .map(|records| Pax::read(&records, header_size))
+            .unwrap_or_default();
+        let path = self
+            .gnu_path
             .take()
             .map(trim_nul)
-            .or_else(|| pax_value(b"path"))
-            .unwrap_or_else(|| entry.header().path_bytes().into_owned());
-        let link = gnu_link
+            .or(pax.path)
+            .unwrap_or_else(|| header.path_bytes().into_owned());
+        let link = self
+            .gnu_link
             .take()
             .map(trim_nul)
-            .or_else(|| pax_value(b"linkpath"))
-            .or_else(|| {
-                entry
-                    .header()
-                    .link_name_bytes()
-                    .map(|name| name.into_owned())
-            })
+            .or(pax.linkpath)
+            .or_else(|| header.link_name_bytes().map(|name| name.into_owned()))
             .unwrap_or_default();
         // The tar crate applies neither a PAX `size` nor a GNU sparse map to a raw member,
         // so such a member would be read at another length than another reader gives it:
         // its data read as headers, an image showing wasmlet files no one else sees. No
-        // image builder writes either (a PAX size is for members over 8 GiB).
-        let header_size = entry.header().entry_size().map_err(bad)?;
-        // Go's reader gives a link, a directory, a device or a FIFO no data whatever its
-        // header says; the tar crate skips what the header says.
+        // image builder writes either (a PAX size is for members over 8 GiB). Go's reader
+        // gives a link, a directory, a device or a FIFO no data whatever its header says;
+        // the tar crate skips what the header says.
+        let kind = header.entry_type();
         let header_only = matches!(
             kind,
             EntryType::Link
@@ -382,46 +445,30 @@ fn each_member(
                 | EntryType::Directory
                 | EntryType::Fifo
         );
-        let sized_elsewhere = (header_only && header_size != 0)
-            || kind.is_gnu_sparse()
-            || pax.as_deref().is_some_and(|records| {
-                tar::PaxExtensions::new(records)
-                    .filter_map(std::result::Result::ok)
-                    .any(|record| {
-                        let key = record.key_bytes();
-                        key.starts_with(b"GNU.sparse.")
-                            || (key == b"size"
-                                && record.value().ok().and_then(|v| v.parse().ok())
-                                    != Some(header_size))
-                    })
-            });
-        if sized_elsewhere {
-            return Err(limit(
+        if pax.sized_elsewhere || kind.is_gnu_sparse() || (header_only && header_size != 0) {
+            return Err(
                 "a sparse member, one whose PAX record gives it another size than its header, or a link, directory or device with data"
                     .into(),
-            ));
+            );
         }
-        pax = None;
         // Go cuts a name at its first NUL, this reader would not: refused.
         if [&path, &link].iter().any(|name| name.contains(&0)) {
-            return Err(limit("a name holding a NUL".into()));
+            return Err("a name holding a NUL".into());
         }
         if let Some(long) = [&path, &link]
             .into_iter()
             .find(|name| name.len() > MAX_PATH_BYTES)
         {
-            return Err(limit(format!(
+            return Err(format!(
                 "a name of {} bytes, over the {MAX_PATH_BYTES}-byte limit",
                 long.len()
-            )));
+            ));
         }
-        let member = Member {
+        Ok(Member {
             path: PathBuf::from(std::ffi::OsString::from_vec(path)),
             link: PathBuf::from(std::ffi::OsString::from_vec(link)),
-        };
-        visit(&member, &mut entry)?;
+        })
     }
-    Ok(())
 }
 
 /// A GNU long name without the NUL it ends with.
