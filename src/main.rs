@@ -183,7 +183,7 @@ async fn run_agent(cli: AgentArgs, secrets_in_memory: bool) -> anyhow::Result<()
     // A client certificate that expires while the node is cut off is requested again with
     // the bootstrap credentials.
     let client_certificate = match (client_certificate, &bootstrap) {
-        (Some(manager), Some(bootstrap)) => match bootstrap.client().await {
+        (Some(manager), Some(bootstrap)) => match bootstrap.client(cli.api_rate_limit()).await {
             Ok(client) => Some(manager.with_bootstrap(client)),
             Err(err) => {
                 tracing::warn!(%err, "the bootstrap kubeconfig cannot make a client; a client certificate that ends while the node is cut off cannot be renewed");

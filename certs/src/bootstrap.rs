@@ -22,6 +22,7 @@ use tracing::info;
 use crate::csr::NodeCertificate;
 use crate::files::write_atomically;
 use crate::manager::{Requester, obtain};
+use crate::rate_limit::ApiRateLimit;
 use crate::store::CertStore;
 use crate::x509::CertInfo;
 use crate::{Error, Result};
@@ -111,7 +112,7 @@ impl Bootstrap {
         if reusable.is_some() {
             info!(path = %store.current_path().display(), "reusing the client certificate issued earlier");
         } else {
-            let client = self.client().await?;
+            let client = self.client(ApiRateLimit::default()).await?;
             info!(
                 bootstrap_kubeconfig = %self.path.display(),
                 "requesting a client certificate for {} with the bootstrap credentials",
@@ -130,8 +131,9 @@ impl Bootstrap {
         Ok(true)
     }
 
-    /// A client with the bootstrap credentials. It makes no request.
-    pub async fn client(&self) -> Result<kube::Client> {
+    /// A client with the bootstrap credentials, over the API connector and within `limit`.
+    /// It makes no request.
+    pub async fn client(&self, limit: ApiRateLimit) -> Result<kube::Client> {
         let config = kube::Config::from_custom_kubeconfig(
             self.kubeconfig.clone(),
             &KubeConfigOptions::default(),
@@ -141,8 +143,7 @@ impl Bootstrap {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        let server = config.cluster_url.to_string();
-        kube::Client::try_from(config).map_err(|source| Error::Client { server, source })
+        crate::client::api_client(&config, limit)
     }
 
     /// The node kubeconfig: the bootstrap cluster (its CA inlined, so the file does not

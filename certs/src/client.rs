@@ -45,16 +45,8 @@ pub fn node_client(
     limit: ApiRateLimit,
 ) -> Result<(kube::Client, Option<CertificateManager>)> {
     let store = CertStore::client(pki_dir);
-    let server = config.cluster_url.to_string();
     if !uses_store(&config, &store) {
-        let client = kube::client::ClientBuilder::try_from(config)
-            .map_err(|source| Error::Client {
-                server: server.clone(),
-                source,
-            })?
-            .with_layer(&RateLimitLayer::new(limit))
-            .build();
-        return Ok((client, None));
+        return Ok((api_client(&config, limit)?, None));
     }
     let stored = store.load_current().ok_or_else(|| Error::Pem {
         what: store.current_path().display().to_string(),
@@ -85,6 +77,20 @@ fn uses_store(config: &kube::Config, store: &CertStore) -> bool {
     same(&config.auth_info.client_certificate) && same(&config.auth_info.client_key)
 }
 
+/// A kube client for `config` with the credentials it names, over the API connector (see
+/// [`API_TCP_TIMEOUT`]), sending no faster than `limit`: for a kubeconfig wasmlet did not
+/// issue, and for the bootstrap kubeconfig.
+pub fn api_client(config: &kube::Config, limit: ApiRateLimit) -> Result<kube::Client> {
+    let tls = config
+        .rustls_client_config()
+        .map_err(|source| Error::Client {
+            server: config.cluster_url.to_string(),
+            source,
+        })?;
+    // Nothing closes these connections: the credentials never rotate.
+    client_over(config, tls, Arc::default(), limit)
+}
+
 /// A kube client for `config` whose TLS client certificate comes from `certificates` at each
 /// handshake, whose connections all close when `connections` is told to, and which sends no
 /// faster than `limit`.
@@ -94,16 +100,32 @@ pub(crate) fn rotating_client(
     connections: Arc<Connections>,
     limit: ApiRateLimit,
 ) -> Result<kube::Client> {
-    let client_err = |source| Error::Client {
-        server: config.cluster_url.to_string(),
-        source,
-    };
-    let mut tls = config.rustls_client_config().map_err(client_err)?;
+    let mut tls = config
+        .rustls_client_config()
+        .map_err(|source| Error::Client {
+            server: config.cluster_url.to_string(),
+            source,
+        })?;
     tls.client_auth_cert_resolver = certificates;
     // A resumed TLS session carries the identity of the handshake it resumes: the server
     // would go on seeing the old certificate on new connections. client-go does not resume
     // either.
     tls.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+    client_over(config, tls, connections, limit)
+}
+
+/// kube's documented custom stack for `config` over `tls` and the API connector, its
+/// connections closed when `connections` is told to.
+fn client_over(
+    config: &kube::Config,
+    tls: tokio_rustls::rustls::ClientConfig,
+    connections: Arc<Connections>,
+    limit: ApiRateLimit,
+) -> Result<kube::Client> {
+    let client_err = |source| Error::Client {
+        server: config.cluster_url.to_string(),
+        source,
+    };
     let closing = ClosingConnector {
         inner: api_connector(),
         connections,

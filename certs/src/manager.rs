@@ -186,26 +186,36 @@ pub(crate) async fn obtain(
     cancel: &CancellationToken,
 ) -> Option<StoredCert> {
     let mut failures = 0;
-    let mut told_expired = false;
+    let mut told = false;
+    // The API server answered the usual credentials 401 (its clock past the certificate's
+    // end before the node's, say): the bootstrap ones are used from then on.
+    let mut own_refused = false;
     loop {
         let now = SystemTime::now();
-        if requester.expired(now) && !told_expired {
-            told_expired = true;
-            let until = requester.own_until.map(jiff_time).unwrap_or_default();
-            if requester.bootstrap.is_some() {
-                // Other credentials, a fresh start: not the back-off the old ones built up.
-                failures = 0;
-                warn!(not_after = %until, "the {} expired before it could be renewed (the API server was out of reach); requesting a new one with the bootstrap credentials", cert.what());
-            } else {
-                error!(not_after = %until, "the {} expired before it could be renewed, and the API server no longer accepts it; without --bootstrap-kubeconfig the node cannot request another: give it a new kubeconfig and restart it", cert.what());
-            }
-        }
-        let api = requester.api(now);
-        let credentials = if std::ptr::eq(api, requester.own) {
-            "usual"
-        } else {
-            "bootstrap"
+        let api = match requester.bootstrap {
+            Some(bootstrap) if own_refused => bootstrap,
+            _ => requester.api(now),
         };
+        let by_bootstrap = !std::ptr::eq(api, requester.own);
+        let until = requester.own_until.map(jiff_time).unwrap_or_default();
+        if by_bootstrap && !told {
+            told = true;
+            // Other credentials, a fresh start: not the back-off the old ones built up.
+            failures = 0;
+            warn!(not_after = %until, "the {} expired before it could be renewed (the API server was out of reach), or the API server refused it; requesting a new one with the bootstrap credentials", cert.what());
+        } else if requester.bootstrap.is_none() && requester.expired(now) && !told {
+            told = true;
+            error!(not_after = %until, "the {} expired before it could be renewed, and the API server no longer accepts it; without --bootstrap-kubeconfig the node cannot request another: give it a new kubeconfig and restart it", cert.what());
+        }
+        let credentials = if by_bootstrap { "bootstrap" } else { "usual" };
+        // A request made with the usual credentials is given up when they end, to be made
+        // again with the bootstrap ones: waiting on its answer with a certificate the API
+        // server no longer accepts would wait for ever.
+        let own_end = requester
+            .bootstrap
+            .and(requester.own_until)
+            .filter(|_| !by_bootstrap)
+            .map(|until| until.duration_since(now).unwrap_or_default());
         let pause = retry_delay(failures);
         failures = failures.saturating_add(1);
         let key = match store.pending_key() {
@@ -218,7 +228,14 @@ pub(crate) async fn obtain(
                 continue;
             }
         };
-        match submit_and_wait(api, cert, &key, cancel).await {
+        let answer = match own_end {
+            Some(left) => tokio::select! {
+                answer = submit_and_wait(api, cert, &key, cancel) => answer,
+                () = tokio::time::sleep(left) => continue,
+            },
+            None => submit_and_wait(api, cert, &key, cancel).await,
+        };
+        match answer {
             Ok(None) => return None,
             Ok(Some(Answer::Issued { name, cert_pem })) => {
                 match store.save_current(&cert_pem, &key.serialize_pem()) {
@@ -247,15 +264,23 @@ pub(crate) async fn obtain(
                 "the {} request disappeared before it was answered; submitting it again",
                 cert.what()
             ),
-            Err(e) => warn!(
-                error = %e, retry_in = ?pause, credentials,
-                "cannot request the {}", cert.what()
-            ),
+            Err(e) => {
+                own_refused |= requester.bootstrap.is_some() && !by_bootstrap && unauthorized(&e);
+                warn!(
+                    error = %e, retry_in = ?pause, credentials,
+                    "cannot request the {}", cert.what()
+                );
+            }
         }
         if !sleep_unless_cancelled(pause, cancel).await {
             return None;
         }
     }
+}
+
+/// Whether the API server refused the credentials (401).
+fn unauthorized(err: &crate::Error) -> bool {
+    matches!(err, crate::Error::Api { source: kube::Error::Api(status), .. } if status.code == 401)
 }
 
 fn discard(store: &CertStore) {
@@ -447,6 +472,96 @@ mod tests {
         let cert = NodeCertificate::serving("edge-1", &[], &[ip]);
         let info = renew_expired(cert, spec, CertStore::serving(dir.path()), false).await;
         assert!(info.is_valid_at(SystemTime::now()));
+    }
+
+    /// A renewal still waiting with the usual credentials when the certificate ends is
+    /// made again with the bootstrap ones: no answer would come to a certificate the API
+    /// server no longer accepts.
+    #[tokio::test]
+    async fn a_renewal_waiting_when_the_certificate_ends_goes_again_with_the_bootstrap_credentials()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::client(dir.path());
+        let ca = Authority::generate("ca").unwrap();
+        let spec = crate::CertificateSpec::client("system:node:edge-1", &["system:nodes"]);
+        let short = ca
+            .issue_valid_for(&spec, std::time::Duration::from_secs(2))
+            .unwrap();
+        let old = StoredCert::verify(&short.cert_pem, &short.key_pem).unwrap();
+        let rotating = Arc::new(RotatingCert::new(&short.cert_pem, &short.key_pem).unwrap());
+        let (own, mut own_handle) = mock_client();
+        let (bootstrap, mut handle) = mock_client();
+        // The usual credentials get the request in, then the watch on it never answers.
+        let own_server = tokio::spawn(async move {
+            accept_create_then_list(&mut own_handle, |csr| list_of(with_status(csr, None, None)))
+                .await;
+            let (_watch, _never_answered) = own_handle.next_request().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let cancel = CancellationToken::new();
+        let manager = CertificateManager::new(
+            own,
+            NodeCertificate::client("edge-1"),
+            store.clone(),
+            rotating,
+            Some(old),
+        )
+        .with_bootstrap(bootstrap)
+        .on_rotate({
+            let cancel = cancel.clone();
+            Box::new(move || cancel.cancel())
+        });
+        let server = tokio::spawn(async move {
+            accept_create_then_list(&mut handle, |csr| approved(&ca, csr)).await;
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(20), manager.run(cancel))
+            .await
+            .expect("renewed through the bootstrap credentials after the certificate ended");
+        server.await.unwrap();
+        own_server.abort();
+        assert!(
+            store
+                .load_current()
+                .unwrap()
+                .info
+                .is_valid_at(SystemTime::now())
+        );
+    }
+
+    /// A 401 to the usual credentials (the API server's clock past the certificate's end
+    /// before the node's, say) sends the request with the bootstrap ones at once.
+    #[tokio::test]
+    async fn a_request_the_api_server_refuses_as_unauthorized_goes_again_with_the_bootstrap_credentials()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::client(dir.path());
+        let ca = Authority::generate("ca").unwrap();
+        let (own, mut own_handle) = mock_client();
+        let (bootstrap, mut handle) = mock_client();
+        tokio::spawn(async move {
+            let (_, send) = own_handle.next_request().await.unwrap();
+            let status = kube::core::Status::failure("Unauthorized", "Unauthorized").with_code(401);
+            send.send_response(crate::request::tests::respond(401, &status));
+        });
+        let server = tokio::spawn(async move {
+            accept_create_then_list(&mut handle, |csr| approved(&ca, csr)).await;
+        });
+        let (own, bootstrap) = (Api::all(own), Api::all(bootstrap));
+        let requester = Requester {
+            own: &own,
+            own_until: Some(SystemTime::now() + std::time::Duration::from_secs(3600)),
+            bootstrap: Some(&bootstrap),
+        };
+        let cert = NodeCertificate::client("edge-1");
+        let stored = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            obtain(&requester, &cert, &store, &CancellationToken::new()),
+        )
+        .await
+        .expect("obtained through the bootstrap credentials")
+        .unwrap();
+        server.await.unwrap();
+        assert_eq!(stored.info.common_name, "system:node:edge-1");
     }
 
     /// The bootstrap credentials are for an expired client certificate only: not for one
