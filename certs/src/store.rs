@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use rcgen::KeyPair;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::files::{remove_if_present, write_atomically};
 use crate::x509::CertInfo;
@@ -134,12 +134,17 @@ impl CertStore {
     }
 
     /// The key of the pending request: the one persisted by an earlier run, or a new one,
-    /// persisted before it is used.
+    /// persisted before it is used. A pending key that is the current certificate's is
+    /// used up: a run that stopped between storing the certificate and removing its key
+    /// left it, and a renewal must not ask for the same key again.
     pub fn pending_key(&self) -> Result<KeyPair> {
         let path = self.pending_key_path();
         if let Ok(pem) = std::fs::read_to_string(&path) {
             match KeyPair::from_pem(&pem) {
-                Ok(key) => return Ok(key),
+                Ok(key) if !self.is_current_key(&key) => return Ok(key),
+                Ok(_) => {
+                    info!(path = %path.display(), "the pending key is the current certificate's (a run stopped before removing it); making a new one");
+                }
                 Err(e) => {
                     warn!(path = %path.display(), error = %e, "the pending key is unreadable; making a new one")
                 }
@@ -151,6 +156,12 @@ impl CertStore {
         })?;
         write_atomically(&path, &key.serialize_pem())?;
         Ok(key)
+    }
+
+    /// Whether `key` is the current certificate's.
+    fn is_current_key(&self, key: &KeyPair) -> bool {
+        self.load_current()
+            .is_some_and(|current| current.info.public_key == crate::csr::public_key(key))
     }
 
     /// Forgets the pending key (its request was refused): the next request uses a new one.
@@ -226,6 +237,29 @@ mod tests {
         store.discard_pending_key().unwrap();
         let fresh = store.pending_key().unwrap();
         assert_ne!(first.serialize_pem(), fresh.serialize_pem());
+    }
+
+    #[test]
+    fn a_pending_key_left_after_its_certificate_was_stored_is_not_used_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::client(dir.path());
+        let ca = Authority::generate("ca").unwrap();
+        let pair = issued(&ca);
+        store.save_current(&pair.cert_pem, &pair.key_pem).unwrap();
+        // The run stopped between storing the certificate and removing its key.
+        std::fs::write(store.pending_key_path(), &pair.key_pem).unwrap();
+        let next = store.pending_key().unwrap();
+        let used = KeyPair::from_pem(&pair.key_pem).unwrap();
+        assert_ne!(
+            crate::csr::public_key(&next),
+            crate::csr::public_key(&used),
+            "the renewal would ask for the current certificate's key again"
+        );
+        assert_eq!(
+            std::fs::read_to_string(store.pending_key_path()).unwrap(),
+            next.serialize_pem(),
+            "the new key is persisted before it is used"
+        );
     }
 
     #[test]
