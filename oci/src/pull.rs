@@ -258,11 +258,13 @@ impl Puller {
                 });
             }
             (PullPolicy::Always, Some(record)) => {
+                let client = self.client_for(reference, &request.auth).await?;
                 let remote = self
-                    .client_for(reference, &request.auth)
+                    .by_deadline(
+                        reference,
+                        client.fetch_manifest_digest(reference, &request.auth),
+                    )
                     .await?
-                    .fetch_manifest_digest(reference, &request.auth)
-                    .await
                     .map_err(|e| map_client_error(reference, e))?;
                 let unchanged = remote == record.artifact.manifest_digest
                     || record.index_digest.as_deref() == Some(remote.as_str());
@@ -285,7 +287,8 @@ impl Puller {
     /// [`TOUCH_GRANULARITY_SECS`], and in the background: its fsync was most of a cached
     /// start's image lookup (12 ms on every start, then 139 ms on the first start after a
     /// restart, measured by bench-pods). The write holds the garbage collector's gate, so
-    /// collection never judges the artifact by the old time while the new one is on its way.
+    /// collection never judges the artifact by the old time while the new one is on its way,
+    /// and it is dropped if a newer pull recorded another artifact for the key first.
     async fn touch(&self, mut record: ArtifactRecord) -> Result<WasmArtifact> {
         let now = now_secs();
         if now.saturating_sub(record.last_used) < TOUCH_GRANULARITY_SECS {
@@ -300,12 +303,12 @@ impl Puller {
                 let store = self.store.clone();
                 tokio::spawn(async move {
                     let _gate = gate;
-                    if let Err(err) = store.save_record(&record).await {
+                    if let Err(err) = store.save_use(&record).await {
                         tracing::warn!(%err, "cannot record an artifact's use; garbage collection may take it sooner");
                     }
                 });
             }
-            Err(_) => self.store.save_record(&record).await?,
+            Err(_) => self.store.save_use(&record).await?,
         }
         Ok(artifact)
     }
@@ -463,19 +466,13 @@ impl Puller {
         expected: Option<&str>,
     ) -> Result<(String, OciManifest)> {
         let client = self.client_for(reference, auth).await?;
-        let fetched = tokio::time::timeout(
-            self.manifest_deadline,
-            client.pull_manifest_raw(reference, auth, &media::ACCEPTED_MANIFESTS),
-        )
-        .await
-        .map_err(|_| Error::Registry {
-            reference: reference.whole(),
-            message: format!(
-                "the manifest did not come within {:?}; the pull was abandoned",
-                self.manifest_deadline
-            ),
-        })?;
-        let (bytes, _) = fetched.map_err(|e| map_client_error(reference, e))?;
+        let (bytes, _) = self
+            .by_deadline(
+                reference,
+                client.pull_manifest_raw(reference, auth, &media::ACCEPTED_MANIFESTS),
+            )
+            .await?
+            .map_err(|e| map_client_error(reference, e))?;
         let (digest, _) = self.store.put_bytes(&bytes).await?;
         if let Some(expected) = expected
             && expected != digest
@@ -490,6 +487,23 @@ impl Puller {
             message: format!("unreadable manifest: {e}"),
         })?;
         Ok((digest, manifest))
+    }
+
+    /// `request` (a manifest or its digest) unless the manifest deadline passes first.
+    async fn by_deadline<T>(
+        &self,
+        reference: &Reference,
+        request: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.manifest_deadline, request)
+            .await
+            .map_err(|_| Error::Registry {
+                reference: reference.whole(),
+                message: format!(
+                    "the manifest did not come within {:?}; the pull was abandoned",
+                    self.manifest_deadline
+                ),
+            })
     }
 
     async fn image_config(
@@ -856,12 +870,16 @@ mod tests {
         puller.manifest_deadline = std::time::Duration::from_millis(300);
         let image = format!("{host}/demo/silent:v1");
         let request = always_pull(&image);
-        let err = tokio::time::timeout(std::time::Duration::from_secs(10), puller.pull(&request))
-            .await
-            .expect("the pull ended")
-            .unwrap_err();
+        let pull =
+            || tokio::time::timeout(std::time::Duration::from_secs(10), puller.pull(&request));
+        let err = pull().await.expect("the pull ended").unwrap_err();
         assert!(err.to_string().contains("did not come within"), "{err}");
         assert!(err.is_transient());
+
+        // With the image held, `Always` asks only for the manifest's digest: the same.
+        crate::store::testing::artifact(puller.store(), &image, now_secs(), 10).await;
+        let err = pull().await.expect("the check ended").unwrap_err();
+        assert!(err.to_string().contains("did not come within"), "{err}");
         held.abort();
     }
 

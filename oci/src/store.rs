@@ -59,6 +59,9 @@ impl Drop for PendingBlob {
 pub struct Store {
     root: PathBuf,
     next_tmp: AtomicU64,
+    /// Record writes go one at a time, so a use's rewrite of a record, written in the
+    /// background, is judged against what is there when it lands ([`Store::save_use`]).
+    records: tokio::sync::Mutex<()>,
 }
 
 impl Store {
@@ -78,6 +81,7 @@ impl Store {
         Ok(Self {
             root: root.to_path_buf(),
             next_tmp: AtomicU64::new(0),
+            records: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -156,6 +160,25 @@ impl Store {
 
     /// Saves `record`, replacing any earlier one for its key.
     pub async fn save_record(&self, record: &ArtifactRecord) -> Result<()> {
+        let _one_at_a_time = self.records.lock().await;
+        self.write_record(record).await
+    }
+
+    /// Saves `record` for its new use time, unless its key names another artifact by now:
+    /// a pull (`Always`, the tag moved) wrote a newer record since `record` was read, and
+    /// the old one must not land over it.
+    pub async fn save_use(&self, record: &ArtifactRecord) -> Result<()> {
+        let _one_at_a_time = self.records.lock().await;
+        let same = self.record(&record.key).await.is_some_and(|current| {
+            current.artifact.manifest_digest == record.artifact.manifest_digest
+        });
+        if same {
+            self.write_record(record).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_record(&self, record: &ArtifactRecord) -> Result<()> {
         let path = self.record_path(&record.key);
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Store {
             action: "encode",
@@ -363,6 +386,38 @@ mod tests {
         std::mem::forget(pending); // as if the process died mid-pull
         Store::open(dir.path()).unwrap();
         assert!(!leftover.exists());
+    }
+
+    /// A use of an artifact is written in the background; a pull that recorded a newer
+    /// artifact for the key meanwhile keeps its record.
+    #[tokio::test]
+    async fn a_use_written_late_never_replaces_a_newer_pull_s_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        testing::artifact(&store, "reg.example/app:v1", 1, 10).await;
+        let mut used = store.record("reg.example/app:v1").await.unwrap();
+        used.last_used = 2;
+
+        // The tag moved: an `Always` pull recorded the new artifact first.
+        let mut newer = used.clone();
+        newer.artifact.manifest_digest = digest_of(b"the new manifest");
+        newer.last_used = 3;
+        store.save_record(&newer).await.unwrap();
+        store.save_use(&used).await.unwrap();
+        let kept = store.record("reg.example/app:v1").await.unwrap();
+        assert_eq!(
+            kept.artifact.manifest_digest,
+            newer.artifact.manifest_digest
+        );
+
+        // A use of the artifact still recorded is written.
+        let mut again = kept.clone();
+        again.last_used = 4;
+        store.save_use(&again).await.unwrap();
+        assert_eq!(
+            store.record("reg.example/app:v1").await.unwrap().last_used,
+            4
+        );
     }
 
     #[test]
