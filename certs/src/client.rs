@@ -115,13 +115,22 @@ pub(crate) fn rotating_client(
 }
 
 /// kube's documented custom stack for `config` over `tls` and the API connector, its
-/// connections closed when `connections` is told to.
+/// connections closed when `connections` is told to. Without kube's retry layer: every loop
+/// that talks to the API server retries on its own terms (and reports to the node's link),
+/// and the rate limit paces them. A proxy is refused, as kube's own client without its proxy
+/// features refuses it, rather than passed by.
 fn client_over(
     config: &kube::Config,
     tls: tokio_rustls::rustls::ClientConfig,
     connections: Arc<Connections>,
     limit: ApiRateLimit,
 ) -> Result<kube::Client> {
+    if let Some(proxy) = &config.proxy_url {
+        return Err(Error::Proxy {
+            server: config.cluster_url.to_string(),
+            proxy: proxy.to_string(),
+        });
+    }
     let client_err = |source| Error::Client {
         server: config.cluster_url.to_string(),
         source,

@@ -200,8 +200,11 @@ pub(crate) async fn obtain(
         let until = requester.own_until.map(jiff_time).unwrap_or_default();
         if by_bootstrap && !told {
             told = true;
-            // Other credentials, a fresh start: not the back-off the old ones built up.
+            // Other credentials, a fresh start: not the back-off the old ones built up, and
+            // a new key, so the request is the bootstrap identity's own (one the node made
+            // for the old key may wait on an approval renewals never get).
             failures = 0;
+            discard(store);
             warn!(not_after = %until, "the {} expired before it could be renewed (the API server was out of reach), or the API server refused it; requesting a new one with the bootstrap credentials", cert.what());
         } else if requester.bootstrap.is_none() && requester.expired(now) && !told {
             told = true;
@@ -265,7 +268,13 @@ pub(crate) async fn obtain(
                 cert.what()
             ),
             Err(e) => {
-                own_refused |= requester.bootstrap.is_some() && !by_bootstrap && unauthorized(&e);
+                // While the usual credentials have not ended, the two take turns: one stray
+                // 401 must not leave the renewal to a bootstrap token that may have expired.
+                own_refused = if by_bootstrap {
+                    requester.expired(SystemTime::now()) && own_refused
+                } else {
+                    requester.bootstrap.is_some() && unauthorized(&e)
+                };
                 warn!(
                     error = %e, retry_in = ?pause, credentials,
                     "cannot request the {}", cert.what()
@@ -529,22 +538,26 @@ mod tests {
     }
 
     /// A 401 to the usual credentials (the API server's clock past the certificate's end
-    /// before the node's, say) sends the request with the bootstrap ones at once.
-    #[tokio::test]
-    async fn a_request_the_api_server_refuses_as_unauthorized_goes_again_with_the_bootstrap_credentials()
-     {
+    /// before the node's, say) sends the request with the bootstrap ones at once; while the
+    /// usual ones have not ended, a 401 to the bootstrap ones (a token that expired) sends it
+    /// with the usual ones again: the two take turns.
+    #[tokio::test(start_paused = true)]
+    async fn a_401_sends_the_request_with_the_other_credentials_until_one_is_answered() {
         let dir = tempfile::tempdir().unwrap();
         let store = CertStore::client(dir.path());
         let ca = Authority::generate("ca").unwrap();
-        let (own, mut own_handle) = mock_client();
-        let (bootstrap, mut handle) = mock_client();
-        tokio::spawn(async move {
-            let (_, send) = own_handle.next_request().await.unwrap();
+        let unauthorized = || {
             let status = kube::core::Status::failure("Unauthorized", "Unauthorized").with_code(401);
-            send.send_response(crate::request::tests::respond(401, &status));
-        });
+            crate::request::tests::respond(401, &status)
+        };
+        let (own, mut own_handle) = mock_client();
+        let (bootstrap, mut bootstrap_handle) = mock_client();
         let server = tokio::spawn(async move {
-            accept_create_then_list(&mut handle, |csr| approved(&ca, csr)).await;
+            let (_, send) = own_handle.next_request().await.unwrap();
+            send.send_response(unauthorized());
+            let (_, send) = bootstrap_handle.next_request().await.unwrap();
+            send.send_response(unauthorized());
+            accept_create_then_list(&mut own_handle, |csr| approved(&ca, csr)).await;
         });
         let (own, bootstrap) = (Api::all(own), Api::all(bootstrap));
         let requester = Requester {
@@ -554,11 +567,11 @@ mod tests {
         };
         let cert = NodeCertificate::client("edge-1");
         let stored = tokio::time::timeout(
-            std::time::Duration::from_secs(20),
+            std::time::Duration::from_secs(60),
             obtain(&requester, &cert, &store, &CancellationToken::new()),
         )
         .await
-        .expect("obtained through the bootstrap credentials")
+        .expect("obtained through the usual credentials in the end")
         .unwrap();
         server.await.unwrap();
         assert_eq!(stored.info.common_name, "system:node:edge-1");

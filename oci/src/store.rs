@@ -164,18 +164,19 @@ impl Store {
         self.write_record(record).await
     }
 
-    /// Saves `record` for its new use time, unless its key names another artifact by now:
-    /// a pull (`Always`, the tag moved) wrote a newer record since `record` was read, and
-    /// the old one must not land over it.
+    /// Records a use of `record`'s artifact at its `last_used`, on the record as it is now,
+    /// unless its key names another artifact by now: a pull (`Always`, the tag moved) wrote
+    /// a newer record since `record` was read, and the old one must not land over it.
     pub async fn save_use(&self, record: &ArtifactRecord) -> Result<()> {
         let _one_at_a_time = self.records.lock().await;
-        let same = self.record(&record.key).await.is_some_and(|current| {
-            current.artifact.manifest_digest == record.artifact.manifest_digest
-        });
-        if same {
-            self.write_record(record).await?;
+        let Some(mut current) = self.record(&record.key).await else {
+            return Ok(());
+        };
+        if current.artifact.manifest_digest != record.artifact.manifest_digest {
+            return Ok(());
         }
-        Ok(())
+        current.last_used = current.last_used.max(record.last_used);
+        self.write_record(&current).await
     }
 
     async fn write_record(&self, record: &ArtifactRecord) -> Result<()> {
@@ -410,14 +411,17 @@ mod tests {
             newer.artifact.manifest_digest
         );
 
-        // A use of the artifact still recorded is written.
+        // A use of the artifact still recorded is written, on the record as it is now (a
+        // pull of the same manifest may have recorded another index since).
+        let mut reindexed = kept.clone();
+        reindexed.index_digest = Some(digest_of(b"another index"));
+        store.save_record(&reindexed).await.unwrap();
         let mut again = kept.clone();
         again.last_used = 4;
         store.save_use(&again).await.unwrap();
-        assert_eq!(
-            store.record("reg.example/app:v1").await.unwrap().last_used,
-            4
-        );
+        let now = store.record("reg.example/app:v1").await.unwrap();
+        assert_eq!(now.last_used, 4);
+        assert_eq!(now.index_digest, reindexed.index_digest);
     }
 
     #[test]
