@@ -117,8 +117,9 @@ pub(crate) fn rotating_client(
 /// kube's documented custom stack for `config` over `tls` and the API connector, its
 /// connections closed when `connections` is told to. Without kube's retry layer: every loop
 /// that talks to the API server retries on its own terms (and reports to the node's link),
-/// and the rate limit paces them. A proxy is refused, as kube's own client without its proxy
-/// features refuses it, rather than passed by.
+/// and the rate limit paces them. A proxy (the kubeconfig's `proxy-url`, or `HTTPS_PROXY`)
+/// is not used: the connection goes direct, as the rotating client's always has, and a
+/// warning says so.
 fn client_over(
     config: &kube::Config,
     tls: tokio_rustls::rustls::ClientConfig,
@@ -126,10 +127,7 @@ fn client_over(
     limit: ApiRateLimit,
 ) -> Result<kube::Client> {
     if let Some(proxy) = &config.proxy_url {
-        return Err(Error::Proxy {
-            server: config.cluster_url.to_string(),
-            proxy: proxy.to_string(),
-        });
+        tracing::warn!(server = %config.cluster_url, %proxy, "a proxy is configured for the API server (proxy-url or HTTPS_PROXY); wasmlet connects to it directly");
     }
     let client_err = |source| Error::Client {
         server: config.cluster_url.to_string(),

@@ -53,16 +53,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// The kubeconfig (or `HTTPS_PROXY`) names a proxy; the node connects directly.
-    #[error(
-        "cannot reach {server} through the proxy {proxy}: wasmlet connects to the API server directly"
-    )]
-    Proxy {
-        /// The API server's URL.
-        server: String,
-        /// The proxy's URL.
-        proxy: String,
-    },
     /// A client for the API server could not be built.
     #[error("cannot build a client for {server}")]
     Client {

@@ -188,7 +188,7 @@ pub(crate) async fn obtain(
     let mut failures = 0;
     let mut told = false;
     // The API server answered the usual credentials 401 (its clock past the certificate's
-    // end before the node's, say): the bootstrap ones are used from then on.
+    // end before the node's, say): the next request goes with the bootstrap ones.
     let mut own_refused = false;
     loop {
         let now = SystemTime::now();
