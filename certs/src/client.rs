@@ -81,14 +81,18 @@ fn uses_store(config: &kube::Config, store: &CertStore) -> bool {
 /// [`API_TCP_TIMEOUT`]), sending no faster than `limit`: for a kubeconfig wasmlet did not
 /// issue, and for the bootstrap kubeconfig.
 pub fn api_client(config: &kube::Config, limit: ApiRateLimit) -> Result<kube::Client> {
-    let tls = config
+    // Nothing closes these connections: the credentials never rotate.
+    client_over(config, tls_of(config)?, Arc::default(), limit)
+}
+
+/// The rustls configuration `config` asks for (its CA, its client certificate if any).
+fn tls_of(config: &kube::Config) -> Result<tokio_rustls::rustls::ClientConfig> {
+    config
         .rustls_client_config()
         .map_err(|source| Error::Client {
             server: config.cluster_url.to_string(),
             source,
-        })?;
-    // Nothing closes these connections: the credentials never rotate.
-    client_over(config, tls, Arc::default(), limit)
+        })
 }
 
 /// A kube client for `config` whose TLS client certificate comes from `certificates` at each
@@ -100,12 +104,7 @@ pub(crate) fn rotating_client(
     connections: Arc<Connections>,
     limit: ApiRateLimit,
 ) -> Result<kube::Client> {
-    let mut tls = config
-        .rustls_client_config()
-        .map_err(|source| Error::Client {
-            server: config.cluster_url.to_string(),
-            source,
-        })?;
+    let mut tls = tls_of(config)?;
     tls.client_auth_cert_resolver = certificates;
     // A resumed TLS session carries the identity of the handshake it resumes: the server
     // would go on seeing the old certificate on new connections. client-go does not resume

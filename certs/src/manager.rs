@@ -167,10 +167,11 @@ impl<'a> Requester<'a> {
         self.own_until.is_some_and(|until| now >= until)
     }
 
-    /// The API to ask through at `now`.
-    fn api(&self, now: SystemTime) -> &'a Api<CertificateSigningRequest> {
+    /// The API to ask through at `now`, the usual credentials having been refused (401)
+    /// last time or not.
+    fn api(&self, now: SystemTime, own_refused: bool) -> &'a Api<CertificateSigningRequest> {
         match self.bootstrap {
-            Some(bootstrap) if self.expired(now) => bootstrap,
+            Some(bootstrap) if own_refused || self.expired(now) => bootstrap,
             _ => self.own,
         }
     }
@@ -192,10 +193,7 @@ pub(crate) async fn obtain(
     let mut own_refused = false;
     loop {
         let now = SystemTime::now();
-        let api = match requester.bootstrap {
-            Some(bootstrap) if own_refused => bootstrap,
-            _ => requester.api(now),
-        };
+        let api = requester.api(now, own_refused);
         let by_bootstrap = !std::ptr::eq(api, requester.own);
         let until = requester.own_until.map(jiff_time).unwrap_or_default();
         if by_bootstrap && !told {
@@ -415,12 +413,35 @@ mod tests {
         assert_eq!(store.load_current().unwrap().info, info, "and stored");
     }
 
+    /// `issued` as stored and as presented.
+    fn held(issued: &crate::KeyedCertificate) -> (StoredCert, Arc<RotatingCert>) {
+        let stored = StoredCert::verify(&issued.cert_pem, &issued.key_pem).unwrap();
+        let rotating = Arc::new(RotatingCert::new(&issued.cert_pem, &issued.key_pem).unwrap());
+        (stored, rotating)
+    }
+
     /// A certificate for `spec` that expired long ago, as stored and as presented.
     fn expired(ca: &Authority, spec: &crate::CertificateSpec) -> (StoredCert, Arc<RotatingCert>) {
-        let old = ca.issue_expired(spec).unwrap();
-        let stored = StoredCert::verify(&old.cert_pem, &old.key_pem).unwrap();
-        let rotating = Arc::new(RotatingCert::new(&old.cert_pem, &old.key_pem).unwrap());
-        (stored, rotating)
+        held(&ca.issue_expired(spec).unwrap())
+    }
+
+    /// A manager for `cert` holding `current`, with the node's own client and the bootstrap
+    /// one, that stops after its first rotation.
+    fn manager_with_bootstrap(
+        own: kube::Client,
+        bootstrap: kube::Client,
+        cert: NodeCertificate,
+        store: &CertStore,
+        (current, rotating): (StoredCert, Arc<RotatingCert>),
+    ) -> (CertificateManager, CancellationToken) {
+        let cancel = CancellationToken::new();
+        let manager = CertificateManager::new(own, cert, store.clone(), rotating, Some(current))
+            .with_bootstrap(bootstrap)
+            .on_rotate({
+                let cancel = cancel.clone();
+                Box::new(move || cancel.cancel())
+            });
+        (manager, cancel)
     }
 
     /// Renews `cert`, expired long ago (issued for `spec`), with a manager that has both the
@@ -434,7 +455,6 @@ mod tests {
         through_bootstrap: bool,
     ) -> CertInfo {
         let ca = Authority::generate("ca").unwrap();
-        let (old, rotating) = expired(&ca, &spec);
         let (own, own_handle) = mock_client();
         let (bootstrap, bootstrap_handle) = mock_client();
         let (mut answered, _silent) = if through_bootstrap {
@@ -442,13 +462,8 @@ mod tests {
         } else {
             (own_handle, bootstrap_handle)
         };
-        let cancel = CancellationToken::new();
-        let manager = CertificateManager::new(own, cert, store.clone(), rotating, Some(old))
-            .with_bootstrap(bootstrap)
-            .on_rotate({
-                let cancel = cancel.clone();
-                Box::new(move || cancel.cancel())
-            });
+        let (manager, cancel) =
+            manager_with_bootstrap(own, bootstrap, cert, &store, expired(&ca, &spec));
         let server = tokio::spawn(async move {
             accept_create_then_list(&mut answered, |csr| approved(&ca, csr)).await;
         });
@@ -496,8 +511,6 @@ mod tests {
         let short = ca
             .issue_valid_for(&spec, std::time::Duration::from_secs(2))
             .unwrap();
-        let old = StoredCert::verify(&short.cert_pem, &short.key_pem).unwrap();
-        let rotating = Arc::new(RotatingCert::new(&short.cert_pem, &short.key_pem).unwrap());
         let (own, mut own_handle) = mock_client();
         let (bootstrap, mut handle) = mock_client();
         // The usual credentials get the request in, then the watch on it never answers.
@@ -507,19 +520,8 @@ mod tests {
             let (_watch, _never_answered) = own_handle.next_request().await.unwrap();
             std::future::pending::<()>().await;
         });
-        let cancel = CancellationToken::new();
-        let manager = CertificateManager::new(
-            own,
-            NodeCertificate::client("edge-1"),
-            store.clone(),
-            rotating,
-            Some(old),
-        )
-        .with_bootstrap(bootstrap)
-        .on_rotate({
-            let cancel = cancel.clone();
-            Box::new(move || cancel.cancel())
-        });
+        let cert = NodeCertificate::client("edge-1");
+        let (manager, cancel) = manager_with_bootstrap(own, bootstrap, cert, &store, held(&short));
         let server = tokio::spawn(async move {
             accept_create_then_list(&mut handle, |csr| approved(&ca, csr)).await;
         });
@@ -591,16 +593,23 @@ mod tests {
             bootstrap: Some(&bootstrap),
         };
         let second = std::time::Duration::from_secs(1);
-        assert!(std::ptr::eq(requester.api(until - second), &own));
-        assert!(std::ptr::eq(requester.api(until), &bootstrap));
-        assert!(std::ptr::eq(requester.api(until + second), &bootstrap));
+        assert!(std::ptr::eq(requester.api(until - second, false), &own));
+        assert!(std::ptr::eq(
+            requester.api(until - second, true),
+            &bootstrap
+        ));
+        assert!(std::ptr::eq(requester.api(until, false), &bootstrap));
+        assert!(std::ptr::eq(
+            requester.api(until + second, false),
+            &bootstrap
+        ));
         let serving = Requester {
             own_until: None,
             ..requester
         };
-        assert!(std::ptr::eq(serving.api(until + second), &own));
+        assert!(std::ptr::eq(serving.api(until + second, false), &own));
         assert!(std::ptr::eq(
-            Requester::only(&own).api(until + second),
+            Requester::only(&own).api(until + second, true),
             &own
         ));
     }

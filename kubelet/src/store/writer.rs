@@ -102,18 +102,19 @@ impl Writer<'_> {
                 write => unsaved.push(write),
             }
         }
-        let answer = |flushes: Vec<oneshot::Sender<()>>| {
-            for done in flushes {
-                let _ = done.send(());
-            }
-        };
-        let Err(err) = result else {
-            answer(flushes);
-            return;
-        };
-        if !passing(&err) {
+        if let Err(err) = result {
+            self.keep(&err, unsaved, !flushes.is_empty());
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+
+    /// After a failed transaction: keeps its changes to try again with the next if the disk
+    /// is what refused them (`asked`: a flush was waiting on them), and says what was lost.
+    fn keep(&mut self, err: &rusqlite::Error, unsaved: Vec<Write>, asked: bool) {
+        if !passing(err) {
             warn!(store = %self.path.display(), %err, "a local store transaction failed; its changes were not saved");
-            answer(flushes);
             return;
         }
         // The transaction rolled back whole: what it held is what the node must still find
@@ -123,12 +124,11 @@ impl Writer<'_> {
             let dropped = self.kept.len() - MAX_KEPT;
             self.kept.drain(..dropped);
             error!(store = %self.path.display(), %err, dropped, "the local store cannot be written; its oldest unsaved changes were dropped");
-        } else if flushes.is_empty() {
-            warn!(store = %self.path.display(), %err, kept = self.kept.len(), "a local store transaction failed; its changes are tried again with the next");
-        } else {
+        } else if asked {
             error!(store = %self.path.display(), %err, unsaved = self.kept.len(), "the local store could not save its latest changes when asked to; they are tried again with the next change, and lost if the agent stops now");
+        } else {
+            warn!(store = %self.path.display(), %err, kept = self.kept.len(), "a local store transaction failed; its changes are tried again with the next");
         }
-        answer(flushes);
     }
 }
 
