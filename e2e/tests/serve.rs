@@ -1,6 +1,7 @@
 //! Serving traffic: a `wasi:http/proxy` component (demos/http-hello) answered on the node's
 //! address at its containerPort, with a Service whose EndpointSlice points there; the port
-//! claimed for one pod; at most N requests at once; in-flight requests drained on delete;
+//! claimed for one pod; at most N requests at once, a slot freed when its client hangs up;
+//! in-flight requests drained on delete;
 //! `kubectl port-forward` to its port through the API server, and to no other port.
 
 use std::process::Command;
@@ -245,6 +246,25 @@ async fn requests_past_the_bound_get_503_and_a_delete_drains_the_ones_in_flight(
     let (code, body) = slow.join().unwrap();
     assert_eq!(code, 200, "{body}");
     assert_eq!(curl(&format!("http://127.0.0.1:{port}/after")).0, 200);
+
+    // A client that hangs up gives its slot back: the instance goes with its request
+    // (else it would sleep its minute out, or spin for ever, holding the only slot).
+    let (code, body) = curl_within(&format!("http://127.0.0.1:{port}/sleep?ms=60000"), 1);
+    assert_eq!(code, 0, "the minute's sleep was answered: {body}");
+    let freed = wait_for(
+        "the slot to be given back",
+        Duration::from_secs(10),
+        || async {
+            let (code, body) = curl(&format!("http://127.0.0.1:{port}/freed"));
+            if code == 200 {
+                Ok(Some(()))
+            } else {
+                Err(format!("{code} {body}"))
+            }
+        },
+    )
+    .await;
+    freed.unwrap();
 
     // Deleting the pod while a request is in flight: it is answered before the pod goes.
     let (in_flight, _) = hold_the_only_slot(port, 2000);

@@ -422,7 +422,7 @@ impl Puller {
                         describe_non_wasm(&bytes)
                     ))
                 })?;
-                let (digest, path) = self.store.put_bytes(&bytes).await?;
+                let (digest, path) = self.store.put_bytes(bytes).await?;
                 blobs.push(digest.clone());
                 WasmArtifact {
                     entrypoint: config.entrypoint,
@@ -473,7 +473,7 @@ impl Puller {
             )
             .await?
             .map_err(|e| map_client_error(reference, e))?;
-        let (digest, _) = self.store.put_bytes(&bytes).await?;
+        let (digest, _) = self.store.put_bytes(bytes.clone()).await?;
         if let Some(expected) = expected
             && expected != digest
         {
@@ -1153,7 +1153,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         // Another image's large layer, already on the node.
-        let (digest, _) = store.put_bytes(&vec![7u8; 64 * 1024]).await.unwrap();
+        let (digest, _) = store.put_bytes(vec![7u8; 64 * 1024]).await.unwrap();
         let puller = Puller::new(store, PullerConfig::default());
         let reference: Reference = "registry.example/demo/small:v1".parse().unwrap();
         let config = |size| OciDescriptor {

@@ -92,8 +92,7 @@ impl Store {
 
     /// Where the blob with `digest` lives (whether or not it is there).
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        let hex = parse_digest(digest)?;
-        Ok(self.root.join("blobs/sha256").join(hex))
+        blob_path_under(&self.root, digest)
     }
 
     /// Whether the verified blob is present.
@@ -128,15 +127,27 @@ impl Store {
         Ok(target)
     }
 
-    /// Stores `bytes` under their digest and returns it with the blob's path.
-    pub async fn put_bytes(&self, bytes: &[u8]) -> Result<(String, PathBuf)> {
-        let digest = digest_of(bytes);
-        let target = self.blob_path(&digest)?;
-        if !target.is_file() {
-            let mut pending = self.begin_blob();
-            tokio::fs::write(pending.path(), bytes)
-                .await
-                .map_err(Error::store("write", pending.path()))?;
+    /// Stores `bytes` under their digest and returns it with the blob's path. The hash and
+    /// the write run on a blocking thread: an image's Wasm file may be hundreds of MiB.
+    pub async fn put_bytes(&self, bytes: impl Into<bytes::Bytes>) -> Result<(String, PathBuf)> {
+        let bytes = bytes.into();
+        let mut pending = self.begin_blob();
+        let pending_path = pending.path().to_owned();
+        let root = self.root.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let digest = digest_of(&bytes);
+            let target = blob_path_under(&root, &digest)?;
+            if !target.is_file() {
+                std::fs::write(&pending_path, &bytes)
+                    .map_err(Error::store("write", &pending_path))?;
+                return Ok((digest, target, true));
+            }
+            Ok((digest, target, false))
+        })
+        .await
+        .map_err(|e| Error::store("write", pending.path())(std::io::Error::other(e)))?;
+        let (digest, target, new) = written?;
+        if new {
             sync_and_rename(pending.path(), &target).await?;
             pending.committed = true;
         }
@@ -304,6 +315,12 @@ async fn sync_and_rename(from: &Path, to: &Path) -> Result<()> {
         .map_err(Error::store("rename into", to))
 }
 
+/// Where the blob `digest` lives in the store at `root`.
+fn blob_path_under(root: &Path, digest: &str) -> Result<PathBuf> {
+    let hex = parse_digest(digest)?;
+    Ok(root.join("blobs/sha256").join(hex))
+}
+
 fn parse_digest(digest: &str) -> Result<&str> {
     let hex = digest
         .strip_prefix("sha256:")
@@ -326,7 +343,7 @@ pub(crate) mod testing {
     /// digest.
     pub(crate) async fn artifact(store: &Store, name: &str, last_used: u64, size: usize) -> String {
         let (digest, path) = store
-            .put_bytes(&vec![name.as_bytes()[0]; size])
+            .put_bytes(vec![name.as_bytes()[0]; size])
             .await
             .unwrap();
         store

@@ -231,15 +231,20 @@ async fn write_lines(
         while let Some((stream, bytes)) = rx.recv().await {
             let buf = &mut pending[stream as usize];
             buf.extend_from_slice(&bytes);
-            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                log.write_record(stream, false, &line[..line.len() - 1])
-                    .await?;
+            // Written in place and removed once: draining each line from the front would
+            // move the rest of the chunk per line, quadratic in a chunk of short lines.
+            let mut start = 0;
+            while let Some(len) = buf[start..].iter().position(|b| *b == b'\n') {
+                let end = start + len;
+                log.write_record(stream, false, &buf[start..end]).await?;
+                start = end + 1;
             }
-            while buf.len() >= MAX_LINE {
-                let part: Vec<u8> = buf.drain(..MAX_LINE).collect();
-                log.write_record(stream, true, &part).await?;
+            while buf.len() - start >= MAX_LINE {
+                let end = start + MAX_LINE;
+                log.write_record(stream, true, &buf[start..end]).await?;
+                start = end;
             }
+            buf.drain(..start);
             // Flush whenever the guest pauses, so a follower sees each line at once.
             if rx.is_empty() {
                 log.out.flush().await?;

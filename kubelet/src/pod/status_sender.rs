@@ -327,9 +327,12 @@ impl PodStatusHandle {
         self.offered
     }
 
-    /// Sends the newest status again though it did not change (another writer overwrote it).
-    pub(crate) fn send_again(&self) {
-        self.update(|_, _| {});
+    /// Sends the newest status again though it did not change (another writer overwrote
+    /// it). It takes a version of its own, so the pod is not up to date until the API server
+    /// accepts it.
+    pub(crate) fn send_again(&mut self) {
+        self.offered = self.offered.wrapping_add(1);
+        self.update(|entry, version| entry.version = version);
     }
 
     /// Whether the API server accepted the newest status handed over.
@@ -623,6 +626,35 @@ mod tests {
         let (_, body, _reply) = next_patch(&mut handle).await;
         assert_eq!(body["status"]["phase"], "Running");
         assert!(changed_at.elapsed() < RETRY, "it waited for the retry");
+    }
+
+    /// A status sent again because another writer overwrote it is not up to date until
+    /// the API server takes it: a refused resend is retried, and the worker, which resends
+    /// only an up-to-date status, does not take it for accepted meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_status_sent_again_is_up_to_date_only_once_accepted() {
+        let (sender, api, mut handle, _link) = sender();
+        let mut pod = sender.register("uid-1", target(&api, "p", Some("uid-1")));
+        let version = pod.offer(phase("Running"));
+        let (_, _, reply) = next_patch(&mut handle).await;
+        reply.send_response(ok());
+        pod.attempted(version).await;
+        assert!(pod.up_to_date());
+
+        pod.send_again();
+        let again = pod.offered();
+        assert!(!pod.up_to_date(), "a resend in flight counted as accepted");
+        let (_, body, reply) = next_patch(&mut handle).await;
+        assert_eq!(body["status"]["phase"], "Running");
+        reply.send_response(unavailable());
+        pod.attempted(again).await;
+        assert!(!pod.up_to_date(), "a refused resend counted as accepted");
+
+        let (_, body, reply) = next_patch(&mut handle).await;
+        assert_eq!(body["status"]["phase"], "Running");
+        reply.send_response(ok());
+        pod.settled.wait_for(|s| s.accepted >= again).await.unwrap();
+        assert!(pod.up_to_date());
     }
 
     /// A pod whose worker ended is forgotten: an answer for it that comes later changes

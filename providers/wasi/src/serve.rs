@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::AsyncStdoutStream;
@@ -317,7 +318,11 @@ impl Handler {
         let usage = self.usage.clone();
         let quota = self.quota.clone();
         let ended = self.ended.clone();
-        let guest = tokio::spawn(async move {
+        // The instance goes if the request does: a client that hangs up drops this future
+        // (hyper drops the service's), and a guest left running would keep its permit and
+        // its CPU until it ended on its own. Only an answered request's instance lives on,
+        // to stream its body.
+        let mut guest = AbortOnDropHandle::new(tokio::spawn(async move {
             let _permit = permit;
             let handling = proxy
                 .wasi_http_incoming_handler()
@@ -327,27 +332,26 @@ impl Handler {
                 .run_until_cancelled(cpu_metered(handling, &usage, quota))
                 .await
                 .unwrap_or_else(|| Err(wasmtime::format_err!("the container was stopped")))
-        });
-        let abort = guest.abort_handle();
+        }));
         match tokio::time::timeout(RESPONSE_TIMEOUT, receiver).await {
-            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Ok(response))) => {
+                guest.detach();
+                Ok(response)
+            }
             Ok(Ok(Err(code))) => Err(failed(format!("the handler answered with error {code:?}"))),
             // The instance ended without answering: say how.
-            Ok(Err(_)) => Err(failed(match guest.await {
+            Ok(Err(_)) => Err(failed(match (&mut guest).await {
                 Ok(Ok(())) => "the handler returned without a response".into(),
                 Ok(Err(e)) => format!("the handler failed: {e:#}"),
                 Err(e) => format!("the handler failed: {e}"),
             })),
-            Err(_) => {
-                abort.abort();
-                Err((
-                    hyper::StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "the handler did not answer within {} s",
-                        RESPONSE_TIMEOUT.as_secs()
-                    ),
-                ))
-            }
+            Err(_) => Err((
+                hyper::StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the handler did not answer within {} s",
+                    RESPONSE_TIMEOUT.as_secs()
+                ),
+            )),
         }
     }
 

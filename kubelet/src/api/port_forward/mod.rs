@@ -95,6 +95,7 @@ pub(super) async fn handle(
         uid,
         ip,
         ports,
+        pods: state.pods.table.clone(),
     };
     let Ok(slot) = state.port_forwards.0.clone().try_acquire_owned() else {
         return plain_error(

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +25,7 @@ use tracing::debug;
 
 use super::frame::{Frame, FrameError, SpdyCodec, status};
 use super::headers::{self, HeaderDeflater, HeaderInflater};
+use crate::pod::table::PodTable;
 
 /// Frames waiting for the writer.
 const OUTGOING_QUEUE: usize = 64;
@@ -46,6 +48,19 @@ pub(super) struct Target {
     pub uid: String,
     pub ip: IpAddr,
     pub ports: Vec<u16>,
+    /// The node's pods: a connection outlives its pod, and the pod's ports may be another
+    /// pod's by the next dial, so each dial first asks whether the pod still runs.
+    pub pods: Arc<PodTable>,
+}
+
+impl Target {
+    /// Whether the pod is still on the node and running (the kubelet's forwards end with
+    /// the pod's network namespace; here the address is shared).
+    fn still_running(&self) -> bool {
+        self.pods
+            .status(&self.uid)
+            .is_some_and(|status| status.phase.as_deref() == Some("Running"))
+    }
 }
 
 /// The bounds of one connection.
@@ -534,6 +549,9 @@ impl Forward {
                 "the pod declares no TCP containerPort {}",
                 self.port
             ));
+        }
+        if !self.target.still_running() {
+            return Err("the pod is no longer running".into());
         }
         let address = SocketAddr::new(self.target.ip, self.port);
         let connection =

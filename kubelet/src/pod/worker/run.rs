@@ -183,7 +183,7 @@ impl<P: Provider> Worker<P> {
                 _ = sync.tick() => {
                     // The latest object: a label change shows in downwardAPI volumes.
                     let current = inbox.pod.clone();
-                    if let Some(sender) = &self.status
+                    if let Some(sender) = &mut self.status
                         && sender.up_to_date()
                         && self.last_stored.as_ref().is_some_and(|sent| overwritten(sent, current.status.as_ref()))
                     {

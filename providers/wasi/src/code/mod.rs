@@ -95,8 +95,7 @@ struct Slot {
     best: Option<Compiled>,
     /// The first code, while it is being loaded or compiled; every pod that asks waits on it.
     pending: Option<Pending>,
-    /// Cranelift is making this digest's optimised code (or could not: it is not asked
-    /// again).
+    /// Cranelift is making this digest's optimised code: the slot is kept until it is done.
     optimising: bool,
 }
 
@@ -282,16 +281,16 @@ impl Inner {
             tokio::task::spawn_blocking(move || this.optimised.compile(&work, &read_wasm(&work)?))
                 .await
                 .unwrap_or_else(|err| Err(compiler_failed(err)));
-        match compiled {
-            Ok(code) => {
-                let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(slot) = slots.get_mut(&artifact.wasm_digest) {
-                    slot.best = Some(code);
-                    slot.optimising = false;
-                }
-            }
-            Err(err) => {
-                tracing::warn!(digest = %artifact.wasm_digest, reason = %err.message, "cranelift cannot compile what winch did; pods keep the baseline code");
+        if let Err(err) = &compiled {
+            tracing::warn!(digest = %artifact.wasm_digest, reason = %err.message, "cranelift cannot compile what winch did; pods keep the baseline code");
+        }
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.get_mut(&artifact.wasm_digest) {
+            // Done either way, so the slot is let go when idle like any other (after a
+            // failure, Cranelift is asked again only by a start that finds no code in memory).
+            slot.optimising = false;
+            if let Ok(code) = compiled {
+                slot.best = Some(code);
             }
         }
     }
@@ -559,6 +558,32 @@ mod tests {
             (0, 2),
             "loaded from disk, not compiled again"
         );
+    }
+
+    /// A background compile that fails leaves the baseline code to be let go when idle, as
+    /// any other: the slot is not held for a compile that is over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_background_compile_does_not_pin_the_code_in_memory() {
+        let node = Node::new();
+        let cache = node.start(Tiering::BaselineThenOptimised);
+        let app = node.artifact(PLAIN);
+        // The background compile waits for the optimiser while the file goes (its image
+        // collected), so it fails to read it.
+        let busy = cache.inner.optimiser.acquire().await.unwrap();
+        assert_eq!(cache.get(&app).await.unwrap().tier(), TierKind::Baseline);
+        std::fs::remove_file(&app.wasm_path).unwrap();
+        drop(busy);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cache.inner.slots.lock().unwrap()[&app.wasm_digest].optimising {
+            assert!(
+                Instant::now() < deadline,
+                "the background compile never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        cache.forget_idle(|_| false);
+        assert!(cache.inner.slots.lock().unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use tokio::io::DuplexStream;
 use tokio::net::TcpListener;
 
@@ -32,12 +33,24 @@ async fn echo_server() -> (u16, Arc<AtomicUsize>) {
     (port, accepted)
 }
 
+/// Pod `default/web` (uid-1), running on the node and declaring `ports`.
 fn target(ports: &[u16]) -> Target {
+    let pods = Arc::new(PodTable::default());
+    pods.put("uid-1", Pod::default());
+    pods.set_status("uid-1", phase("Running"));
     Target {
         pod: "default/web".into(),
         uid: "uid-1".into(),
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         ports: ports.to_vec(),
+        pods,
+    }
+}
+
+fn phase(phase: &str) -> PodStatus {
+    PodStatus {
+        phase: Some(phase.into()),
+        ..Default::default()
     }
 }
 
@@ -204,6 +217,34 @@ async fn a_port_the_pod_does_not_declare_is_never_dialled() {
         )
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
+}
+
+/// A connection outlives its pod: once the pod has ended (its port may be another pod's
+/// now), the next forward is refused, not dialled.
+#[tokio::test]
+async fn a_pod_that_ended_is_not_dialled_again() {
+    let (port, accepted) = echo_server().await;
+    let target = target(&[port]);
+    let pods = target.pods.clone();
+    let mut client = Client::connect(target, Limits::default());
+    let error = client.open("error", port, "0").await;
+    let data = client.open("data", port, "0").await;
+    client.write(data, b"ping", true).await;
+    let received = client.until_closed(&[error, data]).await;
+    assert_eq!(received[&data].bytes, b"ping");
+
+    pods.set_status("uid-1", phase("Succeeded"));
+    let error = client.open("error", port, "1").await;
+    let data = client.open("data", port, "1").await;
+    let received = client.until_closed(&[error, data]).await;
+    let message = String::from_utf8_lossy(&received[&error].bytes).into_owned();
+    assert_eq!(
+        message,
+        format!(
+            "error forwarding port {port} to pod default/web, uid uid-1: the pod is no longer running"
+        )
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
