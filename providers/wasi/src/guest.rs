@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::code::{Code, Compiled};
 use crate::extension::{Grant, HostExtension, InstanceExtensions};
 use crate::http::OutboundHttp;
-use crate::metering::{CpuQuota, GROW_REFUSED, MeteredLimits, cpu_metered};
+use crate::metering::{ContainerMemory, CpuQuota, GROW_REFUSED, MeteredLimits, cpu_metered};
 use crate::sockets::Listen;
 use wasi_policy::HttpPolicy;
 
@@ -163,16 +163,14 @@ impl Plan {
     }
 }
 
-/// The memory limits of one instance, recorded into `usage`.
-pub(crate) fn limits_for(
-    memory_limit_bytes: Option<u64>,
-    usage: std::sync::Arc<kubelet::usage::ContainerUsage>,
-) -> MeteredLimits {
+/// The memory limits of one instance of the container whose memory is `container`.
+pub(crate) fn limits_for(container: &Arc<ContainerMemory>) -> MeteredLimits {
+    let limit = container.limit();
     let limits = StoreLimitsBuilder::new()
-        .memory_size(memory_limit_bytes.map_or(usize::MAX, |b| b.try_into().unwrap_or(usize::MAX)))
+        .memory_size(limit.map_or(usize::MAX, |b| b.try_into().unwrap_or(usize::MAX)))
         .trap_on_grow_failure(true)
         .build();
-    MeteredLimits::new(limits, usage, memory_limit_bytes)
+    MeteredLimits::new(limits, container.clone())
 }
 
 /// Runs the instance until it exits or `start.stop` fires.
@@ -192,7 +190,10 @@ pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -
     builder
         .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, start.stdout))
         .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, start.stderr));
-    let limits = limits_for(start.memory_limit_bytes, start.usage.clone());
+    let limits = limits_for(&ContainerMemory::new(
+        start.memory_limit_bytes,
+        start.usage.clone(),
+    ));
     let running = async {
         let engine = compiled.engine;
         match compiled.code {

@@ -152,46 +152,85 @@ pub(crate) const GROW_REFUSED: &str = "forcing trap when growing memory";
 /// What the host keeps per table element (a function reference), counted as memory.
 const TABLE_ELEMENT_BYTES: u64 = std::mem::size_of::<usize>() as u64;
 
-/// The store's limits, recording the memory they let the guest have, and holding every
-/// linear memory and table of the container together to its memory limit: each memory or
-/// table is also checked alone, but a component with several memories would otherwise get
-/// the limit once per memory.
-pub(crate) struct MeteredLimits {
-    limits: StoreLimits,
-    usage: Arc<ContainerUsage>,
+/// A container's memory: every linear memory and table of every instance it runs at once
+/// (an HTTP server's requests each have one) counted together and held to its
+/// `resources.limits.memory`, as the container's cgroup holds all its processes.
+pub(crate) struct ContainerMemory {
     /// The container's `resources.limits.memory`, if any.
-    memory_limit: Option<u64>,
-    /// Linear memories' bytes plus tables' elements, as bytes.
-    memory_bytes: u64,
+    limit: Option<u64>,
+    /// Linear memories' bytes plus tables' elements, as bytes, across its instances.
+    used: Mutex<u64>,
+    usage: Arc<ContainerUsage>,
 }
 
-impl MeteredLimits {
-    pub(crate) fn new(
-        limits: StoreLimits,
-        usage: Arc<ContainerUsage>,
-        memory_limit: Option<u64>,
-    ) -> Self {
-        Self {
-            limits,
+impl ContainerMemory {
+    pub(crate) fn new(limit: Option<u64>, usage: Arc<ContainerUsage>) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: Mutex::new(0),
             usage,
-            memory_limit,
-            memory_bytes: 0,
-        }
+        })
     }
 
-    /// Takes `growth` more bytes if the total stays within the limit.
-    fn grow_total(&mut self, growth: u64, what: &str) -> wasmtime::Result<()> {
-        let total = self.memory_bytes.saturating_add(growth);
-        if let Some(limit) = self.memory_limit
+    /// The container's memory limit, if any.
+    pub(crate) fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// Takes `growth` more bytes if the container's total stays within its limit.
+    fn grow(&self, growth: u64, what: &str) -> wasmtime::Result<()> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let total = used.saturating_add(growth);
+        if let Some(limit) = self.limit
             && total > limit
         {
             return Err(wasmtime::format_err!(
                 "{GROW_REFUSED}: the container's memories and tables would come to {total} bytes with this {what}, over its limit of {limit}"
             ));
         }
-        self.memory_bytes = total;
+        *used = total;
         self.usage.set_memory_bytes(total);
         Ok(())
+    }
+
+    /// Gives back what an instance that ended held.
+    fn release(&self, bytes: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(bytes);
+        self.usage.set_memory_bytes(*used);
+    }
+}
+
+/// One instance's store limits: each memory and table is checked alone, and every growth is
+/// also taken from the container's [`ContainerMemory`] (a component with several memories,
+/// or a server with several requests, would otherwise get the limit once per memory or per
+/// request). What the instance held goes back to the container when it is dropped.
+pub(crate) struct MeteredLimits {
+    limits: StoreLimits,
+    container: Arc<ContainerMemory>,
+    /// What this instance took from the container.
+    memory_bytes: u64,
+}
+
+impl MeteredLimits {
+    pub(crate) fn new(limits: StoreLimits, container: Arc<ContainerMemory>) -> Self {
+        Self {
+            limits,
+            container,
+            memory_bytes: 0,
+        }
+    }
+
+    fn grow_total(&mut self, growth: u64, what: &str) -> wasmtime::Result<()> {
+        self.container.grow(growth, what)?;
+        self.memory_bytes = self.memory_bytes.saturating_add(growth);
+        Ok(())
+    }
+}
+
+impl Drop for MeteredLimits {
+    fn drop(&mut self) {
+        self.container.release(self.memory_bytes);
     }
 }
 
@@ -253,7 +292,7 @@ mod tests {
     fn granted_growth_is_recorded_and_refused_growth_is_not() {
         let usage = Arc::new(ContainerUsage::default());
         let limits = StoreLimitsBuilder::new().memory_size(1 << 20).build();
-        let mut metered = MeteredLimits::new(limits, usage.clone(), None);
+        let mut metered = MeteredLimits::new(limits, ContainerMemory::new(None, usage.clone()));
         assert!(metered.memory_growing(0, 65536, None).unwrap());
         assert!(metered.memory_growing(65536, 131072, None).unwrap());
         assert_eq!(usage.memory_bytes(), 131072);
@@ -272,7 +311,8 @@ mod tests {
         let instantiate = |limit: u64| {
             let usage = Arc::new(ContainerUsage::default());
             let limits = StoreLimitsBuilder::new().trap_on_grow_failure(true).build();
-            let metered = MeteredLimits::new(limits, usage.clone(), Some(limit));
+            let container = ContainerMemory::new(Some(limit), usage.clone());
+            let metered = MeteredLimits::new(limits, container);
             let mut store = wasmtime::Store::new(&engine, metered);
             store.limiter(|limits| limits);
             wasmtime::Instance::new(&mut store, &module, &[])
@@ -290,6 +330,34 @@ mod tests {
             instantiate(needed - 1).is_err(),
             "one byte short is refused"
         );
+    }
+
+    /// A served component's requests each run an instance of their own: the container's
+    /// limit holds for them together, and an instance that ends gives its memory back.
+    #[test]
+    fn instances_of_one_container_share_its_limit_and_give_back_what_they_held() {
+        const PAGE: usize = 65536;
+        let usage = Arc::new(ContainerUsage::default());
+        let container = ContainerMemory::new(Some(3 * PAGE as u64), usage.clone());
+        let instance = || {
+            let limits = StoreLimitsBuilder::new().trap_on_grow_failure(true).build();
+            MeteredLimits::new(limits, container.clone())
+        };
+        let mut first = instance();
+        let mut second = instance();
+        assert!(first.memory_growing(0, 2 * PAGE, None).unwrap());
+        let err = second.memory_growing(0, 2 * PAGE, None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("over its limit of 196608"),
+            "{err:#}"
+        );
+        assert!(second.memory_growing(0, PAGE, None).unwrap());
+        assert_eq!(usage.memory_bytes(), 3 * PAGE as u64);
+
+        drop(first);
+        assert_eq!(usage.memory_bytes(), PAGE as u64);
+        assert!(second.memory_growing(PAGE, 3 * PAGE, None).unwrap());
+        assert_eq!(usage.memory_bytes(), 3 * PAGE as u64);
     }
 
     #[tokio::test]

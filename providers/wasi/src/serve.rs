@@ -39,7 +39,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::guest::{OUTPUT_BUDGET, P2Host, Plan, limits_for, yield_every_tick};
 use crate::http::OutboundHttp;
-use crate::metering::{CpuQuota, SharedQuota, cpu_metered};
+use crate::metering::{ContainerMemory, CpuQuota, SharedQuota, cpu_metered};
 
 /// The pod annotation that sets how many requests a container serves at once.
 pub const MAX_CONCURRENT_INBOUND: &str = "wasmlet.dev/max-concurrent-inbound-requests";
@@ -79,7 +79,9 @@ struct Handler {
     plan: Plan,
     root_dir: PathBuf,
     mounts: Vec<Mount>,
-    memory_limit_bytes: Option<u64>,
+    /// The container's memory, shared by its requests' instances: its limit holds for all
+    /// of them together.
+    memory: Arc<ContainerMemory>,
     usage: Arc<ContainerUsage>,
     quota: Option<SharedQuota>,
     /// The container's stdout and stderr, from which each instance gets writers of its own.
@@ -136,7 +138,7 @@ pub(crate) async fn listen(
         plan,
         root_dir: start.root_dir,
         mounts: start.mounts,
-        memory_limit_bytes: start.memory_limit_bytes,
+        memory: ContainerMemory::new(start.memory_limit_bytes, start.usage.clone()),
         usage: start.usage,
         quota,
         logs: Mutex::new((start.stdout, start.stderr)),
@@ -292,7 +294,7 @@ impl Handler {
             .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, stdout))
             .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, stderr));
         let outbound = self.outbound.clone();
-        let limits = limits_for(self.memory_limit_bytes, self.usage.clone());
+        let limits = limits_for(&self.memory);
         let host = P2Host::new(builder.build(), outbound, limits, &self.plan.extensions);
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limits);
