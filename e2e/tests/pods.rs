@@ -602,6 +602,56 @@ async fn bad_pods_fail_clearly_while_their_neighbour_keeps_running() {
         );
     }
 
+    // An image the registry does not have, and a registry nobody answers at: the pull
+    // fails and is retried with back-off, the container waits saying why, a Warning event
+    // says it too, and the pod can still be deleted while it waits.
+    let dead = e2e::free_port().unwrap();
+    let unpullable = [
+        ("missing-image", format!("{host}/no/such:v1"), "not found"),
+        (
+            "dead-registry",
+            format!("127.0.0.1:{dead}/no/such:v1"),
+            "unreachable",
+        ),
+    ];
+    for (name, image, _) in &unpullable {
+        cluster
+            .kubectl
+            .apply(&wasm_pod(
+                name,
+                &format!("  containers:\n  - {{name: app, image: {image}}}\n"),
+            ))
+            .unwrap();
+    }
+    for (name, image, cause) in &unpullable {
+        let pod = cluster
+            .wait_pod(name, "waiting on its pull", MINUTE, |p| {
+                matches!(
+                    waiting(p, "app").map(|w| w.0).as_deref(),
+                    Some("ErrImagePull" | "ImagePullBackOff")
+                )
+            })
+            .await
+            .unwrap();
+        let (_, message) = waiting(&pod, "app").unwrap();
+        assert!(message.contains(cause), "{name}: {message}");
+        let failed = wait_warning(&cluster, name, "Failed", cause).await;
+        assert!(
+            failed.starts_with(&format!("Failed to pull image \"{image}\": ")),
+            "{name}: {failed}"
+        );
+        let deleting = Instant::now();
+        cluster
+            .kubectl
+            .run(&["delete", "pod", name, "--timeout=60s"])
+            .unwrap();
+        assert!(
+            deleting.elapsed() < Duration::from_secs(30),
+            "{name} took {:?} to delete",
+            deleting.elapsed()
+        );
+    }
+
     let pod = cluster
         .wait_pod("trap", "Failed", MINUTE, |p| phase(p) == "Failed")
         .await
