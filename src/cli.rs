@@ -240,12 +240,65 @@ pub enum ConfigCommand {
 /// `wasmlet ps`.
 #[derive(Debug, Args)]
 pub struct PsArgs {
-    /// The agent's data dir [default: ~/.wasmlet]
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
     /// Also list pods that have finished.
     #[arg(short, long)]
     pub all: bool,
+    /// Which data dir to read.
+    #[command(flatten)]
+    pub source: DataDirArgs,
+}
+
+/// The file wasmlet.service runs the agent with (packaging/): on a packaged install the
+/// node's state is where this file says.
+pub const PACKAGE_CONFIG: &str = "/etc/wasmlet/config.yaml";
+
+/// Where `wasmlet ps` and `wasmlet logs` find the agent's data dir.
+#[derive(Debug, Args)]
+pub struct DataDirArgs {
+    /// The agent's data dir [default: the dataDir of --config, else ~/.wasmlet]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The agent's config file, whose dataDir is the data dir to read [default:
+    /// /etc/wasmlet/config.yaml if it exists, as wasmlet.service runs the agent with it]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// The data dir to read: `--data-dir`; else the `dataDir` of `--config`, or of the
+    /// package's config file when there is one, since an operator on a packaged install
+    /// means the service's node; else the agent's own default. Whether it exists is for the
+    /// reader to say.
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        let package = Path::new(PACKAGE_CONFIG);
+        let config = match &self.config {
+            Some(path) => Some(path.as_path()),
+            None => package.exists().then_some(package),
+        };
+        let from_file = match config {
+            Some(path) => data_dir_in(path)?,
+            None => None,
+        };
+        match from_file {
+            Some(dir) => Ok(dir),
+            // A file without dataDir leaves the agent on its default too.
+            None => Ok(home_dir()?.join(".wasmlet")),
+        }
+    }
+}
+
+/// The `dataDir` of the config file at `path`, read as `wasmlet --config` reads it, so a
+/// file the agent would refuse is refused here with the same message.
+fn data_dir_in(path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let args = vec![
+        "wasmlet".into(),
+        "--config".into(),
+        path.as_os_str().to_owned(),
+    ];
+    Ok(crate::config_file::parse_cli(args)?.cli.agent.data_dir)
 }
 
 /// `wasmlet logs POD`.
@@ -259,7 +312,7 @@ pub struct LogsArgs {
     /// The container (needed when the pod has several).
     #[arg(short, long)]
     pub container: Option<String>,
-    /// Keep printing new lines.
+    /// Keep printing new lines until the container ends.
     #[arg(short, long)]
     pub follow: bool,
     /// Only the last N lines.
@@ -268,9 +321,9 @@ pub struct LogsArgs {
     /// The previous instance of the container (before its last restart).
     #[arg(short, long)]
     pub previous: bool,
-    /// The agent's data dir [default: ~/.wasmlet]
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// Which data dir to read.
+    #[command(flatten)]
+    pub source: DataDirArgs,
 }
 
 /// `wasmlet push FILE.wasm REGISTRY/REPO:TAG`.
@@ -382,19 +435,6 @@ impl Cli {
         match &self.command {
             Some(Command::Join(join)) => &join.agent,
             _ => &self.agent,
-        }
-    }
-
-    /// The data dir a local tool reads: its own `--data-dir`, else the default.
-    pub fn data_dir_or_default(&self) -> anyhow::Result<PathBuf> {
-        let given = match &self.command {
-            Some(Command::Ps(ps)) => ps.data_dir.clone(),
-            Some(Command::Logs(logs)) => logs.data_dir.clone(),
-            _ => None,
-        };
-        match given {
-            Some(dir) => Ok(dir),
-            None => Ok(home_dir()?.join(".wasmlet")),
         }
     }
 }

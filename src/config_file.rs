@@ -101,8 +101,13 @@ fn long_names(args: &[OsString]) -> Vec<String> {
     names
 }
 
-/// The value of `--config` on the command line, if any.
+/// The value of `--config` on the command line, if any, for the agent.
 fn config_path(args: &[OsString]) -> Option<OsString> {
+    // `wasmlet ps` and `wasmlet logs` read the file only for its dataDir (cli.rs): its
+    // settings are the agent's flags, which they do not take.
+    if args.get(1).is_some_and(|a| a == "ps" || a == "logs") {
+        return None;
+    }
     let mut iter = args.iter().skip(1);
     while let Some(arg) = iter.next() {
         if arg == "--" {

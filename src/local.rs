@@ -4,7 +4,7 @@
 //! work while the agent runs and while it is stopped.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -13,17 +13,28 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kubelet::logs::query::LogQuery;
 use kubelet::logs::reader;
-use kubelet::store::{StoredPod, read_pods};
+use kubelet::store::{STORE_FILE, StoredPod, read_pods};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::cli::{LogsArgs, PsArgs};
+use crate::stdout_written;
 
 /// How often `wasmlet logs -f` looks for new lines: the agent's in-process wake-ups do not
 /// reach another process.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
+/// How often `wasmlet logs -f` reads the store to learn whether the container still runs:
+/// each read parses every stored pod, so not at the pace of [`FOLLOW_POLL`].
+const STATUS_POLL: Duration = Duration::from_secs(1);
+
+/// Waiting reasons of an instance that has not started yet (its log file is opened just
+/// before it starts). Any other reason at the same restart count means it failed to start.
+const STARTING: [&str; 2] = ["ContainerCreating", "PodInitializing"];
+
 /// Prints one line per container of every pod the node holds.
 pub fn ps(data_dir: &Path, args: &PsArgs) -> anyhow::Result<()> {
+    check_store(data_dir)?;
     let pods = read_pods(data_dir).context("cannot read the node's pods")?;
     let now = Timestamp::now();
     let mut rows = vec![
@@ -43,8 +54,39 @@ pub fn ps(data_dir: &Path, args: &PsArgs) -> anyhow::Result<()> {
         rows.extend(rows_of(stored, now));
     }
     let mut out = std::io::stdout().lock();
-    print_table(&mut out, &rows)?;
+    stdout_written(print_table(&mut out, &rows).and_then(|()| out.flush()))
+}
+
+/// Fails, naming the data dir, unless it holds a store: `read_pods` reads a missing store as
+/// no pods, which for a mistyped or wrong data dir would be an empty answer that looks true.
+fn check_store(data_dir: &Path) -> anyhow::Result<()> {
+    let missing = |path: &Path| match std::fs::metadata(path) {
+        Ok(_) => Ok(false),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let hint = "pass the agent's --data-dir or its --config";
+    if missing(data_dir)? {
+        bail!("data dir {} does not exist; {hint}", data_dir.display());
+    }
+    let store = data_dir.join(STORE_FILE);
+    if missing(&store)? {
+        bail!(
+            "data dir {} has no local store ({STORE_FILE}): no agent has run with it; {hint}",
+            data_dir.display()
+        );
+    }
     Ok(())
+}
+
+/// The stored pods, read on the blocking pool: an SQLite read, which can wait on the
+/// agent's checkpoint for seconds, must not hold a runtime thread.
+async fn stored_pods(data_dir: &Path) -> anyhow::Result<Vec<StoredPod>> {
+    let data_dir = data_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || read_pods(&data_dir))
+        .await
+        .context("the store read did not finish")?
+        .context("cannot read the node's pods")
 }
 
 fn finished(stored: &StoredPod) -> bool {
@@ -140,7 +182,8 @@ fn print_table(out: &mut impl Write, rows: &[[String; 8]]) -> std::io::Result<()
 
 /// Prints a container's log, as `kubectl logs` would, from the files on the node.
 pub async fn logs(data_dir: &Path, args: &LogsArgs) -> anyhow::Result<()> {
-    let pods = read_pods(data_dir).context("cannot read the node's pods")?;
+    check_store(data_dir)?;
+    let pods = stored_pods(data_dir).await?;
     let stored = pods
         .iter()
         .find(|p| {
@@ -176,14 +219,29 @@ pub async fn logs(data_dir: &Path, args: &LogsArgs) -> anyhow::Result<()> {
         tail_lines: args.tail,
         ..Default::default()
     };
-    let live = args.follow.then(|| watch_growth(current.clone()));
+    let followed = Followed {
+        data_dir: data_dir.to_path_buf(),
+        uid: stored.uid.clone(),
+        container,
+        dir,
+        instance: restart,
+    };
+    // An instance that has already ended is printed to its end, as `kubectl logs -f` does
+    // for a terminated container; `--previous` always names one.
+    let ended = followed.newer_instance(&instances) || followed.ended_in(Some(stored));
+    let live = (args.follow && !ended).then(|| followed.watch(current.clone()));
     let stream = reader::stream(current, query, live);
     futures::pin_mut!(stream);
     let mut out = tokio::io::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.context("cannot read the log")?;
-        tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
-        tokio::io::AsyncWriteExt::flush(&mut out).await?;
+        stdout_written(
+            async {
+                tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
+                tokio::io::AsyncWriteExt::flush(&mut out).await
+            }
+            .await,
+        )?;
     }
     Ok(())
 }
@@ -211,29 +269,123 @@ fn container_of(pod: &Pod, named: Option<&str>) -> anyhow::Result<String> {
     }
 }
 
-/// Bumps a counter whenever `path` changes size or is replaced (a rotation), for the reader's
-/// follow loop.
-fn watch_growth(path: std::path::PathBuf) -> watch::Receiver<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let (tx, rx) = watch::channel(0u64);
-    tokio::spawn(async move {
-        let mut last = None;
-        loop {
-            let now = tokio::fs::metadata(&path)
-                .await
-                .ok()
-                .map(|m| (m.ino(), m.len()));
-            if now != last {
-                last = now;
-                tx.send_modify(|n| *n = n.wrapping_add(1));
-            }
-            if tx.is_closed() {
-                return;
-            }
-            tokio::time::sleep(FOLLOW_POLL).await;
+/// The container instance `wasmlet logs -f` follows.
+struct Followed {
+    data_dir: PathBuf,
+    uid: String,
+    container: String,
+    /// The container's log directory.
+    dir: PathBuf,
+    /// Its number: the restart count it was started at, as its log file is named.
+    instance: i32,
+}
+
+impl Followed {
+    /// Whether a later instance of the container has a log: the followed one has ended
+    /// (restarted), since the agent opens an instance's log only as it starts it.
+    fn newer_instance(&self, instances: &[i32]) -> bool {
+        instances.last().is_some_and(|&last| last > self.instance)
+    }
+
+    /// Whether the pod as stored (`None`: no longer stored, so deleted) says the followed
+    /// instance has ended.
+    fn ended_in(&self, stored: Option<&StoredPod>) -> bool {
+        let Some(stored) = stored else { return true };
+        // Succeeded and Failed are final: nothing of the pod runs any more.
+        if finished(stored) {
+            return true;
         }
-    });
-    rx
+        let status = stored
+            .status
+            .iter()
+            .flat_map(|s| {
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.init_container_statuses.iter().flatten())
+            })
+            .find(|s| s.name == self.container);
+        // Not reported yet: it is being started.
+        let Some(status) = status else { return false };
+        match status.restart_count.cmp(&self.instance) {
+            // Restarted since (or the agent restarted, which counts the instance as ended).
+            std::cmp::Ordering::Greater => true,
+            // The agent opened this instance's log before the store heard of its restart.
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => {
+                let state = status.state.as_ref();
+                if state.is_some_and(|s| s.running.is_some()) {
+                    return false;
+                }
+                if state.is_some_and(|s| s.terminated.is_some()) {
+                    return true;
+                }
+                let waiting = state
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref());
+                !waiting.is_some_and(|reason| STARTING.contains(&reason))
+            }
+        }
+    }
+
+    /// Whether the followed instance has ended, by its log directory and by the store. A
+    /// store that cannot be read now (busy, being replaced) says nothing: the next poll
+    /// asks again.
+    async fn has_ended(&self, read_store: bool) -> bool {
+        if let Ok(instances) = reader::instances(&self.dir).await
+            && self.newer_instance(&instances)
+        {
+            return true;
+        }
+        if !read_store {
+            return false;
+        }
+        match stored_pods(&self.data_dir).await {
+            Ok(pods) => self.ended_in(pods.iter().find(|p| p.uid == self.uid)),
+            Err(_) => false,
+        }
+    }
+
+    /// The reader's follow channel for the instance's file `path`: bumped whenever the file
+    /// changes size or is replaced (a rotation), and closed once the instance has ended and
+    /// the file has then held still for one more poll, so that lines the agent was still
+    /// writing as the instance ended are read before the stream ends.
+    fn watch(self, path: PathBuf) -> watch::Receiver<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let (tx, rx) = watch::channel(0u64);
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut ended = false;
+            // `logs` has just read the store.
+            let mut next_store_read = Instant::now() + STATUS_POLL;
+            loop {
+                let now = tokio::fs::metadata(&path)
+                    .await
+                    .ok()
+                    .map(|m| (m.ino(), m.len()));
+                if now != last {
+                    last = now;
+                    tx.send_modify(|n| *n = n.wrapping_add(1));
+                } else if ended {
+                    // Dropping `tx` ends the reader after one last read to the end.
+                    return;
+                }
+                // The reader stopped first (its output's reader went away).
+                if tx.is_closed() {
+                    return;
+                }
+                if !ended {
+                    let read_store = Instant::now() >= next_store_read;
+                    if read_store {
+                        next_store_read = Instant::now() + STATUS_POLL;
+                    }
+                    ended = self.has_ended(read_store).await;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        });
+        rx
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ mod join;
 mod local;
 mod logging;
 
+use std::io::Write;
 use std::process::ExitCode;
-
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -87,15 +87,34 @@ fn one_line(err: &anyhow::Error) -> String {
         .join(": ")
 }
 
+/// Writes a tool's output to stdout with `write`, then flushes it.
+fn print_out(
+    write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    stdout_written(write(&mut out).and_then(|()| out.flush()))
+}
+
+/// The outcome of writing a tool's output. A reader that stopped reading (`wasmlet devices
+/// | head -1`) has all it wants: Rust ignores SIGPIPE, so that arrives as `BrokenPipe`, and
+/// it ends the command as a success, as SIGPIPE would have ended it quietly. Any other
+/// failure (a full disk behind a redirect) is an error.
+pub(crate) fn stdout_written(result: std::io::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to standard output"),
+    }
+}
+
 async fn run(cli: Cli, secrets_in_memory: bool) -> anyhow::Result<()> {
     match &cli.command {
         Some(cli::Command::Push(push)) => {
-            println!("{}", push.run().await?);
-            return Ok(());
+            let summary = push.run().await?;
+            return print_out(|out| writeln!(out, "{summary}"));
         }
-        Some(cli::Command::Ps(ps)) => return local::ps(&cli.data_dir_or_default()?, ps),
+        Some(cli::Command::Ps(ps)) => return local::ps(&ps.source.resolve()?, ps),
         Some(cli::Command::Logs(logs)) => {
-            return local::logs(&cli.data_dir_or_default()?, logs).await;
+            return local::logs(&logs.source.resolve()?, logs).await;
         }
         Some(cli::Command::Devices(args)) => {
             let (sysfs, dev) = (args.sysfs_root.clone(), args.dev_root.clone());
@@ -103,17 +122,18 @@ async fn run(cli: Cli, secrets_in_memory: bool) -> anyhow::Result<()> {
                 peripherals_provider::discover::discover(&sysfs, &dev)
             })
             .await?;
-            for device in found {
-                match device.spec {
-                    Some(spec) => println!("--device {spec:<56} # {}", device.what),
-                    None => println!("{:<65} # {}", "", device.what),
+            return print_out(|out| {
+                for device in &found {
+                    match &device.spec {
+                        Some(spec) => writeln!(out, "--device {spec:<56} # {}", device.what)?,
+                        None => writeln!(out, "{:<65} # {}", "", device.what)?,
+                    }
                 }
-            }
-            return Ok(());
+                Ok(())
+            });
         }
         Some(cli::Command::Config(cli::ConfigCommand::Defaults)) => {
-            print!("{}", config_file::defaults());
-            return Ok(());
+            return print_out(|out| write!(out, "{}", config_file::defaults()));
         }
         Some(cli::Command::Join(_)) | None => {}
     }

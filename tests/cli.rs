@@ -435,3 +435,248 @@ fn a_malformed_or_repeated_device_is_one_line_before_the_cluster() {
         assert_one_line_error(&out, &["--device", expected]);
     }
 }
+
+/// How long a command under test may take to do what it must; far above what it needs, so
+/// that only a command that never does it fails.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The UID of the pod [`store_pod`] writes.
+const POD_UID: &str = "0f6c3c3e-0000-4000-8000-000000000001";
+
+/// Records pod `default/ticker` (one container, `app`) and `status` in the local store in
+/// `data_dir`, through the store the agent writes with.
+fn store_pod(data_dir: &Path, status: serde_json::Value) {
+    use kubelet::store::{LocalStore, PodSource};
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ticker", "namespace": "default", "uid": POD_UID},
+        "spec": {"containers": [{"name": "app", "image": "127.0.0.1:5000/ticker:v1"}]},
+    }))
+    .unwrap();
+    let status: k8s_openapi::api::core::v1::PodStatus = serde_json::from_value(status).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = LocalStore::open(data_dir).unwrap();
+        store.put_pod(PodSource::Api, &pod).await;
+        store.put_status(POD_UID, &status).await;
+        store.flush().await;
+    });
+}
+
+/// The pod's status with its container `app` at restart count `restarts` in `state`.
+fn pod_status(phase: &str, restarts: i32, state: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "phase": phase,
+        "containerStatuses": [{
+            "name": "app", "image": "127.0.0.1:5000/ticker:v1", "imageID": "",
+            "ready": phase == "Running", "restartCount": restarts, "state": state,
+        }],
+    })
+}
+
+fn running() -> serde_json::Value {
+    serde_json::json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}})
+}
+
+fn completed() -> serde_json::Value {
+    serde_json::json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
+}
+
+/// Appends `lines` to the log of instance `instance` of the pod's container, as the agent
+/// writes them (CRI records).
+fn append_log(data_dir: &Path, instance: i32, lines: &[&str]) {
+    use std::io::Write;
+    let dir = data_dir.join("pods").join(POD_UID).join("logs").join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{instance}.log")))
+        .unwrap();
+    for line in lines {
+        writeln!(file, "2026-01-01T00:00:00.000000000Z stdout F {line}").unwrap();
+    }
+}
+
+/// wasmlet running in the background, its stdout read line by line; killed if a test
+/// gives up on it.
+struct Background {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Background {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmlet"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run wasmlet");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line of output, within the deadline.
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|err| panic!("no line of output within {DEADLINE:?}: {err}"))
+    }
+
+    /// The rest of the output, once wasmlet closes its stdout (that is, exits) within the
+    /// deadline, its exit status and its stderr.
+    fn finish(mut self) -> (Vec<String>, std::process::ExitStatus, String) {
+        let mut rest = Vec::new();
+        loop {
+            match self.lines.recv_timeout(DEADLINE) {
+                Ok(line) => rest.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(err) => {
+                    panic!("wasmlet still runs after {DEADLINE:?} ({err}); printed {rest:?}")
+                }
+            }
+        }
+        // Its stdout is closed: it is exiting.
+        let status = self.child.wait().expect("wait for wasmlet");
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr).expect("read stderr");
+        }
+        (rest, status, stderr)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn logs_follow_of_a_finished_container_prints_its_whole_log_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    store_pod(dir.path(), pod_status("Succeeded", 0, completed()));
+    append_log(dir.path(), 0, &["one", "two", "three"]);
+    let data_dir = dir.path().display().to_string();
+    let logs = Background::start(&["logs", "ticker", "-f", "--data-dir", &data_dir]);
+    let (lines, status, stderr) = logs.finish();
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(lines, ["one", "two", "three"], "{stderr}");
+}
+
+/// The store saying the container ended stops the follower, after the lines written up to
+/// then; and a restart (a newer instance's log) stops a follower of the old instance.
+#[test]
+fn logs_follow_ends_when_the_followed_container_ends_or_restarts() {
+    for end_by_restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        store_pod(dir.path(), pod_status("Running", 0, running()));
+        append_log(dir.path(), 0, &["first"]);
+        let data_dir = dir.path().display().to_string();
+        let logs = Background::start(&["logs", "ticker", "-f", "--data-dir", &data_dir]);
+        assert_eq!(logs.next_line(), "first");
+        append_log(dir.path(), 0, &["last"]);
+        if end_by_restart {
+            append_log(dir.path(), 1, &["next instance"]);
+        } else {
+            store_pod(dir.path(), pod_status("Succeeded", 0, completed()));
+        }
+        let (rest, status, stderr) = logs.finish();
+        assert!(status.success(), "{status}: {stderr}");
+        assert_eq!(rest, ["last"], "restart: {end_by_restart}; {stderr}");
+    }
+}
+
+#[test]
+fn ps_and_logs_of_a_data_dir_that_is_not_there_fail_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope").display().to_string();
+    assert_one_line_error(
+        &wasmlet(&["ps", "--data-dir", &missing]),
+        &["data dir", &missing, "does not exist"],
+    );
+    assert_one_line_error(
+        &wasmlet(&["logs", "ticker", "--data-dir", &missing]),
+        &["data dir", &missing, "does not exist"],
+    );
+    // A directory the agent never ran with has no store: not a node with no pods.
+    let empty = dir.path().display().to_string();
+    assert_one_line_error(
+        &wasmlet(&["ps", "--data-dir", &empty]),
+        &["data dir", &empty, "no local store"],
+    );
+}
+
+#[test]
+fn ps_and_logs_read_the_data_dir_of_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("state");
+    std::fs::create_dir(&data_dir).unwrap();
+    store_pod(&data_dir, pod_status("Running", 0, running()));
+    append_log(&data_dir, 0, &["hello"]);
+    let config = config_file(
+        dir.path(),
+        &format!("dataDir: {}\nmaxPods: 5\n", data_dir.display()),
+    );
+    let out = wasmlet(&["ps", "--config", &config]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|row| row.contains("ticker") && row.contains("Running")),
+        "{table}"
+    );
+    let out = wasmlet(&["logs", "ticker", "--config", &config]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    // A file the agent would refuse is refused here too, by name.
+    let bad = config_file(dir.path(), "maxPod: 5\n");
+    assert_one_line_error(
+        &wasmlet(&["ps", "--config", &bad]),
+        &["config file", &bad, "unknown fields: maxPod"],
+    );
+}
+
+/// `wasmlet … | head -1`: Rust ignores SIGPIPE, so the reader going away is a write error,
+/// which must end the command quietly, not panic.
+#[test]
+fn print_commands_with_their_stdout_closed_exit_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    store_pod(dir.path(), pod_status("Running", 0, running()));
+    append_log(dir.path(), 0, &["hello"]);
+    let data_dir = dir.path().display().to_string();
+    for args in [
+        &["config", "defaults"][..],
+        &["ps", "--data-dir", &data_dir],
+        &["logs", "ticker", "--data-dir", &data_dir],
+    ] {
+        // The read end is closed before wasmlet starts, so its first write fails, however
+        // little it prints.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_wasmlet"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("run wasmlet");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+}
