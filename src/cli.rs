@@ -87,6 +87,11 @@ pub struct AgentArgs {
         default_value = "memory.available<100Mi,nodefs.available<10%"
     )]
     pub eviction_hard: String,
+    /// CPU and memory kept back from pods for the host, as the kubelet's flag takes it
+    /// (cpu=500m,memory=1Gi): allocatable is capacity less these and, for memory, the
+    /// memory.available threshold, and all pods' memory together is held to it
+    #[arg(long, value_name = "RESOURCE=QUANTITY,...", default_value = "")]
+    pub system_reserved: String,
     /// A directory of static pod manifests (YAML or JSON, one or more pods per file), run
     /// with or without an API server; with no kubeconfig the node is standalone
     #[arg(long, value_name = "DIR")]
@@ -466,6 +471,7 @@ impl AgentArgs {
             },
             max_pods: self.max_pods,
             pressure: kubelet::node::pressure::PressureThresholds::parse(&self.eviction_hard)?,
+            system_reserved: kubelet::config::Reserved::parse(&self.system_reserved)?,
             sync_frequency: self.sync_frequency,
             extra_labels: kubelet::config::parse_labels(&self.node_labels)?,
             // Set by `main`, which alone can tell.
@@ -574,9 +580,18 @@ mod tests {
             "site=lab",
             "--eviction-hard",
             "nodefs.available<1Gi",
+            "--system-reserved",
+            "cpu=250m,memory=512Mi",
         ])
         .unwrap();
         let node = cli.agent.node_config().unwrap();
+        assert_eq!(
+            node.system_reserved,
+            kubelet::config::Reserved {
+                cpu_millis: 250,
+                memory_bytes: 512 << 20
+            }
+        );
         assert_eq!(node.node_name, "edge-1");
         assert_eq!(node.node_ip.to_string(), "10.0.0.7");
         assert_eq!(node.port, 11250);
@@ -695,6 +710,18 @@ mod tests {
         assert!(
             err.contains("baseline-then-optimised, optimised, baseline"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_reservation_of_anything_but_cpu_and_memory_is_refused_by_name() {
+        let cli = Cli::try_parse_from(["wasmlet", "--system-reserved", "pid=100"]).unwrap();
+        let err = cli.agent.node_config().unwrap_err().to_string();
+        assert!(err.contains("\"pid=100\""), "{err}");
+        let cli = Cli::try_parse_from(["wasmlet"]).unwrap();
+        assert_eq!(
+            cli.agent.node_config().unwrap().system_reserved,
+            kubelet::config::Reserved::default()
         );
     }
 

@@ -321,6 +321,12 @@ fn providers(
             tiering: cli.compile_tiering,
             egress: cli.outbound_http_allow_networks.clone(),
             serve_address: node.node_ip,
+            pods_memory_bytes: kubelet::node::allocatable::Allocatable::of(
+                &kubelet::host::HostFacts::read(),
+                node.system_reserved,
+                &node.pressure,
+            )
+            .memory_bytes,
         },
         vec![peripherals.clone()],
     )

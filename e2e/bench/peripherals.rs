@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
             tiering: Tiering::Optimised,
             egress: Default::default(),
             serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
+            pods_memory_bytes: u64::MAX,
         },
         vec![peripherals.clone()],
     )?;

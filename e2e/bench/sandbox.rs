@@ -226,6 +226,7 @@ async fn provider_with(
         tiering,
         egress: Default::default(),
         serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
+        pods_memory_bytes: u64::MAX,
     })?;
     let pulled = provider
         .pull(ImageRequest {

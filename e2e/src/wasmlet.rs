@@ -35,6 +35,8 @@ pub struct WasmletOptions {
     pub insecure_registries: Vec<String>,
     /// `--eviction-hard`.
     pub eviction_hard: String,
+    /// `--system-reserved`; `None` reserves nothing.
+    pub system_reserved: Option<String>,
     /// Join with only this bootstrap kubeconfig (`--bootstrap-kubeconfig`): wasmlet requests
     /// its client certificate and writes its own kubeconfig. `None`: the plane issues the
     /// node's kubeconfig directly.
@@ -80,6 +82,7 @@ impl WasmletOptions {
             // CI machines have been seen with under 10% of it free, which is DiskPressure,
             // a taint, and pods that never schedule. Tests that want pressure ask for it.
             eviction_hard: "nodefs.available<64Mi".into(),
+            system_reserved: None,
             bootstrap_kubeconfig: None,
             join_line: None,
             sync_frequency: None,
@@ -182,6 +185,12 @@ impl WasmletNode {
             options.insecure_registries.join(",")
         ))
         .arg(format!("--eviction-hard={}", options.eviction_hard))
+        .args(
+            options
+                .system_reserved
+                .iter()
+                .map(|reserved| format!("--system-reserved={reserved}")),
+        )
         .args(
             options
                 .sync_frequency

@@ -1,13 +1,14 @@
 //! Resource limits inside the sandbox, against the real control plane: a memory bomb is
-//! OOMKilled at `resources.limits.memory`, and a spinner under `resources.limits.cpu` is held
-//! to its share while unlimited spinners beside it cannot make a latency-sensitive pod late
-//! or stop the node's Lease from renewing.
+//! OOMKilled at `resources.limits.memory`, or without one at the node's allocatable memory,
+//! and a spinner under `resources.limits.cpu` is held to its share while unlimited spinners
+//! beside it cannot make a latency-sensitive pod late or stop the node's Lease from renewing.
 
 use std::time::{Duration, Instant};
 
 use e2e::demos::{cri_ticks, push_demo, unix_ms};
 use e2e::status::{container, lease, phase, renew_time, running};
 use e2e::{WasmCluster, wait_for, wasm_pod};
+use k8s_openapi::api::core::v1::Node;
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// The ticker's interval in the fairness test.
@@ -106,6 +107,99 @@ async fn a_memory_bomb_is_oom_killed_at_its_limit_and_harms_nothing_else() {
         .wait_ready(&cluster.kubectl, Duration::from_secs(5))
         .await
         .unwrap();
+}
+
+/// The host's memory, as the node reports it in capacity (`MemTotal`).
+fn host_memory_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    kib * 1024
+}
+
+/// A pod with no memory limit cannot take the memory the node runs in: all pods together
+/// are held to the node's allocatable memory (here made 64 MiB by `--system-reserved`), and
+/// the bomb that passes it is OOMKilled while its neighbour and the node carry on.
+#[tokio::test]
+async fn a_memory_bomb_without_a_limit_is_held_to_the_node_s_allocatable_memory() {
+    const POD_MEMORY: u64 = 64 << 20;
+    // Allocatable is capacity less the reservation and the 100 MiB eviction threshold.
+    let reserved = host_memory_bytes() - POD_MEMORY - (100 << 20);
+    let mut options = e2e::WasmletOptions::named("edge-allocatable");
+    options.system_reserved = Some(format!("memory={}Ki", reserved / 1024));
+    let mut cluster = WasmCluster::start_with_options(options).await.unwrap();
+    let node: Node = cluster
+        .kubectl
+        .get_json(&["get", "node", "edge-allocatable"])
+        .unwrap();
+    let allocatable = node.status.and_then(|s| s.allocatable).unwrap_or_default();
+    assert_eq!(
+        allocatable.get("memory").map(|q| q.0.as_str()),
+        Some("64Mi"),
+        "the API server's canonical form of 65536Ki"
+    );
+
+    let host = cluster.registry.host();
+    let ticker_image = push_demo(&host, "ticker").unwrap();
+    let misbehave = push_demo(&host, "misbehave").unwrap();
+    cluster
+        .kubectl
+        .apply(&ticker("neighbour", &ticker_image, TICK_MS))
+        .unwrap();
+    cluster
+        .wait_pod("neighbour", "Running", MINUTE, |p| running(p, "app"))
+        .await
+        .unwrap();
+    cluster
+        .kubectl
+        .apply(&wasm_pod(
+            "bomb",
+            &format!(
+                "  restartPolicy: Never\n  containers:\n  - name: app\n    image: {misbehave}\n    args: [grow]\n"
+            ),
+        ))
+        .unwrap();
+    let pod = cluster
+        .wait_pod("bomb", "Failed", MINUTE, |p| phase(p) == "Failed")
+        .await
+        .unwrap();
+    let state = container(&pod, "app")
+        .and_then(|c| c.state.clone())
+        .and_then(|s| s.terminated)
+        .unwrap_or_else(|| panic!("not terminated: {}", e2e::status_summary(&pod)));
+    assert_eq!(
+        (state.exit_code, state.reason.as_deref()),
+        (137, Some("OOMKilled")),
+        "{}",
+        e2e::status_summary(&pod)
+    );
+    let message = state.message.unwrap_or_default();
+    assert!(
+        message.contains("the node's memory for pods is used up"),
+        "{message}"
+    );
+    let event = cluster.wait_event("bomb", "Failed", MINUTE).await.unwrap();
+    assert!(event.contains("OOMKilled"), "{event}");
+
+    assert!(cluster.node.is_running(), "wasmlet exited");
+    let neighbour = cluster.pod("neighbour").unwrap();
+    assert!(running(&neighbour, "app"));
+    assert_eq!(container(&neighbour, "app").unwrap().restart_count, 0);
+    let before = cri_ticks(&cluster.container_log(&neighbour, "app", 0)).len();
+    wait_for(
+        "the neighbour to keep logging",
+        Duration::from_secs(10),
+        || {
+            let now = cri_ticks(&cluster.container_log(&neighbour, "app", 0)).len();
+            async move { Ok((now >= before + 5).then_some(())) }
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ use crate::data_dir::DataDir;
 use crate::events::{EventRecorder, EventType};
 use crate::host::{DiskUsage, HostFacts};
 use crate::link::Link;
+use crate::node::allocatable::Allocatable;
 use crate::node::events as node_events;
 use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
@@ -111,6 +112,8 @@ impl<P: Provider> Kubelet<P> {
             _ => None,
         };
         let host = HostFacts::read();
+        let allocatable =
+            Allocatable::of(&host, self.config.system_reserved, &self.config.pressure);
         // One writer for the node's and the pods' events, so both share one budget.
         let events = EventRecorder::new(
             self.client.clone(),
@@ -129,8 +132,8 @@ impl<P: Provider> Kubelet<P> {
                 host_ip: self.config.node_ip.to_string(),
                 capacity: Capacity {
                     pods: self.config.max_pods as usize,
-                    cpu_millis: u64::from(host.cpus) * 1000,
-                    memory_bytes: host.memory_bytes,
+                    cpu_millis: allocatable.cpu_millis,
+                    memory_bytes: allocatable.memory_bytes,
                     // As the node's status reports it, in whole KiB.
                     ephemeral_storage_bytes: DiskUsage::of(self.data_dir.path())
                         .map_or(0, |d| d.total_bytes / 1024 * 1024),

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
 use crate::node::pressure::PressureThresholds;
+use crate::pod::quantity::{self, QuantityError};
 use crate::{Error, Result};
 
 /// The node's identity and limits, as given on the command line.
@@ -26,6 +29,8 @@ pub struct NodeConfig {
     pub sync_frequency: std::time::Duration,
     /// When the node reports MemoryPressure and DiskPressure.
     pub pressure: PressureThresholds,
+    /// What the host keeps back from the node's pods (`--system-reserved`).
+    pub system_reserved: Reserved,
     /// Labels added to the node besides the ones wasmlet always sets.
     pub extra_labels: BTreeMap<String, String>,
     /// Secret and projected volumes each get a tmpfs, as the kubelet's do. Only for an
@@ -33,6 +38,46 @@ pub struct NodeConfig {
     pub secrets_in_memory: bool,
     /// How fast the node writes events (`--event-qps`, `--event-burst`).
     pub event_limit: certs::rate_limit::ApiRateLimit,
+}
+
+/// What the host keeps for itself and its daemons (`--system-reserved cpu=500m,memory=1Gi`),
+/// taken off the node's allocatable as the kubelet takes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// CPU, in millicores.
+    pub cpu_millis: u64,
+    /// Memory, in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Reserved {
+    /// Parses `resource=quantity,...` for `cpu` and `memory`, as the kubelet's flag takes it.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let mut reserved = Self::default();
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let invalid = |reason: String| Error::InvalidReservation {
+                item: item.to_string(),
+                reason,
+            };
+            let (resource, value) = item
+                .split_once('=')
+                .ok_or_else(|| invalid("expected resource=quantity".into()))?;
+            let quantity = Quantity(value.trim().to_string());
+            let amount = |parsed: std::result::Result<u64, QuantityError>| {
+                parsed.map_err(|e| invalid(format!("{value:?} {e}")))
+            };
+            match resource.trim() {
+                "cpu" => reserved.cpu_millis = amount(quantity::cpu_millis(&quantity))?,
+                "memory" => reserved.memory_bytes = amount(quantity::bytes(&quantity))?,
+                other => {
+                    return Err(invalid(format!(
+                        "{other:?} cannot be reserved here; only cpu and memory"
+                    )));
+                }
+            }
+        }
+        Ok(reserved)
+    }
 }
 
 /// Parses `k=v,k2=v2` as `--node-labels` takes it, checking each key and value the way the

@@ -44,4 +44,12 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
+    /// A `--system-reserved` item is malformed.
+    #[error("invalid system reservation {item:?}: {reason}")]
+    InvalidReservation {
+        /// The item as given.
+        item: String,
+        /// Why it is rejected.
+        reason: String,
+    },
 }

@@ -1,5 +1,6 @@
 //! The Node object: what it should say, registering it, keeping its Lease and its status.
 
+pub mod allocatable;
 pub mod conditions;
 pub mod events;
 pub mod lease;

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::config::NodeConfig;
 use crate::host::HostFacts;
+use crate::node::allocatable::Allocatable;
 use crate::provider::NodeContribution;
 
 /// The architecture wasmlet nodes advertise, in labels, taints and node info.
@@ -49,8 +50,8 @@ pub fn taints() -> Vec<Taint> {
 }
 
 /// The resources this node offers: host CPUs, memory and data-dir storage, `pods` from
-/// max-pods, and the provider's extended resources. Allocatable equals capacity: wasmlet
-/// reserves nothing for system daemons it does not run.
+/// max-pods, and the provider's extended resources. Allocatable is the same less
+/// `--system-reserved` CPU and memory and the memory eviction threshold ([`Allocatable`]).
 pub fn capacity(
     config: &NodeConfig,
     host: &HostFacts,
@@ -80,8 +81,20 @@ pub fn status(
     conditions: Vec<NodeCondition>,
 ) -> NodeStatus {
     let capacity = capacity(config, host, ephemeral_storage_bytes, contribution);
+    let mut allocatable = capacity.clone();
+    let pods = Allocatable::of(host, config.system_reserved, &config.pressure);
+    // In the API server's canonical form: whole cores as a plain number.
+    let cpu = match pods.cpu_millis % 1000 {
+        0 => (pods.cpu_millis / 1000).to_string(),
+        _ => format!("{}m", pods.cpu_millis),
+    };
+    allocatable.insert("cpu".into(), Quantity(cpu));
+    allocatable.insert(
+        "memory".into(),
+        Quantity(format!("{}Ki", pods.memory_bytes / 1024)),
+    );
     NodeStatus {
-        allocatable: Some(capacity.clone()),
+        allocatable: Some(allocatable),
         capacity: Some(capacity),
         addresses: Some(vec![
             NodeAddress {
@@ -150,6 +163,7 @@ pub(crate) mod tests {
             data_dir: "/tmp/x".into(),
             max_pods: 110,
             pressure: Default::default(),
+            system_reserved: Default::default(),
             sync_frequency: std::time::Duration::from_secs(60),
             secrets_in_memory: false,
             event_limit: crate::events::default_limit(),
@@ -210,7 +224,13 @@ pub(crate) mod tests {
         assert_eq!(capacity["ephemeral-storage"].0, "10240Ki");
         assert_eq!(capacity["pods"].0, "110");
         assert_eq!(capacity["devices.wasmlet.dev/gpio"].0, "4");
-        assert_eq!(status.allocatable.unwrap(), capacity);
+        let allocatable = status.allocatable.unwrap();
+        assert_eq!(allocatable["cpu"].0, "2");
+        // Less the 100 MiB eviction threshold, as the kubelet's.
+        assert_eq!(allocatable["memory"].0, "4091904Ki");
+        for same in ["ephemeral-storage", "pods", "devices.wasmlet.dev/gpio"] {
+            assert_eq!(allocatable[same], capacity[same]);
+        }
         let addresses = status.addresses.unwrap();
         assert_eq!(addresses[0].type_, "InternalIP");
         assert_eq!(addresses[0].address, "10.1.2.3");

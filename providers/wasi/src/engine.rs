@@ -110,6 +110,7 @@ mod tests {
             tiering: Tiering::default(),
             egress: Default::default(),
             serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
+            pods_memory_bytes: u64::MAX,
         };
         for tier in [TierKind::Baseline, TierKind::Optimised] {
             let engine = build(&config, tier).unwrap();

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use crate::code::{Code, Compiled};
 use crate::extension::{Grant, HostExtension, InstanceExtensions};
 use crate::http::OutboundHttp;
-use crate::metering::{ContainerMemory, CpuQuota, GROW_REFUSED, MeteredLimits, cpu_metered};
+use crate::metering::{
+    ContainerMemory, CpuQuota, GROW_REFUSED, MeteredLimits, NODE_MEMORY_USED_UP, cpu_metered,
+};
 use crate::sockets::Listen;
 use wasi_policy::HttpPolicy;
 
@@ -174,7 +176,12 @@ pub(crate) fn limits_for(container: &Arc<ContainerMemory>) -> MeteredLimits {
 }
 
 /// Runs the instance until it exits or `start.stop` fires.
-pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -> ContainerExit {
+pub(crate) async fn run(
+    compiled: Compiled,
+    plan: Plan,
+    start: ContainerStart,
+    memory: Arc<ContainerMemory>,
+) -> ContainerExit {
     let stop = start.stop.clone();
     let mut builder = WasiCtxBuilder::new();
     if let Err(message) = plan
@@ -190,10 +197,7 @@ pub(crate) async fn run(compiled: Compiled, plan: Plan, start: ContainerStart) -
     builder
         .stdout(AsyncStdoutStream::new(OUTPUT_BUDGET, start.stdout))
         .stderr(AsyncStdoutStream::new(OUTPUT_BUDGET, start.stderr));
-    let limits = limits_for(&ContainerMemory::new(
-        start.memory_limit_bytes,
-        start.usage.clone(),
-    ));
+    let limits = limits_for(&memory);
     let running = async {
         let engine = compiled.engine;
         match compiled.code {
@@ -329,10 +333,15 @@ fn exit_of(outcome: wasmtime::Result<bool>) -> ContainerExit {
             }
             let text = format!("{err:#}");
             if text.contains(GROW_REFUSED) {
+                let why = if text.contains(NODE_MEMORY_USED_UP) {
+                    "the node's memory for pods is used up: the guest tried to grow its memory past the node's allocatable memory, which all pods share"
+                } else {
+                    "memory limit reached: the guest tried to grow its memory past resources.limits.memory"
+                };
                 return ContainerExit {
                     exit_code: 137,
                     reason: "OOMKilled".into(),
-                    message: Some("memory limit reached: the guest tried to grow its memory past resources.limits.memory".into()),
+                    message: Some(why.into()),
                 };
             }
             // A trap already says `wasm trap: …`.

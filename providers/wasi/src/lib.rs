@@ -60,6 +60,8 @@ pub struct WasiProviderConfig {
     /// The address `wasi:http/proxy` components are served on: the node's InternalIP, which
     /// pods report as their podIP.
     pub serve_address: std::net::IpAddr,
+    /// The memory all pods' guests may hold together: the node's allocatable memory.
+    pub pods_memory_bytes: u64,
 }
 
 /// Errors setting up the provider.
@@ -104,6 +106,7 @@ pub struct WasiProvider {
     in_use: Arc<Mutex<HashMap<String, usize>>>,
     egress: Arc<EgressPolicy>,
     serve_address: std::net::IpAddr,
+    pods_memory: Arc<metering::PodsMemory>,
     extensions: Arc<[Arc<dyn HostExtension>]>,
     _ticker: engine::EpochTicker,
 }
@@ -183,6 +186,7 @@ impl WasiProvider {
             in_use: Arc::new(Mutex::new(HashMap::new())),
             egress: Arc::new(config.egress.clone()),
             serve_address: config.serve_address,
+            pods_memory: metering::PodsMemory::new(config.pods_memory_bytes),
             extensions,
         })
     }
@@ -292,6 +296,11 @@ impl Provider for WasiProvider {
         );
         let compiled = image.compiled.clone();
         let in_use = InUse::new(&self.in_use, &image.artifact.wasm_digest);
+        let memory = metering::ContainerMemory::new(
+            start.memory_limit_bytes,
+            start.usage.clone(),
+            self.pods_memory.clone(),
+        );
         if let code::Code::Proxy(pre) = &compiled.code {
             let max_concurrent =
                 serve::max_concurrent(&start.annotations).map_err(|message| ContainerError {
@@ -306,6 +315,7 @@ impl Provider for WasiProvider {
                 start,
                 self.serve_address,
                 max_concurrent,
+                memory,
             )
             .await?;
             return Ok(tokio::spawn(async move {
@@ -325,7 +335,7 @@ impl Provider for WasiProvider {
         }
         Ok(tokio::spawn(async move {
             let _in_use = in_use;
-            guest::run(compiled, plan, start).await
+            guest::run(compiled, plan, start, memory).await
         }))
     }
 

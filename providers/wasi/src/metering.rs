@@ -152,23 +152,57 @@ pub(crate) const GROW_REFUSED: &str = "forcing trap when growing memory";
 /// What the host keeps per table element (a function reference), counted as memory.
 const TABLE_ELEMENT_BYTES: u64 = std::mem::size_of::<usize>() as u64;
 
+/// How a refusal by the node, not by the container's own limit, words its reason.
+pub(crate) const NODE_MEMORY_USED_UP: &str = "the node's memory for pods is used up";
+
+/// The memory every guest on the node holds together, held to the node's allocatable memory
+/// as the kubepods cgroup holds every pod: all pods run in wasmlet's one process, so a pod
+/// with no memory limit must not take the memory the node, wasmlet and the other pods run in
+/// (the kernel's OOM killer would end them all at once).
+#[derive(Debug)]
+pub(crate) struct PodsMemory {
+    limit: u64,
+    used: Mutex<u64>,
+}
+
+impl PodsMemory {
+    /// Memory for pods of `limit` bytes in all.
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: Mutex::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A container's memory: every linear memory and table of every instance it runs at once
 /// (an HTTP server's requests each have one) counted together and held to its
-/// `resources.limits.memory`, as the container's cgroup holds all its processes.
+/// `resources.limits.memory`, as the container's cgroup holds all its processes, and taken
+/// from the node's [`PodsMemory`].
 pub(crate) struct ContainerMemory {
     /// The container's `resources.limits.memory`, if any.
     limit: Option<u64>,
     /// Linear memories' bytes plus tables' elements, as bytes, across its instances.
     used: Mutex<u64>,
     usage: Arc<ContainerUsage>,
+    node: Arc<PodsMemory>,
 }
 
 impl ContainerMemory {
-    pub(crate) fn new(limit: Option<u64>, usage: Arc<ContainerUsage>) -> Arc<Self> {
+    pub(crate) fn new(
+        limit: Option<u64>,
+        usage: Arc<ContainerUsage>,
+        node: Arc<PodsMemory>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             limit,
             used: Mutex::new(0),
             usage,
+            node,
         })
     }
 
@@ -188,6 +222,16 @@ impl ContainerMemory {
                 "{GROW_REFUSED}: the container's memories and tables would come to {total} bytes with this {what}, over its limit of {limit}"
             ));
         }
+        // Taken under the container's lock, so its total and the node's move together.
+        let mut node = self.node.lock();
+        let node_total = node.saturating_add(growth);
+        if node_total > self.node.limit {
+            return Err(wasmtime::format_err!(
+                "{GROW_REFUSED}: {NODE_MEMORY_USED_UP}: its pods would hold {node_total} bytes with this {what}, over the node's allocatable memory of {}",
+                self.node.limit
+            ));
+        }
+        *node = node_total;
         *used = total;
         self.usage.set_memory_bytes(total);
         Ok(())
@@ -197,6 +241,8 @@ impl ContainerMemory {
     fn release(&self, bytes: u64) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         *used = used.saturating_sub(bytes);
+        let mut node = self.node.lock();
+        *node = node.saturating_sub(bytes);
         self.usage.set_memory_bytes(*used);
     }
 }
@@ -292,7 +338,10 @@ mod tests {
     fn granted_growth_is_recorded_and_refused_growth_is_not() {
         let usage = Arc::new(ContainerUsage::default());
         let limits = StoreLimitsBuilder::new().memory_size(1 << 20).build();
-        let mut metered = MeteredLimits::new(limits, ContainerMemory::new(None, usage.clone()));
+        let mut metered = MeteredLimits::new(
+            limits,
+            ContainerMemory::new(None, usage.clone(), unlimited()),
+        );
         assert!(metered.memory_growing(0, 65536, None).unwrap());
         assert!(metered.memory_growing(65536, 131072, None).unwrap());
         assert_eq!(usage.memory_bytes(), 131072);
@@ -311,7 +360,7 @@ mod tests {
         let instantiate = |limit: u64| {
             let usage = Arc::new(ContainerUsage::default());
             let limits = StoreLimitsBuilder::new().trap_on_grow_failure(true).build();
-            let container = ContainerMemory::new(Some(limit), usage.clone());
+            let container = ContainerMemory::new(Some(limit), usage.clone(), unlimited());
             let metered = MeteredLimits::new(limits, container);
             let mut store = wasmtime::Store::new(&engine, metered);
             store.limiter(|limits| limits);
@@ -332,13 +381,47 @@ mod tests {
         );
     }
 
+    fn unlimited() -> Arc<PodsMemory> {
+        PodsMemory::new(u64::MAX)
+    }
+
+    /// Containers without a limit together get no more than the node's memory for pods: the
+    /// growth that would pass it is refused as that container's OOM kill, and what an
+    /// instance held goes back to the node when it ends.
+    #[test]
+    fn containers_without_a_limit_share_the_node_s_memory_for_pods() {
+        const PAGE: usize = 65536;
+        let node = PodsMemory::new(4 * PAGE as u64);
+        let instance = |node: &Arc<PodsMemory>| {
+            let limits = StoreLimitsBuilder::new().trap_on_grow_failure(true).build();
+            let usage = Arc::new(ContainerUsage::default());
+            MeteredLimits::new(limits, ContainerMemory::new(None, usage, node.clone()))
+        };
+        let mut bomb = instance(&node);
+        let mut neighbour = instance(&node);
+        assert!(neighbour.memory_growing(0, PAGE, None).unwrap());
+        assert!(bomb.memory_growing(0, 3 * PAGE, None).unwrap());
+        let err = bomb.memory_growing(3 * PAGE, 4 * PAGE, None).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains(GROW_REFUSED), "{text}");
+        assert!(text.contains(NODE_MEMORY_USED_UP), "{text}");
+        assert!(
+            text.contains("over the node's allocatable memory of 262144"),
+            "{text}"
+        );
+
+        drop(bomb);
+        assert_eq!(*node.lock(), PAGE as u64);
+        assert!(neighbour.memory_growing(PAGE, 4 * PAGE, None).unwrap());
+    }
+
     /// A served component's requests each run an instance of their own: the container's
     /// limit holds for them together, and an instance that ends gives its memory back.
     #[test]
     fn instances_of_one_container_share_its_limit_and_give_back_what_they_held() {
         const PAGE: usize = 65536;
         let usage = Arc::new(ContainerUsage::default());
-        let container = ContainerMemory::new(Some(3 * PAGE as u64), usage.clone());
+        let container = ContainerMemory::new(Some(3 * PAGE as u64), usage.clone(), unlimited());
         let instance = || {
             let limits = StoreLimitsBuilder::new().trap_on_grow_failure(true).build();
             MeteredLimits::new(limits, container.clone())

@@ -106,6 +106,7 @@ pub(crate) async fn listen(
     start: ContainerStart,
     address: IpAddr,
     max_concurrent: u32,
+    memory: Arc<ContainerMemory>,
 ) -> Result<impl Future<Output = ContainerExit> + Send + 'static, ContainerError> {
     if start.ports.is_empty() {
         return Err(ContainerError {
@@ -138,7 +139,7 @@ pub(crate) async fn listen(
         plan,
         root_dir: start.root_dir,
         mounts: start.mounts,
-        memory: ContainerMemory::new(start.memory_limit_bytes, start.usage.clone()),
+        memory,
         usage: start.usage,
         quota,
         logs: Mutex::new((start.stdout, start.stderr)),

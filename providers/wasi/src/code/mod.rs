@@ -351,6 +351,7 @@ mod tests {
                 tiering,
                 egress: Default::default(),
                 serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
+                pods_memory_bytes: u64::MAX,
             };
             let tier = |kind| {
                 Tier::new(
