@@ -131,23 +131,25 @@ impl Store {
     /// the write run on a blocking thread: an image's Wasm file may be hundreds of MiB.
     pub async fn put_bytes(&self, bytes: impl Into<bytes::Bytes>) -> Result<(String, PathBuf)> {
         let bytes = bytes.into();
-        let mut pending = self.begin_blob();
-        let pending_path = pending.path().to_owned();
+        let pending = self.begin_blob();
+        let tmp = pending.path().to_owned();
         let root = self.root.clone();
+        // The pending file goes with the blocking task, so if the caller is cancelled (a pod
+        // deleted mid-pull) it is removed after the write, not before it.
         let written = tokio::task::spawn_blocking(move || {
             let digest = digest_of(&bytes);
             let target = blob_path_under(&root, &digest)?;
-            if !target.is_file() {
-                std::fs::write(&pending_path, &bytes)
-                    .map_err(Error::store("write", &pending_path))?;
-                return Ok((digest, target, true));
+            if target.is_file() {
+                return Ok((digest, target, None));
             }
-            Ok((digest, target, false))
+            std::fs::write(pending.path(), &bytes)
+                .map_err(Error::store("write", pending.path()))?;
+            Ok((digest, target, Some(pending)))
         })
         .await
-        .map_err(|e| Error::store("write", pending.path())(std::io::Error::other(e)))?;
+        .map_err(|e| Error::store("write", &tmp)(std::io::Error::other(e)))?;
         let (digest, target, new) = written?;
-        if new {
+        if let Some(mut pending) = new {
             sync_and_rename(pending.path(), &target).await?;
             pending.committed = true;
         }
