@@ -251,20 +251,11 @@ async fn requests_past_the_bound_get_503_and_a_delete_drains_the_ones_in_flight(
     // (else it would sleep its minute out, or spin for ever, holding the only slot).
     let (code, body) = curl_within(&format!("http://127.0.0.1:{port}/sleep?ms=60000"), 1);
     assert_eq!(code, 0, "the minute's sleep was answered: {body}");
-    let freed = wait_for(
-        "the slot to be given back",
-        Duration::from_secs(10),
-        || async {
-            let (code, body) = curl(&format!("http://127.0.0.1:{port}/freed"));
-            if code == 200 {
-                Ok(Some(()))
-            } else {
-                Err(format!("{code} {body}"))
-            }
-        },
-    )
-    .await;
-    freed.unwrap();
+    wait_answered(&format!("http://127.0.0.1:{port}/freed")).await;
+    // So does one that hangs up on a handler stuck after its response's head.
+    let (code, body) = curl_within(&format!("http://127.0.0.1:{port}/hang"), 1);
+    assert_eq!((code, body.as_str()), (200, ""), "the head, and no body");
+    wait_answered(&format!("http://127.0.0.1:{port}/freed-again")).await;
 
     // Deleting the pod while a request is in flight: it is answered before the pod goes.
     let (in_flight, _) = hold_the_only_slot(port, 2000);
@@ -283,6 +274,24 @@ async fn requests_past_the_bound_get_503_and_a_delete_drains_the_ones_in_flight(
     );
     // Nothing listens there any more.
     assert_eq!(curl(&format!("http://127.0.0.1:{port}/gone")).0, 0);
+}
+
+/// Waits up to 10 s for `url` to be answered with a 200 (a slot was given back).
+async fn wait_answered(url: &str) {
+    wait_for(
+        &format!("{url} to be answered"),
+        Duration::from_secs(10),
+        || async {
+            let (code, body) = curl(url);
+            if code == 200 {
+                Ok(Some(()))
+            } else {
+                Err(format!("{code} {body}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
 }
 
 /// Whether the pod named `name` is gone from the API, waiting a minute at most.

@@ -2,7 +2,8 @@
 //! per request. It answers `GET /anything` with a greeting naming its pod and the path, and
 //! `/sleep?ms=N` after waiting N milliseconds (for the concurrency and drain tests); `/trap`
 //! traps and `/spin` loops forever, as buggy handlers do; `/stream` answers at once and then
-//! never ends its body, as an event stream does. Each request is logged to stdout, so
+//! never ends its body, as an event stream does; `/hang` answers its head and then waits for
+//! ever without a byte of body. Each request is logged to stdout, so
 //! `kubectl logs` shows it.
 
 use std::io::Write as _;
@@ -35,6 +36,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             stream(response_out);
             return;
         }
+        if path == "/hang" {
+            hang(response_out);
+            return;
+        }
         if let Some(ms) = path
             .strip_prefix("/sleep?ms=")
             .and_then(|ms| ms.parse::<u64>().ok())
@@ -54,6 +59,19 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             let _ = out.flush();
         }
         let _ = OutgoingBody::finish(body, None);
+    }
+}
+
+/// Answers the head and then waits for ever, writing nothing, as a handler stuck after its
+/// response began does: only the node stopping the instance ends it.
+fn hang(response_out: ResponseOutparam) {
+    let response = OutgoingResponse::new(Fields::new());
+    let Ok(_body) = response.body() else {
+        return;
+    };
+    ResponseOutparam::set(response_out, Ok(response));
+    loop {
+        wasip2::clocks::monotonic_clock::subscribe_duration(1_000_000_000).block();
     }
 }
 

@@ -323,8 +323,8 @@ impl Handler {
         let ended = self.ended.clone();
         // The instance goes if the request does: a client that hangs up drops this future
         // (hyper drops the service's), and a guest left running would keep its permit and
-        // its CPU until it ended on its own. Only an answered request's instance lives on,
-        // to stream its body.
+        // its CPU until it ended on its own. An answered request's instance goes with its
+        // body ([`BodyWithGuest`]).
         let mut guest = AbortOnDropHandle::new(tokio::spawn(async move {
             let _permit = permit;
             let handling = proxy
@@ -337,10 +337,13 @@ impl Handler {
                 .unwrap_or_else(|| Err(wasmtime::format_err!("the container was stopped")))
         }));
         match tokio::time::timeout(RESPONSE_TIMEOUT, receiver).await {
-            Ok(Ok(Ok(response))) => {
-                guest.detach();
-                Ok(response)
-            }
+            Ok(Ok(Ok(response))) => Ok(response.map(|body| {
+                HyperOutgoingBody::new(BodyWithGuest {
+                    body,
+                    guest: Some(guest),
+                    ended: false,
+                })
+            })),
             Ok(Ok(Err(code))) => Err(failed(format!("the handler answered with error {code:?}"))),
             // The instance ended without answering: say how.
             Ok(Err(_)) => Err(failed(match (&mut guest).await {
@@ -365,6 +368,50 @@ impl Handler {
             logs.0.duplicate()
         };
         let _ = out.write_all(format!("{line}\n").as_bytes()).await;
+    }
+}
+
+/// A response body that holds the instance streaming it: if hyper drops it before its end
+/// (the client hung up mid-body), the instance is stopped, so a handler that answered and
+/// then hangs cannot keep its permit and CPU; once the body has ended, the instance may
+/// finish whatever it does after its response.
+struct BodyWithGuest<T> {
+    body: HyperOutgoingBody,
+    guest: Option<AbortOnDropHandle<T>>,
+    ended: bool,
+}
+
+impl<T> http_body::Body for BodyWithGuest<T> {
+    type Data = Bytes;
+    type Error = <HyperOutgoingBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let frame = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(frame, std::task::Poll::Ready(None)) {
+            self.ended = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<T> Drop for BodyWithGuest<T> {
+    fn drop(&mut self) {
+        if self.ended
+            && let Some(guest) = self.guest.take()
+        {
+            guest.detach();
+        }
     }
 }
 
