@@ -87,9 +87,9 @@ pub struct AgentArgs {
         default_value = "memory.available<100Mi,nodefs.available<10%"
     )]
     pub eviction_hard: String,
-    /// CPU and memory kept back from pods for the host, as the kubelet's flag takes it
-    /// (cpu=500m,memory=1Gi): allocatable is capacity less these and, for memory, the
-    /// memory.available threshold, and all pods' memory together is held to it
+    /// What is kept back from pods for the host, as the kubelet's flag takes it
+    /// (cpu=500m,memory=1Gi,ephemeral-storage=1Gi): allocatable is capacity less these and
+    /// the eviction thresholds, and all pods' memory together is held to it
     #[arg(long, value_name = "RESOURCE=QUANTITY,...", default_value = "")]
     pub system_reserved: String,
     /// A directory of static pod manifests (YAML or JSON, one or more pods per file), run
@@ -589,7 +589,8 @@ mod tests {
             node.system_reserved,
             kubelet::config::Reserved {
                 cpu_millis: 250,
-                memory_bytes: 512 << 20
+                memory_bytes: 512 << 20,
+                ephemeral_storage_bytes: 0,
             }
         );
         assert_eq!(node.node_name, "edge-1");
@@ -714,10 +715,10 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_of_anything_but_cpu_and_memory_is_refused_by_name() {
-        let cli = Cli::try_parse_from(["wasmlet", "--system-reserved", "pid=100"]).unwrap();
+    fn a_reservation_of_a_resource_the_kubelet_does_not_reserve_is_refused_by_name() {
+        let cli = Cli::try_parse_from(["wasmlet", "--system-reserved", "gpu=1"]).unwrap();
         let err = cli.agent.node_config().unwrap_err().to_string();
-        assert!(err.contains("\"pid=100\""), "{err}");
+        assert!(err.contains("\"gpu=1\""), "{err}");
         let cli = Cli::try_parse_from(["wasmlet"]).unwrap();
         assert_eq!(
             cli.agent.node_config().unwrap().system_reserved,

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cli::{LogsArgs, PsArgs};
-use crate::stdout_written;
+use crate::{print_out, stdout_written};
 
 /// How often `wasmlet logs -f` looks for new lines: the agent's in-process wake-ups do not
 /// reach another process.
@@ -53,8 +53,7 @@ pub fn ps(data_dir: &Path, args: &PsArgs) -> anyhow::Result<()> {
     for stored in pods.iter().filter(|p| args.all || !finished(p)) {
         rows.extend(rows_of(stored, now));
     }
-    let mut out = std::io::stdout().lock();
-    stdout_written(print_table(&mut out, &rows).and_then(|()| out.flush()))
+    print_out(|out| print_table(out, &rows))
 }
 
 /// Fails, naming the data dir, unless it holds a store: `read_pods` reads a missing store as
@@ -235,13 +234,19 @@ pub async fn logs(data_dir: &Path, args: &LogsArgs) -> anyhow::Result<()> {
     let mut out = tokio::io::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.context("cannot read the log")?;
-        stdout_written(
-            async {
-                tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
-                tokio::io::AsyncWriteExt::flush(&mut out).await
-            }
-            .await,
-        )?;
+        let written = async {
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
+            tokio::io::AsyncWriteExt::flush(&mut out).await
+        }
+        .await;
+        if written
+            .as_ref()
+            .is_err_and(|err| err.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            // Whoever read the log has gone (`| grep -m1`): nothing is left to follow for.
+            return Ok(());
+        }
+        stdout_written(written)?;
     }
     Ok(())
 }

@@ -15,9 +15,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use kubelet::node::allocatable;
 use peripherals_provider::{DeviceSpec, Peripherals};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::{AgentArgs, Cli};
 
@@ -88,7 +89,7 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 /// Writes a tool's output to stdout with `write`, then flushes it.
-fn print_out(
+pub(crate) fn print_out(
     write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -301,6 +302,20 @@ fn open_devices(cli: &AgentArgs) -> anyhow::Result<Devices> {
     Ok(Devices { specs, peripherals })
 }
 
+/// The memory all pods may hold together: the node's allocatable memory. A host whose
+/// memory cannot be read reports none, and its pods would all be refused their first page,
+/// so they are not bounded by it (the host's available memory still is).
+fn pods_memory_bytes(node: &kubelet::NodeConfig) -> Option<u64> {
+    let host = kubelet::host::HostFacts::read();
+    if host.memory_bytes == 0 {
+        warn!(
+            "the host's memory could not be read; pods' memory together is not held to allocatable"
+        );
+        return None;
+    }
+    Some(allocatable::Allocatable::of(&host, node.system_reserved, &node.pressure).memory_bytes)
+}
+
 /// The WASI runtime with the `--device` peripherals beside it, their interfaces linked into
 /// its components; the simulated devices' files, sensors and real input lines followed until
 /// `cancel`.
@@ -321,12 +336,8 @@ fn providers(
             tiering: cli.compile_tiering,
             egress: cli.outbound_http_allow_networks.clone(),
             serve_address: node.node_ip,
-            pods_memory_bytes: kubelet::node::allocatable::Allocatable::of(
-                &kubelet::host::HostFacts::read(),
-                node.system_reserved,
-                &node.pressure,
-            )
-            .memory_bytes,
+            pods_memory_bytes: pods_memory_bytes(node),
+            keep_memory_available_bytes: allocatable::memory_threshold_bytes(&node.pressure),
         },
         vec![peripherals.clone()],
     )

@@ -679,4 +679,26 @@ fn print_commands_with_their_stdout_closed_exit_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(out.status.success(), "{args:?}: {out:?}");
     }
+
+    // Following a running container stops when its reader goes, not when the container
+    // ends (which for a server may be never).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmlet"))
+        .args(["logs", "ticker", "-f", "--data-dir", &data_dir])
+        .stdout(writer)
+        .spawn()
+        .expect("run wasmlet");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("logs -f still follows {DEADLINE:?} after its reader went");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
 }

@@ -35,7 +35,8 @@ async fn main() -> anyhow::Result<()> {
             tiering: Tiering::Optimised,
             egress: Default::default(),
             serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
-            pods_memory_bytes: u64::MAX,
+            pods_memory_bytes: None,
+            keep_memory_available_bytes: 0,
         },
         vec![peripherals.clone()],
     )?;

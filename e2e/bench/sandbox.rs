@@ -226,7 +226,8 @@ async fn provider_with(
         tiering,
         egress: Default::default(),
         serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
-        pods_memory_bytes: u64::MAX,
+        pods_memory_bytes: None,
+        keep_memory_available_bytes: 0,
     })?;
     let pulled = provider
         .pull(ImageRequest {

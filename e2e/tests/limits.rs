@@ -109,18 +109,6 @@ async fn a_memory_bomb_is_oom_killed_at_its_limit_and_harms_nothing_else() {
         .unwrap();
 }
 
-/// The host's memory, as the node reports it in capacity (`MemTotal`).
-fn host_memory_bytes() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("MemTotal in /proc/meminfo");
-    kib * 1024
-}
-
 /// A pod with no memory limit cannot take the memory the node runs in: all pods together
 /// are held to the node's allocatable memory (here made 64 MiB by `--system-reserved`), and
 /// the bomb that passes it is OOMKilled while its neighbour and the node carry on.
@@ -128,7 +116,8 @@ fn host_memory_bytes() -> u64 {
 async fn a_memory_bomb_without_a_limit_is_held_to_the_node_s_allocatable_memory() {
     const POD_MEMORY: u64 = 64 << 20;
     // Allocatable is capacity less the reservation and the 100 MiB eviction threshold.
-    let reserved = host_memory_bytes() - POD_MEMORY - (100 << 20);
+    let host_memory = kubelet::host::memory_total_bytes().expect("MemTotal");
+    let reserved = host_memory - POD_MEMORY - (100 << 20);
     let mut options = e2e::WasmletOptions::named("edge-allocatable");
     options.system_reserved = Some(format!("memory={}Ki", reserved / 1024));
     let mut cluster = WasmCluster::start_with_options(options).await.unwrap();

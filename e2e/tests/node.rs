@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use e2e::status::{lease, renew_time};
 use e2e::{ControlPlane, Kubectl, WasmletNode, WasmletOptions, wait_for};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use rustix::process::Signal;
 
 struct Cluster {
@@ -128,19 +129,20 @@ async fn node_is_ready_within_ten_seconds_with_wasm_labels_taints_capacity_and_i
         "memory capacity is the host's MemTotal"
     );
     assert!(capacity["ephemeral-storage"].0.ends_with("Ki"));
-    // Allocatable is capacity less the 100Mi memory.available eviction threshold (nothing
-    // is reserved): memory in whichever unit the API server's canonical form picks.
+    // Allocatable is capacity less the eviction thresholds (nothing is reserved): the
+    // default 100Mi of memory.available, the tests' 64Mi of nodefs.available.
     let mut allocatable = status.allocatable.clone().expect("allocatable");
-    let memory = allocatable.remove("memory").expect("allocatable memory").0;
-    let allocatable_kib = match memory.split_at(memory.len().saturating_sub(2)) {
-        (n, "Ki") => n.parse::<u64>().unwrap(),
-        (n, "Mi") => n.parse::<u64>().unwrap() * 1024,
-        (n, "Gi") => n.parse::<u64>().unwrap() * 1024 * 1024,
-        _ => panic!("allocatable memory {memory:?}"),
-    };
-    assert_eq!(allocatable_kib, host_kib - 100 * 1024);
     let mut rest = capacity.clone();
-    rest.remove("memory");
+    for (resource, threshold_kib) in [("memory", 100 * 1024), ("ephemeral-storage", 64 * 1024)] {
+        let of = |resources: &mut std::collections::BTreeMap<String, Quantity>| {
+            kib(&resources.remove(resource).expect(resource).0)
+        };
+        assert_eq!(
+            of(&mut allocatable),
+            of(&mut rest) - threshold_kib,
+            "allocatable {resource}"
+        );
+    }
     assert_eq!(allocatable, rest);
 
     let addresses: Vec<(String, String)> = status
@@ -520,4 +522,17 @@ async fn tolerating_pod_is_scheduled_to_the_node_and_plain_pod_stays_pending_on_
     let pod: Pod = kubectl.get_json(&["get", "pod", "plain-pod"]).unwrap();
     assert_eq!(pod.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
     assert_eq!(pod.spec.and_then(|s| s.node_name), None);
+}
+
+/// A byte quantity in KiB, in whichever binary unit the API server's canonical form picks.
+fn kib(quantity: &str) -> u64 {
+    let (number, unit) = quantity.split_at(quantity.len().saturating_sub(2));
+    let scale = match unit {
+        "Ki" => 1,
+        "Mi" => 1024,
+        "Gi" => 1024 * 1024,
+        "Ti" => 1024 * 1024 * 1024,
+        _ => panic!("not a binary byte quantity: {quantity:?}"),
+    };
+    number.parse::<u64>().unwrap() * scale
 }

@@ -20,7 +20,7 @@ use crate::data_dir::DataDir;
 use crate::events::{EventRecorder, EventType};
 use crate::host::{DiskUsage, HostFacts};
 use crate::link::Link;
-use crate::node::allocatable::Allocatable;
+use crate::node::allocatable::{self, Allocatable};
 use crate::node::events as node_events;
 use crate::node::lease::LeaseKeeper;
 use crate::node::status::StatusReporter;
@@ -135,8 +135,12 @@ impl<P: Provider> Kubelet<P> {
                     cpu_millis: allocatable.cpu_millis,
                     memory_bytes: allocatable.memory_bytes,
                     // As the node's status reports it, in whole KiB.
-                    ephemeral_storage_bytes: DiskUsage::of(self.data_dir.path())
-                        .map_or(0, |d| d.total_bytes / 1024 * 1024),
+                    ephemeral_storage_bytes: allocatable::ephemeral_storage_bytes(
+                        DiskUsage::of(self.data_dir.path()).map_or(0, |d| d.total_bytes),
+                        self.config.system_reserved,
+                        &self.config.pressure,
+                    ) / 1024
+                        * 1024,
                 },
                 sync_frequency: self.config.sync_frequency,
                 secrets_in_memory: self.config.secrets_in_memory,

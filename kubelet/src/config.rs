@@ -48,10 +48,14 @@ pub struct Reserved {
     pub cpu_millis: u64,
     /// Memory, in bytes.
     pub memory_bytes: u64,
+    /// Ephemeral storage on the data dir's filesystem, in bytes.
+    pub ephemeral_storage_bytes: u64,
 }
 
 impl Reserved {
-    /// Parses `resource=quantity,...` for `cpu` and `memory`, as the kubelet's flag takes it.
+    /// Parses `resource=quantity,...` for `cpu`, `memory`, `ephemeral-storage` and `pid`, as
+    /// the kubelet's flag takes it (a pid reservation keeps nothing back: Wasm pods have no
+    /// processes).
     pub fn parse(spec: &str) -> Result<Self> {
         let mut reserved = Self::default();
         for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -69,9 +73,15 @@ impl Reserved {
             match resource.trim() {
                 "cpu" => reserved.cpu_millis = amount(quantity::cpu_millis(&quantity))?,
                 "memory" => reserved.memory_bytes = amount(quantity::bytes(&quantity))?,
+                "ephemeral-storage" => {
+                    reserved.ephemeral_storage_bytes = amount(quantity::bytes(&quantity))?;
+                }
+                "pid" => {
+                    amount(quantity::bytes(&quantity))?;
+                }
                 other => {
                     return Err(invalid(format!(
-                        "{other:?} cannot be reserved here; only cpu and memory"
+                        "{other:?} cannot be reserved; only cpu, memory, ephemeral-storage and pid"
                     )));
                 }
             }

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::config::NodeConfig;
 use crate::host::HostFacts;
-use crate::node::allocatable::Allocatable;
+use crate::node::allocatable::{self, Allocatable};
 use crate::provider::NodeContribution;
 
 /// The architecture wasmlet nodes advertise, in labels, taints and node info.
@@ -51,7 +51,7 @@ pub fn taints() -> Vec<Taint> {
 
 /// The resources this node offers: host CPUs, memory and data-dir storage, `pods` from
 /// max-pods, and the provider's extended resources. Allocatable is the same less
-/// `--system-reserved` CPU and memory and the memory eviction threshold ([`Allocatable`]).
+/// `--system-reserved` and the eviction thresholds ([`Allocatable`]).
 pub fn capacity(
     config: &NodeConfig,
     host: &HostFacts,
@@ -92,6 +92,15 @@ pub fn status(
     allocatable.insert(
         "memory".into(),
         Quantity(format!("{}Ki", pods.memory_bytes / 1024)),
+    );
+    let storage = allocatable::ephemeral_storage_bytes(
+        ephemeral_storage_bytes,
+        config.system_reserved,
+        &config.pressure,
+    );
+    allocatable.insert(
+        "ephemeral-storage".into(),
+        Quantity(format!("{}Ki", storage / 1024)),
     );
     NodeStatus {
         allocatable: Some(allocatable),
@@ -228,7 +237,9 @@ pub(crate) mod tests {
         assert_eq!(allocatable["cpu"].0, "2");
         // Less the 100 MiB eviction threshold, as the kubelet's.
         assert_eq!(allocatable["memory"].0, "4091904Ki");
-        for same in ["ephemeral-storage", "pods", "devices.wasmlet.dev/gpio"] {
+        // Less the default nodefs.available threshold, 10% of 10 MiB.
+        assert_eq!(allocatable["ephemeral-storage"].0, "9216Ki");
+        for same in ["pods", "devices.wasmlet.dev/gpio"] {
             assert_eq!(allocatable[same], capacity[same]);
         }
         let addresses = status.addresses.unwrap();

@@ -110,7 +110,8 @@ mod tests {
             tiering: Tiering::default(),
             egress: Default::default(),
             serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
-            pods_memory_bytes: u64::MAX,
+            pods_memory_bytes: None,
+            keep_memory_available_bytes: 0,
         };
         for tier in [TierKind::Baseline, TierKind::Optimised] {
             let engine = build(&config, tier).unwrap();

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use crate::code::{Code, Compiled};
 use crate::extension::{Grant, HostExtension, InstanceExtensions};
 use crate::http::OutboundHttp;
-use crate::metering::{
-    ContainerMemory, CpuQuota, GROW_REFUSED, MeteredLimits, NODE_MEMORY_USED_UP, cpu_metered,
-};
+use crate::metering::{ContainerMemory, CpuQuota, GROW_REFUSED, MeteredLimits, cpu_metered};
+use crate::node_memory::NODE_MEMORY_USED_UP;
 use crate::sockets::Listen;
 use wasi_policy::HttpPolicy;
 
@@ -334,7 +333,7 @@ fn exit_of(outcome: wasmtime::Result<bool>) -> ContainerExit {
             let text = format!("{err:#}");
             if text.contains(GROW_REFUSED) {
                 let why = if text.contains(NODE_MEMORY_USED_UP) {
-                    "the node's memory for pods is used up: the guest tried to grow its memory past the node's allocatable memory, which all pods share"
+                    "the node's memory for pods is used up: the guest tried to grow its memory past the node's allocatable memory, which all pods share, or into the memory the host keeps available"
                 } else {
                     "memory limit reached: the guest tried to grow its memory past resources.limits.memory"
                 };

@@ -16,6 +16,7 @@ mod extension;
 mod guest;
 mod http;
 mod metering;
+mod node_memory;
 mod serve;
 mod sockets;
 
@@ -60,8 +61,11 @@ pub struct WasiProviderConfig {
     /// The address `wasi:http/proxy` components are served on: the node's InternalIP, which
     /// pods report as their podIP.
     pub serve_address: std::net::IpAddr,
-    /// The memory all pods' guests may hold together: the node's allocatable memory.
-    pub pods_memory_bytes: u64,
+    /// The memory all pods' guests may hold together: the node's allocatable memory, if the
+    /// host's memory is known.
+    pub pods_memory_bytes: Option<u64>,
+    /// The host memory guests may never take (`memory.available`'s hard eviction threshold).
+    pub keep_memory_available_bytes: u64,
 }
 
 /// Errors setting up the provider.
@@ -106,7 +110,7 @@ pub struct WasiProvider {
     in_use: Arc<Mutex<HashMap<String, usize>>>,
     egress: Arc<EgressPolicy>,
     serve_address: std::net::IpAddr,
-    pods_memory: Arc<metering::PodsMemory>,
+    pods_memory: Arc<node_memory::PodsMemory>,
     extensions: Arc<[Arc<dyn HostExtension>]>,
     _ticker: engine::EpochTicker,
 }
@@ -186,7 +190,10 @@ impl WasiProvider {
             in_use: Arc::new(Mutex::new(HashMap::new())),
             egress: Arc::new(config.egress.clone()),
             serve_address: config.serve_address,
-            pods_memory: metering::PodsMemory::new(config.pods_memory_bytes),
+            pods_memory: node_memory::PodsMemory::new(
+                config.pods_memory_bytes,
+                config.keep_memory_available_bytes,
+            ),
             extensions,
         })
     }

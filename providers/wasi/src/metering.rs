@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use kubelet::usage::ContainerUsage;
 use tokio::time::Instant;
+
+use crate::node_memory::PodsMemory;
 use wasmtime::{ResourceLimiter, StoreLimits};
 
 /// A container's CPU quota, shared by every instance it runs at once (an HTTP server's
@@ -152,33 +154,6 @@ pub(crate) const GROW_REFUSED: &str = "forcing trap when growing memory";
 /// What the host keeps per table element (a function reference), counted as memory.
 const TABLE_ELEMENT_BYTES: u64 = std::mem::size_of::<usize>() as u64;
 
-/// How a refusal by the node, not by the container's own limit, words its reason.
-pub(crate) const NODE_MEMORY_USED_UP: &str = "the node's memory for pods is used up";
-
-/// The memory every guest on the node holds together, held to the node's allocatable memory
-/// as the kubepods cgroup holds every pod: all pods run in wasmlet's one process, so a pod
-/// with no memory limit must not take the memory the node, wasmlet and the other pods run in
-/// (the kernel's OOM killer would end them all at once).
-#[derive(Debug)]
-pub(crate) struct PodsMemory {
-    limit: u64,
-    used: Mutex<u64>,
-}
-
-impl PodsMemory {
-    /// Memory for pods of `limit` bytes in all.
-    pub(crate) fn new(limit: u64) -> Arc<Self> {
-        Arc::new(Self {
-            limit,
-            used: Mutex::new(0),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.used.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// A container's memory: every linear memory and table of every instance it runs at once
 /// (an HTTP server's requests each have one) counted together and held to its
 /// `resources.limits.memory`, as the container's cgroup holds all its processes, and taken
@@ -223,15 +198,7 @@ impl ContainerMemory {
             ));
         }
         // Taken under the container's lock, so its total and the node's move together.
-        let mut node = self.node.lock();
-        let node_total = node.saturating_add(growth);
-        if node_total > self.node.limit {
-            return Err(wasmtime::format_err!(
-                "{GROW_REFUSED}: {NODE_MEMORY_USED_UP}: its pods would hold {node_total} bytes with this {what}, over the node's allocatable memory of {}",
-                self.node.limit
-            ));
-        }
-        *node = node_total;
+        self.node.take(growth, what)?;
         *used = total;
         self.usage.set_memory_bytes(total);
         Ok(())
@@ -241,8 +208,7 @@ impl ContainerMemory {
     fn release(&self, bytes: u64) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         *used = used.saturating_sub(bytes);
-        let mut node = self.node.lock();
-        *node = node.saturating_sub(bytes);
+        self.node.give_back(bytes);
         self.usage.set_memory_bytes(*used);
     }
 }
@@ -382,37 +348,7 @@ mod tests {
     }
 
     fn unlimited() -> Arc<PodsMemory> {
-        PodsMemory::new(u64::MAX)
-    }
-
-    /// Containers without a limit together get no more than the node's memory for pods: the
-    /// growth that would pass it is refused as that container's OOM kill, and what an
-    /// instance held goes back to the node when it ends.
-    #[test]
-    fn containers_without_a_limit_share_the_node_s_memory_for_pods() {
-        const PAGE: usize = 65536;
-        let node = PodsMemory::new(4 * PAGE as u64);
-        let instance = |node: &Arc<PodsMemory>| {
-            let limits = StoreLimitsBuilder::new().trap_on_grow_failure(true).build();
-            let usage = Arc::new(ContainerUsage::default());
-            MeteredLimits::new(limits, ContainerMemory::new(None, usage, node.clone()))
-        };
-        let mut bomb = instance(&node);
-        let mut neighbour = instance(&node);
-        assert!(neighbour.memory_growing(0, PAGE, None).unwrap());
-        assert!(bomb.memory_growing(0, 3 * PAGE, None).unwrap());
-        let err = bomb.memory_growing(3 * PAGE, 4 * PAGE, None).unwrap_err();
-        let text = format!("{err:#}");
-        assert!(text.contains(GROW_REFUSED), "{text}");
-        assert!(text.contains(NODE_MEMORY_USED_UP), "{text}");
-        assert!(
-            text.contains("over the node's allocatable memory of 262144"),
-            "{text}"
-        );
-
-        drop(bomb);
-        assert_eq!(*node.lock(), PAGE as u64);
-        assert!(neighbour.memory_growing(PAGE, 4 * PAGE, None).unwrap());
+        PodsMemory::unbounded()
     }
 
     /// A served component's requests each run an instance of their own: the container's

@@ -351,7 +351,8 @@ mod tests {
                 tiering,
                 egress: Default::default(),
                 serve_address: std::net::Ipv4Addr::LOCALHOST.into(),
-                pods_memory_bytes: u64::MAX,
+                pods_memory_bytes: None,
+                keep_memory_available_bytes: 0,
             };
             let tier = |kind| {
                 Tier::new(

@@ -1,0 +1,202 @@
+//! The memory every guest on the node holds together. All pods run in wasmlet's one
+//! process, so a pod with no memory limit must not take the memory the host, wasmlet and the
+//! other pods run in: the kernel's OOM killer would end them all at once. Two bounds hold,
+//! and a growth past either is refused, which is the asking container's OOM kill:
+//!
+//! - **Allocatable memory**: the guests together hold at most what the node tells the
+//!   scheduler its pods may have (capacity less `--system-reserved` and the eviction
+//!   threshold). The kubepods cgroup holds pods to a little more (it leaves the threshold
+//!   in); wasmlet has no eviction manager to free that margin again, so it keeps it.
+//! - **The memory.available threshold**: a growth that would leave the host with less
+//!   available than the eviction threshold is refused, whatever allocatable says: the
+//!   kubelet would evict at that point, and without a `--system-reserved` sized for the
+//!   host's other processes, allocatable alone is nearly all of the host's memory.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::metering::GROW_REFUSED;
+
+/// How a refusal by the node, not by the container's own limit, words its reason.
+pub(crate) const NODE_MEMORY_USED_UP: &str = "the node's memory for pods is used up";
+
+/// How long one reading of the host's available memory stands for: growths in between are
+/// counted against it, so a guest growing page by page does not read `/proc/meminfo` each
+/// time.
+const READING_LASTS: Duration = Duration::from_millis(10);
+
+/// What the host has available, in bytes, if it can tell.
+type AvailableMemory = fn() -> Option<u64>;
+
+/// The node's account of its guests' memory.
+#[derive(Debug)]
+pub(crate) struct PodsMemory {
+    /// Allocatable memory, if known.
+    limit: Option<u64>,
+    /// What the host must keep available (`memory.available`'s hard eviction threshold).
+    keep_available: u64,
+    available: AvailableMemory,
+    account: Mutex<Account>,
+}
+
+#[derive(Debug, Default)]
+struct Account {
+    /// What the guests hold, in bytes.
+    used: u64,
+    last_reading: Option<Reading>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    at: Instant,
+    /// The host's available memory then.
+    available: u64,
+    /// What the guests held then.
+    used: u64,
+}
+
+impl PodsMemory {
+    /// Guests held to `limit` bytes together (none if the host's memory is unknown), the
+    /// host kept with `keep_available` bytes available.
+    pub(crate) fn new(limit: Option<u64>, keep_available: u64) -> Arc<Self> {
+        Self::with_reader(limit, keep_available, kubelet::host::memory_available_bytes)
+    }
+
+    /// No bound at all, for tests of other things.
+    #[cfg(test)]
+    pub(crate) fn unbounded() -> Arc<Self> {
+        Self::with_reader(None, 0, || None)
+    }
+
+    fn with_reader(
+        limit: Option<u64>,
+        keep_available: u64,
+        available: AvailableMemory,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            keep_available,
+            available,
+            account: Mutex::new(Account::default()),
+        })
+    }
+
+    /// Takes `growth` more bytes for a guest's `what` (memory or table), unless either bound
+    /// refuses them.
+    pub(crate) fn take(&self, growth: u64, what: &str) -> wasmtime::Result<()> {
+        let mut account = self.lock();
+        let total = account.used.saturating_add(growth);
+        if let Some(limit) = self.limit
+            && total > limit
+        {
+            return Err(wasmtime::format_err!(
+                "{GROW_REFUSED}: {NODE_MEMORY_USED_UP}: its pods would hold {total} bytes with this {what}, over the node's allocatable memory of {limit}"
+            ));
+        }
+        if let Some(available) = self.available_now(&mut account)
+            && available.saturating_sub(growth) < self.keep_available
+        {
+            return Err(wasmtime::format_err!(
+                "{GROW_REFUSED}: {NODE_MEMORY_USED_UP}: the host would have less than the {} bytes of memory.available it keeps with this {what} of {growth} bytes",
+                self.keep_available
+            ));
+        }
+        account.used = total;
+        Ok(())
+    }
+
+    /// Gives back what a guest instance that ended held.
+    pub(crate) fn give_back(&self, bytes: u64) {
+        let mut account = self.lock();
+        account.used = account.used.saturating_sub(bytes);
+    }
+
+    /// The host's available memory now: the last reading if recent, less what the guests
+    /// took since (what they gave back is not counted until the next reading).
+    fn available_now(&self, account: &mut Account) -> Option<u64> {
+        let now = Instant::now();
+        let reading = match account.last_reading {
+            Some(reading) if now.saturating_duration_since(reading.at) < READING_LASTS => reading,
+            _ => {
+                let reading = Reading {
+                    at: now,
+                    available: (self.available)()?,
+                    used: account.used,
+                };
+                account.last_reading = Some(reading);
+                reading
+            }
+        };
+        Some(
+            reading
+                .available
+                .saturating_sub(account.used.saturating_sub(reading.used)),
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Account> {
+        // Nothing panics while holding it; a poisoned account is still consistent.
+        self.account.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn guests_are_held_to_allocatable_together_and_give_back_what_they_held() {
+        let node = PodsMemory::with_reader(Some(4 * MIB), 0, || None);
+        node.take(3 * MIB, "memory").unwrap();
+        let err = format!("{:#}", node.take(2 * MIB, "memory").unwrap_err());
+        assert!(err.contains(GROW_REFUSED), "{err}");
+        assert!(err.contains(NODE_MEMORY_USED_UP), "{err}");
+        assert!(
+            err.contains(&format!(
+                "over the node's allocatable memory of {}",
+                4 * MIB
+            )),
+            "{err}"
+        );
+        node.give_back(3 * MIB);
+        node.take(4 * MIB, "memory").unwrap();
+    }
+
+    static HOST_AVAILABLE: AtomicU64 = AtomicU64::new(0);
+
+    /// With allocatable nearly the whole host (nothing reserved), the host's available
+    /// memory is what stops a guest: growths that would leave less than the threshold are
+    /// refused, counted between readings too.
+    #[test]
+    fn the_host_keeps_its_threshold_available_whatever_allocatable_says() {
+        HOST_AVAILABLE.store(300 * MIB, Ordering::SeqCst);
+        let node = PodsMemory::with_reader(Some(u64::MAX), 100 * MIB, || {
+            Some(HOST_AVAILABLE.load(Ordering::SeqCst))
+        });
+        // 150 MiB in small growths, within one reading: 150 MiB still available.
+        for _ in 0..150 {
+            node.take(MIB, "memory").unwrap();
+        }
+        node.take(50 * MIB, "memory").unwrap();
+        let err = format!("{:#}", node.take(MIB, "memory").unwrap_err());
+        assert!(err.contains(NODE_MEMORY_USED_UP), "{err}");
+        assert!(err.contains("memory.available"), "{err}");
+
+        // The host freed memory meanwhile; the next reading lets the guest go on.
+        HOST_AVAILABLE.store(400 * MIB, Ordering::SeqCst);
+        node.lock().last_reading = None;
+        node.take(MIB, "memory").unwrap();
+    }
+
+    /// A host whose memory cannot be read (no /proc/meminfo) has no allocatable memory to
+    /// speak of: guests are not refused for it.
+    #[test]
+    fn a_host_whose_memory_cannot_be_read_does_not_refuse_guests() {
+        let node = PodsMemory::with_reader(None, 100 * MIB, || None);
+        node.take(u64::MAX / 2, "memory").unwrap();
+    }
+}
