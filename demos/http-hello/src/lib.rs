@@ -3,13 +3,14 @@
 //! `/sleep?ms=N` after waiting N milliseconds (for the concurrency and drain tests); `/trap`
 //! traps and `/spin` loops forever, as buggy handlers do; `/stream` answers at once and then
 //! never ends its body, as an event stream does; `/hang` answers its head and then waits for
-//! ever without a byte of body. Each request is logged to stdout, so
-//! `kubectl logs` shows it.
+//! ever without a byte of body; `/then-log` answers with its whole body and a
+//! `Content-Length` and then goes on working, logging once it is done. Each request is logged
+//! to stdout, so `kubectl logs` shows it.
 
 use std::io::Write as _;
 
 use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 wasip2::http::proxy::export!(Hello);
@@ -36,6 +37,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             stream(response_out);
             return;
         }
+        if path == "/then-log" {
+            let head = matches!(request.method(), Method::Head);
+            then_log(if head { "HEAD" } else { "GET" }, response_out);
+            return;
+        }
         if path == "/hang" {
             hang(response_out);
             return;
@@ -60,6 +66,33 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         }
         let _ = OutgoingBody::finish(body, None);
     }
+}
+
+/// Answers with the whole body at once, its length in the head, as a handler with its
+/// answer at hand does, and then works on for three seconds (a log write, a metric; longer
+/// than the node gives an instance whose client hung up): the line it logs after shows the
+/// node let it finish once its response was written.
+fn then_log(method: &str, response_out: ResponseOutparam) {
+    let text = b"answered; more work follows\n";
+    let Ok(headers) = Fields::from_list(&[(
+        "content-length".to_string(),
+        text.len().to_string().into_bytes(),
+    )]) else {
+        return;
+    };
+    let response = OutgoingResponse::new(headers);
+    let Ok(body) = response.body() else {
+        return;
+    };
+    ResponseOutparam::set(response_out, Ok(response));
+    if let Ok(mut out) = body.write() {
+        // A HEAD request's body goes nowhere: its writes may fail, and that is fine.
+        let _ = out.write_all(text);
+        let _ = out.flush();
+    }
+    let _ = OutgoingBody::finish(body, None);
+    wasip2::clocks::monotonic_clock::subscribe_duration(3_000_000_000).block();
+    println!("finished the work after answering {method} /then-log");
 }
 
 /// Answers the head and then waits for ever, writing nothing, as a handler stuck after its

@@ -17,6 +17,7 @@ mod guest;
 mod http;
 mod metering;
 mod node_memory;
+mod response_body;
 mod serve;
 mod sockets;
 

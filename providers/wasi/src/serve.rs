@@ -40,6 +40,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::guest::{OUTPUT_BUDGET, P2Host, Plan, limits_for, yield_every_tick};
 use crate::http::OutboundHttp;
 use crate::metering::{ContainerMemory, CpuQuota, SharedQuota, cpu_metered};
+use crate::response_body::holding_guest;
 
 /// The pod annotation that sets how many requests a container serves at once.
 pub const MAX_CONCURRENT_INBOUND: &str = "wasmlet.dev/max-concurrent-inbound-requests";
@@ -301,6 +302,7 @@ impl Handler {
         store.limiter(|host| &mut host.limits);
         yield_every_tick(&mut store);
         let (sender, receiver) = tokio::sync::oneshot::channel();
+        let head_request = request.method() == hyper::Method::HEAD;
         let request = store
             .data_mut()
             .http()
@@ -324,7 +326,7 @@ impl Handler {
         // The instance goes if the request does: a client that hangs up drops this future
         // (hyper drops the service's), and a guest left running would keep its permit and
         // its CPU until it ended on its own. An answered request's instance goes with its
-        // body ([`BodyWithGuest`]).
+        // body ([`holding_guest`]).
         let mut guest = AbortOnDropHandle::new(tokio::spawn(async move {
             let _permit = permit;
             let handling = proxy
@@ -337,13 +339,9 @@ impl Handler {
                 .unwrap_or_else(|| Err(wasmtime::format_err!("the container was stopped")))
         }));
         match tokio::time::timeout(RESPONSE_TIMEOUT, receiver).await {
-            Ok(Ok(Ok(response))) => Ok(response.map(|body| {
-                HyperOutgoingBody::new(BodyWithGuest {
-                    body,
-                    guest: Some(guest),
-                    ended: false,
-                })
-            })),
+            Ok(Ok(Ok(response))) => {
+                Ok(holding_guest(response, head_request, guest).map(HyperOutgoingBody::new))
+            }
             Ok(Ok(Err(code))) => Err(failed(format!("the handler answered with error {code:?}"))),
             // The instance ended without answering: say how.
             Ok(Err(_)) => Err(failed(match (&mut guest).await {
@@ -368,50 +366,6 @@ impl Handler {
             logs.0.duplicate()
         };
         let _ = out.write_all(format!("{line}\n").as_bytes()).await;
-    }
-}
-
-/// A response body that holds the instance streaming it: if hyper drops it before its end
-/// (the client hung up mid-body), the instance is stopped, so a handler that answered and
-/// then hangs cannot keep its permit and CPU; once the body has ended, the instance may
-/// finish whatever it does after its response.
-struct BodyWithGuest<T> {
-    body: HyperOutgoingBody,
-    guest: Option<AbortOnDropHandle<T>>,
-    ended: bool,
-}
-
-impl<T> http_body::Body for BodyWithGuest<T> {
-    type Data = Bytes;
-    type Error = <HyperOutgoingBody as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let frame = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(frame, std::task::Poll::Ready(None)) {
-            self.ended = true;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl<T> Drop for BodyWithGuest<T> {
-    fn drop(&mut self) {
-        if self.ended
-            && let Some(guest) = self.guest.take()
-        {
-            guest.detach();
-        }
     }
 }
 
