@@ -227,7 +227,9 @@ pub async fn logs(data_dir: &Path, args: &LogsArgs) -> anyhow::Result<()> {
     };
     // An instance that has already ended is printed to its end, as `kubectl logs -f` does
     // for a terminated container; `--previous` always names one.
-    let ended = followed.newer_instance(&instances) || followed.ended_in(Some(stored));
+    let ended = followed.newer_instance(&instances)
+        || followed.ended_in(Some(stored))
+        || (args.follow && followed.agent_stopped().await);
     let live = (args.follow && !ended).then(|| followed.watch(current.clone()));
     let stream = reader::stream(current, query, live);
     futures::pin_mut!(stream);
@@ -333,7 +335,20 @@ impl Followed {
         }
     }
 
-    /// Whether the followed instance has ended, by its log directory and by the store. A
+    /// Whether the node's agent is known not to run (its data dir's lock is free): then
+    /// nothing of the pod runs, whatever the store last said, and the instance's log has
+    /// ended (`kubectl logs -f` ends too when the kubelet goes).
+    async fn agent_stopped(&self) -> bool {
+        let data_dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            kubelet::data_dir::agent_holds(&data_dir) == Some(false)
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Whether the followed instance has ended, by its log directory, the agent and the
+    /// store. A
     /// store that cannot be read now (busy, being replaced) says nothing: the next poll
     /// asks again.
     async fn has_ended(&self, read_store: bool) -> bool {
@@ -344,6 +359,9 @@ impl Followed {
         }
         if !read_store {
             return false;
+        }
+        if self.agent_stopped().await {
+            return true;
         }
         match stored_pods(&self.data_dir).await {
             Ok(pods) => self.ended_in(pods.iter().find(|p| p.uid == self.uid)),

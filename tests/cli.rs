@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use kubelet::data_dir::DataDir;
+
 fn wasmlet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wasmlet"))
         .args(args)
@@ -580,25 +582,27 @@ fn logs_follow_of_a_finished_container_prints_its_whole_log_and_exits() {
 }
 
 /// The store saying the container ended stops the follower, after the lines written up to
-/// then; and a restart (a newer instance's log) stops a follower of the old instance.
+/// then; so do a restart (a newer instance's log) and the agent stopping (its data dir's
+/// lock free: it runs nothing, whatever the store last said).
 #[test]
-fn logs_follow_ends_when_the_followed_container_ends_or_restarts() {
-    for end_by_restart in [false, true] {
+fn logs_follow_ends_when_the_followed_container_ends_restarts_or_its_agent_stops() {
+    for end in ["succeeded", "restarted", "agent stopped"] {
         let dir = tempfile::tempdir().unwrap();
+        let agent = DataDir::open(dir.path()).unwrap();
         store_pod(dir.path(), pod_status("Running", 0, running()));
         append_log(dir.path(), 0, &["first"]);
         let data_dir = dir.path().display().to_string();
         let logs = Background::start(&["logs", "ticker", "-f", "--data-dir", &data_dir]);
         assert_eq!(logs.next_line(), "first");
         append_log(dir.path(), 0, &["last"]);
-        if end_by_restart {
-            append_log(dir.path(), 1, &["next instance"]);
-        } else {
-            store_pod(dir.path(), pod_status("Succeeded", 0, completed()));
+        match end {
+            "succeeded" => store_pod(dir.path(), pod_status("Succeeded", 0, completed())),
+            "restarted" => append_log(dir.path(), 1, &["next instance"]),
+            _ => drop(agent),
         }
         let (rest, status, stderr) = logs.finish();
-        assert!(status.success(), "{status}: {stderr}");
-        assert_eq!(rest, ["last"], "restart: {end_by_restart}; {stderr}");
+        assert!(status.success(), "{end}: {status}: {stderr}");
+        assert_eq!(rest, ["last"], "{end}: {stderr}");
     }
 }
 
@@ -658,6 +662,8 @@ fn ps_and_logs_read_the_data_dir_of_the_config_file() {
 #[test]
 fn print_commands_with_their_stdout_closed_exit_quietly() {
     let dir = tempfile::tempdir().unwrap();
+    // The container runs, on a running agent.
+    let _agent = DataDir::open(dir.path()).unwrap();
     store_pod(dir.path(), pod_status("Running", 0, running()));
     append_log(dir.path(), 0, &["hello"]);
     let data_dir = dir.path().display().to_string();

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+/// The file a running agent holds an exclusive `flock` on.
+const LOCK_FILE: &str = "wasmlet.lock";
+
 /// An opened, writable and exclusively locked data dir. The lock is released on drop.
 #[derive(Debug)]
 pub struct DataDir {
@@ -30,7 +33,7 @@ impl DataDir {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(path.join("wasmlet.lock"))
+            .open(path.join(LOCK_FILE))
             .map_err(|e| fail("cannot open its lock file", e))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| fail("another wasmlet holds its lock", e.into()))?;
@@ -56,6 +59,33 @@ impl DataDir {
     }
 }
 
+/// Whether a running agent holds `path`'s lock, as the kernel's `/proc/locks` says, which
+/// reads it without taking it: a reader that took the lock even for a moment could make an
+/// agent starting then fail. `None` if this host cannot tell.
+pub fn agent_holds(path: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let lock = std::fs::metadata(path.join(LOCK_FILE)).ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    Some(flock_held_on(&locks, lock.ino()))
+}
+
+/// Whether `/proc/locks` lists a `flock` held (not waited for) on inode `inode`: lines read
+/// `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF` (`MAJOR:MINOR:INODE`), and a waiter's
+/// `1: -> FLOCK …`. The device is not compared: how a stacked file system (overlayfs)
+/// numbers it there and in `stat` may differ, and a lock on a like-numbered file elsewhere
+/// only errs towards "held", which is what a reader assumed before asking.
+fn flock_held_on(locks: &str, inode: u64) -> bool {
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK")
+            && fields
+                .get(5)
+                .and_then(|file| file.rsplit(':').next())
+                .and_then(|ino| ino.parse::<u64>().ok())
+                == Some(inode)
+    })
+}
+
 fn probe_writable(dir: &Path) -> std::io::Result<()> {
     let probe = dir.join(".write-probe");
     std::fs::write(&probe, b"ok")?;
@@ -74,6 +104,32 @@ mod tests {
         assert!(err.contains("another wasmlet holds its lock"), "{err}");
         drop(first);
         DataDir::open(dir.path()).expect("lock released on drop");
+    }
+
+    #[test]
+    fn whether_an_agent_holds_a_data_dir_is_read_without_taking_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = DataDir::open(dir.path()).unwrap();
+        assert_eq!(agent_holds(dir.path()), Some(true));
+        // Asking took nothing: a second agent is still refused, and the first one's going
+        // is seen.
+        assert!(DataDir::open(dir.path()).is_err());
+        drop(agent);
+        assert_eq!(agent_holds(dir.path()), Some(false));
+        // A directory no agent ever ran in cannot say.
+        let never = tempfile::tempdir().unwrap();
+        assert_eq!(agent_holds(never.path()), None);
+    }
+
+    #[test]
+    fn only_a_held_flock_on_the_file_counts() {
+        let locks = "1: POSIX  ADVISORY  WRITE 10 fd:01:77 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 11 fd:01:78 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 12 fd:01:77 0 EOF\n";
+        assert!(flock_held_on(locks, 78));
+        // A POSIX lock and a waiter on the file hold no flock.
+        assert!(!flock_held_on(locks, 77));
+        assert!(!flock_held_on(locks, 79));
     }
 
     #[test]

@@ -50,12 +50,12 @@ impl HostFacts {
 
 /// The host's memory, in bytes.
 pub fn memory_total_bytes() -> Option<u64> {
-    read_meminfo_kib("MemTotal:").map(|kib| kib * 1024)
+    read_meminfo_kib("MemTotal:").and_then(|kib| kib.checked_mul(1024))
 }
 
 /// Memory the kernel says is available for new work, in bytes.
 pub fn memory_available_bytes() -> Option<u64> {
-    read_meminfo_kib("MemAvailable:").map(|kib| kib * 1024)
+    read_meminfo_kib("MemAvailable:").and_then(|kib| kib.checked_mul(1024))
 }
 
 /// CPU time the whole host has spent busy (not idle or waiting on I/O) since boot, in

@@ -49,8 +49,8 @@ struct Account {
 #[derive(Clone, Copy, Debug)]
 struct Reading {
     at: Instant,
-    /// The host's available memory then.
-    available: u64,
+    /// The host's available memory then, if it could tell.
+    available: Option<u64>,
     /// What the guests held then.
     used: u64,
 }
@@ -84,6 +84,11 @@ impl PodsMemory {
     /// Takes `growth` more bytes for a guest's `what` (memory or table), unless either bound
     /// refuses them.
     pub(crate) fn take(&self, growth: u64, what: &str) -> wasmtime::Result<()> {
+        // Instantiating a memory or table of no pages asks for nothing: never refused, even
+        // on a host already short of memory.
+        if growth == 0 {
+            return Ok(());
+        }
         let mut account = self.lock();
         let total = account.used.saturating_add(growth);
         if let Some(limit) = self.limit
@@ -112,7 +117,8 @@ impl PodsMemory {
     }
 
     /// The host's available memory now: the last reading if recent, less what the guests
-    /// took since (what they gave back is not counted until the next reading).
+    /// took since (what they gave back is not counted until the next reading). A host that
+    /// cannot tell is asked again only once the reading has run out, too.
     fn available_now(&self, account: &mut Account) -> Option<u64> {
         let now = Instant::now();
         let reading = match account.last_reading {
@@ -120,18 +126,16 @@ impl PodsMemory {
             _ => {
                 let reading = Reading {
                     at: now,
-                    available: (self.available)()?,
+                    available: (self.available)(),
                     used: account.used,
                 };
                 account.last_reading = Some(reading);
                 reading
             }
         };
-        Some(
-            reading
-                .available
-                .saturating_sub(account.used.saturating_sub(reading.used)),
-        )
+        reading
+            .available
+            .map(|available| available.saturating_sub(account.used.saturating_sub(reading.used)))
     }
 
     fn lock(&self) -> MutexGuard<'_, Account> {
@@ -198,5 +202,16 @@ mod tests {
     fn a_host_whose_memory_cannot_be_read_does_not_refuse_guests() {
         let node = PodsMemory::with_reader(None, 100 * MIB, || None);
         node.take(u64::MAX / 2, "memory").unwrap();
+    }
+
+    /// An instance whose memories and tables start with no pages is started even on a host
+    /// already below its threshold; any page more is refused.
+    #[test]
+    fn nothing_asked_is_never_refused() {
+        let node = PodsMemory::with_reader(Some(u64::MAX), 100 * MIB, || Some(50 * MIB));
+        node.take(0, "memory").unwrap();
+        node.take(0, "table").unwrap();
+        let err = format!("{:#}", node.take(1, "memory").unwrap_err());
+        assert!(err.contains("memory.available"), "{err}");
     }
 }
