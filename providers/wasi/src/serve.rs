@@ -302,7 +302,7 @@ impl Handler {
         store.limiter(|host| &mut host.limits);
         yield_every_tick(&mut store);
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let head_request = request.method() == hyper::Method::HEAD;
+        let method = request.method().clone();
         let request = store
             .data_mut()
             .http()
@@ -340,7 +340,7 @@ impl Handler {
         }));
         match tokio::time::timeout(RESPONSE_TIMEOUT, receiver).await {
             Ok(Ok(Ok(response))) => {
-                Ok(holding_guest(response, head_request, guest).map(HyperOutgoingBody::new))
+                Ok(holding_guest(response, &method, guest).map(HyperOutgoingBody::new))
             }
             Ok(Ok(Err(code))) => Err(failed(format!("the handler answered with error {code:?}"))),
             // The instance ended without answering: say how.
