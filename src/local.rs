@@ -224,12 +224,11 @@ pub async fn logs(data_dir: &Path, args: &LogsArgs) -> anyhow::Result<()> {
         container,
         dir,
         instance: restart,
+        agent_absent: 0,
     };
     // An instance that has already ended is printed to its end, as `kubectl logs -f` does
     // for a terminated container; `--previous` always names one.
-    let ended = followed.newer_instance(&instances)
-        || followed.ended_in(Some(stored))
-        || (args.follow && followed.agent_stopped().await);
+    let ended = followed.newer_instance(&instances) || followed.ended_in(Some(stored));
     let live = (args.follow && !ended).then(|| followed.watch(current.clone()));
     let stream = reader::stream(current, query, live);
     futures::pin_mut!(stream);
@@ -285,6 +284,8 @@ struct Followed {
     dir: PathBuf,
     /// Its number: the restart count it was started at, as its log file is named.
     instance: i32,
+    /// Store reads in a row that found no agent holding the data dir.
+    agent_absent: u8,
 }
 
 impl Followed {
@@ -335,23 +336,30 @@ impl Followed {
         }
     }
 
-    /// Whether the node's agent is known not to run (its data dir's lock is free): then
-    /// nothing of the pod runs, whatever the store last said, and the instance's log has
-    /// ended (`kubectl logs -f` ends too when the kubelet goes).
-    async fn agent_stopped(&self) -> bool {
+    /// Whether the node's agent is known not to run (its data dir's lock is free), in two
+    /// reads a second apart, since a lock table read while other locks come and go may miss
+    /// a line: then nothing of the pod runs, whatever the store last said, and the
+    /// instance's log has ended (`kubectl logs -f` ends too when the kubelet goes).
+    async fn agent_stopped(&mut self) -> bool {
         let data_dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || {
+        let absent = tokio::task::spawn_blocking(move || {
             kubelet::data_dir::agent_holds(&data_dir) == Some(false)
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        self.agent_absent = if absent {
+            self.agent_absent.saturating_add(1)
+        } else {
+            0
+        };
+        self.agent_absent >= 2
     }
 
     /// Whether the followed instance has ended, by its log directory, the agent and the
     /// store. A
     /// store that cannot be read now (busy, being replaced) says nothing: the next poll
     /// asks again.
-    async fn has_ended(&self, read_store: bool) -> bool {
+    async fn has_ended(&mut self, read_store: bool) -> bool {
         if let Ok(instances) = reader::instances(&self.dir).await
             && self.newer_instance(&instances)
         {
@@ -373,7 +381,7 @@ impl Followed {
     /// changes size or is replaced (a rotation), and closed once the instance has ended and
     /// the file has then held still for one more poll, so that lines the agent was still
     /// writing as the instance ended are read before the stream ends.
-    fn watch(self, path: PathBuf) -> watch::Receiver<u64> {
+    fn watch(mut self, path: PathBuf) -> watch::Receiver<u64> {
         use std::os::unix::fs::MetadataExt;
         let (tx, rx) = watch::channel(0u64);
         tokio::spawn(async move {

@@ -37,6 +37,11 @@ impl DataDir {
             .map_err(|e| fail("cannot open its lock file", e))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| fail("another wasmlet holds its lock", e.into()))?;
+        if let Err(e) = name_holder(&lock) {
+            tracing::warn!(
+                "cannot name the lock's holder: {e}; wasmlet logs -f cannot tell when it stops"
+            );
+        }
         Ok(Self {
             path: path.to_path_buf(),
             _lock: lock,
@@ -59,12 +64,42 @@ impl DataDir {
     }
 }
 
+/// Writes the holder's pid namespace into its lock file: the kernel's lock table shows a
+/// reader only the locks of processes in its own pid namespace ([`agent_holds`]).
+fn name_holder(mut lock: &File) -> std::io::Result<()> {
+    use std::io::Write;
+    let namespace = pid_namespace().ok_or_else(|| std::io::Error::other("no /proc/self/ns/pid"))?;
+    lock.set_len(0)?;
+    lock.write_all(format!("{namespace}\n").as_bytes())
+}
+
+/// This process's pid namespace, as `pid:[4026531836]`.
+fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()?
+        .into_os_string()
+        .into_string()
+        .ok()
+}
+
 /// Whether a running agent holds `path`'s lock, as the kernel's `/proc/locks` says, which
 /// reads it without taking it: a reader that took the lock even for a moment could make an
-/// agent starting then fail. `None` if this host cannot tell.
+/// agent starting then fail. `None` if this host cannot tell: no lock file or lock table, or
+/// the last agent ran in another pid namespace, whose locks the table does not show.
 pub fn agent_holds(path: &Path) -> Option<bool> {
     use std::os::unix::fs::MetadataExt;
-    let lock = std::fs::metadata(path.join(LOCK_FILE)).ok()?;
+    let lock_path = path.join(LOCK_FILE);
+    // It holds one short line; a longer file names no namespace.
+    let mut holder = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(File::open(&lock_path).ok()?, 64),
+        &mut holder,
+    )
+    .ok()?;
+    if holder.trim() != pid_namespace()? {
+        return None;
+    }
+    let lock = std::fs::metadata(&lock_path).ok()?;
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
     Some(flock_held_on(&locks, lock.ino()))
 }
@@ -116,9 +151,12 @@ mod tests {
         assert!(DataDir::open(dir.path()).is_err());
         drop(agent);
         assert_eq!(agent_holds(dir.path()), Some(false));
-        // A directory no agent ever ran in cannot say.
+        // A directory no agent ever ran in cannot say, nor one whose agent ran in another
+        // pid namespace (a container), whose locks this one's lock table does not show.
         let never = tempfile::tempdir().unwrap();
         assert_eq!(agent_holds(never.path()), None);
+        std::fs::write(dir.path().join(LOCK_FILE), "pid:[1]\n").unwrap();
+        assert_eq!(agent_holds(dir.path()), None);
     }
 
     #[test]
