@@ -356,9 +356,8 @@ impl Followed {
     }
 
     /// Whether the followed instance has ended, by its log directory, the agent and the
-    /// store. A
-    /// store that cannot be read now (busy, being replaced) says nothing: the next poll
-    /// asks again.
+    /// store. A store that cannot be read now (busy, being replaced) says nothing: the next
+    /// poll asks again.
     async fn has_ended(&mut self, read_store: bool) -> bool {
         if let Ok(instances) = reader::instances(&self.dir).await
             && self.newer_instance(&instances)
