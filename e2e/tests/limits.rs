@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use e2e::demos::{cri_ticks, push_demo, unix_ms};
 use e2e::status::{container, lease, phase, renew_time, running};
 use e2e::{WasmCluster, wait_for, wasm_pod};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// The ticker's interval in the fairness test.
@@ -27,9 +27,10 @@ fn ticker(name: &str, image: &str, interval_ms: u64) -> String {
     )
 }
 
-#[tokio::test]
-async fn a_memory_bomb_is_oom_killed_at_its_limit_and_harms_nothing_else() {
-    let mut cluster = WasmCluster::start("edge-oom", 110).await.unwrap();
+/// Starts a ticking neighbour, then a `misbehave grow` pod named `bomb` (its container spec
+/// ending with `resources`, as YAML lines), and returns the bomb once it has failed with
+/// exit code 137, OOMKilled, and that state's message.
+async fn a_bomb_beside_a_neighbour(cluster: &WasmCluster, resources: &str) -> (Pod, String) {
     let host = cluster.registry.host();
     let ticker_image = push_demo(&host, "ticker").unwrap();
     let misbehave = push_demo(&host, "misbehave").unwrap();
@@ -41,13 +42,12 @@ async fn a_memory_bomb_is_oom_killed_at_its_limit_and_harms_nothing_else() {
         .wait_pod("neighbour", "Running", MINUTE, |p| running(p, "app"))
         .await
         .unwrap();
-
     cluster
         .kubectl
         .apply(&wasm_pod(
             "bomb",
             &format!(
-                "  restartPolicy: Never\n  containers:\n  - name: app\n    image: {misbehave}\n    args: [grow]\n    resources:\n      requests: {{memory: 32Mi}}\n      limits: {{memory: 32Mi}}\n"
+                "  restartPolicy: Never\n  containers:\n  - name: app\n    image: {misbehave}\n    args: [grow]\n{resources}"
             ),
         ))
         .unwrap();
@@ -65,7 +65,34 @@ async fn a_memory_bomb_is_oom_killed_at_its_limit_and_harms_nothing_else() {
         "{}",
         e2e::status_summary(&pod)
     );
-    let message = state.message.unwrap_or_default();
+    (pod, state.message.unwrap_or_default())
+}
+
+/// The node and the bomb's neighbour carried on: still running, never restarted, still
+/// logging.
+async fn the_neighbour_carries_on(cluster: &mut WasmCluster) {
+    assert!(cluster.node.is_running(), "wasmlet exited");
+    let neighbour = cluster.pod("neighbour").unwrap();
+    assert!(running(&neighbour, "app"));
+    assert_eq!(container(&neighbour, "app").unwrap().restart_count, 0);
+    let before = cri_ticks(&cluster.container_log(&neighbour, "app", 0)).len();
+    wait_for(
+        "the neighbour to keep logging",
+        Duration::from_secs(10),
+        || {
+            let now = cri_ticks(&cluster.container_log(&neighbour, "app", 0)).len();
+            async move { Ok((now >= before + 5).then_some(())) }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_oom_killed_at_its_limit_and_harms_nothing_else() {
+    let mut cluster = WasmCluster::start("edge-oom", 110).await.unwrap();
+    let limit = "    resources:\n      requests: {memory: 32Mi}\n      limits: {memory: 32Mi}\n";
+    let (pod, message) = a_bomb_beside_a_neighbour(&cluster, limit).await;
     assert!(message.contains("resources.limits.memory"), "{message}");
     assert_eq!(container(&pod, "app").map(|c| c.restart_count), Some(0));
 
@@ -86,22 +113,7 @@ async fn a_memory_bomb_is_oom_killed_at_its_limit_and_harms_nothing_else() {
     eprintln!("the bomb held {held} MiB when refused");
     assert!((16..32).contains(&held), "held {held} MiB:\n{log}");
 
-    // The node and its other pod carried on.
-    assert!(cluster.node.is_running(), "wasmlet exited");
-    let neighbour = cluster.pod("neighbour").unwrap();
-    assert!(running(&neighbour, "app"));
-    assert_eq!(container(&neighbour, "app").unwrap().restart_count, 0);
-    let before = cri_ticks(&cluster.container_log(&neighbour, "app", 0)).len();
-    wait_for(
-        "the neighbour to keep logging",
-        Duration::from_secs(10),
-        || {
-            let now = cri_ticks(&cluster.container_log(&neighbour, "app", 0)).len();
-            async move { Ok((now >= before + 5).then_some(())) }
-        },
-    )
-    .await
-    .unwrap();
+    the_neighbour_carries_on(&mut cluster).await;
     cluster
         .node
         .wait_ready(&cluster.kubectl, Duration::from_secs(5))
@@ -132,63 +144,14 @@ async fn a_memory_bomb_without_a_limit_is_held_to_the_node_s_allocatable_memory(
         "the API server's canonical form of 65536Ki"
     );
 
-    let host = cluster.registry.host();
-    let ticker_image = push_demo(&host, "ticker").unwrap();
-    let misbehave = push_demo(&host, "misbehave").unwrap();
-    cluster
-        .kubectl
-        .apply(&ticker("neighbour", &ticker_image, TICK_MS))
-        .unwrap();
-    cluster
-        .wait_pod("neighbour", "Running", MINUTE, |p| running(p, "app"))
-        .await
-        .unwrap();
-    cluster
-        .kubectl
-        .apply(&wasm_pod(
-            "bomb",
-            &format!(
-                "  restartPolicy: Never\n  containers:\n  - name: app\n    image: {misbehave}\n    args: [grow]\n"
-            ),
-        ))
-        .unwrap();
-    let pod = cluster
-        .wait_pod("bomb", "Failed", MINUTE, |p| phase(p) == "Failed")
-        .await
-        .unwrap();
-    let state = container(&pod, "app")
-        .and_then(|c| c.state.clone())
-        .and_then(|s| s.terminated)
-        .unwrap_or_else(|| panic!("not terminated: {}", e2e::status_summary(&pod)));
-    assert_eq!(
-        (state.exit_code, state.reason.as_deref()),
-        (137, Some("OOMKilled")),
-        "{}",
-        e2e::status_summary(&pod)
-    );
-    let message = state.message.unwrap_or_default();
+    let (_, message) = a_bomb_beside_a_neighbour(&cluster, "").await;
     assert!(
         message.contains("the node's memory for pods is used up"),
         "{message}"
     );
     let event = cluster.wait_event("bomb", "Failed", MINUTE).await.unwrap();
     assert!(event.contains("OOMKilled"), "{event}");
-
-    assert!(cluster.node.is_running(), "wasmlet exited");
-    let neighbour = cluster.pod("neighbour").unwrap();
-    assert!(running(&neighbour, "app"));
-    assert_eq!(container(&neighbour, "app").unwrap().restart_count, 0);
-    let before = cri_ticks(&cluster.container_log(&neighbour, "app", 0)).len();
-    wait_for(
-        "the neighbour to keep logging",
-        Duration::from_secs(10),
-        || {
-            let now = cri_ticks(&cluster.container_log(&neighbour, "app", 0)).len();
-            async move { Ok((now >= before + 5).then_some(())) }
-        },
-    )
-    .await
-    .unwrap();
+    the_neighbour_carries_on(&mut cluster).await;
 }
 
 #[tokio::test]

@@ -60,16 +60,16 @@ pub fn capacity(
 ) -> BTreeMap<String, Quantity> {
     let mut capacity = contribution.extended_resources.clone();
     capacity.insert("cpu".into(), Quantity(host.cpus.to_string()));
-    capacity.insert(
-        "memory".into(),
-        Quantity(format!("{}Ki", host.memory_bytes / 1024)),
-    );
-    capacity.insert(
-        "ephemeral-storage".into(),
-        Quantity(format!("{}Ki", ephemeral_storage_bytes / 1024)),
-    );
+    capacity.insert("memory".into(), kib(host.memory_bytes));
+    capacity.insert("ephemeral-storage".into(), kib(ephemeral_storage_bytes));
     capacity.insert("pods".into(), Quantity(config.max_pods.to_string()));
     capacity
+}
+
+/// `bytes` as a quantity in whole KiB (rounded down), as the kubelet reports memory and
+/// storage.
+fn kib(bytes: u64) -> Quantity {
+    Quantity(format!("{}Ki", bytes / 1024))
 }
 
 /// The full status this node reports, given its current conditions.
@@ -89,19 +89,13 @@ pub fn status(
         _ => format!("{}m", pods.cpu_millis),
     };
     allocatable.insert("cpu".into(), Quantity(cpu));
-    allocatable.insert(
-        "memory".into(),
-        Quantity(format!("{}Ki", pods.memory_bytes / 1024)),
-    );
+    allocatable.insert("memory".into(), kib(pods.memory_bytes));
     let storage = allocatable::ephemeral_storage_bytes(
         ephemeral_storage_bytes,
         config.system_reserved,
         &config.pressure,
     );
-    allocatable.insert(
-        "ephemeral-storage".into(),
-        Quantity(format!("{}Ki", storage / 1024)),
-    );
+    allocatable.insert("ephemeral-storage".into(), kib(storage));
     NodeStatus {
         allocatable: Some(allocatable),
         capacity: Some(capacity),

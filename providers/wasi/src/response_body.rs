@@ -15,6 +15,8 @@ use std::time::Duration;
 use http_body::{Body, Frame, SizeHint};
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::serve::RESPONSE_TIMEOUT;
+
 /// How long an instance whose client hung up mid-body may go on (its writes now fail, so a
 /// handler that checks them ends on its own) before it is stopped.
 const HUNG_UP_GRACE: Duration = Duration::from_secs(2);
@@ -22,7 +24,7 @@ const HUNG_UP_GRACE: Duration = Duration::from_secs(2);
 /// How long an instance may work on after its response has ended (a log line, a call out)
 /// before it is stopped: a handler stuck after answering must not hold its request slot for
 /// ever. As long as a request may wait for its response.
-const WORK_AFTER_RESPONSE: Duration = Duration::from_secs(30);
+const WORK_AFTER_RESPONSE: Duration = RESPONSE_TIMEOUT;
 
 /// `body`, holding `guest` (the task running the instance that streams it).
 /// `T: Send + 'static`: a guest left a grace is waited on by a task of its own.

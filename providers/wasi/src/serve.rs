@@ -55,7 +55,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to pause accepting after `accept` fails.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// How long a handler has to start its response before the request gets a 504.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many requests the pod's annotation allows at once, or why it is malformed.
 pub(crate) fn max_concurrent(annotations: &BTreeMap<String, String>) -> Result<u32, String> {
