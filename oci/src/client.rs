@@ -12,28 +12,50 @@ use crate::Error;
 
 /// A registry client speaking `protocol`, or why there can be none: a machine without CA
 /// certificates, say (`Client::new` would then make a default client, which panics for the
-/// same reason). oci-client's HTTP stack uses rustls' process-wide crypto provider and
-/// panics without one, so this installs ring's when none is set: a library must not make
-/// its callers remember that. Reads the system's CA certificates: blocking.
+/// same reason). Reads the system's CA certificates: blocking.
 pub(crate) fn new_client(protocol: ClientProtocol) -> Result<Client, OciDistributionError> {
-    if CryptoProvider::get_default().is_none() {
-        // Losing the race to another thread installing one is fine: there is one either way.
-        let _ = ring::default_provider().install_default();
-    }
+    install_crypto_provider();
     Client::try_from(ClientConfig {
         protocol,
-        connect_timeout: Some(Duration::from_secs(10)),
-        read_timeout: Some(Duration::from_secs(60)),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
         ..Default::default()
     })
 }
 
-/// [`new_client`] on the blocking pool, for pulling or pushing `reference`; the error says
+/// The HTTP client a pull speaks to registries with ([`crate::registry`]), or why there can
+/// be none. Reads the system's CA certificates: blocking.
+pub(crate) fn new_http() -> Result<reqwest::Client, reqwest::Error> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("wasmlet/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// reqwest's rustls uses the process-wide crypto provider and panics without one, so this
+/// installs ring's when none is set: a library must not make its callers remember that.
+fn install_crypto_provider() {
+    if CryptoProvider::get_default().is_none() {
+        // Losing the race to another thread installing one is fine: there is one either way.
+        let _ = ring::default_provider().install_default();
+    }
+}
+
+/// `make` (a client for pulling or pushing `reference`) on the blocking pool; the error says
 /// why with its causes (reqwest's own says only "builder error").
-pub(crate) async fn new_client_off_runtime(
-    protocol: ClientProtocol,
+pub(crate) async fn off_runtime<T, E>(
     reference: &Reference,
-) -> Result<Client, Error> {
+    make: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, Error>
+where
+    T: Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
     let why = |err: &dyn std::error::Error| {
         let causes: Vec<String> = std::iter::successors(Some(err), |err| err.source())
             .map(ToString::to_string)
@@ -43,7 +65,7 @@ pub(crate) async fn new_client_off_runtime(
             message: format!("cannot make a registry client: {}", causes.join(": ")),
         }
     };
-    match tokio::task::spawn_blocking(move || new_client(protocol)).await {
+    match tokio::task::spawn_blocking(make).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(err)) => Err(why(&err)),
         Err(err) => Err(why(&err)),
@@ -65,9 +87,18 @@ mod tests {
                 .unwrap();
             let reference: Reference = "registry.example/app:1".parse().unwrap();
             let err = runtime
-                .block_on(new_client_off_runtime(ClientProtocol::Https, &reference))
+                .block_on(off_runtime(&reference, || {
+                    new_client(ClientProtocol::Https)
+                }))
                 .err()
-                .expect("no client without CA certificates");
+                .expect("no push client without CA certificates");
+            assert!(
+                err.to_string().contains("No CA certificates were loaded"),
+                "{err}"
+            );
+            let err = runtime
+                .block_on(off_runtime(&reference, new_http))
+                .expect_err("no pull client without CA certificates");
             assert!(
                 err.to_string().contains("No CA certificates were loaded"),
                 "{err}"

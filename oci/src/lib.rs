@@ -25,6 +25,7 @@ pub mod media;
 pub mod policy;
 mod pull;
 pub mod push;
+mod registry;
 pub mod store;
 mod wasm;
 

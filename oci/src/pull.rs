@@ -6,20 +6,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use hashlink::LruCache;
-use oci_client::client::ClientProtocol;
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::Reference;
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use serde::Deserialize;
 use tokio::io::AsyncWrite;
-use tokio::sync::RwLock;
+use tokio::sync::{OnceCell, RwLock};
 use tracing::info;
 
-use crate::client::new_client_off_runtime;
+use crate::client::{new_http, off_runtime};
 use crate::compat::{self, Layer};
 use crate::media::{self, Shape};
+use crate::registry::Registry;
 use crate::store::{ArtifactRecord, now_secs};
 use crate::wasm::describe_non_wasm;
 use crate::{Error, PullPolicy, Result, Store, WasmArtifact, WasmKind};
@@ -43,8 +41,8 @@ const MIN_PACE: Pace = Pace {
     min_bytes: 16 * 1024,
     window: std::time::Duration::from_secs(60),
 };
-/// How long a manifest may take to come: at most 4 MiB, so a slow link's minutes, not a
-/// trickle's forever.
+/// How long a manifest may take to come: at most [`crate::registry::MAX_MANIFEST_BYTES`],
+/// so a slow link's minutes, not a trickle's forever.
 const MANIFEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 /// How stale a cached artifact's `last_used` may get before a use rewrites it.
 const TOUCH_GRANULARITY_SECS: u64 = 60;
@@ -104,9 +102,6 @@ impl std::fmt::Debug for PullRequest<'_> {
     }
 }
 
-/// Registry clients kept, one per credential; each holds a connection pool and tokens.
-const MAX_CLIENTS: usize = 64;
-
 /// A pull's hold on its key's entry in [`Puller::in_flight`]. Dropping it, whether the pull
 /// finished or was cancelled mid-way (its pod deleted, say), removes the entry once no other
 /// pull of the key holds it, so the map holds only pulls in progress.
@@ -133,12 +128,10 @@ impl Drop for InFlight<'_> {
 /// Pulls artifacts into a [`Store`]. Concurrent pulls of one reference collapse into one
 /// download: the second waits for the first and then finds the artifact in the store.
 pub struct Puller {
-    protocol: ClientProtocol,
-    /// One client per credential: an oci-client `Client` remembers the first credential it
-    /// sees for a registry, and pods with different pull secrets may share a registry. The
-    /// least recently used go past [`MAX_CLIENTS`]: credentials come from pods, and pods
-    /// come and go.
-    clients: Mutex<LruCache<String, Client>>,
+    /// `host:port` of registries spoken to over plain HTTP.
+    insecure_registries: Vec<String>,
+    /// Made on the first pull that asks a registry.
+    registry: OnceCell<Registry>,
     store: Arc<Store>,
     max_layer_bytes: u64,
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -155,8 +148,8 @@ impl Puller {
     /// A puller for `store`.
     pub fn new(store: Arc<Store>, config: PullerConfig) -> Self {
         Self {
-            protocol: ClientProtocol::HttpsExcept(config.insecure_registries),
-            clients: Mutex::new(LruCache::new(MAX_CLIENTS)),
+            insecure_registries: config.insecure_registries,
+            registry: OnceCell::new(),
             store,
             max_layer_bytes: config.max_layer_bytes,
             in_flight: Mutex::new(HashMap::new()),
@@ -171,37 +164,15 @@ impl Puller {
         &self.store
     }
 
-    /// The client for `auth`'s credentials, made on first use off the runtime's threads
-    /// (making one reads the system's CA certificates).
-    async fn client_for(&self, reference: &Reference, auth: &RegistryAuth) -> Result<Client> {
-        let key = match auth {
-            RegistryAuth::Anonymous => "anonymous".to_string(),
-            RegistryAuth::Basic(user, password) => {
-                format!(
-                    "basic:{user}:{}",
-                    crate::store::digest_of(password.as_bytes())
-                )
-            }
-            RegistryAuth::Bearer(token) => {
-                format!("bearer:{}", crate::store::digest_of(token.as_bytes()))
-            }
-        };
-        if let Some(client) = self.clients().get(&key) {
-            return Ok(client.clone());
-        }
-        let protocol = self.protocol.clone();
-        let made = new_client_off_runtime(protocol, reference).await?;
-        // Two pulls that missed together both made one: the first kept serves both.
-        let mut clients = self.clients();
-        if let Some(kept) = clients.get(&key) {
-            return Ok(kept.clone());
-        }
-        clients.insert(key, made.clone());
-        Ok(made)
-    }
-
-    fn clients(&self) -> std::sync::MutexGuard<'_, LruCache<String, Client>> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    /// The registry client, made on first use off the runtime's threads (making one reads
+    /// the system's CA certificates).
+    async fn registry(&self, reference: &Reference) -> Result<&Registry> {
+        self.registry
+            .get_or_try_init(|| async {
+                let http = off_runtime(reference, new_http).await?;
+                Ok(Registry::new(http, self.insecure_registries.clone()))
+            })
+            .await
     }
 
     /// The garbage collector's hold on the store, unless a pull is under way.
@@ -258,14 +229,13 @@ impl Puller {
                 });
             }
             (PullPolicy::Always, Some(record)) => {
-                let client = self.client_for(reference, &request.auth).await?;
+                let registry = self.registry(reference).await?;
                 let remote = self
                     .by_deadline(
                         reference,
-                        client.fetch_manifest_digest(reference, &request.auth),
+                        registry.manifest_digest(reference, &request.auth),
                     )
-                    .await?
-                    .map_err(|e| map_client_error(reference, e))?;
+                    .await??;
                 let unchanged = remote == record.artifact.manifest_digest
                     || record.index_digest.as_deref() == Some(remote.as_str());
                 if unchanged {
@@ -458,23 +428,22 @@ impl Puller {
         })
     }
 
-    /// Fetches a manifest, stores its bytes, and checks them against `expected` if given.
+    /// Fetches a manifest, stores its bytes, and checks them against `expected` if given and
+    /// against the digest the registry gave for them.
     async fn manifest(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
         expected: Option<&str>,
     ) -> Result<(String, OciManifest)> {
-        let client = self.client_for(reference, auth).await?;
-        let (bytes, _) = self
-            .by_deadline(
-                reference,
-                client.pull_manifest_raw(reference, auth, &media::ACCEPTED_MANIFESTS),
-            )
-            .await?
-            .map_err(|e| map_client_error(reference, e))?;
+        let registry = self.registry(reference).await?;
+        let (bytes, given) = self
+            .by_deadline(reference, registry.manifest(reference, auth))
+            .await??;
         let (digest, _) = self.store.put_bytes(bytes.clone()).await?;
-        if let Some(expected) = expected
+        // A registry's digest in another algorithm than ours cannot be compared.
+        let given = given.filter(|given| given.starts_with("sha256:"));
+        if let Some(expected) = expected.or(given.as_deref())
             && expected != digest
         {
             return Err(Error::DigestMismatch {
@@ -528,8 +497,7 @@ impl Puller {
 
     /// Downloads one blob into the store (unless present), refused if its manifest gives
     /// it more than `limit` bytes, stopped if it streams more than its manifest gives, and
-    /// verified against its digest twice: by the client while streaming, by the store on
-    /// commit.
+    /// verified against its digest by the store on commit.
     async fn download(
         &self,
         reference: &Reference,
@@ -570,11 +538,7 @@ impl Puller {
             }
             return Ok(path);
         }
-        let client = self.client_for(reference, auth).await?;
-        // Authenticate for this registry before the blob request (a no-op once done).
-        client
-            .store_auth_if_needed(reference.resolve_registry(), auth)
-            .await;
+        let registry = self.registry(reference).await?;
         let pending = self.store.begin_blob();
         let file = tokio::fs::File::create(pending.path())
             .await
@@ -583,14 +547,14 @@ impl Puller {
         // that streams past it is not the blob the manifest names, whatever it hashes to.
         let exceeded = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
-        let writer = LimitedWriter {
+        let mut writer = LimitedWriter {
             inner: file,
             remaining: declared,
             exceeded: exceeded.clone(),
             written: written.clone(),
         };
         let pulled = tokio::select! {
-            pulled = client.pull_blob(reference, layer, writer) => pulled,
+            pulled = registry.copy_blob(reference, auth, &layer.digest, &mut writer) => pulled,
             came = stalled(&written, declared, self.pace) => {
                 return Err(Error::Registry {
                     reference: reference.whole(),
@@ -605,7 +569,7 @@ impl Puller {
             if exceeded.load(Ordering::Relaxed) {
                 return Err(not_its_size("larger"));
             }
-            return Err(map_client_error(reference, err));
+            return Err(err);
         }
         // Shorter is no better: a blob committed at another size would be refused by every
         // later pull that finds it held.
@@ -679,64 +643,6 @@ async fn read_header(path: &std::path::Path) -> Result<Vec<u8>> {
     }
     header.truncate(filled);
     Ok(header)
-}
-
-fn map_client_error(reference: &Reference, err: OciDistributionError) -> Error {
-    let whole = reference.whole();
-    let registry = reference.resolve_registry().to_string();
-    let not_found = || Error::NotFound {
-        reference: whole.clone(),
-    };
-    let unauthorized = || Error::Unauthorized {
-        reference: whole.clone(),
-        registry: registry.clone(),
-    };
-    match err {
-        OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
-        OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::UnauthorizedError { .. } => unauthorized(),
-        OciDistributionError::ServerError { code: 404, .. } => not_found(),
-        OciDistributionError::ServerError {
-            code: 401 | 403, ..
-        } => unauthorized(),
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                unauthorized()
-            } else if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                        | OciErrorCode::BlobUnknown
-                )
-            }) {
-                not_found()
-            } else {
-                Error::Registry {
-                    reference: whole,
-                    message: envelope.to_string(),
-                }
-            }
-        }
-        OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
-            Error::DigestMismatch { expected, actual }
-        }
-        OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
-            Error::RegistryUnreachable {
-                registry,
-                source: Box::new(e),
-            }
-        }
-        other => Error::Registry {
-            reference: whole,
-            message: other.to_string(),
-        },
-    }
 }
 
 /// Resolves when a window passes in which a `declared`-byte blob came slower than `pace`
@@ -902,21 +808,6 @@ mod tests {
         }
         assert_eq!(in_flight(), 0, "dropping the pull released its entry");
         held.abort();
-    }
-
-    #[tokio::test]
-    async fn registry_clients_are_kept_for_the_most_recent_credentials_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let puller = Puller::new(
-            Arc::new(Store::open(dir.path()).unwrap()),
-            PullerConfig::default(),
-        );
-        let reference: Reference = "registry.example/app:1".parse().unwrap();
-        for n in 0..MAX_CLIENTS + 10 {
-            let auth = RegistryAuth::Basic(format!("user-{n}"), "pw".into());
-            puller.client_for(&reference, &auth).await.unwrap();
-        }
-        assert_eq!(puller.clients().len(), MAX_CLIENTS);
     }
 
     #[tokio::test]

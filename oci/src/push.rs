@@ -10,7 +10,7 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 
-use crate::client::new_client_off_runtime;
+use crate::client::{new_client, off_runtime};
 use crate::media::{
     CNCF_CONFIG, CNCF_LAYER, COMPONENT_LAYER, WASM_TO_OCI_CONFIG, WASM_TO_OCI_LAYER,
 };
@@ -118,7 +118,7 @@ pub async fn push_with_progress(
     } else {
         ClientProtocol::Https
     };
-    let client = new_client_off_runtime(protocol, &reference).await?;
+    let client = off_runtime(&reference, move || new_client(protocol)).await?;
     let layer = ImageLayer {
         data: bytes.into(),
         media_type: layer_type.into(),
