@@ -4,9 +4,9 @@
 //! Every body read whole has a cap. The image comes from a pod spec, so the registry, and
 //! the token service its challenge names, may be anyone's; oci-client (kept for push) reads
 //! manifests, tokens and error bodies whole with no limit, and a registry that streamed
-//! one without end would fill the node's memory. The caps are containers/image's: a
-//! manifest 4 MiB (the distribution spec's and Docker's registry's own limit), a token
-//! answer 1 MiB; of an error's body only enough for its message is read.
+//! one without end would fill the node's memory. A manifest is read to 4 MiB (the
+//! distribution spec's and Docker's registry's own limit, and containers/image's), a token
+//! answer to 1 MiB (containers/image's), an error's body only to its first 64 KiB.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,6 +32,8 @@ const MAX_TOKEN_BYTES: usize = 1 << 20;
 const MAX_ERROR_BYTES: usize = 64 << 10;
 /// A token's life when its answer gives none (the token protocol's default).
 const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(60);
+/// The longest a token is kept, whatever its answer says (as oci-client kept them).
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long before its end a token is no longer sent: it may end on the way.
 const TOKEN_MARGIN: Duration = Duration::from_secs(5);
 /// Authorizations kept, one per registry, repository and credential: credentials come from
@@ -47,11 +49,26 @@ pub(crate) struct Registry {
     authorizations: Mutex<LruCache<String, Authorization>>,
 }
 
-/// An `Authorization` header, and until when it may be sent.
+/// An `Authorization` header, and until when it may be sent (credentials: for ever).
 #[derive(Clone)]
 struct Authorization {
     header: HeaderValue,
     until: Option<Instant>,
+}
+
+/// One challenge of a `WWW-Authenticate` header.
+struct Challenge {
+    scheme: String,
+    params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    fn param(&self, name: &str) -> Option<String> {
+        self.params
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.clone())
+    }
 }
 
 /// A body read whole that did not come.
@@ -79,10 +96,8 @@ impl Registry {
         reference: &Reference,
         auth: &RegistryAuth,
     ) -> Result<(Bytes, Option<String>)> {
-        let url = self.url(reference, "manifests", manifest_target(reference));
-        let response = self
-            .get_manifest(Method::GET, reference, auth, &url)
-            .await?;
+        let response = self.ask_manifest(Method::GET, reference, auth).await?;
+        let response = check_status(reference, response).await?;
         let digest = content_digest(&response);
         let body = read_capped(response, MAX_MANIFEST_BYTES)
             .await
@@ -93,18 +108,23 @@ impl Registry {
     }
 
     /// The digest of the manifest `reference` names: from a HEAD request's
-    /// `Docker-Content-Digest`, or, for a registry that gives none, the manifest's own.
+    /// `Docker-Content-Digest`, or else the manifest's own. A HEAD refused for another reason
+    /// than a missing manifest or credentials (a registry that does not answer HEAD for
+    /// manifests: 405, 501) is asked again with a GET, as oci-client did.
     pub(crate) async fn manifest_digest(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
     ) -> Result<String> {
-        let url = self.url(reference, "manifests", manifest_target(reference));
-        let head = self
-            .get_manifest(Method::HEAD, reference, auth, &url)
-            .await?;
-        if let Some(digest) = content_digest(&head) {
+        let head = self.ask_manifest(Method::HEAD, reference, auth).await?;
+        let status = head.status();
+        if status.is_success()
+            && let Some(digest) = content_digest(&head)
+        {
             return Ok(digest);
+        }
+        if matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) {
+            check_status(reference, head).await?;
         }
         let (body, _) = self.manifest(reference, auth).await?;
         Ok(crate::store::digest_of(&body))
@@ -119,6 +139,8 @@ impl Registry {
         digest: &str,
         out: &mut (impl AsyncWrite + Unpin),
     ) -> Result<()> {
+        // The digest comes from the manifest and goes into the request's path.
+        crate::store::parse_digest(digest)?;
         let url = self.url(reference, "blobs", digest);
         let response = self.send(Method::GET, reference, auth, &url, None).await?;
         let mut response = check_status(reference, response).await?;
@@ -136,23 +158,30 @@ impl Registry {
         out.flush().await.map_err(write_failed)
     }
 
-    async fn get_manifest(
+    /// `method` on `reference`'s manifest, accepting every manifest a pull reads. A manifest
+    /// is asked for by digest when the reference pins one (an image index's entry does, with
+    /// a digest the registry gave).
+    async fn ask_manifest(
         &self,
         method: Method,
         reference: &Reference,
         auth: &RegistryAuth,
-        url: &str,
     ) -> Result<reqwest::Response> {
+        let target = match reference.digest() {
+            Some(digest) => crate::store::parse_digest(digest).map(|_| digest)?,
+            None => reference.tag().unwrap_or("latest"),
+        };
+        let url = self.url(reference, "manifests", target);
         let accept = crate::media::ACCEPTED_MANIFESTS.join(", ");
-        let response = self
-            .send(method, reference, auth, url, Some(&accept))
-            .await?;
-        check_status(reference, response).await
+        self.send(method, reference, auth, &url, Some(&accept))
+            .await
     }
 
-    /// `method` on `url` with the authorization held for `reference` and `auth`. A 401 that
-    /// carries a challenge is answered once (a token fetched, or the credentials sent) and
-    /// the request sent again; the answer is kept for the next request.
+    /// `method` on `url` with the authorization held for `reference` and `auth`, or else
+    /// `auth`'s own credentials (a registry may hide a private repository from anonymous
+    /// requests behind a 404 with no challenge). A 401 that carries a challenge is answered
+    /// once (a token fetched, or the credentials sent) and the request sent again; the
+    /// answer is kept for the next request.
     async fn send(
         &self,
         method: Method,
@@ -162,34 +191,33 @@ impl Registry {
         accept: Option<&str>,
     ) -> Result<reqwest::Response> {
         let key = authorization_key(reference, auth);
-        let held = match auth {
-            RegistryAuth::Bearer(token) => Some(bearer(reference, token)?),
-            _ => self.held(&key),
+        let held = match (self.held(&key), auth) {
+            (Some(held), _) => Some(held),
+            (None, RegistryAuth::Anonymous) => None,
+            (None, RegistryAuth::Basic(user, password)) => Some(basic(reference, user, password)?),
+            (None, RegistryAuth::Bearer(token)) => Some(bearer(reference, token)?),
         };
-        let request = |authorization: Option<&HeaderValue>| {
-            let mut request = self.http.request(method.clone(), url);
-            if let Some(accept) = accept {
-                request = request.header(ACCEPT, accept);
-            }
-            if let Some(authorization) = authorization {
-                request = request.header(AUTHORIZATION, authorization.clone());
-            }
-            request.send()
+        let method = &method;
+        let request = |authorization: Option<HeaderValue>| {
+            send_again_if_stale(move || {
+                let mut request = self.http.request(method.clone(), url);
+                if let Some(accept) = accept {
+                    request = request.header(ACCEPT, accept);
+                }
+                if let Some(authorization) = &authorization {
+                    request = request.header(AUTHORIZATION, authorization.clone());
+                }
+                request
+            })
         };
-        let response = request(held.as_ref())
+        let response = request(held.clone())
             .await
             .map_err(|e| request_failed(reference, e))?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let Some(challenge) = response
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return Ok(response);
-        };
-        let Some(answer) = self.answer(reference, auth, challenge).await? else {
+        let challenges = challenges(&response);
+        let Some(answer) = self.answer(reference, auth, &challenges).await? else {
             return Ok(response);
         };
         // The same credentials again would be refused again.
@@ -197,56 +225,51 @@ impl Registry {
             return Ok(response);
         }
         self.keep(key, answer.clone());
-        request(Some(&answer.header))
+        request(Some(answer.header))
             .await
             .map_err(|e| request_failed(reference, e))
     }
 
-    /// What answers `challenge` with `auth`: a token from the service a Bearer challenge
-    /// names, or `auth`'s own credentials for a Basic one; none for a scheme not spoken or
-    /// without credentials to give.
+    /// What answers `challenges` with `auth`: a token from the service a Bearer challenge
+    /// names (preferred, as Docker prefers it), or `auth`'s credentials for a Basic one;
+    /// none for schemes not spoken, without credentials to give, or when `auth` is a token
+    /// of its own.
     async fn answer(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
-        challenge: &str,
+        challenges: &[Challenge],
     ) -> Result<Option<Authorization>> {
-        for challenge in ChallengeParser::new(challenge) {
-            let Ok(challenge) = challenge else {
-                break;
-            };
-            let param = |name: &str| {
-                challenge
-                    .params
-                    .iter()
-                    .find(|(key, _)| key.eq_ignore_ascii_case(name))
-                    .map(|(_, value)| value.to_unescaped())
-            };
-            if challenge.scheme.eq_ignore_ascii_case("bearer") {
-                let Some(realm) = param("realm") else {
-                    return Err(Error::Registry {
-                        reference: reference.whole(),
-                        message: "the registry asks for a token and names no service for it".into(),
-                    });
-                };
-                let scope = param("scope")
-                    .unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
-                let token = self
-                    .token(reference, auth, &realm, param("service"), &scope)
-                    .await?;
-                return Ok(Some(token));
-            }
-            if challenge.scheme.eq_ignore_ascii_case("basic") {
-                return Ok(match auth {
-                    RegistryAuth::Basic(user, password) => Some(Authorization {
-                        header: basic(reference, user, password)?,
-                        until: None,
-                    }),
-                    _ => None,
-                });
-            }
+        let scheme = |name: &str| {
+            challenges
+                .iter()
+                .find(|c| c.scheme.eq_ignore_ascii_case(name))
+        };
+        if let RegistryAuth::Bearer(_) = auth {
+            return Ok(None);
         }
-        Ok(None)
+        if let Some(challenge) = scheme("bearer") {
+            let Some(realm) = challenge.param("realm") else {
+                return Err(Error::Registry {
+                    reference: reference.whole(),
+                    message: "the registry asks for a token and names no service for it".into(),
+                });
+            };
+            let scope = challenge
+                .param("scope")
+                .unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
+            let token = self
+                .token(reference, auth, &realm, challenge.param("service"), &scope)
+                .await?;
+            return Ok(Some(token));
+        }
+        Ok(match (scheme("basic"), auth) {
+            (Some(_), RegistryAuth::Basic(user, password)) => Some(Authorization {
+                header: basic(reference, user, password)?,
+                until: None,
+            }),
+            _ => None,
+        })
     }
 
     /// A token for `scope` from the token service at `realm`, asked with `auth`'s
@@ -259,50 +282,62 @@ impl Registry {
         service: Option<String>,
         scope: &str,
     ) -> Result<Authorization> {
+        let failed = |message: String| Error::Registry {
+            reference: reference.whole(),
+            message: format!("the token service {realm} {message}"),
+        };
         let mut query = vec![("scope", scope.to_string())];
         query.extend(service.map(|s| ("service", s)));
-        let mut request = self.http.get(realm).query(&query);
-        if let RegistryAuth::Basic(user, password) = auth {
-            request = request.basic_auth(user, Some(password));
-        }
-        let response = request
-            .send()
+        let request = || {
+            let request = self.http.get(realm).query(&query);
+            match auth {
+                RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+                _ => request,
+            }
+        };
+        let response = send_again_if_stale(request)
             .await
-            .map_err(|e| request_failed(reference, e))?;
-        if !response.status().is_success() {
-            return Err(Error::Unauthorized {
-                reference: reference.whole(),
-                registry: reference.resolve_registry().to_string(),
-            });
+            .map_err(|e| failed(format!("cannot be reached: {}", causes(&e))))?;
+        match response.status() {
+            status if status.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(Error::Unauthorized {
+                    reference: reference.whole(),
+                    registry: reference.resolve_registry().to_string(),
+                });
+            }
+            status => return Err(failed(format!("answered HTTP {status}"))),
         }
         let body = read_capped(response, MAX_TOKEN_BYTES)
             .await
             .map_err(|unread| {
                 too_large_or_failed(reference, unread, "token answer", MAX_TOKEN_BYTES)
             })?;
+        /// The token protocol's answer. A field of another type than the protocol's is
+        /// passed over, as oci-client passed over what it did not read.
         #[derive(Deserialize)]
         struct Answer {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
+            token: Option<serde_json::Value>,
+            access_token: Option<serde_json::Value>,
+            expires_in: Option<serde_json::Value>,
         }
-        let unreadable = |detail: String| Error::Registry {
-            reference: reference.whole(),
-            message: format!("unreadable token answer from {realm}: {detail}"),
-        };
-        let answer: Answer =
-            serde_json::from_slice(&body).map_err(|e| unreadable(e.to_string()))?;
-        let token = answer
-            .token
-            .or(answer.access_token)
-            .ok_or_else(|| unreadable("it holds no token".into()))?;
+        let answer: Answer = serde_json::from_slice(&body)
+            .map_err(|e| failed(format!("sent an unreadable answer: {e}")))?;
+        let token = [answer.token, answer.access_token]
+            .into_iter()
+            .flatten()
+            .find_map(|t| t.as_str().filter(|t| !t.is_empty()).map(str::to_string))
+            .ok_or_else(|| failed("sent an answer without a token".into()))?;
         let life = answer
             .expires_in
+            .and_then(|e| e.as_u64())
             .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs)
+            .min(MAX_TOKEN_LIFE)
             .saturating_sub(TOKEN_MARGIN);
+        let now = Instant::now();
         Ok(Authorization {
             header: bearer(reference, &token)?,
-            until: Instant::now().checked_add(life),
+            until: Some(now.checked_add(life).unwrap_or(now)),
         })
     }
 
@@ -348,12 +383,42 @@ impl Registry {
     }
 }
 
-/// A manifest is asked for by digest when the reference pins one.
-fn manifest_target(reference: &Reference) -> &str {
-    reference
-        .digest()
-        .or_else(|| reference.tag())
-        .unwrap_or("latest")
+/// Sends the request `build` makes, and once more if it failed other than by a refused
+/// connection or a timeout: a registry that went away leaves its idle connections in the
+/// pool, and the first request on one fails as a connection closed before its answer, which
+/// a new connection then tells apart (refused: unreachable) from a real failure. Every
+/// request a pull makes is a GET or HEAD, safe to send twice.
+async fn send_again_if_stale(
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    match build().send().await {
+        Err(err) if !err.is_connect() && !err.is_timeout() => build().send().await,
+        answer => answer,
+    }
+}
+
+/// Every challenge of every `WWW-Authenticate` header of `response`.
+fn challenges(response: &reqwest::Response) -> Vec<Challenge> {
+    let mut challenges = Vec::new();
+    for header in response.headers().get_all(WWW_AUTHENTICATE) {
+        let Ok(text) = header.to_str() else {
+            continue;
+        };
+        for parsed in ChallengeParser::new(text) {
+            let Ok(parsed) = parsed else {
+                break;
+            };
+            challenges.push(Challenge {
+                scheme: parsed.scheme.to_string(),
+                params: parsed
+                    .params
+                    .iter()
+                    .map(|(key, value)| (key.to_string(), value.to_unescaped()))
+                    .collect(),
+            });
+        }
+    }
+    challenges
 }
 
 /// The cache key for `auth`'s authorization at `reference`'s repository; a password is
@@ -404,7 +469,9 @@ fn content_digest(response: &reqwest::Response) -> Option<String> {
         .map(str::to_string)
 }
 
-/// `response` if it succeeded; otherwise what its status and error body say.
+/// `response` if it succeeded; otherwise what its status and error body say: a 404 is a
+/// missing image, a 401 refused credentials; anything else as its error envelope's codes
+/// say, else (a 403 aside, refused credentials) its status and the start of its body.
 async fn check_status(
     reference: &Reference,
     response: reqwest::Response,
@@ -422,22 +489,23 @@ async fn check_status(
     };
     match status {
         StatusCode::NOT_FOUND => return Err(not_found()),
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(unauthorized()),
+        StatusCode::UNAUTHORIZED => return Err(unauthorized()),
         _ => {}
     }
-    let body = read_capped(response, MAX_ERROR_BYTES).await.ok();
-    let envelope = body
-        .as_deref()
-        .and_then(|body| serde_json::from_slice::<OciEnvelope>(body).ok());
-    let Some(envelope) = envelope else {
-        let text = body
-            .map(|body| String::from_utf8_lossy(&body).trim().to_string())
-            .filter(|text| !text.is_empty())
-            .map(|text| format!(": {}", text.chars().take(200).collect::<String>()))
-            .unwrap_or_default();
+    let body = read_prefix(response, MAX_ERROR_BYTES).await;
+    let Ok(envelope) = serde_json::from_slice::<OciEnvelope>(&body) else {
+        if status == StatusCode::FORBIDDEN {
+            return Err(unauthorized());
+        }
+        let text = String::from_utf8_lossy(&body);
+        let text: String = text.trim().chars().take(200).collect();
+        let message = match text.is_empty() {
+            true => format!("HTTP {status}"),
+            false => format!("HTTP {status}: {text}"),
+        };
         return Err(Error::Registry {
             reference: reference.whole(),
-            message: format!("HTTP {status}{text}"),
+            message,
         });
     };
     let has = |codes: &[OciErrorCode]| envelope.errors.iter().any(|e| codes.contains(&e.code));
@@ -477,6 +545,20 @@ async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<By
     Ok(body.freeze())
 }
 
+/// The first `limit` bytes of `response`'s body, or what came of them before the
+/// connection failed.
+async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Bytes {
+    let mut body = BytesMut::new();
+    while body.len() < limit {
+        let Ok(Some(chunk)) = response.chunk().await else {
+            break;
+        };
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(chunk.get(..room).unwrap_or(&chunk));
+    }
+    body.freeze()
+}
+
 fn too_large_or_failed(reference: &Reference, unread: Unread, what: &str, limit: usize) -> Error {
     match unread {
         Unread::TooLarge => Error::Registry {
@@ -499,14 +581,19 @@ fn request_failed(reference: &Reference, err: reqwest::Error) -> Error {
             source: Box::new(err),
         };
     }
-    let causes: Vec<String> =
-        std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
-            .map(ToString::to_string)
-            .collect();
     Error::Registry {
         reference: reference.whole(),
-        message: causes.join(": "),
+        message: causes(&err),
     }
+}
+
+/// `err` and its causes, as one line (reqwest's own error names only the request).
+fn causes(err: &reqwest::Error) -> String {
+    let causes: Vec<String> =
+        std::iter::successors(Some(err as &dyn std::error::Error), |e| e.source())
+            .map(ToString::to_string)
+            .collect();
+    causes.join(": ")
 }
 
 #[cfg(test)]
@@ -692,9 +779,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_manifest_whose_length_is_over_4_mib_is_refused_unread() {
+        // The body never comes: only its length can end the request.
         let routes = Router::new().route(
             "/v2/app/manifests/1",
-            get(|| async { vec![b' '; MAX_MANIFEST_BYTES + 1] }),
+            get(|| async {
+                (
+                    [(header::CONTENT_LENGTH, (MAX_MANIFEST_BYTES + 1).to_string())],
+                    Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>()),
+                )
+            }),
         );
         let err = manifest_from(routes).await.0.unwrap_err();
         assert!(err.to_string().contains("larger than 4096 KiB"), "{err}");
@@ -761,5 +854,204 @@ mod tests {
         assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
         let err = manifest_from(envelope("SIZE_INVALID")).await.0.unwrap_err();
         assert!(matches!(err, Error::Registry { .. }), "{err}");
+    }
+
+    /// Counts the requests it is given, and answers each with `answer`.
+    fn counting(
+        path: &'static str,
+        answer: fn(&HeaderMap) -> Response,
+    ) -> (Router<(Seen, String)>, Arc<AtomicUsize>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = count.clone();
+        let routes = Router::new().route(
+            path,
+            get(move |headers: HeaderMap| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                async move { answer(&headers) }
+            }),
+        );
+        (routes, count)
+    }
+
+    #[tokio::test]
+    async fn credentials_go_with_the_first_request_to_a_registry_that_hides_what_it_holds() {
+        let (routes, _) = counting("/v2/app/manifests/1", |headers| {
+            match headers.get(header::AUTHORIZATION) {
+                Some(v) if v == "Basic dXNlcjpwdw==" => MANIFEST.into_response(),
+                _ => StatusCode::NOT_FOUND.into_response(),
+            }
+        });
+        let seen = Seen::default();
+        let (registry, host) = serve(routes, &seen).await;
+        let right = RegistryAuth::Basic("user".into(), "pw".into());
+        let (body, _) = registry.manifest(&reference(&host), &right).await.unwrap();
+        assert_eq!(body, MANIFEST.as_bytes());
+        let err = registry
+            .manifest(&reference(&host), &RegistryAuth::Anonymous)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_manifest_digest_comes_from_head_or_else_from_the_manifest() {
+        const GIVEN: &str =
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let head_answers = |status: StatusCode, digest: Option<&'static str>| {
+            Router::new().route(
+                "/v2/app/manifests/1",
+                get(|| async { MANIFEST }).head(move || async move {
+                    let mut response = status.into_response();
+                    if let Some(digest) = digest {
+                        response
+                            .headers_mut()
+                            .insert("docker-content-digest", digest.parse().unwrap());
+                    }
+                    response
+                }),
+            )
+        };
+        let digest_from = |routes: Router<(Seen, String)>| async move {
+            let seen = Seen::default();
+            let (registry, host) = serve(routes, &seen).await;
+            registry
+                .manifest_digest(&reference(&host), &RegistryAuth::Anonymous)
+                .await
+        };
+        let body_digest = crate::store::digest_of(MANIFEST.as_bytes());
+        let from_head = digest_from(head_answers(StatusCode::OK, Some(GIVEN))).await;
+        assert_eq!(from_head.unwrap(), GIVEN);
+        for refused_head in [
+            head_answers(StatusCode::OK, None),
+            head_answers(StatusCode::METHOD_NOT_ALLOWED, None),
+        ] {
+            assert_eq!(digest_from(refused_head).await.unwrap(), body_digest);
+        }
+        let missing = digest_from(head_answers(StatusCode::NOT_FOUND, None)).await;
+        assert!(
+            matches!(missing, Err(Error::NotFound { .. })),
+            "{missing:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_is_taken_from_either_field_and_kept_only_for_its_life() {
+        // An empty `token` and a float `expires_in` are passed over; a 5 s life is all
+        // margin, so every request asks again.
+        let seen = Seen::default();
+        let routes = guarded("Bearer t0k", BEARER_CHALLENGE).route(
+            "/token",
+            get(|State((seen, _)): State<(Seen, String)>| async move {
+                seen.tokens.fetch_add(1, Ordering::Relaxed);
+                r#"{"token":"","access_token":"t0k","expires_in":5.0,"issued_at":"now"}"#
+            }),
+        );
+        let (registry, host) = serve(routes, &seen).await;
+        let (body, _) = registry
+            .manifest(&reference(&host), &RegistryAuth::Anonymous)
+            .await
+            .unwrap();
+        assert_eq!(body, MANIFEST.as_bytes());
+        assert_eq!(seen.tokens.load(Ordering::Relaxed), 1, "a default life");
+
+        let routes = guarded("Bearer t0k", BEARER_CHALLENGE).route(
+            "/token",
+            get(|State((seen, _)): State<(Seen, String)>| async move {
+                seen.tokens.fetch_add(1, Ordering::Relaxed);
+                r#"{"token":"t0k","expires_in":5}"#
+            }),
+        );
+        let seen = Seen::default();
+        let (registry, host) = serve(routes, &seen).await;
+        for _ in 0..2 {
+            registry
+                .manifest(&reference(&host), &RegistryAuth::Anonymous)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            seen.tokens.load(Ordering::Relaxed),
+            2,
+            "not kept past its life"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_service_that_fails_is_named_with_its_answer() {
+        let routes = guarded("Bearer t0k", BEARER_CHALLENGE)
+            .route("/token", get(|| async { StatusCode::SERVICE_UNAVAILABLE }));
+        let err = manifest_from(routes).await.0.unwrap_err();
+        assert!(
+            matches!(&err, Error::Registry { message, .. }
+                if message.starts_with("the token service http://")
+                    && message.ends_with("/token answered HTTP 503 Service Unavailable")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_blob_is_asked_for_only_by_a_well_formed_digest() {
+        let (routes, asked) = counting("/v2/app/blobs/{digest}", |_| "blob".into_response());
+        let seen = Seen::default();
+        let (registry, host) = serve(routes, &seen).await;
+        let mut out = Vec::new();
+        for digest in ["sha256:../../manifests/1", "sha256:ab?x=1", "md5:00"] {
+            let err = registry
+                .copy_blob(
+                    &reference(&host),
+                    &RegistryAuth::Anonymous,
+                    digest,
+                    &mut out,
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidDigest(_)), "{err}");
+        }
+        assert_eq!(asked.load(Ordering::Relaxed), 0);
+        let digest = crate::store::digest_of(b"blob");
+        registry
+            .copy_blob(
+                &reference(&host),
+                &RegistryAuth::Anonymous,
+                &digest,
+                &mut out,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.as_slice(), asked.load(Ordering::Relaxed)),
+            (&b"blob"[..], 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_under_it_is_sent_once_more() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let first = counted.fetch_add(1, Ordering::Relaxed) == 0;
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                // The first connection goes as a registry that went away leaves it.
+                if !first {
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{MANIFEST}",
+                        MANIFEST.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                }
+            }
+        });
+        let registry = Registry::new(crate::client::new_http().unwrap(), vec![host.clone()]);
+        let (body, _) = registry
+            .manifest(&reference(&host), &RegistryAuth::Anonymous)
+            .await
+            .unwrap();
+        assert_eq!(body, MANIFEST.as_bytes());
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
     }
 }

@@ -323,7 +323,7 @@ fn blob_path_under(root: &Path, digest: &str) -> Result<PathBuf> {
     Ok(root.join("blobs/sha256").join(hex))
 }
 
-fn parse_digest(digest: &str) -> Result<&str> {
+pub(crate) fn parse_digest(digest: &str) -> Result<&str> {
     let hex = digest
         .strip_prefix("sha256:")
         .filter(|h| {
