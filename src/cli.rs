@@ -275,10 +275,14 @@ impl DataDirArgs {
     /// means the service's node; else the agent's own default. Whether it exists is for the
     /// reader to say.
     pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        self.resolve_with(Path::new(PACKAGE_CONFIG))
+    }
+
+    /// [`DataDirArgs::resolve`] with the package's config file at `package`.
+    fn resolve_with(&self, package: &Path) -> anyhow::Result<PathBuf> {
         if let Some(dir) = &self.data_dir {
             return Ok(dir.clone());
         }
-        let package = Path::new(PACKAGE_CONFIG);
         let config = match &self.config {
             Some(path) => Some(path.as_path()),
             None => package.exists().then_some(package),
@@ -729,5 +733,45 @@ mod tests {
     #[test]
     fn zero_max_pods_is_rejected() {
         assert!(Cli::try_parse_from(["wasmlet", "--max-pods", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_package_config_file_names_the_data_dir_unless_a_flag_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let package = dir.path().join("config.yaml");
+        let config = |settings: &str| {
+            format!("apiVersion: wasmlet.dev/v1alpha1\nkind: WasmletConfiguration\n{settings}\n")
+        };
+        std::fs::write(&package, config("dataDir: /var/lib/wasmlet")).unwrap();
+        let other = dir.path().join("other.yaml");
+        std::fs::write(&other, config("dataDir: /srv/node")).unwrap();
+        let args = |data_dir: Option<&str>, config: Option<&Path>| DataDirArgs {
+            data_dir: data_dir.map(PathBuf::from),
+            config: config.map(Path::to_path_buf),
+        };
+        let resolved = |args: DataDirArgs, package: &Path| args.resolve_with(package).unwrap();
+        assert_eq!(
+            resolved(args(None, None), &package),
+            Path::new("/var/lib/wasmlet")
+        );
+        assert_eq!(
+            resolved(args(None, Some(&other)), &package),
+            Path::new("/srv/node")
+        );
+        assert_eq!(
+            resolved(args(Some("/d"), Some(&other)), &package),
+            Path::new("/d")
+        );
+        let absent = dir.path().join("absent.yaml");
+        assert_eq!(
+            resolved(args(None, None), &absent),
+            home_dir().unwrap().join(".wasmlet")
+        );
+        std::fs::write(&package, config("maxPods: 5")).unwrap();
+        assert_eq!(
+            resolved(args(None, None), &package),
+            home_dir().unwrap().join(".wasmlet"),
+            "a file without dataDir leaves the agent's default"
+        );
     }
 }
