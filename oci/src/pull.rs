@@ -538,11 +538,17 @@ impl Puller {
             }
             return Ok(path);
         }
-        let registry = self.registry(reference).await?;
         let pending = self.store.begin_blob();
         let file = tokio::fs::File::create(pending.path())
             .await
             .map_err(Error::store("create", pending.path()))?;
+        // Nothing to fetch, and no pace could hold a registry that sent nothing: the store
+        // checks that the digest is the empty blob's.
+        if declared == 0 {
+            drop(file);
+            return self.store.commit_blob(pending, &layer.digest).await;
+        }
+        let registry = self.registry(reference).await?;
         // A descriptor's size is part of what its manifest's digest vouches for: a blob
         // that streams past it is not the blob the manifest names, whatever it hashes to.
         let exceeded = Arc::new(AtomicBool::new(false));
@@ -958,6 +964,45 @@ mod tests {
         assert!(err.is_transient(), "tried again later, as a registry error");
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
         assert!(!puller.store().has_blob(&digest));
+    }
+
+    /// A layer the manifest gives no bytes is not asked for (no pace could hold a registry
+    /// that sent nothing for it), and is the empty blob or nothing.
+    #[tokio::test]
+    async fn a_layer_of_no_bytes_is_not_fetched_and_must_be_the_empty_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing listens there: a request would fail the download.
+        let puller = puller_of("127.0.0.1:9", dir.path());
+        let reference: Reference = "127.0.0.1:9/demo/empty:v1".parse().unwrap();
+        let layer = |digest: String| OciDescriptor {
+            media_type: media::CNCF_LAYER.into(),
+            digest,
+            size: 0,
+            ..Default::default()
+        };
+        let empty = crate::store::digest_of(b"");
+        let path = puller
+            .download(
+                &reference,
+                &layer(empty.clone()),
+                &RegistryAuth::Anonymous,
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), b"");
+        let other = crate::store::digest_of(b"not empty");
+        let err = puller
+            .download(
+                &reference,
+                &layer(other.clone()),
+                &RegistryAuth::Anonymous,
+                1 << 20,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        assert!(!puller.store().has_blob(&other));
     }
 
     /// Only the blob's last window may bring less than the pace asks: what was left of it.

@@ -34,6 +34,8 @@ const MAX_ERROR_BYTES: usize = 64 << 10;
 const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(60);
 /// The longest a token is kept, whatever its answer says (as oci-client kept them).
 const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest token kept and sent: tokens are a few KiB, and each kept one is a header.
+const MAX_TOKEN_CHARS: usize = 64 << 10;
 /// How long before its end a token is no longer sent: it may end on the way.
 const TOKEN_MARGIN: Duration = Duration::from_secs(5);
 /// Authorizations kept, one per registry, repository and credential: credentials come from
@@ -45,15 +47,16 @@ pub(crate) struct Registry {
     http: reqwest::Client,
     /// `host:port` of registries spoken to over plain HTTP.
     insecure: Vec<String>,
-    /// What the last challenge for a registry, repository and credential was answered with.
+    /// The token a registry's challenge was last answered with, per registry, repository
+    /// and credential.
     authorizations: Mutex<LruCache<String, Authorization>>,
 }
 
-/// An `Authorization` header, and until when it may be sent (credentials: for ever).
+/// A token's `Authorization` header, and until when it may be sent.
 #[derive(Clone)]
 struct Authorization {
     header: HeaderValue,
-    until: Option<Instant>,
+    until: Instant,
 }
 
 /// One challenge of a `WWW-Authenticate` header.
@@ -177,11 +180,11 @@ impl Registry {
             .await
     }
 
-    /// `method` on `url` with the authorization held for `reference` and `auth`, or else
-    /// `auth`'s own credentials (a registry may hide a private repository from anonymous
-    /// requests behind a 404 with no challenge). A 401 that carries a challenge is answered
-    /// once (a token fetched, or the credentials sent) and the request sent again; the
-    /// answer is kept for the next request.
+    /// `method` on `url` with the token held for `reference` and `auth`, or else `auth`'s own
+    /// credentials (a registry may hide a private repository from anonymous requests behind
+    /// a 404 with no challenge). A 401 with a Bearer challenge is answered once with a token
+    /// from the service it names, kept for the next request, and the request sent again; any
+    /// other 401 stands, and the token held, if any, is dropped.
     async fn send(
         &self,
         method: Method,
@@ -218,6 +221,7 @@ impl Registry {
         }
         let challenges = challenges(&response);
         let Some(answer) = self.answer(reference, auth, &challenges).await? else {
+            self.authorizations().remove(&key);
             return Ok(response);
         };
         // The same credentials again would be refused again.
@@ -230,46 +234,34 @@ impl Registry {
             .map_err(|e| request_failed(reference, e))
     }
 
-    /// What answers `challenges` with `auth`: a token from the service a Bearer challenge
-    /// names (preferred, as Docker prefers it), or `auth`'s credentials for a Basic one;
-    /// none for schemes not spoken, without credentials to give, or when `auth` is a token
-    /// of its own.
+    /// A token from the service the Bearer challenge among `challenges` names, asked with
+    /// `auth`'s credentials; none without such a challenge (a Basic one refused the
+    /// credentials already sent), or when `auth` is a token of its own.
     async fn answer(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
         challenges: &[Challenge],
     ) -> Result<Option<Authorization>> {
-        let scheme = |name: &str| {
-            challenges
-                .iter()
-                .find(|c| c.scheme.eq_ignore_ascii_case(name))
-        };
-        if let RegistryAuth::Bearer(_) = auth {
+        let bearer = challenges
+            .iter()
+            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"));
+        let (Some(challenge), false) = (bearer, matches!(auth, RegistryAuth::Bearer(_))) else {
             return Ok(None);
-        }
-        if let Some(challenge) = scheme("bearer") {
-            let Some(realm) = challenge.param("realm") else {
-                return Err(Error::Registry {
-                    reference: reference.whole(),
-                    message: "the registry asks for a token and names no service for it".into(),
-                });
-            };
-            let scope = challenge
-                .param("scope")
-                .unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
-            let token = self
-                .token(reference, auth, &realm, challenge.param("service"), &scope)
-                .await?;
-            return Ok(Some(token));
-        }
-        Ok(match (scheme("basic"), auth) {
-            (Some(_), RegistryAuth::Basic(user, password)) => Some(Authorization {
-                header: basic(reference, user, password)?,
-                until: None,
-            }),
-            _ => None,
-        })
+        };
+        let Some(realm) = challenge.param("realm") else {
+            return Err(Error::Registry {
+                reference: reference.whole(),
+                message: "the registry asks for a token and names no service for it".into(),
+            });
+        };
+        let scope = challenge
+            .param("scope")
+            .unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
+        let token = self
+            .token(reference, auth, &realm, challenge.param("service"), &scope)
+            .await?;
+        Ok(Some(token))
     }
 
     /// A token for `scope` from the token service at `realm`, asked with `auth`'s
@@ -328,26 +320,25 @@ impl Registry {
             .flatten()
             .find_map(|t| t.as_str().filter(|t| !t.is_empty()).map(str::to_string))
             .ok_or_else(|| failed("sent an answer without a token".into()))?;
-        let life = answer
-            .expires_in
-            .and_then(|e| e.as_u64())
-            .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs)
-            .min(MAX_TOKEN_LIFE)
-            .saturating_sub(TOKEN_MARGIN);
+        if token.len() > MAX_TOKEN_CHARS {
+            return Err(failed(format!(
+                "sent a token longer than {} KiB",
+                MAX_TOKEN_CHARS / 1024
+            )));
+        }
         let now = Instant::now();
         Ok(Authorization {
             header: bearer(reference, &token)?,
-            until: Some(now.checked_add(life).unwrap_or(now)),
+            until: now
+                .checked_add(token_life(answer.expires_in.as_ref()))
+                .unwrap_or(now),
         })
     }
 
     fn held(&self, key: &str) -> Option<HeaderValue> {
         let mut held = self.authorizations();
         let authorization = held.get(key)?;
-        if authorization
-            .until
-            .is_some_and(|until| until <= Instant::now())
-        {
+        if authorization.until <= Instant::now() {
             held.remove(key);
             return None;
         }
@@ -383,18 +374,34 @@ impl Registry {
     }
 }
 
-/// Sends the request `build` makes, and once more if it failed other than by a refused
-/// connection or a timeout: a registry that went away leaves its idle connections in the
-/// pool, and the first request on one fails as a connection closed before its answer, which
-/// a new connection then tells apart (refused: unreachable) from a real failure. Every
-/// request a pull makes is a GET or HEAD, safe to send twice.
+/// How long a token whose answer says `expires_in` is sent: the answer's life (60 s when it
+/// gives none, or none that is a whole number of seconds), 24 h at most, less the margin.
+fn token_life(expires_in: Option<&serde_json::Value>) -> Duration {
+    expires_in
+        .and_then(serde_json::Value::as_u64)
+        .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs)
+        .min(MAX_TOKEN_LIFE)
+        .saturating_sub(TOKEN_MARGIN)
+}
+
+/// Sends the request `build` makes, and once more if the connection closed before its
+/// answer came: a registry that went away leaves its idle connections in the pool, and the
+/// first request on one fails so, where a new connection tells a refused one (unreachable)
+/// apart. Every request a pull makes is a GET or HEAD, safe to send twice.
 async fn send_again_if_stale(
     build: impl Fn() -> reqwest::RequestBuilder,
 ) -> reqwest::Result<reqwest::Response> {
     match build().send().await {
-        Err(err) if !err.is_connect() && !err.is_timeout() => build().send().await,
+        Err(err) if closed_before_answer(&err) => build().send().await,
         answer => answer,
     }
+}
+
+/// Whether hyper, under `err`, says the connection closed before the answer came.
+fn closed_before_answer(err: &reqwest::Error) -> bool {
+    std::iter::successors(Some(err as &dyn std::error::Error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<hyper::Error>())
+        .any(|e| e.is_incomplete_message() || e.is_canceled())
 }
 
 /// Every challenge of every `WWW-Authenticate` header of `response`.
@@ -620,13 +627,18 @@ mod tests {
         endless_bytes: Arc<AtomicUsize>,
     }
 
-    /// A body that never ends, counting what it sent in `seen`.
-    fn endless(seen: &Seen) -> Body {
+    /// A body of `byte` that never ends, counting what it sent in `seen`.
+    fn endless_of(seen: &Seen, byte: u8) -> Body {
         let sent = seen.endless_bytes.clone();
         Body::from_stream(futures::stream::repeat_with(move || {
             sent.fetch_add(CHUNK, Ordering::Relaxed);
-            Ok::<_, std::io::Error>(Bytes::from(vec![b' '; CHUNK]))
+            Ok::<_, std::io::Error>(Bytes::from(vec![byte; CHUNK]))
         }))
+    }
+
+    /// Spaces that never end: JSON whitespace, so a reader must stop at its cap.
+    fn endless(seen: &Seen) -> Body {
+        endless_of(seen, b' ')
     }
 
     /// Serves `routes` on 127.0.0.1 and returns a client for it and its `host:port`.
@@ -718,7 +730,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_basic_challenge_is_answered_with_the_credentials_and_refused_without() {
+    async fn credentials_refused_or_missing_are_unauthorized() {
         let seen = Seen::default();
         let routes = guarded("Basic dXNlcjpwdw==", r#"Basic realm="test""#);
         let (registry, host) = serve(routes, &seen).await;
@@ -820,13 +832,14 @@ mod tests {
         let routes = Router::new().route(
             "/v2/app/manifests/1",
             get(|State((seen, _)): State<(Seen, String)>| async move {
-                (StatusCode::BAD_GATEWAY, endless(&seen))
+                (StatusCode::BAD_GATEWAY, endless_of(&seen, b'x'))
             }),
         );
         let (answer, sent) = manifest_from(routes).await;
         let err = answer.unwrap_err();
+        let start = format!("HTTP 502 Bad Gateway: {}", "x".repeat(200));
         assert!(
-            matches!(&err, Error::Registry { message, .. } if message.starts_with("HTTP 502 Bad Gateway")),
+            matches!(&err, Error::Registry { message, .. } if *message == start),
             "{err}"
         );
         assert!(sent < SENT_AT_MOST, "{sent} bytes sent");
@@ -854,6 +867,26 @@ mod tests {
         assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
         let err = manifest_from(envelope("SIZE_INVALID")).await.0.unwrap_err();
         assert!(matches!(err, Error::Registry { .. }), "{err}");
+        // A 403 is read for its codes (a rate limit is not refused credentials), and is
+        // refused credentials only without any.
+        let forbidden = |body: &'static str| {
+            Router::new().route(
+                "/v2/app/manifests/1",
+                get(move || async move { (StatusCode::FORBIDDEN, body) }),
+            )
+        };
+        let err = manifest_from(forbidden(
+            r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+        ))
+        .await
+        .0
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Registry { message, .. } if message.contains("slow down")),
+            "{err}"
+        );
+        let err = manifest_from(forbidden("no")).await.0.unwrap_err();
+        assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
     }
 
     /// Counts the requests it is given, and answers each with `answer`.
@@ -947,11 +980,13 @@ mod tests {
             }),
         );
         let (registry, host) = serve(routes, &seen).await;
-        let (body, _) = registry
-            .manifest(&reference(&host), &RegistryAuth::Anonymous)
-            .await
-            .unwrap();
-        assert_eq!(body, MANIFEST.as_bytes());
+        for _ in 0..2 {
+            let (body, _) = registry
+                .manifest(&reference(&host), &RegistryAuth::Anonymous)
+                .await
+                .unwrap();
+            assert_eq!(body, MANIFEST.as_bytes());
+        }
         assert_eq!(seen.tokens.load(Ordering::Relaxed), 1, "a default life");
 
         let routes = guarded("Bearer t0k", BEARER_CHALLENGE).route(
@@ -1053,5 +1088,66 @@ mod tests {
             .unwrap();
         assert_eq!(body, MANIFEST.as_bytes());
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_token_lives_as_its_answer_says_within_a_day_less_the_margin() {
+        use serde_json::json;
+        let life = |v: serde_json::Value| token_life(Some(&v));
+        assert_eq!(token_life(None), DEFAULT_TOKEN_LIFE - TOKEN_MARGIN);
+        assert_eq!(life(json!(300)), Duration::from_secs(295));
+        assert_eq!(life(json!(3)), Duration::ZERO);
+        for unreadable in [json!(30.5), json!(-1), json!("300")] {
+            assert_eq!(life(unreadable), DEFAULT_TOKEN_LIFE - TOKEN_MARGIN);
+        }
+        assert_eq!(life(json!(u64::MAX)), MAX_TOKEN_LIFE - TOKEN_MARGIN);
+    }
+
+    #[tokio::test]
+    async fn a_bearer_challenge_is_taken_before_a_basic_one_in_any_header() {
+        let seen = Seen::default();
+        let routes = Router::new()
+            .route(
+                "/v2/app/manifests/1",
+                get(
+                    |State((_, host)): State<(Seen, String)>, headers: HeaderMap| async move {
+                        if headers
+                            .get(header::AUTHORIZATION)
+                            .is_some_and(|v| v == "Bearer t0k")
+                        {
+                            return MANIFEST.into_response();
+                        }
+                        let bearer = BEARER_CHALLENGE.replace("{host}", &host);
+                        let mut refused = StatusCode::UNAUTHORIZED.into_response();
+                        let headers = refused.headers_mut();
+                        headers.append(
+                            header::WWW_AUTHENTICATE,
+                            r#"Basic realm="test""#.parse().unwrap(),
+                        );
+                        headers.append(header::WWW_AUTHENTICATE, bearer.parse().unwrap());
+                        refused
+                    },
+                ),
+            )
+            .route("/token", get(token));
+        let (registry, host) = serve(routes, &seen).await;
+        let (body, _) = registry
+            .manifest(&reference(&host), &RegistryAuth::Anonymous)
+            .await
+            .unwrap();
+        assert_eq!(body, MANIFEST.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_token_longer_than_64_kib_is_refused() {
+        let routes = guarded("Bearer t0k", BEARER_CHALLENGE).route(
+            "/token",
+            get(|| async { format!(r#"{{"token":"{}"}}"#, "t".repeat(MAX_TOKEN_CHARS + 1)) }),
+        );
+        let err = manifest_from(routes).await.0.unwrap_err();
+        assert!(
+            err.to_string().contains("sent a token longer than 64 KiB"),
+            "{err}"
+        );
     }
 }
