@@ -56,20 +56,24 @@ where
     T: Send + 'static,
     E: std::error::Error + Send + 'static,
 {
-    let why = |err: &dyn std::error::Error| {
-        let causes: Vec<String> = std::iter::successors(Some(err), |err| err.source())
-            .map(ToString::to_string)
-            .collect();
-        Error::Registry {
-            reference: reference.whole(),
-            message: format!("cannot make a registry client: {}", causes.join(": ")),
-        }
+    let why = |err: &dyn std::error::Error| Error::Registry {
+        reference: reference.whole(),
+        message: format!("cannot make a registry client: {}", causes(err)),
     };
     match tokio::task::spawn_blocking(make).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(err)) => Err(why(&err)),
         Err(err) => Err(why(&err)),
     }
+}
+
+/// `err` and its causes, as one line: reqwest's own errors name only what failed ("builder
+/// error", "error sending request for url …"), their causes why.
+pub(crate) fn causes(err: &dyn std::error::Error) -> String {
+    let causes: Vec<String> = std::iter::successors(Some(err), |err| err.source())
+        .map(ToString::to_string)
+        .collect();
+    causes.join(": ")
 }
 
 #[cfg(test)]

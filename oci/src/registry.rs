@@ -22,6 +22,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::client::causes;
 use crate::{Error, Result};
 
 /// The largest manifest read.
@@ -592,15 +593,6 @@ fn request_failed(reference: &Reference, err: reqwest::Error) -> Error {
         reference: reference.whole(),
         message: causes(&err),
     }
-}
-
-/// `err` and its causes, as one line (reqwest's own error names only the request).
-fn causes(err: &reqwest::Error) -> String {
-    let causes: Vec<String> =
-        std::iter::successors(Some(err as &dyn std::error::Error), |e| e.source())
-            .map(ToString::to_string)
-            .collect();
-    causes.join(": ")
 }
 
 #[cfg(test)]
