@@ -65,6 +65,9 @@ pub struct WasmletOptions {
     /// `RUST_LOG`: by default the agent's and the WASI provider's debug lines, which tests
     /// wait for; a benchmark asks for less, since each line costs CPU.
     pub log_filter: String,
+    /// The address space wasmlet may take, in bytes (`ulimit -v`, set by `prlimit`); `None`
+    /// leaves the test's own.
+    pub address_space: Option<u64>,
 }
 
 /// What tests log: the agent's and the WASI provider's debug lines.
@@ -93,6 +96,7 @@ impl WasmletOptions {
             devices: Vec::new(),
             sysfs_root: None,
             log_filter: TEST_LOG.into(),
+            address_space: None,
         }
     }
 }
@@ -111,6 +115,7 @@ pub struct WasmletNode {
     kubeconfig: PathBuf,
     /// How it was started, for [`WasmletNode::restart_with`].
     args: Vec<std::ffi::OsString>,
+    address_space: Option<u64>,
     log_filter: String,
     log: PathBuf,
 }
@@ -139,7 +144,8 @@ impl WasmletNode {
             },
         };
         let port = free_port()?;
-        let mut cmd = Command::new(wasmlet_binary()?);
+        let mut cmd = wasmlet_command(options.address_space)?;
+        let wrapper_args = cmd.get_args().count();
         cmd.env("RUST_LOG", &options.log_filter);
         match &options.join_line {
             Some(line) => {
@@ -197,7 +203,11 @@ impl WasmletNode {
                 .iter()
                 .map(|period| format!("--sync-frequency={period}")),
         );
-        let args = cmd.get_args().map(ToOwned::to_owned).collect();
+        let args = cmd
+            .get_args()
+            .skip(wrapper_args)
+            .map(ToOwned::to_owned)
+            .collect();
         let log = plane.dir().join(format!("wasmlet-{name}-{port}.log"));
         let process = Supervised::spawn("wasmlet", cmd, &log)?;
         Ok(Self {
@@ -208,6 +218,7 @@ impl WasmletNode {
             data_dir,
             kubeconfig,
             args,
+            address_space: options.address_space,
             log_filter: options.log_filter.clone(),
             log,
         })
@@ -217,7 +228,7 @@ impl WasmletNode {
     /// flags, data dir and link (still cut, if it was). Its log goes on in the same file.
     pub fn restart_with(&mut self, signal: Signal) -> anyhow::Result<()> {
         self.stop_with(signal)?;
-        let mut cmd = Command::new(wasmlet_binary()?);
+        let mut cmd = wasmlet_command(self.address_space)?;
         cmd.env("RUST_LOG", &self.log_filter).args(&self.args);
         let log = self.log.with_extension(format!(
             "restart-{}.log",
@@ -456,6 +467,20 @@ pub fn emulated_aarch64_wasmlet() -> anyhow::Result<Command> {
     let mut cmd = Command::new("qemu-aarch64");
     cmd.arg("-L").arg(AARCH64_SYSROOT).arg(binary);
     Ok(cmd)
+}
+
+/// The command that runs wasmlet, held to `address_space` bytes if given.
+fn wasmlet_command(address_space: Option<u64>) -> anyhow::Result<Command> {
+    Ok(match address_space {
+        Some(bytes) => {
+            let mut cmd = Command::new("prlimit");
+            cmd.arg(format!("--as={bytes}"))
+                .arg("--")
+                .arg(wasmlet_binary()?);
+            cmd
+        }
+        None => Command::new(wasmlet_binary()?),
+    })
 }
 
 /// Runs `wasmlet <tool> --data-dir <data_dir> <rest>` and returns what it printed.

@@ -1,7 +1,8 @@
 //! Resource limits inside the sandbox, against the real control plane: a memory bomb is
-//! OOMKilled at `resources.limits.memory`, or without one at the node's allocatable memory,
-//! and a spinner under `resources.limits.cpu` is held to its share while unlimited spinners
-//! beside it cannot make a latency-sensitive pod late or stop the node's Lease from renewing.
+//! OOMKilled at `resources.limits.memory`, or without one at the node's allocatable memory
+//! or, on a host short of address space, at its memory's reservation; a spinner under
+//! `resources.limits.cpu` is held to its share while unlimited spinners beside it cannot make
+//! a latency-sensitive pod late or stop the node's Lease from renewing.
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,24 @@ async fn a_bomb_beside_a_neighbour(cluster: &WasmCluster, resources: &str) -> (P
     (pod, state.message.unwrap_or_default())
 }
 
+/// The most the bomb's log says it held, in MiB.
+fn held_mib(cluster: &WasmCluster, pod: &Pod) -> u64 {
+    let log = cluster.container_log(pod, "app", 0);
+    let held = log
+        .lines()
+        .filter_map(|l| {
+            l.split_once("holding ")?
+                .1
+                .strip_suffix(" MiB")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0u64);
+    eprintln!("the bomb held {held} MiB when refused");
+    held
+}
+
 /// The node and the bomb's neighbour carried on: still running, never restarted, still
 /// logging.
 async fn the_neighbour_carries_on(cluster: &mut WasmCluster) {
@@ -98,20 +117,8 @@ async fn a_memory_bomb_is_oom_killed_at_its_limit_and_harms_nothing_else() {
 
     // It got most of the way to its limit before the refusal: the limit, not something
     // else, is what stopped it.
-    let log = cluster.container_log(&pod, "app", 0);
-    let held = log
-        .lines()
-        .filter_map(|l| {
-            l.split_once("holding ")?
-                .1
-                .strip_suffix(" MiB")?
-                .parse()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0u64);
-    eprintln!("the bomb held {held} MiB when refused");
-    assert!((16..32).contains(&held), "held {held} MiB:\n{log}");
+    let held = held_mib(&cluster, &pod);
+    assert!((16..32).contains(&held), "held {held} MiB");
 
     the_neighbour_carries_on(&mut cluster).await;
     cluster
@@ -328,4 +335,54 @@ async fn a_cpu_limit_holds_a_spinner_to_its_share_and_spinners_starve_no_one() {
     let took = deleting.elapsed();
     eprintln!("spin-limited deleted in {:.2} s", took.as_secs_f64());
     assert!(took <= Duration::from_secs(3), "deletion took {took:?}");
+}
+
+/// A host with little address space, as a 39-bit aarch64 kernel gives a process (512 GiB;
+/// here `ulimit -v`), runs the default 110 pods' worth all the same: each Wasm memory
+/// reserves less than wasmtime's 4 GiB, and a bomb is held to its reservation and told why.
+#[tokio::test]
+async fn a_node_short_of_address_space_holds_each_memory_to_its_reservation() {
+    let mut options = e2e::WasmletOptions::named("edge-39-bit");
+    options.address_space = Some(512 << 30);
+    let mut cluster = WasmCluster::start_with_options(options).await.unwrap();
+    let log = cluster.node.log_tail(400);
+    assert!(log.contains("largest_memory_mib=512"), "{log}");
+
+    let (pod, message) = a_bomb_beside_a_neighbour(&cluster, "").await;
+    assert!(
+        message
+            .contains("more than the 536870912 bytes this node's address space gives one memory"),
+        "{message}"
+    );
+    let held = held_mib(&cluster, &pod);
+    assert!((256..512).contains(&held), "held {held} MiB");
+    the_neighbour_carries_on(&mut cluster).await;
+}
+
+/// With too little address space for --max-pods, wasmlet says so in one line, with how many
+/// pods would fit, and exits non-zero.
+#[test]
+fn too_little_address_space_for_max_pods_is_one_line_and_an_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new("prlimit")
+        .arg(format!("--as={}", 8u64 << 30))
+        .arg("--")
+        .arg(e2e::wasmlet_binary().unwrap())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--static-pods")
+        .arg(dir.path())
+        .env("HOME", dir.path())
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("wasmlet: cannot start the WASI provider: this host gives wasmlet")
+            && last.contains("--max-pods=110")
+            && last.contains("lower --max-pods"),
+        "{stderr}"
+    );
 }

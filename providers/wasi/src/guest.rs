@@ -15,7 +15,7 @@ use crate::code::{Code, Compiled};
 use crate::extension::{Grant, HostExtension, InstanceExtensions};
 use crate::http::OutboundHttp;
 use crate::metering::{ContainerMemory, CpuQuota, GROW_REFUSED, MeteredLimits, cpu_metered};
-use crate::node_memory::NODE_MEMORY_USED_UP;
+use crate::node_memory::{self, NODE_MEMORY_USED_UP};
 use crate::sockets::Listen;
 use wasi_policy::HttpPolicy;
 
@@ -333,14 +333,16 @@ fn exit_of(outcome: wasmtime::Result<bool>) -> ContainerExit {
             let text = format!("{err:#}");
             if text.contains(GROW_REFUSED) {
                 let why = if text.contains(NODE_MEMORY_USED_UP) {
-                    "the node's memory for pods is used up: the guest tried to grow its memory past the node's allocatable memory, which all pods share, or into the memory the host keeps available"
+                    "the node's memory for pods is used up: the guest tried to grow its memory past the node's allocatable memory, which all pods share, or into the memory the host keeps available".into()
+                } else if let Some(reason) = node_memory::past_reservation(&text) {
+                    format!("memory limit reached: {reason}")
                 } else {
-                    "memory limit reached: the guest tried to grow its memory past resources.limits.memory"
+                    "memory limit reached: the guest tried to grow its memory past resources.limits.memory".into()
                 };
                 return ContainerExit {
                     exit_code: 137,
                     reason: "OOMKilled".into(),
-                    message: Some(why.into()),
+                    message: Some(why),
                 };
             }
             // A trap already says `wasm trap: …`.

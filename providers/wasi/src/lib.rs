@@ -9,6 +9,7 @@
 //! and linked once per tier, then instantiated per container start.
 #![deny(missing_docs)]
 
+mod address_space;
 mod code;
 mod egress;
 mod engine;
@@ -163,10 +164,19 @@ impl WasiProvider {
         extensions: Vec<Arc<dyn HostExtension>>,
     ) -> Result<Self, SetupError> {
         let extensions: Arc<[Arc<dyn HostExtension>]> = extensions.into();
+        let layout = engine::MemoryLayout::for_host(config.max_pods)?;
+        if let Some(bytes) = layout.largest_memory() {
+            tracing::warn!(
+                largest_memory_mib = bytes >> 20,
+                "the host's address space cannot give every pod's memories wasmtime's 4 GiB \
+                 reservations; each Wasm memory is held to the smaller reservation, and code \
+                 checks its bounds"
+            );
+        }
         let tier = |kind| {
             code::Tier::new(
                 kind,
-                engine::build(config, kind)?,
+                engine::build(config, &layout, kind)?,
                 &config.cache_dir,
                 &extensions,
             )
@@ -194,6 +204,7 @@ impl WasiProvider {
             pods_memory: node_memory::PodsMemory::new(
                 config.pods_memory_bytes,
                 config.keep_memory_available_bytes,
+                layout.largest_memory(),
             ),
             extensions,
         })

@@ -253,6 +253,7 @@ impl ResourceLimiter for MeteredLimits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        self.container.node.check_memory_size(desired)?;
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         if allowed {
             self.grow_total(desired.saturating_sub(current) as u64, "memory")?;

@@ -11,6 +11,10 @@
 //!   available than the eviction threshold is refused, whatever allocatable says: the
 //!   kubelet would evict at that point, and without a `--system-reserved` sized for the
 //!   host's other processes, allocatable alone is nearly all of the host's memory.
+//!
+//! A third bound is on each memory alone, where the host's address space sets one: every
+//! linear memory reserves its whole range up front, and a host with little address space
+//! gives each a smaller range than wasmtime's 4 GiB (see `engine::MemoryLayout`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,6 +24,12 @@ use crate::metering::GROW_REFUSED;
 /// How a refusal by the node, not by the container's own limit, words its reason.
 pub(crate) const NODE_MEMORY_USED_UP: &str = "the node's memory for pods is used up";
 
+/// How a refusal by a memory's reservation begins and ends its reason.
+const PAST_RESERVATION: (&str, &str) = (
+    "a Wasm memory of ",
+    " bytes this node's address space gives one memory",
+);
+
 /// How long one reading of the host's available memory stands for: growths in between are
 /// counted against it, so a guest growing page by page does not read `/proc/meminfo` each
 /// time.
@@ -28,6 +38,14 @@ const READING_LASTS: Duration = Duration::from_millis(10);
 /// What the host has available, in bytes, if it can tell.
 type AvailableMemory = fn() -> Option<u64>;
 
+/// The reason a memory's reservation gave for refusing it, found in an error's `text`.
+pub(crate) fn past_reservation(text: &str) -> Option<&str> {
+    let (begins, ends) = PAST_RESERVATION;
+    let from = text.find(begins)?;
+    let to = from + text[from..].find(ends)? + ends.len();
+    text.get(from..to)
+}
+
 /// The node's account of its guests' memory.
 #[derive(Debug)]
 pub(crate) struct PodsMemory {
@@ -35,6 +53,8 @@ pub(crate) struct PodsMemory {
     limit: Option<u64>,
     /// What the host must keep available (`memory.available`'s hard eviction threshold).
     keep_available: u64,
+    /// The most one linear memory may hold, if the address space sets it.
+    largest_memory: Option<u64>,
     available: AvailableMemory,
     account: Mutex<Account>,
 }
@@ -57,25 +77,37 @@ struct Reading {
 
 impl PodsMemory {
     /// Guests held to `limit` bytes together (none if the host's memory is unknown), the
-    /// host kept with `keep_available` bytes available.
-    pub(crate) fn new(limit: Option<u64>, keep_available: u64) -> Arc<Self> {
-        Self::with_reader(limit, keep_available, kubelet::host::memory_available_bytes)
+    /// host kept with `keep_available` bytes available, each memory held to
+    /// `largest_memory` bytes.
+    pub(crate) fn new(
+        limit: Option<u64>,
+        keep_available: u64,
+        largest_memory: Option<u64>,
+    ) -> Arc<Self> {
+        Self::with_reader(
+            limit,
+            keep_available,
+            largest_memory,
+            kubelet::host::memory_available_bytes,
+        )
     }
 
     /// No bound at all, for tests of other things.
     #[cfg(test)]
     pub(crate) fn unbounded() -> Arc<Self> {
-        Self::with_reader(None, 0, || None)
+        Self::with_reader(None, 0, None, || None)
     }
 
     fn with_reader(
         limit: Option<u64>,
         keep_available: u64,
+        largest_memory: Option<u64>,
         available: AvailableMemory,
     ) -> Arc<Self> {
         Arc::new(Self {
             limit,
             keep_available,
+            largest_memory,
             available,
             account: Mutex::new(Account::default()),
         })
@@ -108,6 +140,20 @@ impl PodsMemory {
         }
         account.used = total;
         Ok(())
+    }
+
+    /// Refuses a linear memory of `desired` bytes that its reservation cannot hold: the
+    /// pool refuses it too, but in words that do not say why.
+    pub(crate) fn check_memory_size(&self, desired: usize) -> wasmtime::Result<()> {
+        match self.largest_memory {
+            Some(largest) if desired as u64 > largest => {
+                let (begins, ends) = PAST_RESERVATION;
+                Err(wasmtime::format_err!(
+                    "{GROW_REFUSED}: {begins}{desired} bytes is more than the {largest}{ends}"
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Gives back what a guest instance that ended held.
@@ -154,7 +200,7 @@ mod tests {
 
     #[test]
     fn guests_are_held_to_allocatable_together_and_give_back_what_they_held() {
-        let node = PodsMemory::with_reader(Some(4 * MIB), 0, || None);
+        let node = PodsMemory::with_reader(Some(4 * MIB), 0, None, || None);
         node.take(3 * MIB, "memory").unwrap();
         let err = format!("{:#}", node.take(2 * MIB, "memory").unwrap_err());
         assert!(err.contains(GROW_REFUSED), "{err}");
@@ -178,7 +224,7 @@ mod tests {
     #[test]
     fn the_host_keeps_its_threshold_available_whatever_allocatable_says() {
         HOST_AVAILABLE.store(300 * MIB, Ordering::SeqCst);
-        let node = PodsMemory::with_reader(Some(u64::MAX), 100 * MIB, || {
+        let node = PodsMemory::with_reader(Some(u64::MAX), 100 * MIB, None, || {
             Some(HOST_AVAILABLE.load(Ordering::SeqCst))
         });
         // 150 MiB in small growths, within one reading: 150 MiB still available.
@@ -200,7 +246,7 @@ mod tests {
     /// speak of: guests are not refused for it.
     #[test]
     fn a_host_whose_memory_cannot_be_read_does_not_refuse_guests() {
-        let node = PodsMemory::with_reader(None, 100 * MIB, || None);
+        let node = PodsMemory::with_reader(None, 100 * MIB, None, || None);
         node.take(u64::MAX / 2, "memory").unwrap();
     }
 
@@ -208,10 +254,33 @@ mod tests {
     /// already below its threshold; any page more is refused.
     #[test]
     fn nothing_asked_is_never_refused() {
-        let node = PodsMemory::with_reader(Some(u64::MAX), 100 * MIB, || Some(50 * MIB));
+        let node = PodsMemory::with_reader(Some(u64::MAX), 100 * MIB, None, || Some(50 * MIB));
         node.take(0, "memory").unwrap();
         node.take(0, "table").unwrap();
         let err = format!("{:#}", node.take(1, "memory").unwrap_err());
         assert!(err.contains("memory.available"), "{err}");
+    }
+
+    /// Where the address space sets a largest memory, a memory past it is refused as an
+    /// OOM kill that says so; one within it is the other bounds' to judge.
+    #[test]
+    fn a_memory_past_its_reservation_is_refused_in_words_that_say_why() {
+        let node = PodsMemory::with_reader(None, 0, Some(64 * MIB), || None);
+        node.check_memory_size(64 * MIB as usize).unwrap();
+        let err = format!(
+            "{:#}",
+            node.check_memory_size(64 * MIB as usize + 1).unwrap_err()
+        );
+        assert!(err.contains(GROW_REFUSED), "{err}");
+        assert_eq!(
+            past_reservation(&format!("context: {err}; more")),
+            Some(
+                "a Wasm memory of 67108865 bytes is more than the 67108864 bytes this node's address space gives one memory"
+            )
+        );
+        assert_eq!(past_reservation(GROW_REFUSED), None);
+        PodsMemory::unbounded()
+            .check_memory_size(usize::MAX)
+            .unwrap();
     }
 }

@@ -354,10 +354,11 @@ mod tests {
                 pods_memory_bytes: None,
                 keep_memory_available_bytes: 0,
             };
+            let layout = crate::engine::MemoryLayout::for_host(config.max_pods).unwrap();
             let tier = |kind| {
                 Tier::new(
                     kind,
-                    crate::engine::build(&config, kind).unwrap(),
+                    crate::engine::build(&config, &layout, kind).unwrap(),
                     &config.cache_dir,
                     &[],
                 )
