@@ -1,7 +1,8 @@
 //! Serving traffic: a `wasi:http/proxy` component (demos/http-hello) answered on the node's
 //! address at its containerPort, with a Service whose EndpointSlice points there; the port
 //! claimed for one pod; at most N requests at once, a slot freed when its client hangs up;
-//! in-flight requests drained on delete;
+//! in-flight requests drained on delete; the node's instance pool's last slots kept from a
+//! flood of requests for pods to start in;
 //! `kubectl port-forward` to its port through the API server, and to no other port.
 
 use std::process::Command;
@@ -725,4 +726,150 @@ async fn a_handler_that_loops_forever_gets_a_504_under_its_cpu_limit_while_other
     );
     let logs = cluster.kubectl.run(&["logs", "spinner"]).unwrap();
     assert!(logs.contains("GET /spin 504"), "{logs}");
+}
+
+/// Waits for the node to log, for `pod`, that its image is ready with Cranelift's code: the
+/// code whose instances come from the node's pool.
+async fn wait_optimised(cluster: &WasmCluster, pod: &str) {
+    wait_for(&format!("{pod} to run Cranelift's code"), MINUTE, || {
+        let log = cluster.node.log_tail(4000);
+        async move {
+            let ready = log.lines().any(|line| {
+                line.contains("image ready")
+                    && line.contains(&format!("pod={pod} "))
+                    && line.contains("cranelift")
+            });
+            Ok::<_, String>(ready.then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Runs `name` from `manifest` once so that Cranelift compiles its code in the
+/// background, waits for that, and deletes it: the next pod of the image starts with
+/// Cranelift's code.
+async fn warm_up(cluster: &WasmCluster, name: &str, manifest: &str, port: Option<u16>) {
+    let cranelift_compiles = || {
+        cluster
+            .node
+            .log_tail(4000)
+            .lines()
+            .filter(|line| line.contains("compiled") && line.contains("cranelift"))
+            .count()
+    };
+    let before = cranelift_compiles();
+    cluster.kubectl.apply(manifest).unwrap();
+    match port {
+        Some(port) => wait_serving(cluster, name, port).await,
+        None => cluster
+            .wait_pod(name, "started", MINUTE, |p| {
+                ["Running", "Succeeded"].contains(&phase(p).as_str())
+            })
+            .await
+            .map(drop)
+            .unwrap(),
+    }
+    wait_for(&format!("Cranelift's code for {name}"), MINUTE, || {
+        let compiled = cranelift_compiles() > before;
+        async move { Ok::<_, String>(compiled.then_some(())) }
+    })
+    .await
+    .unwrap();
+    cluster
+        .kubectl
+        .run(&["delete", "pod", name, "--grace-period=1"])
+        .unwrap();
+    wait_gone(cluster, name).await;
+}
+
+/// A flood of slow requests to a served pod whose instances come from the node's pool
+/// (Cranelift's code) cannot take the pool's last slots: requests past them get a 503 that
+/// says why, and a pod created meanwhile starts at once, not after the flood. The pod is a
+/// command component, several core instances, so that the one or two slots a full pool may
+/// have left over (each request takes several too) would not be enough for it.
+#[tokio::test]
+async fn a_flood_of_requests_leaves_the_pools_last_slots_for_a_pod_to_start() {
+    // Four pods: a pool of 16 slots, of which 8 are kept for pods.
+    let cluster = WasmCluster::start("edge-flood", 4).await.unwrap();
+    let host = cluster.registry.host();
+    let hello = push_demo(&host, "http-hello").unwrap();
+    let command = push_demo(&host, "hello-component").unwrap();
+    let many = "  annotations:\n    wasmlet.dev/max-concurrent-inbound-requests: \"64\"\n";
+    let greeting = |name: &str| {
+        wasm_pod(
+            name,
+            &format!(
+                "  automountServiceAccountToken: false\n  restartPolicy: Never\n  containers:\n  - name: app\n    image: {command}\n"
+            ),
+        )
+    };
+    let port = free_port().unwrap();
+    warm_up(
+        &cluster,
+        "warm-web",
+        &serving_pod("warm-web", &hello, port, many),
+        Some(port),
+    )
+    .await;
+    warm_up(&cluster, "warm-command", &greeting("warm-command"), None).await;
+
+    let port = free_port().unwrap();
+    cluster
+        .kubectl
+        .apply(&serving_pod("flooded", &hello, port, many))
+        .unwrap();
+    wait_serving(&cluster, "flooded", port).await;
+    wait_optimised(&cluster, "flooded").await;
+
+    let flood: Vec<_> = (0..16)
+        .map(|_| {
+            // Within the 30 s a response may take.
+            let url = format!("http://127.0.0.1:{port}/sleep?ms=20000");
+            std::thread::spawn(move || curl_within(&url, 60))
+        })
+        .collect();
+    wait_for(
+        "a request turned away for the pods' slots",
+        Duration::from_secs(20),
+        || async {
+            let (code, body) = curl(&format!("http://127.0.0.1:{port}/quick"));
+            if code == 503 && body.contains("kept for starting pods") {
+                Ok(Some(()))
+            } else {
+                Err(format!("{code} {body}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    let flood_held = Instant::now();
+    cluster.kubectl.apply(&greeting("late")).unwrap();
+    let started = cluster
+        .wait_pod("late", "Succeeded", Duration::from_secs(15), |p| {
+            phase(p) == "Succeeded"
+        })
+        .await;
+    let waited = flood_held.elapsed();
+    assert!(
+        started.is_ok(),
+        "{started:?}\n{}",
+        cluster.node.log_tail(40)
+    );
+    wait_optimised(&cluster, "late").await;
+    let still_held = flood.iter().filter(|t| !t.is_finished()).count();
+    assert!(
+        still_held > 0,
+        "the flood had ended before the pod started ({waited:?})"
+    );
+    let answers: Vec<u16> = flood.into_iter().map(|t| t.join().unwrap().0).collect();
+    eprintln!(
+        "pod Running {waited:?} into the flood; {still_held} requests held; answers {answers:?}"
+    );
+    assert!(answers.contains(&200), "{answers:?}");
+    assert!(
+        answers.iter().all(|code| [200, 503].contains(code)),
+        "{answers:?}"
+    );
 }

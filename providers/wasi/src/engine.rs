@@ -109,6 +109,50 @@ impl MemoryLayout {
     }
 }
 
+/// The pool's last slots, kept for pods' own instances: a served request's instance is not
+/// started while the pool is within them of full. Otherwise a flood of requests to one
+/// served pod (each request is an instance) could take every slot, and the next pod to
+/// start would fail to instantiate. Checked just before instantiating, so requests
+/// instantiating at that very moment may pass together; the reserve is sized well past
+/// that.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoolRoom {
+    slots: u32,
+    reserve: u32,
+}
+
+impl PoolRoom {
+    /// The room in a pool of `layout`'s slots: an eighth of them kept, at least enough for
+    /// eight pods' instances and at most half.
+    pub(crate) fn of(layout: &MemoryLayout) -> Self {
+        let slots = layout.slots;
+        Self {
+            slots,
+            reserve: (slots / 8).max(8 * INSTANCES_PER_POD).min(slots / 2),
+        }
+    }
+
+    /// Whether a request may have an instance of `engine` now; why not, if not. An engine
+    /// with no pool allocates on demand and always has room.
+    pub(crate) fn for_request(&self, engine: &Engine) -> Result<(), String> {
+        let Some(pool) = engine.pooling_allocator_metrics() else {
+            return Ok(());
+        };
+        let ceiling = u64::from(self.slots.saturating_sub(self.reserve));
+        let live = pool
+            .core_instances()
+            .max(pool.component_instances())
+            .max(pool.memories() as u64);
+        if live >= ceiling {
+            return Err(format!(
+                "the node's instance pool is nearly full ({live} of {} slots in use); its last {} are kept for starting pods",
+                self.slots, self.reserve
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Memories the node reserves address space for: the pool's slots and one on-demand
 /// memory per pod.
 fn reservations(max_pods: u32) -> u64 {
@@ -257,6 +301,38 @@ mod tests {
         );
         assert!(MemoryLayout::plan(fit as u32, 8 * GIB).is_ok());
         assert!(MemoryLayout::plan(1, 0).is_err());
+    }
+
+    #[test]
+    fn requests_leave_the_pools_last_slots_to_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 4);
+        let layout = MemoryLayout::plan(4, 1 << 47).unwrap();
+        let room = PoolRoom::of(&layout);
+        assert_eq!((room.slots, room.reserve), (16, 8));
+        let pooled = build(&config, &layout, TierKind::Optimised).unwrap();
+        let module = wasmtime::Module::new(&pooled, "(module (memory 1))").unwrap();
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            room.for_request(&pooled).unwrap();
+            let mut store = wasmtime::Store::new(&pooled, ());
+            wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            held.push(store);
+        }
+        let refused = room.for_request(&pooled).unwrap_err();
+        assert!(refused.contains("8 of 16 slots in use"), "{refused}");
+        // A pod's own instance still gets one of the kept slots.
+        let mut store = wasmtime::Store::new(&pooled, ());
+        wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        drop(store);
+        held.pop();
+        room.for_request(&pooled).unwrap();
+
+        let on_demand = build(&config, &layout, TierKind::Baseline).unwrap();
+        room.for_request(&on_demand).unwrap();
+        // A big node keeps an eighth.
+        let big = PoolRoom::of(&MemoryLayout::plan(110, 1 << 47).unwrap());
+        assert_eq!((big.slots, big.reserve), (440, 55));
     }
 
     #[test]

@@ -113,6 +113,7 @@ pub struct WasiProvider {
     egress: Arc<EgressPolicy>,
     serve_address: std::net::IpAddr,
     pods_memory: Arc<node_memory::PodsMemory>,
+    pool_room: engine::PoolRoom,
     extensions: Arc<[Arc<dyn HostExtension>]>,
     _ticker: engine::EpochTicker,
 }
@@ -206,6 +207,7 @@ impl WasiProvider {
                 config.keep_memory_available_bytes,
                 layout.largest_memory(),
             ),
+            pool_room: engine::PoolRoom::of(&layout),
             extensions,
         })
     }
@@ -328,8 +330,11 @@ impl Provider for WasiProvider {
                     fatal: true,
                 })?;
             let serving = serve::listen(
-                compiled.engine.clone(),
-                pre.clone(),
+                serve::Served {
+                    engine: compiled.engine.clone(),
+                    pre: pre.clone(),
+                    room: self.pool_room,
+                },
                 plan,
                 start,
                 self.serve_address,

@@ -37,6 +37,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::engine::PoolRoom;
 use crate::guest::{OUTPUT_BUDGET, P2Host, Plan, limits_for, yield_every_tick};
 use crate::http::OutboundHttp;
 use crate::metering::{ContainerMemory, CpuQuota, SharedQuota, cpu_metered};
@@ -77,6 +78,7 @@ pub(crate) fn max_concurrent(annotations: &BTreeMap<String, String>) -> Result<u
 struct Handler {
     engine: Engine,
     pre: ProxyPre<P2Host>,
+    room: PoolRoom,
     plan: Plan,
     root_dir: PathBuf,
     mounts: Vec<Mount>,
@@ -98,11 +100,18 @@ struct Handler {
     ended: CancellationToken,
 }
 
+/// What a served container runs: its pre-linked component, the engine it was compiled for,
+/// and the room that engine's pool leaves to requests.
+pub(crate) struct Served {
+    pub(crate) engine: Engine,
+    pub(crate) pre: ProxyPre<P2Host>,
+    pub(crate) room: PoolRoom,
+}
+
 /// Binds every port of `start` on `address`, then serves until `start.stop`. A port that
 /// cannot be bound fails the start, which the kubelet retries with back-off.
 pub(crate) async fn listen(
-    engine: Engine,
-    pre: ProxyPre<P2Host>,
+    served: Served,
     plan: Plan,
     start: ContainerStart,
     address: IpAddr,
@@ -134,9 +143,11 @@ pub(crate) async fn listen(
         .cpu_limit_millis
         .and_then(|millicores| CpuQuota::shared(millicores, tokio::time::Instant::now()));
     let outbound = OutboundHttp::new(plan.outbound().clone(), &start.pod, &start.container);
+    let Served { engine, pre, room } = served;
     let handler = Arc::new(Handler {
         engine,
         pre,
+        room,
         plan,
         root_dir: start.root_dir,
         mounts: start.mounts,
@@ -283,6 +294,11 @@ impl Handler {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<hyper::Response<HyperOutgoingBody>, (hyper::StatusCode, String)> {
         let failed = |why: String| (hyper::StatusCode::INTERNAL_SERVER_ERROR, why);
+        // The pool's last slots are the pods': a request refused them is told the server is
+        // busy, before anything is set up for it.
+        self.room
+            .for_request(&self.engine)
+            .map_err(|why| (hyper::StatusCode::SERVICE_UNAVAILABLE, why))?;
         let mut builder = WasiCtxBuilder::new();
         self.plan
             .configure(&mut builder, &self.root_dir, &self.mounts)
