@@ -345,7 +345,7 @@ async fn a_node_short_of_address_space_holds_each_memory_to_its_reservation() {
     let mut options = e2e::WasmletOptions::named("edge-39-bit");
     options.address_space = Some(512 << 30);
     let mut cluster = WasmCluster::start_with_options(options).await.unwrap();
-    let log = cluster.node.log_tail(400);
+    let log = cluster.node.log_tail(usize::MAX);
     assert!(log.contains("largest_memory_mib=512"), "{log}");
 
     let (pod, message) = a_bomb_beside_a_neighbour(&cluster, "").await;
@@ -378,6 +378,7 @@ fn too_little_address_space_for_max_pods_is_one_line_and_an_exit() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
         last.starts_with("wasmlet: cannot start the WASI provider: this host gives wasmlet")

@@ -80,10 +80,7 @@ mod tests {
             found >= GRAIN,
             "a process has some address space left: {found}"
         );
-        assert!(can_reserve(found), "what it found fits");
-        assert!(
-            !can_reserve(found + 2 * GRAIN),
-            "it is the largest to within the grain: {found}"
-        );
+        // No more than that: other tests in the same process (under `cargo test`) map and
+        // unmap pools while it searches. The e2e tests under `prlimit --as` check the size.
     }
 }

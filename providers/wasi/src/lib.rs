@@ -18,6 +18,7 @@ mod guest;
 mod http;
 mod metering;
 mod node_memory;
+mod pool;
 mod response_body;
 mod serve;
 mod sockets;
@@ -37,6 +38,7 @@ pub use code::{Compiled, TierKind, Tiering};
 pub use engine::EngineError;
 pub use extension::{ExtensionView, Grant, HostExtension};
 pub use guest::P2Host;
+pub use pool::AddressSpaceError;
 pub use serve::{DEFAULT_MAX_CONCURRENT, MAX_CONCURRENT_INBOUND};
 pub use wasi_policy::{
     ALLOWED_DOMAINS, EgressPolicy, HttpPolicy, MAX_CONCURRENT_REQUESTS, PolicyError,
@@ -113,7 +115,7 @@ pub struct WasiProvider {
     egress: Arc<EgressPolicy>,
     serve_address: std::net::IpAddr,
     pods_memory: Arc<node_memory::PodsMemory>,
-    pool_room: engine::PoolRoom,
+    request_room: pool::RequestRoom,
     extensions: Arc<[Arc<dyn HostExtension>]>,
     _ticker: engine::EpochTicker,
 }
@@ -165,7 +167,7 @@ impl WasiProvider {
         extensions: Vec<Arc<dyn HostExtension>>,
     ) -> Result<Self, SetupError> {
         let extensions: Arc<[Arc<dyn HostExtension>]> = extensions.into();
-        let layout = engine::MemoryLayout::for_host(config.max_pods)?;
+        let layout = pool::MemoryLayout::for_host(config.max_pods).map_err(EngineError::from)?;
         if let Some(bytes) = layout.largest_memory() {
             tracing::warn!(
                 largest_memory_mib = bytes >> 20,
@@ -207,7 +209,7 @@ impl WasiProvider {
                 config.keep_memory_available_bytes,
                 layout.largest_memory(),
             ),
-            pool_room: engine::PoolRoom::of(&layout),
+            request_room: pool::RequestRoom::of(&layout),
             extensions,
         })
     }
@@ -333,7 +335,7 @@ impl Provider for WasiProvider {
                 serve::Served {
                     engine: compiled.engine.clone(),
                     pre: pre.clone(),
-                    room: self.pool_room,
+                    room: self.request_room.clone(),
                 },
                 plan,
                 start,

@@ -253,9 +253,10 @@ impl ResourceLimiter for MeteredLimits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.container.node.check_memory_size(desired)?;
+        // The container's own limit first: a refusal names the limit the pod spec set.
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         if allowed {
+            self.container.node.check_memory_size(desired)?;
             self.grow_total(desired.saturating_sub(current) as u64, "memory")?;
         }
         Ok(allowed)

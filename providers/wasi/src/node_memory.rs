@@ -14,7 +14,7 @@
 //!
 //! A third bound is on each memory alone, where the host's address space sets one: every
 //! linear memory reserves its whole range up front, and a host with little address space
-//! gives each a smaller range than wasmtime's 4 GiB (see `engine::MemoryLayout`).
+//! gives each a smaller range than wasmtime's 4 GiB (see `pool::MemoryLayout`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

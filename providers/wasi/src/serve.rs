@@ -37,10 +37,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::engine::PoolRoom;
 use crate::guest::{OUTPUT_BUDGET, P2Host, Plan, limits_for, yield_every_tick};
 use crate::http::OutboundHttp;
 use crate::metering::{ContainerMemory, CpuQuota, SharedQuota, cpu_metered};
+use crate::pool::{RequestRoom, RoomTaken};
 use crate::response_body::holding_guest;
 
 /// The pod annotation that sets how many requests a container serves at once.
@@ -78,7 +78,9 @@ pub(crate) fn max_concurrent(annotations: &BTreeMap<String, String>) -> Result<u
 struct Handler {
     engine: Engine,
     pre: ProxyPre<P2Host>,
-    room: PoolRoom,
+    room: RequestRoom,
+    /// The linear memories of one instance (1 if the component cannot tell).
+    memories_per_instance: u32,
     plan: Plan,
     root_dir: PathBuf,
     mounts: Vec<Mount>,
@@ -101,11 +103,11 @@ struct Handler {
 }
 
 /// What a served container runs: its pre-linked component, the engine it was compiled for,
-/// and the room that engine's pool leaves to requests.
+/// and the room the node leaves to requests.
 pub(crate) struct Served {
     pub(crate) engine: Engine,
     pub(crate) pre: ProxyPre<P2Host>,
-    pub(crate) room: PoolRoom,
+    pub(crate) room: RequestRoom,
 }
 
 /// Binds every port of `start` on `address`, then serves until `start.stop`. A port that
@@ -144,10 +146,16 @@ pub(crate) async fn listen(
         .and_then(|millicores| CpuQuota::shared(millicores, tokio::time::Instant::now()));
     let outbound = OutboundHttp::new(plan.outbound().clone(), &start.pod, &start.container);
     let Served { engine, pre, room } = served;
+    let memories_per_instance = pre
+        .instance_pre()
+        .component()
+        .resources_required()
+        .map_or(1, |needs| needs.num_memories);
     let handler = Arc::new(Handler {
         engine,
         pre,
         room,
+        memories_per_instance,
         plan,
         root_dir: start.root_dir,
         mounts: start.mounts,
@@ -294,11 +302,6 @@ impl Handler {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<hyper::Response<HyperOutgoingBody>, (hyper::StatusCode, String)> {
         let failed = |why: String| (hyper::StatusCode::INTERNAL_SERVER_ERROR, why);
-        // The pool's last slots are the pods': a request refused them is told the server is
-        // busy, before anything is set up for it.
-        self.room
-            .for_request(&self.engine)
-            .map_err(|why| (hyper::StatusCode::SERVICE_UNAVAILABLE, why))?;
         let mut builder = WasiCtxBuilder::new();
         self.plan
             .configure(&mut builder, &self.root_dir, &self.mounts)
@@ -329,7 +332,13 @@ impl Handler {
             .http()
             .new_response_outparam(sender)
             .map_err(|e| failed(format!("cannot take the request: {e:#}")))?;
-        // The node's pool of instances is shared: when it is full, say so as a busy server.
+        // The node's instances are shared with its pods: when their room for requests is
+        // taken, or the pool is full, say so as a busy server. Taken just before
+        // instantiating, so that requests between the two are as few as can be.
+        let room = self
+            .room
+            .take(&self.engine, self.memories_per_instance)
+            .map_err(|why| (hyper::StatusCode::SERVICE_UNAVAILABLE, why))?;
         let proxy = self.pre.instantiate_async(&mut store).await.map_err(|e| {
             (
                 hyper::StatusCode::SERVICE_UNAVAILABLE,
@@ -345,6 +354,7 @@ impl Handler {
         // body ([`holding_guest`]).
         let mut guest = AbortOnDropHandle::new(tokio::spawn(async move {
             let _permit = permit;
+            let _room: RoomTaken = room;
             let handling = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, out);

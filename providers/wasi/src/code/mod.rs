@@ -354,7 +354,7 @@ mod tests {
                 pods_memory_bytes: None,
                 keep_memory_available_bytes: 0,
             };
-            let layout = crate::engine::MemoryLayout::for_host(config.max_pods).unwrap();
+            let layout = crate::pool::MemoryLayout::for_host(config.max_pods).unwrap();
             let tier = |kind| {
                 Tier::new(
                     kind,

@@ -1,0 +1,340 @@
+//! The node's instances in its address space: how much each Wasm memory reserves, how many
+//! slots the Cranelift engine's pool has, and how much of them served requests may take.
+//!
+//! Every linear memory reserves its whole range up front: wasmtime's 4 GiB plus guards by
+//! default, so that code for 32-bit memories needs no bounds checks. The pool reserves every
+//! slot's range at once, in one mapping. A host whose address space cannot hold that for
+//! `--max-pods` (a 39-bit aarch64 kernel gives a process 512 GiB, `ulimit -v` may give it
+//! less) gets smaller reservations for both engines, or is told how many pods would fit.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::Engine;
+
+/// Each pod may hold a few instances (a component is several core instances); the pool is
+/// sized so that `max_pods` pods fit with room for init containers.
+pub(crate) const INSTANCES_PER_POD: u32 = 4;
+/// What a linear memory reserves by default on a 64-bit host (wasmtime's default).
+const FULL_RESERVATION: u64 = 4 << 30;
+/// The unmapped guard beside a memory's reservation (wasmtime's default on 64-bit hosts).
+/// The pool puts one after each slot and one before the first; a memory allocated on demand
+/// has one on each side.
+const GUARD: u64 = 32 << 20;
+/// What a pool slot reserves besides its memory: an async stack (2 MiB), a table (20,000
+/// elements), with room to spare.
+const SLOT_EXTRA: u64 = 4 << 20;
+/// The least a memory may reserve: below it, the host is told to run fewer pods instead.
+const LEAST_RESERVATION: u64 = 64 << 20;
+
+/// The address space cannot give every pod's memories the least reservation.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this host gives wasmlet {} MiB of address space, enough for the Wasm memories of {fit} pods, not of --max-pods={max_pods}; lower --max-pods or raise the address space limit (ulimit -v)",
+    available >> 20
+)]
+pub struct AddressSpaceError {
+    /// The largest reservation the process could make.
+    available: u64,
+    /// The pods asked for.
+    max_pods: u32,
+    /// The most pods that would fit.
+    fit: u32,
+}
+
+/// How the node's instances sit in its address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MemoryLayout {
+    /// The pods' share of the pool: [`INSTANCES_PER_POD`] slots per pod.
+    pods_slots: u32,
+    /// Slots beyond the pods' share, which served requests may never take: a pod always
+    /// finds room to start in, however many requests are in flight.
+    kept_slots: u32,
+    /// What each memory reserves, which is also the most it may hold; `None` is wasmtime's
+    /// default.
+    largest_memory: Option<u64>,
+}
+
+/// What a layout's memories can reserve, given the address space.
+enum Reservation {
+    /// wasmtime's default.
+    Full,
+    /// This many bytes, a power of two (which reads plainly in the log).
+    Smaller(u64),
+    /// Not even [`LEAST_RESERVATION`].
+    TooLittle,
+}
+
+impl MemoryLayout {
+    /// The layout for `max_pods` on this host.
+    pub(crate) fn for_host(max_pods: u32) -> Result<Self, AddressSpaceError> {
+        let want = Self::shape(max_pods).bytes(FULL_RESERVATION);
+        Self::plan(max_pods, crate::address_space::largest_reservation(want))
+    }
+
+    /// The layout for `max_pods` when `available` bytes can be reserved in one piece.
+    fn plan(max_pods: u32, available: u64) -> Result<Self, AddressSpaceError> {
+        let shape = Self::shape(max_pods);
+        let largest_memory = match shape.reservation(available) {
+            Reservation::Full => None,
+            Reservation::Smaller(bytes) => Some(bytes),
+            Reservation::TooLittle => {
+                return Err(AddressSpaceError {
+                    available,
+                    max_pods,
+                    fit: Self::pods_that_fit(available, max_pods),
+                });
+            }
+        };
+        Ok(Self {
+            largest_memory,
+            ..shape
+        })
+    }
+
+    /// The slots for `max_pods`: theirs, and an eighth more kept for starts (at least 32,
+    /// enough for eight pods at once, and at most 256, but never more than theirs).
+    fn shape(max_pods: u32) -> Self {
+        let pods_slots = max_pods.max(1).saturating_mul(INSTANCES_PER_POD);
+        Self {
+            pods_slots,
+            kept_slots: (pods_slots / 8).clamp(32, 256).min(pods_slots),
+            largest_memory: None,
+        }
+    }
+
+    /// The pool's slots.
+    pub(crate) fn slots(&self) -> u32 {
+        self.pods_slots.saturating_add(self.kept_slots)
+    }
+
+    /// Memories allocated on demand that the address space must hold beside the pool: one
+    /// per pod whose code is still the baseline tier's, and served requests' up to
+    /// [`RequestRoom`]'s bound.
+    fn on_demand_memories(&self) -> u64 {
+        u64::from(self.pods_slots / INSTANCES_PER_POD) + u64::from(self.kept_slots)
+    }
+
+    /// The address space this layout takes with memories of `reservation` bytes.
+    fn bytes(&self, reservation: u64) -> u64 {
+        let slots = u64::from(self.slots());
+        let pool = slots
+            .saturating_mul(reservation + GUARD + SLOT_EXTRA)
+            .saturating_add(GUARD);
+        let on_demand = self
+            .on_demand_memories()
+            .saturating_mul(reservation + 2 * GUARD);
+        pool.saturating_add(on_demand)
+    }
+
+    fn reservation(&self, available: u64) -> Reservation {
+        if self.bytes(FULL_RESERVATION) <= available {
+            return Reservation::Full;
+        }
+        // `bytes` is linear in the reservation: solve for the largest that fits.
+        let memories = u64::from(self.slots()) + self.on_demand_memories();
+        let overhead = self.bytes(0);
+        let per_memory = available.saturating_sub(overhead) / memories;
+        match per_memory {
+            0 => Reservation::TooLittle,
+            bytes if (1 << bytes.ilog2()) < LEAST_RESERVATION => Reservation::TooLittle,
+            bytes => Reservation::Smaller(1 << bytes.ilog2()),
+        }
+    }
+
+    /// The most pods, below `max_pods`, whose memories fit in `available` bytes.
+    fn pods_that_fit(available: u64, max_pods: u32) -> u32 {
+        let fits = |pods: u32| {
+            !matches!(
+                Self::shape(pods).reservation(available),
+                Reservation::TooLittle
+            )
+        };
+        // Invariant: `low` fits (0 trivially), `high` does not.
+        let (mut low, mut high) = (0, max_pods);
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            if fits(middle) {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        low
+    }
+
+    /// The most one linear memory may hold, when the host's address space sets it.
+    pub(crate) fn largest_memory(&self) -> Option<u64> {
+        self.largest_memory
+    }
+}
+
+/// What served requests may take, so that a flood of requests to one served pod (each
+/// request is an instance, up to 1024 at once) cannot leave the next pod to start without
+/// an instance slot or address space:
+///
+/// - from the pool (Cranelift's code), no more than the pods' share: a request is refused
+///   while the pool's live instances are at it, and the kept slots stay the pods';
+/// - on demand (Winch's code), on a host whose address space set the layout, no more
+///   memories than the kept slots, which the layout reserved address space for.
+///
+/// A request checks just before it instantiates, so requests instantiating together may
+/// pass together; the kept slots (at least 32) are sized well past that.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestRoom {
+    pods_slots: u32,
+    /// Permits for memories allocated on demand, when the address space is short.
+    on_demand: Option<Arc<Semaphore>>,
+}
+
+/// What a request holds of the room while its instance lives.
+pub(crate) type RoomTaken = Option<OwnedSemaphorePermit>;
+
+impl RequestRoom {
+    pub(crate) fn of(layout: &MemoryLayout) -> Self {
+        Self {
+            pods_slots: layout.pods_slots,
+            on_demand: layout
+                .largest_memory
+                .map(|_| Arc::new(Semaphore::new(layout.kept_slots as usize))),
+        }
+    }
+
+    /// Room for an instance of `engine` with `memories` linear memories, or why there is
+    /// none.
+    pub(crate) fn take(&self, engine: &Engine, memories: u32) -> Result<RoomTaken, String> {
+        if let Some(pool) = engine.pooling_allocator_metrics() {
+            let live = pool
+                .core_instances()
+                .max(pool.component_instances())
+                .max(pool.memories() as u64)
+                .max(pool.tables() as u64);
+            if live >= u64::from(self.pods_slots) {
+                return Err(format!(
+                    "the node's instance pool is busy ({live} slots in use); the rest are kept for starting pods"
+                ));
+            }
+            return Ok(None);
+        }
+        let Some(on_demand) = &self.on_demand else {
+            return Ok(None);
+        };
+        let bound = on_demand.available_permits();
+        on_demand
+            .clone()
+            .try_acquire_many_owned(memories.max(1))
+            .map(Some)
+            .map_err(|_| {
+                format!(
+                    "the node's address space for requests' memories is in use ({bound} of their memories free, {memories} asked); the rest is kept for starting pods"
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::code::TierKind;
+    use crate::engine::{build, tests::config};
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    /// The layout for `max_pods` in `available` bytes of address space.
+    pub(crate) fn planned(max_pods: u32, available: u64) -> MemoryLayout {
+        MemoryLayout::plan(max_pods, available).unwrap()
+    }
+
+    #[test]
+    fn a_roomy_address_space_keeps_wasmtimes_full_reservations() {
+        // x86_64's 47-bit user address space.
+        let layout = MemoryLayout::plan(110, 1 << 47).unwrap();
+        assert_eq!(layout.largest_memory(), None);
+        assert_eq!(
+            (layout.pods_slots, layout.kept_slots, layout.slots()),
+            (440, 55, 495)
+        );
+        // The benchmark's 3,000 pods fit too.
+        assert_eq!(
+            MemoryLayout::plan(3600, 85 << 40).unwrap().largest_memory(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_short_address_space_gets_smaller_memories_for_every_pod() {
+        // `ulimit -v 512G`, less what the process has mapped.
+        let layout = MemoryLayout::plan(110, 510 * GIB).unwrap();
+        assert_eq!(layout.largest_memory(), Some(512 * MIB));
+        assert!(layout.bytes(512 * MIB) <= 510 * GIB);
+        // What a 39-bit kernel leaves in one piece below the binary.
+        let layout = MemoryLayout::plan(110, 341 * GIB).unwrap();
+        assert_eq!(layout.largest_memory(), Some(256 * MIB));
+        assert!(layout.bytes(256 * MIB) <= 341 * GIB);
+        assert!(layout.bytes(512 * MIB) > 341 * GIB, "the largest that fits");
+    }
+
+    #[test]
+    fn too_little_address_space_names_the_pods_that_would_fit() {
+        let err = MemoryLayout::plan(110, 8 * GIB).unwrap_err();
+        assert!(MemoryLayout::plan(err.fit, 8 * GIB).is_ok(), "{err}");
+        assert!(MemoryLayout::plan(err.fit + 1, 8 * GIB).is_err(), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("8192 MiB") && message.contains("--max-pods=110"),
+            "{message}"
+        );
+        assert!(MemoryLayout::plan(1, 0).is_err());
+        assert!(MemoryLayout::plan(1, 64 * MIB).is_err());
+    }
+
+    #[test]
+    fn requests_leave_the_kept_slots_of_the_pool_to_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 4);
+        let layout = MemoryLayout::plan(4, 1 << 47).unwrap();
+        assert_eq!((layout.pods_slots, layout.slots()), (16, 32));
+        let room = RequestRoom::of(&layout);
+        let pooled = build(&config, &layout, TierKind::Optimised).unwrap();
+        let module = wasmtime::Module::new(&pooled, "(module (memory 1))").unwrap();
+        let instantiate = || {
+            let mut store = wasmtime::Store::new(&pooled, ());
+            wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            store
+        };
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            room.take(&pooled, 1).unwrap();
+            held.push(instantiate());
+        }
+        let refused = room.take(&pooled, 1).unwrap_err();
+        assert!(refused.contains("16 slots in use"), "{refused}");
+        // Every kept slot is still there for pods' own instances.
+        let pods: Vec<_> = (0..16).map(|_| instantiate()).collect();
+        drop(pods);
+        held.pop();
+        room.take(&pooled, 1).unwrap();
+
+        // A roomy host does not bound what requests allocate on demand.
+        let on_demand = build(&config, &layout, TierKind::Baseline).unwrap();
+        assert!(room.take(&on_demand, 1000).unwrap().is_none());
+    }
+
+    #[test]
+    fn on_a_short_address_space_requests_on_demand_take_at_most_the_kept_memories() {
+        let layout = MemoryLayout::plan(4, 120 * GIB).unwrap();
+        assert!(layout.largest_memory().is_some());
+        assert_eq!(layout.kept_slots, 16);
+        let dir = tempfile::tempdir().unwrap();
+        let on_demand = build(&config(dir.path(), 4), &layout, TierKind::Baseline).unwrap();
+        let room = RequestRoom::of(&layout);
+        let first = room.take(&on_demand, 10).unwrap();
+        let refused = room.take(&on_demand, 7).unwrap_err();
+        assert!(refused.contains("6 of their memories free"), "{refused}");
+        let second = room.take(&on_demand, 6).unwrap();
+        drop(first);
+        room.take(&on_demand, 10).unwrap();
+        drop(second);
+    }
+}
