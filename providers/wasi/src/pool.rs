@@ -66,10 +66,22 @@ enum Reservation {
 }
 
 impl MemoryLayout {
-    /// The layout for `max_pods` on this host.
+    /// The layout for `max_pods` on this host. Where the address space is short, the
+    /// layout leaves some of it (a thirty-second, at least 1 GiB) for everything else the
+    /// process maps later (thread stacks, the allocator's arenas, compiled code): under
+    /// `ulimit -v` these count against the same limit, and a failed allocation would end
+    /// the node.
     pub(crate) fn for_host(max_pods: u32) -> Result<Self, AddressSpaceError> {
         let want = Self::shape(max_pods).bytes(FULL_RESERVATION);
-        Self::plan(max_pods, crate::address_space::largest_reservation(want))
+        let margin = |bytes: u64| (bytes / 32).max(1 << 30);
+        let asked = want.saturating_add(margin(want));
+        let found = crate::address_space::largest_reservation(asked);
+        let usable = if found >= asked {
+            want
+        } else {
+            found.saturating_sub(margin(found))
+        };
+        Self::plan(max_pods, usable)
     }
 
     /// The layout for `max_pods` when `available` bytes can be reserved in one piece.
@@ -92,8 +104,8 @@ impl MemoryLayout {
         })
     }
 
-    /// The slots for `max_pods`: theirs, and an eighth more kept for starts (at least 32,
-    /// enough for eight pods at once, and at most 256, but never more than theirs).
+    /// The slots for `max_pods`: theirs, and an eighth more kept for starts (32 to 256, 32
+    /// being enough for eight pods at once, but never more than theirs).
     fn shape(max_pods: u32) -> Self {
         let pods_slots = max_pods.max(1).saturating_mul(INSTANCES_PER_POD);
         Self {
@@ -174,17 +186,45 @@ impl MemoryLayout {
 /// an instance slot or address space:
 ///
 /// - from the pool (Cranelift's code), no more than the pods' share: a request is refused
-///   while the pool's live instances are at it, and the kept slots stay the pods';
+///   if its instance could take the pool's live instances past it (counting it as a pod's
+///   [`INSTANCES_PER_POD`] core instances, or its memories or tables if more), so the kept
+///   slots stay the pods';
 /// - on demand (Winch's code), on a host whose address space set the layout, no more
 ///   memories than the kept slots, which the layout reserved address space for.
 ///
-/// A request checks just before it instantiates, so requests instantiating together may
-/// pass together; the kept slots (at least 32) are sized well past that.
+/// A request checks just before it instantiates, so requests instantiating at the very
+/// same moment may pass together, each within the pods' share; the kept slots (32 where
+/// the pods' share is at least that) are sized well past it.
 #[derive(Clone, Debug)]
 pub(crate) struct RequestRoom {
     pods_slots: u32,
-    /// Permits for memories allocated on demand, when the address space is short.
-    on_demand: Option<Arc<Semaphore>>,
+    /// Permits for memories allocated on demand, when the address space is short, and how
+    /// many there are.
+    on_demand: Option<(Arc<Semaphore>, u32)>,
+}
+
+/// What one instance of a component takes: its linear memories and tables.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InstanceNeeds {
+    pub(crate) memories: u32,
+    pub(crate) tables: u32,
+}
+
+impl InstanceNeeds {
+    /// A component's needs; one of each where wasmtime cannot tell (a component that
+    /// imports core modules).
+    pub(crate) fn of(component: &wasmtime::component::Component) -> Self {
+        component.resources_required().map_or(
+            Self {
+                memories: 1,
+                tables: 1,
+            },
+            |needs| Self {
+                memories: needs.num_memories,
+                tables: needs.num_tables,
+            },
+        )
+    }
 }
 
 /// What a request holds of the room while its instance lives.
@@ -194,39 +234,46 @@ impl RequestRoom {
     pub(crate) fn of(layout: &MemoryLayout) -> Self {
         Self {
             pods_slots: layout.pods_slots,
-            on_demand: layout
-                .largest_memory
-                .map(|_| Arc::new(Semaphore::new(layout.kept_slots as usize))),
+            on_demand: layout.largest_memory.map(|_| {
+                (
+                    Arc::new(Semaphore::new(layout.kept_slots as usize)),
+                    layout.kept_slots,
+                )
+            }),
         }
     }
 
-    /// Room for an instance of `engine` with `memories` linear memories, or why there is
-    /// none.
-    pub(crate) fn take(&self, engine: &Engine, memories: u32) -> Result<RoomTaken, String> {
+    /// Room for an instance of `engine` that `needs` so much, or why there is none.
+    pub(crate) fn take(&self, engine: &Engine, needs: InstanceNeeds) -> Result<RoomTaken, String> {
         if let Some(pool) = engine.pooling_allocator_metrics() {
             let live = pool
                 .core_instances()
                 .max(pool.component_instances())
                 .max(pool.memories() as u64)
                 .max(pool.tables() as u64);
-            if live >= u64::from(self.pods_slots) {
+            let slots = INSTANCES_PER_POD.max(needs.memories).max(needs.tables);
+            if live + u64::from(slots) > u64::from(self.pods_slots) {
                 return Err(format!(
-                    "the node's instance pool is busy ({live} slots in use); the rest are kept for starting pods"
+                    "the node's instance pool is busy ({live} slots in use, {} for requests); the rest are kept for starting pods",
+                    self.pods_slots
                 ));
             }
             return Ok(None);
         }
-        let Some(on_demand) = &self.on_demand else {
+        let Some((on_demand, total)) = &self.on_demand else {
             return Ok(None);
         };
-        let bound = on_demand.available_permits();
+        // A component with more memories than there are permits takes them all, one
+        // request at a time, rather than never.
+        let memories = needs.memories.clamp(1, *total);
+        let free = on_demand.available_permits();
         on_demand
             .clone()
-            .try_acquire_many_owned(memories.max(1))
+            .try_acquire_many_owned(memories)
             .map(Some)
             .map_err(|_| {
                 format!(
-                    "the node's address space for requests' memories is in use ({bound} of their memories free, {memories} asked); the rest is kept for starting pods"
+                    "the node's address space for requests' memories is in use ({free} of their memories free, {memories} asked); the rest is kept for starting pods"
                 )
             })
     }
@@ -289,6 +336,13 @@ pub(crate) mod tests {
         assert!(MemoryLayout::plan(1, 64 * MIB).is_err());
     }
 
+    fn needs(memories: u32) -> InstanceNeeds {
+        InstanceNeeds {
+            memories,
+            tables: 1,
+        }
+    }
+
     #[test]
     fn requests_leave_the_kept_slots_of_the_pool_to_pods() {
         let dir = tempfile::tempdir().unwrap();
@@ -303,22 +357,29 @@ pub(crate) mod tests {
             wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
             store
         };
+        // A request counts as a pod's four slots: it may go in while 4 of the pods' 16
+        // are free.
         let mut held = Vec::new();
-        for _ in 0..16 {
-            room.take(&pooled, 1).unwrap();
+        for _ in 0..13 {
+            room.take(&pooled, needs(1)).unwrap();
             held.push(instantiate());
         }
-        let refused = room.take(&pooled, 1).unwrap_err();
-        assert!(refused.contains("16 slots in use"), "{refused}");
-        // Every kept slot is still there for pods' own instances.
-        let pods: Vec<_> = (0..16).map(|_| instantiate()).collect();
-        drop(pods);
+        let refused = room.take(&pooled, needs(1)).unwrap_err();
+        assert!(
+            refused.contains("13 slots in use, 16 for requests"),
+            "{refused}"
+        );
+        // A request with more memories than that counts them.
         held.pop();
-        room.take(&pooled, 1).unwrap();
+        assert!(room.take(&pooled, needs(5)).is_err());
+        room.take(&pooled, needs(1)).unwrap();
+        // Every other slot is still there for pods' own instances.
+        let pods: Vec<_> = (0..20).map(|_| instantiate()).collect();
+        drop(pods);
 
         // A roomy host does not bound what requests allocate on demand.
         let on_demand = build(&config, &layout, TierKind::Baseline).unwrap();
-        assert!(room.take(&on_demand, 1000).unwrap().is_none());
+        assert!(room.take(&on_demand, needs(1000)).unwrap().is_none());
     }
 
     #[test]
@@ -329,12 +390,17 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let on_demand = build(&config(dir.path(), 4), &layout, TierKind::Baseline).unwrap();
         let room = RequestRoom::of(&layout);
-        let first = room.take(&on_demand, 10).unwrap();
-        let refused = room.take(&on_demand, 7).unwrap_err();
+        let first = room.take(&on_demand, needs(10)).unwrap();
+        let refused = room.take(&on_demand, needs(7)).unwrap_err();
         assert!(refused.contains("6 of their memories free"), "{refused}");
-        let second = room.take(&on_demand, 6).unwrap();
+        let second = room.take(&on_demand, needs(6)).unwrap();
         drop(first);
-        room.take(&on_demand, 10).unwrap();
+        room.take(&on_demand, needs(10)).unwrap();
         drop(second);
+        // More memories than there are permits: all of them, one request at a time.
+        let all = room.take(&on_demand, needs(100)).unwrap();
+        assert!(room.take(&on_demand, needs(1)).is_err());
+        drop(all);
+        room.take(&on_demand, needs(100)).unwrap();
     }
 }

@@ -40,7 +40,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::guest::{OUTPUT_BUDGET, P2Host, Plan, limits_for, yield_every_tick};
 use crate::http::OutboundHttp;
 use crate::metering::{ContainerMemory, CpuQuota, SharedQuota, cpu_metered};
-use crate::pool::{RequestRoom, RoomTaken};
+use crate::pool::{InstanceNeeds, RequestRoom, RoomTaken};
 use crate::response_body::holding_guest;
 
 /// The pod annotation that sets how many requests a container serves at once.
@@ -79,8 +79,8 @@ struct Handler {
     engine: Engine,
     pre: ProxyPre<P2Host>,
     room: RequestRoom,
-    /// The linear memories of one instance (1 if the component cannot tell).
-    memories_per_instance: u32,
+    /// What one request's instance takes.
+    needs: InstanceNeeds,
     plan: Plan,
     root_dir: PathBuf,
     mounts: Vec<Mount>,
@@ -146,16 +146,12 @@ pub(crate) async fn listen(
         .and_then(|millicores| CpuQuota::shared(millicores, tokio::time::Instant::now()));
     let outbound = OutboundHttp::new(plan.outbound().clone(), &start.pod, &start.container);
     let Served { engine, pre, room } = served;
-    let memories_per_instance = pre
-        .instance_pre()
-        .component()
-        .resources_required()
-        .map_or(1, |needs| needs.num_memories);
+    let needs = InstanceNeeds::of(pre.instance_pre().component());
     let handler = Arc::new(Handler {
         engine,
         pre,
         room,
-        memories_per_instance,
+        needs,
         plan,
         root_dir: start.root_dir,
         mounts: start.mounts,
@@ -337,7 +333,7 @@ impl Handler {
         // instantiating, so that requests between the two are as few as can be.
         let room = self
             .room
-            .take(&self.engine, self.memories_per_instance)
+            .take(&self.engine, self.needs)
             .map_err(|why| (hyper::StatusCode::SERVICE_UNAVAILABLE, why))?;
         let proxy = self.pre.instantiate_async(&mut store).await.map_err(|e| {
             (
