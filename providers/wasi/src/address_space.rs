@@ -18,17 +18,23 @@ pub(crate) fn largest_reservation(want: u64) -> u64 {
     if can_reserve(want) {
         return want;
     }
-    // Invariant: `fits` can be reserved (0 trivially), `fails` cannot.
-    let (mut fits, mut fails) = (0, want);
-    while fails - fits > GRAIN {
-        let middle = fits + (fails - fits) / 2;
-        if can_reserve(middle) {
-            fits = middle;
+    largest_where(want, GRAIN, can_reserve)
+}
+
+/// The largest value below `high`, to within `grain`, for which `fits` holds, where `fits`
+/// holds for 0 and, once it fails, fails for every larger value: a binary search.
+pub(crate) fn largest_where(high: u64, grain: u64, mut fits: impl FnMut(u64) -> bool) -> u64 {
+    // Invariant: `low` fits (0 by the caller's word), `high` does not.
+    let (mut low, mut high) = (0, high);
+    while high - low > grain {
+        let middle = low + (high - low) / 2;
+        if fits(middle) {
+            low = middle;
         } else {
-            fails = middle;
+            high = middle;
         }
     }
-    fits
+    low
 }
 
 /// Whether a mapping of `bytes` with no access and no swap reserved can be made: it takes

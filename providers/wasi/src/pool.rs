@@ -147,32 +147,25 @@ impl MemoryLayout {
         let memories = u64::from(self.slots()) + self.on_demand_memories();
         let overhead = self.bytes(0);
         let per_memory = available.saturating_sub(overhead) / memories;
-        match per_memory {
-            0 => Reservation::TooLittle,
-            bytes if (1 << bytes.ilog2()) < LEAST_RESERVATION => Reservation::TooLittle,
-            bytes => Reservation::Smaller(1 << bytes.ilog2()),
+        match per_memory.checked_ilog2().map(|log| 1 << log) {
+            Some(bytes) if bytes >= LEAST_RESERVATION => Reservation::Smaller(bytes),
+            _ => Reservation::TooLittle,
         }
     }
 
     /// The most pods, below `max_pods`, whose memories fit in `available` bytes.
     fn pods_that_fit(available: u64, max_pods: u32) -> u32 {
-        let fits = |pods: u32| {
-            !matches!(
-                Self::shape(pods).reservation(available),
-                Reservation::TooLittle
-            )
+        // Every value searched is below `max_pods`, so it converts back.
+        let fits = |pods: u64| {
+            u32::try_from(pods).is_ok_and(|pods| {
+                !matches!(
+                    Self::shape(pods).reservation(available),
+                    Reservation::TooLittle
+                )
+            })
         };
-        // Invariant: `low` fits (0 trivially), `high` does not.
-        let (mut low, mut high) = (0, max_pods);
-        while high - low > 1 {
-            let middle = low + (high - low) / 2;
-            if fits(middle) {
-                low = middle;
-            } else {
-                high = middle;
-            }
-        }
-        low
+        let fit = crate::address_space::largest_where(u64::from(max_pods), 1, fits);
+        u32::try_from(fit).unwrap_or(0)
     }
 
     /// The most one linear memory may hold, when the host's address space sets it.
