@@ -59,11 +59,29 @@ pub async fn bench_registry(name: &str) -> anyhow::Result<(crate::Registry, Stri
 
 /// Publishes `file` to `image` with `wasmlet push --insecure`, as an operator would.
 pub fn push_file(file: &std::path::Path, image: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    wasmlet_push(file, image, &["--insecure"], env)
+}
+
+/// Publishes `file` to `image` over HTTPS with `wasmlet push`.
+pub fn push_file_over_https(
+    file: &std::path::Path,
+    image: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    wasmlet_push(file, image, &[], env)
+}
+
+fn wasmlet_push(
+    file: &std::path::Path,
+    image: &str,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let out = Command::new(wasmlet_binary()?)
         .arg("push")
         .arg(file)
         .arg(image)
-        .arg("--insecure")
+        .args(flags)
         .envs(env.iter().copied())
         .output()
         .context("run wasmlet push")?;

@@ -5,8 +5,9 @@
 //! and free ports, with a fresh PKI in a private temp dir. [`WasmletNode`] runs the wasmlet
 //! binary against it, and [`Kubectl`] drives it the way a person would. Every type stops what
 //! it started when dropped, so planes can run side by side and never outlive their test.
-//! [`Registry`] runs Debian's `docker-registry` the same way, and [`oci_layout`] builds
-//! images by hand and publishes them with skopeo.
+//! [`Registry`] runs Debian's `docker-registry` the same way (open, behind Basic auth, or over
+//! HTTPS behind a [`TokenService`]'s Bearer tokens), and [`oci_layout`] builds images by hand
+//! and publishes them with skopeo.
 
 mod cluster;
 mod control_plane;
@@ -21,6 +22,7 @@ mod ports;
 mod process;
 mod registry;
 pub mod status;
+mod token_service;
 mod wait;
 mod wasmlet;
 
@@ -32,6 +34,7 @@ pub use null_agent::NullAgent;
 pub use ports::free_port;
 pub use process::rss_kib;
 pub use registry::{REGISTRY_PASSWORD, REGISTRY_USER, Registry};
+pub use token_service::{IssuedToken, TokenService};
 pub use wait::wait_for;
 pub use wasmlet::{
     StandaloneWasmlet, WasmletNode, WasmletOptions, emulated_aarch64_wasmlet, join_arguments,

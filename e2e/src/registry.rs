@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 
 use crate::ports::free_port;
 use crate::process::Supervised;
+use crate::token_service::{ISSUER, SERVICE, TokenService};
 
 /// The user and password of an authenticated registry.
 pub const REGISTRY_USER: &str = "wasmlet";
@@ -15,25 +16,39 @@ pub const REGISTRY_USER: &str = "wasmlet";
 pub const REGISTRY_PASSWORD: &str = "e2e-secret";
 
 /// Debian's `docker-registry` (distribution 2.8) on 127.0.0.1 and a free port, storing into a
-/// private temp dir. Optionally behind htpasswd basic auth. Dropping it stops it.
+/// private temp dir. Optionally behind htpasswd basic auth, or behind HTTPS and a
+/// [`TokenService`]'s Bearer tokens. Dropping it stops it.
 pub struct Registry {
     process: Supervised,
     port: u16,
     dir: tempfile::TempDir,
 }
 
+/// Who the registry serves.
+enum Access<'a> {
+    Open,
+    Htpasswd,
+    Token(&'a TokenService),
+}
+
 impl Registry {
     /// An open registry.
     pub fn start() -> anyhow::Result<Self> {
-        Self::spawn(false)
+        Self::spawn(Access::Open)
     }
 
     /// A registry that wants [`REGISTRY_USER`] / [`REGISTRY_PASSWORD`].
     pub fn start_with_auth() -> anyhow::Result<Self> {
-        Self::spawn(true)
+        Self::spawn(Access::Htpasswd)
     }
 
-    fn spawn(auth: bool) -> anyhow::Result<Self> {
+    /// A registry served over HTTPS (a certificate from `tokens`' CA) that takes only
+    /// Bearer tokens, and sends clients to `tokens` for them.
+    pub fn start_with_token_service(tokens: &TokenService) -> anyhow::Result<Self> {
+        Self::spawn(Access::Token(tokens))
+    }
+
+    fn spawn(access: Access) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("wasmlet-registry-")
             .tempdir()?;
@@ -42,20 +57,33 @@ impl Registry {
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.path().join("data").display()
         );
-        if auth {
-            let htpasswd = dir.path().join("htpasswd");
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD])
-                .output()
-                .context("run htpasswd (apache2-utils)")?;
-            if !out.status.success() {
-                bail!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+        match access {
+            Access::Open => {}
+            Access::Htpasswd => {
+                let htpasswd = dir.path().join("htpasswd");
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD])
+                    .output()
+                    .context("run htpasswd (apache2-utils)")?;
+                if !out.status.success() {
+                    bail!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                std::fs::write(&htpasswd, &out.stdout)?;
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: wasmlet-e2e\n    path: {}\n",
+                    htpasswd.display()
+                ));
             }
-            std::fs::write(&htpasswd, &out.stdout)?;
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: wasmlet-e2e\n    path: {}\n",
-                htpasswd.display()
-            ));
+            Access::Token(tokens) => {
+                let (certificate, key) = tokens.registry_certificate();
+                config.push_str(&format!(
+                    "  tls:\n    certificate: {}\n    key: {}\nauth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                    certificate.display(),
+                    key.display(),
+                    tokens.realm(),
+                    tokens.ca_path().display(),
+                ));
+            }
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;

@@ -68,6 +68,9 @@ pub struct WasmletOptions {
     /// The address space wasmlet may take, in bytes (`ulimit -v`, set by `prlimit`); `None`
     /// leaves the test's own.
     pub address_space: Option<u64>,
+    /// `SSL_CERT_FILE`: the CA certificates wasmlet trusts for registries, in place of the
+    /// system's, as an operator whose registry has a private CA may set it.
+    pub ca_certificates: Option<PathBuf>,
 }
 
 /// What tests log: the agent's and the WASI provider's debug lines.
@@ -97,6 +100,7 @@ impl WasmletOptions {
             sysfs_root: None,
             log_filter: TEST_LOG.into(),
             address_space: None,
+            ca_certificates: None,
         }
     }
 }
@@ -116,7 +120,8 @@ pub struct WasmletNode {
     /// How it was started, for [`WasmletNode::restart_with`].
     args: Vec<std::ffi::OsString>,
     address_space: Option<u64>,
-    log_filter: String,
+    /// Its environment (`RUST_LOG`, `SSL_CERT_FILE`).
+    env: Vec<(String, std::ffi::OsString)>,
     log: PathBuf,
 }
 
@@ -146,7 +151,14 @@ impl WasmletNode {
         let port = free_port()?;
         let mut cmd = wasmlet_command(options.address_space)?;
         let wrapper_args = cmd.get_args().count();
-        cmd.env("RUST_LOG", &options.log_filter);
+        let mut env = vec![("RUST_LOG".to_string(), options.log_filter.clone().into())];
+        if let Some(certificates) = &options.ca_certificates {
+            env.push((
+                "SSL_CERT_FILE".into(),
+                certificates.clone().into_os_string(),
+            ));
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         match &options.join_line {
             Some(line) => {
                 cmd.arg("join").args(join_arguments(line)?);
@@ -219,7 +231,7 @@ impl WasmletNode {
             kubeconfig,
             args,
             address_space: options.address_space,
-            log_filter: options.log_filter.clone(),
+            env,
             log,
         })
     }
@@ -229,7 +241,8 @@ impl WasmletNode {
     pub fn restart_with(&mut self, signal: Signal) -> anyhow::Result<()> {
         self.stop_with(signal)?;
         let mut cmd = wasmlet_command(self.address_space)?;
-        cmd.env("RUST_LOG", &self.log_filter).args(&self.args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(&self.args);
         let log = self.log.with_extension(format!(
             "restart-{}.log",
             std::time::SystemTime::now()

@@ -10,7 +10,7 @@ use e2e::oci_layout::{
     Blob, Image, empty_component, image_config, publish_image, publish_with_skopeo, tar_gz,
     wasm_module_of_size,
 };
-use e2e::{REGISTRY_PASSWORD, REGISTRY_USER, Registry, wasmlet_binary};
+use e2e::{REGISTRY_PASSWORD, REGISTRY_USER, Registry, TokenService, wasmlet_binary};
 use oci::{
     Error, PullPolicy, PullRequest, Puller, PullerConfig, RegistryAuth, RegistryCredentials, Shape,
     Store, WasmKind,
@@ -363,6 +363,11 @@ async fn unknown_repository_or_tag_is_not_found_and_a_dead_registry_is_unreachab
         .await
         .unwrap_err();
     assert!(matches!(err, Error::RegistryUnreachable { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("registry {host} is unreachable: Connection refused (os error 111)"),
+        "the message says why"
+    );
     assert!(err.is_transient());
     let err = puller
         .pull(&request("Not A Reference!", PullPolicy::IfNotPresent))
@@ -439,6 +444,31 @@ async fn private_registry_takes_the_pull_secret_and_refuses_anyone_else() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(&artifact.wasm_path).unwrap(), wasm);
+}
+
+/// A registry whose certificate comes from a CA the node does not trust (this test's
+/// process has only the system's CA certificates) is not spoken to, and the error says why.
+#[tokio::test]
+async fn registry_with_an_untrusted_certificate_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenService::start(dir.path()).unwrap();
+    let registry = Registry::start_with_token_service(&tokens).unwrap();
+    let image = format!("{}/private/app:v1", registry.host());
+    let puller = puller(dir.path(), "insecure.invalid:5000", 1 << 20);
+    let err = puller
+        .pull(&request(&image, PullPolicy::Always))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UntrustedCertificate { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the certificate of registry {} is refused: invalid peer certificate: UnknownIssuer (a registry whose CA is private needs that CA among the node's CA certificates)",
+            registry.host()
+        )
+    );
+    assert_eq!(err.kubelet_reason(), "ErrImagePull");
+    assert!(tokens.issued().is_empty(), "{:?}", tokens.issued());
 }
 
 #[tokio::test]

@@ -4,10 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::demos::{push_demo, push_file};
+use e2e::demos::{push_demo, push_file, push_file_over_https};
 use e2e::status::{condition, container, phase, running, terminated, waiting};
 use e2e::{
-    REGISTRY_PASSWORD, REGISTRY_USER, Registry, WasmCluster, WasmletNode, WasmletOptions, wasm_pod,
+    REGISTRY_PASSWORD, REGISTRY_USER, Registry, TokenService, WasmCluster, WasmletNode,
+    WasmletOptions, wasm_pod,
 };
 use k8s_openapi::api::core::v1::Pod;
 
@@ -354,6 +355,67 @@ async fn private_registry_pod_pulls_with_its_image_pull_secret() {
         ],
     )
     .unwrap();
+    only_the_pod_with_the_secret_pulls(&cluster, &private.host(), &image).await;
+}
+
+/// The token flow most registries use (Docker Hub, GHCR, Harbor), against a real
+/// `docker-registry` that checks every token: the registry speaks only HTTPS with a
+/// certificate from a private CA (which the node trusts through `SSL_CERT_FILE`), answers
+/// 401 with a Bearer challenge, and takes only tokens its token service signed.
+#[tokio::test]
+async fn private_registry_over_https_takes_bearer_tokens_issued_for_the_pull_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenService::start(dir.path()).unwrap();
+    let private = Registry::start_with_token_service(&tokens).unwrap();
+    let ca = tokens.ca_path().to_str().unwrap();
+    let image = format!("{}/private/ticker:v1", private.host());
+    push_file_over_https(
+        &e2e::demos::demo_wasm("ticker").unwrap(),
+        &image,
+        &[
+            ("SSL_CERT_FILE", ca),
+            ("WASMLET_REGISTRY_USERNAME", REGISTRY_USER),
+            ("WASMLET_REGISTRY_PASSWORD", REGISTRY_PASSWORD),
+        ],
+    )
+    .unwrap();
+    let granted_to = |user: Option<&str>, grant: &str| {
+        tokens
+            .issued()
+            .iter()
+            .filter(|t| t.user.as_deref() == user && t.granted.iter().any(|g| g == grant))
+            .count()
+    };
+    assert!(
+        granted_to(Some(REGISTRY_USER), "repository:private/ticker:pull,push") > 0,
+        "the push asked for a token to push: {:?}",
+        tokens.issued()
+    );
+    let pulls_before = granted_to(Some(REGISTRY_USER), "repository:private/ticker:pull");
+
+    // The node does not list the registry as insecure: it pulls over HTTPS.
+    let cluster = WasmCluster::start_with_options(WasmletOptions {
+        ca_certificates: Some(tokens.ca_path().to_path_buf()),
+        ..WasmletOptions::named("edge-tokens")
+    })
+    .await
+    .unwrap();
+    only_the_pod_with_the_secret_pulls(&cluster, &private.host(), &image).await;
+    assert!(
+        granted_to(Some(REGISTRY_USER), "repository:private/ticker:pull") > pulls_before,
+        "the node pulled with a token issued for the pull secret's user: {:?}",
+        tokens.issued()
+    );
+    assert!(
+        granted_to(None, "repository:private/ticker:") > 0,
+        "the pod without the secret got an anonymous token that grants nothing: {:?}",
+        tokens.issued()
+    );
+}
+
+/// Of two pods of the private `image`, the one with a pull secret for `registry` runs, and
+/// the one without is refused, with a message and an Event that say so.
+async fn only_the_pod_with_the_secret_pulls(cluster: &WasmCluster, registry: &str, image: &str) {
     let kubectl = &cluster.kubectl;
     kubectl
         .run(&[
@@ -361,7 +423,7 @@ async fn private_registry_pod_pulls_with_its_image_pull_secret() {
             "secret",
             "docker-registry",
             "regcred",
-            &format!("--docker-server={}", private.host()),
+            &format!("--docker-server={registry}"),
             &format!("--docker-username={REGISTRY_USER}"),
             &format!("--docker-password={REGISTRY_PASSWORD}"),
         ])

@@ -67,6 +67,47 @@ where
     }
 }
 
+/// The error for a request to `registry` that got no answer (`err`: it could not connect,
+/// or timed out): a refused certificate, or else an unreachable registry, each with the
+/// deepest cause, which is what says what to fix ("Connection refused", "UnknownIssuer").
+pub(crate) fn no_answer(registry: &str, err: &(dyn std::error::Error + 'static)) -> Error {
+    let registry = registry.to_string();
+    match refused_certificate(err) {
+        Some(refused) => Error::UntrustedCertificate {
+            registry,
+            reason: refused.to_string(),
+        },
+        None => Error::RegistryUnreachable {
+            registry,
+            reason: std::iter::successors(Some(err), |err| err.source())
+                .last()
+                .map_or_else(|| err.to_string(), ToString::to_string),
+        },
+    }
+}
+
+/// The certificate error rustls ended the handshake with, if it did. The connectors wrap it
+/// in `io::Error`s, whose `source` skips the error they wrap, so those are looked into.
+fn refused_certificate<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a tokio_rustls::rustls::Error> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<tokio_rustls::rustls::Error>() {
+            return matches!(tls, tokio_rustls::rustls::Error::InvalidCertificate(_))
+                .then_some(tls);
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
 /// `err` and its causes, as one line: reqwest's own errors name only what failed ("builder
 /// error", "error sending request for url …"), their causes why.
 pub(crate) fn causes(err: &dyn std::error::Error) -> String {

@@ -27,13 +27,23 @@ pub enum Error {
         registry: String,
     },
     /// The registry could not be reached at all.
-    #[error("registry {registry} is unreachable")]
+    #[error("registry {registry} is unreachable: {reason}")]
     RegistryUnreachable {
         /// The registry host.
         registry: String,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// The deepest cause, as the system or the TLS library put it ("Connection refused").
+        reason: String,
+    },
+    /// The registry's TLS certificate was refused: issued by a CA the node does not trust,
+    /// for another name, or expired.
+    #[error(
+        "the certificate of registry {registry} is refused: {reason} (a registry whose CA is private needs that CA among the node's CA certificates)"
+    )]
+    UntrustedCertificate {
+        /// The registry host.
+        registry: String,
+        /// What rustls found wrong with it.
+        reason: String,
     },
     /// The registry answered with an error we do not map to anything more specific.
     #[error("registry error for {reference}: {message}")]
@@ -187,7 +197,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::RegistryUnreachable { .. } | Error::Registry { .. } | Error::Store { .. }
+            Error::RegistryUnreachable { .. }
+                | Error::UntrustedCertificate { .. }
+                | Error::Registry { .. }
+                | Error::Store { .. }
         )
     }
 

@@ -173,10 +173,7 @@ fn map_push_error(reference: &Reference, err: OciDistributionError) -> Error {
     };
     match err {
         OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
-            Error::RegistryUnreachable {
-                registry,
-                source: Box::new(e),
-            }
+            crate::client::no_answer(&registry, &e)
         }
         OciDistributionError::AuthenticationFailure(_)
         | OciDistributionError::UnauthorizedError { .. }
@@ -256,7 +253,10 @@ mod tests {
     async fn a_closed_port_is_an_unreachable_registry() {
         let (_, err) = push_file(Some(b"\0asm\x01\0\0\0"), CLOSED).await;
         assert!(matches!(err, Error::RegistryUnreachable { .. }), "{err}");
-        assert_eq!(err.to_string(), "registry 127.0.0.1:1 is unreachable");
+        assert_eq!(
+            err.to_string(),
+            "registry 127.0.0.1:1 is unreachable: Connection refused (os error 111)"
+        );
     }
 
     #[test]

@@ -584,10 +584,7 @@ fn too_large_or_failed(reference: &Reference, unread: Unread, what: &str, limit:
 /// to or did not answer in time.
 fn request_failed(reference: &Reference, err: reqwest::Error) -> Error {
     if err.is_connect() || err.is_timeout() {
-        return Error::RegistryUnreachable {
-            registry: reference.resolve_registry().to_string(),
-            source: Box::new(err),
-        };
+        return crate::client::no_answer(reference.resolve_registry(), &err);
     }
     Error::Registry {
         reference: reference.whole(),
