@@ -137,6 +137,8 @@ impl Registry {
                     self.process.log_tail(20)
                 );
             }
+            // Any status line will do: over TLS, Go's server answers this plain request with
+            // a 400 of its own, which says as much that it is serving.
             if http_status(self.port, "/v2/").is_ok() {
                 return Ok(());
             }

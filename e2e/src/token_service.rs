@@ -72,8 +72,8 @@ impl TokenService {
         let ca_path = dir.join("registry-ca.crt");
         std::fs::write(&ca_path, ca.cert_pem())?;
         let signer = ca.issue(&CertificateSpec::client(ISSUER, &[]))?;
-        let serving = issue_server_certificate(&ca, dir, "token-service")?;
-        issue_server_certificate(&ca, dir, "registry")?;
+        let (serving, _) = issue_server_certificate(&ca, dir, "token-service")?;
+        let (_, registry_certificate) = issue_server_certificate(&ca, dir, "registry")?;
         let issued = Arc::new(Mutex::new(Vec::new()));
         let issuer = Arc::new(Issuer {
             key: ecdsa_key(&signer.key_pem)?,
@@ -106,7 +106,7 @@ impl TokenService {
             addr,
             issued,
             ca_path,
-            registry_certificate: (dir.join("registry.crt"), dir.join("registry.key")),
+            registry_certificate,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -148,18 +148,22 @@ impl Drop for TokenService {
     }
 }
 
-/// A serving certificate for 127.0.0.1 from `ca`, written as `<name>.crt` and `<name>.key`
-/// into `dir`.
+/// A serving certificate for 127.0.0.1 from `ca`, and where it was written: `<name>.crt`
+/// and `<name>.key` in `dir`.
 fn issue_server_certificate(
     ca: &Authority,
     dir: &Path,
     name: &str,
-) -> anyhow::Result<KeyedCertificate> {
+) -> anyhow::Result<(KeyedCertificate, (PathBuf, PathBuf))> {
     let spec = CertificateSpec::server(name, &["localhost"], &["127.0.0.1".parse()?]);
     let issued = ca.issue(&spec)?;
-    std::fs::write(dir.join(format!("{name}.crt")), &issued.cert_pem)?;
-    std::fs::write(dir.join(format!("{name}.key")), &issued.key_pem)?;
-    Ok(issued)
+    let paths = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&paths.0, &issued.cert_pem)?;
+    std::fs::write(&paths.1, &issued.key_pem)?;
+    Ok((issued, paths))
 }
 
 async fn serve(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, issuer: Arc<Issuer>) {

@@ -463,7 +463,7 @@ async fn registry_with_an_untrusted_certificate_is_refused_with_the_reason() {
     assert_eq!(
         err.to_string(),
         format!(
-            "the certificate of registry {} is refused: invalid peer certificate: UnknownIssuer (a registry whose CA is private needs that CA among the node's CA certificates)",
+            "the certificate of registry {} is refused: invalid peer certificate: UnknownIssuer (the CA that issued it is not among the node's CA certificates)",
             registry.host()
         )
     );

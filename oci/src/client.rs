@@ -6,6 +6,7 @@ use oci_client::Client;
 use oci_client::Reference;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
+use tokio_rustls::rustls;
 use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
 
 use crate::Error;
@@ -67,22 +68,43 @@ where
     }
 }
 
-/// The error for a request to `registry` that got no answer (`err`: it could not connect,
-/// or timed out): a refused certificate, or else an unreachable registry, each with the
-/// deepest cause, which is what says what to fix ("Connection refused", "UnknownIssuer").
+/// Why a request got no answer (it could not connect, or timed out).
+pub(crate) enum NoAnswer {
+    /// rustls refused the server's certificate: what it found wrong, and for an unknown CA
+    /// what to do.
+    Certificate(String),
+    /// Anything else, as its deepest cause says it ("Connection refused"): the outer
+    /// layers only say which request failed.
+    Unreachable(String),
+}
+
+impl NoAnswer {
+    pub(crate) fn of(err: &(dyn std::error::Error + 'static)) -> Self {
+        match refused_certificate(err) {
+            Some(
+                refused
+                @ rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            ) => Self::Certificate(format!(
+                "{refused} (the CA that issued it is not among the node's CA certificates)"
+            )),
+            Some(refused) => Self::Certificate(refused.to_string()),
+            None => Self::Unreachable(
+                std::iter::successors(Some(err), |err| err.source())
+                    .last()
+                    .unwrap_or(err)
+                    .to_string(),
+            ),
+        }
+    }
+}
+
+/// The error for a request to `registry` that got no answer: a refused certificate, or
+/// else an unreachable registry.
 pub(crate) fn no_answer(registry: &str, err: &(dyn std::error::Error + 'static)) -> Error {
     let registry = registry.to_string();
-    match refused_certificate(err) {
-        Some(refused) => Error::UntrustedCertificate {
-            registry,
-            reason: refused.to_string(),
-        },
-        None => Error::RegistryUnreachable {
-            registry,
-            reason: std::iter::successors(Some(err), |err| err.source())
-                .last()
-                .map_or_else(|| err.to_string(), ToString::to_string),
-        },
+    match NoAnswer::of(err) {
+        NoAnswer::Certificate(reason) => Error::UntrustedCertificate { registry, reason },
+        NoAnswer::Unreachable(reason) => Error::RegistryUnreachable { registry, reason },
     }
 }
 
@@ -90,12 +112,11 @@ pub(crate) fn no_answer(registry: &str, err: &(dyn std::error::Error + 'static))
 /// in `io::Error`s, whose `source` skips the error they wrap, so those are looked into.
 fn refused_certificate<'a>(
     err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a tokio_rustls::rustls::Error> {
+) -> Option<&'a rustls::Error> {
     let mut next = Some(err);
     while let Some(err) = next {
-        if let Some(tls) = err.downcast_ref::<tokio_rustls::rustls::Error>() {
-            return matches!(tls, tokio_rustls::rustls::Error::InvalidCertificate(_))
-                .then_some(tls);
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return matches!(tls, rustls::Error::InvalidCertificate(_)).then_some(tls);
         }
         next = match err
             .downcast_ref::<std::io::Error>()
@@ -118,8 +139,95 @@ pub(crate) fn causes(err: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use oci_client::secrets::RegistryAuth;
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
     use super::*;
+
+    /// `host:port` of a TLS server on 127.0.0.1 whose certificate is self-signed, so no CA
+    /// the system knows issued it. It only answers handshakes: every client here refuses it.
+    pub(crate) async fn self_signed_server() -> String {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let chain = vec![CertificateDer::from(certified.cert.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            certified.signing_key.serialize_der(),
+        ));
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move { acceptor.accept(stream).await });
+            }
+        });
+        host
+    }
+
+    pub(crate) const UNKNOWN_CA: &str = "invalid peer certificate: UnknownIssuer (the CA that issued it is not among the node's CA certificates)";
+
+    #[tokio::test]
+    async fn a_certificate_no_known_ca_issued_is_refused_by_pull_and_push_not_unreachable() {
+        let host = self_signed_server().await;
+        let image = format!("{host}/app:1");
+        let expected = format!("the certificate of registry {host} is refused: {UNKNOWN_CA}");
+
+        let registry = crate::registry::Registry::new(new_http().unwrap(), Vec::new());
+        let err = registry
+            .manifest(&image.parse().unwrap(), &RegistryAuth::Anonymous)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::UntrustedCertificate { .. }), "{err:?}");
+        assert_eq!(err.to_string(), expected);
+        assert!(err.is_transient());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.wasm");
+        std::fs::write(&file, b"\0asm\x01\0\0\0").unwrap();
+        let err = crate::push::push(
+            &file,
+            &image,
+            crate::push::PushFormat::Cncf,
+            &RegistryAuth::Anonymous,
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::UntrustedCertificate { .. }), "{err:?}");
+        assert_eq!(err.to_string(), expected);
+    }
+
+    #[test]
+    fn a_refused_certificate_is_found_under_the_io_errors_that_wrap_it_and_only_then() {
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        let wrapped = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            refused,
+        ));
+        match NoAnswer::of(&wrapped) {
+            NoAnswer::Certificate(why) => assert_eq!(why, "invalid peer certificate: Expired"),
+            NoAnswer::Unreachable(why) => panic!("not found under the io errors: {why}"),
+        }
+        let refused_connection = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        match NoAnswer::of(&refused_connection) {
+            NoAnswer::Unreachable(why) => assert_eq!(why, "connection refused"),
+            NoAnswer::Certificate(why) => panic!("a refused connection is no certificate: {why}"),
+        }
+        // Another TLS failure is no verdict on the certificate.
+        let protocol = std::io::Error::other(rustls::Error::DecryptError);
+        assert!(matches!(NoAnswer::of(&protocol), NoAnswer::Unreachable(_)));
+    }
 
     /// Set in the child process of the test below, which runs without CA certificates.
     const CHILD: &str = "WASMLET_OCI_TEST_NO_CA_CERTIFICATES";

@@ -36,13 +36,11 @@ pub enum Error {
     },
     /// The registry's TLS certificate was refused: issued by a CA the node does not trust,
     /// for another name, or expired.
-    #[error(
-        "the certificate of registry {registry} is refused: {reason} (a registry whose CA is private needs that CA among the node's CA certificates)"
-    )]
+    #[error("the certificate of registry {registry} is refused: {reason}")]
     UntrustedCertificate {
         /// The registry host.
         registry: String,
-        /// What rustls found wrong with it.
+        /// What rustls found wrong with it, and for an unknown CA what to do.
         reason: String,
     },
     /// The registry answered with an error we do not map to anything more specific.

@@ -22,7 +22,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::client::causes;
+use crate::client::{NoAnswer, causes};
 use crate::{Error, Result};
 
 /// The largest manifest read.
@@ -288,9 +288,14 @@ impl Registry {
                 _ => request,
             }
         };
-        let response = send_again_if_stale(request)
-            .await
-            .map_err(|e| failed(format!("cannot be reached: {}", causes(&e))))?;
+        let response = send_again_if_stale(request).await.map_err(|e| {
+            failed(match NoAnswer::of(&e) {
+                NoAnswer::Certificate(why) => {
+                    format!("presented a certificate that is refused: {why}")
+                }
+                NoAnswer::Unreachable(why) => format!("cannot be reached: {why}"),
+            })
+        })?;
         match response.status() {
             status if status.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -1009,6 +1014,25 @@ mod tests {
             matches!(&err, Error::Registry { message, .. }
                 if message.starts_with("the token service http://")
                     && message.ends_with("/token answered HTTP 503 Service Unavailable")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_service_whose_certificate_is_refused_is_named_with_the_reason() {
+        let tls = crate::client::tests::self_signed_server().await;
+        // `guarded` wants a challenge that lives for the test's routes.
+        let challenge = format!(r#"Bearer realm="https://{tls}/token",service="test""#).leak();
+        let err = manifest_from(guarded("Bearer t0k", challenge))
+            .await
+            .0
+            .unwrap_err();
+        let expected = format!(
+            "the token service https://{tls}/token presented a certificate that is refused: {}",
+            crate::client::tests::UNKNOWN_CA
+        );
+        assert!(
+            matches!(&err, Error::Registry { message, .. } if *message == expected),
             "{err}"
         );
     }
