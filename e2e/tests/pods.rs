@@ -13,6 +13,7 @@ use e2e::{
 use k8s_openapi::api::core::v1::Pod;
 
 const MINUTE: Duration = Duration::from_secs(60);
+const SECOND: Duration = Duration::from_secs(1);
 
 #[tokio::test]
 async fn seed_manifest_runs_with_args_env_events_and_status() {
@@ -241,6 +242,20 @@ async fn restart_policies_exit_codes_and_init_containers_behave_as_the_kubelets(
                 "  restartPolicy: Never\n  initContainers:\n  - {{name: setup, image: {fail}}}\n  containers:\n  - {{name: app, image: {ticker}}}\n"
             ),
         ),
+        // Containers whose env names a ConfigMap that does not exist yet: they wait, and are
+        // not runs, whatever the restart policy.
+        (
+            "config-later",
+            format!(
+                "  restartPolicy: Never\n  containers:\n  - {{name: app, image: {fail}, env: [{{name: EXIT_CODE, valueFrom: {{configMapKeyRef: {{name: codes, key: app}}}}}}]}}\n"
+            ),
+        ),
+        (
+            "init-config-later",
+            format!(
+                "  restartPolicy: Never\n  initContainers:\n  - {{name: setup, image: {fail}, env: [{{name: EXIT_CODE, valueFrom: {{configMapKeyRef: {{name: codes, key: init}}}}}}]}}\n  containers:\n  - {{name: app, image: {ticker}}}\n"
+            ),
+        ),
     ];
     for (name, spec) in &pods {
         cluster.kubectl.apply(&wasm_pod(name, spec)).unwrap();
@@ -337,6 +352,48 @@ async fn restart_policies_exit_codes_and_init_containers_behave_as_the_kubelets(
         Some("PodInitializing"),
         "the app never started"
     );
+
+    // As the kubelet: CreateContainerConfigError, Pending, no restart counted, a Failed
+    // event; and a run once the ConfigMap exists (at once: the node watches what pods read).
+    for (name, container_name) in [("config-later", "app"), ("init-config-later", "setup")] {
+        let pod = cluster
+            .wait_pod(name, "waiting for its ConfigMap", MINUTE, |p| {
+                waiting(p, container_name)
+                    .is_some_and(|(reason, _)| reason == "CreateContainerConfigError")
+            })
+            .await
+            .unwrap();
+        let (_, message) = waiting(&pod, container_name).unwrap();
+        assert_eq!(message, "configmap \"codes\" not found", "{name}");
+        assert_eq!(phase(&pod), "Pending", "{name}");
+        assert_eq!(container(&pod, container_name).unwrap().restart_count, 0);
+        let failed = wait_warning(&cluster, name, "Failed", "not found").await;
+        assert_eq!(failed, "Error: configmap \"codes\" not found");
+    }
+    cluster
+        .kubectl
+        .run(&[
+            "create",
+            "configmap",
+            "codes",
+            "--from-literal=app=0",
+            "--from-literal=init=0",
+        ])
+        .unwrap();
+    let pod = cluster
+        .wait_pod("config-later", "Succeeded", MINUTE, |p| {
+            phase(p) == "Succeeded"
+        })
+        .await
+        .unwrap();
+    assert_eq!(terminated(&pod, "app").map(|t| t.0), Some(0));
+    assert_eq!(container(&pod, "app").unwrap().restart_count, 0);
+    cluster
+        .wait_pod("init-config-later", "Running", MINUTE, |p| {
+            running(p, "app")
+        })
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -413,20 +470,54 @@ async fn private_registry_over_https_takes_bearer_tokens_issued_for_the_pull_sec
     );
 }
 
-/// Of two pods of the private `image`, the one with a pull secret for `registry` runs, and
-/// the one without is refused, with a message and an Event that say so.
+/// Of pods of the private `image`, the one with a pull secret for `registry` runs, and the
+/// one without is refused, with a message and an Event that say so; one whose secret is
+/// created only after it was refused runs at its next attempt.
 async fn only_the_pod_with_the_secret_pulls(cluster: &WasmCluster, registry: &str, image: &str) {
     let kubectl = &cluster.kubectl;
+    let create_secret = |name: &str| {
+        kubectl
+            .run(&[
+                "create",
+                "secret",
+                "docker-registry",
+                name,
+                &format!("--docker-server={registry}"),
+                &format!("--docker-username={REGISTRY_USER}"),
+                &format!("--docker-password={REGISTRY_PASSWORD}"),
+            ])
+            .unwrap();
+    };
+    create_secret("regcred");
     kubectl
-        .run(&[
-            "create",
-            "secret",
-            "docker-registry",
-            "regcred",
-            &format!("--docker-server={registry}"),
-            &format!("--docker-username={REGISTRY_USER}"),
-            &format!("--docker-password={REGISTRY_PASSWORD}"),
-        ])
+        .apply(&wasm_pod(
+            "secret-later",
+            &format!("  imagePullSecrets: [{{name: latecred}}]\n  containers:\n  - {{name: app, image: {image}}}\n"),
+        ))
+        .unwrap();
+    cluster
+        .wait_pod(
+            "secret-later",
+            "refused before its secret exists",
+            MINUTE,
+            |p| {
+                matches!(
+                    waiting(p, "app").map(|w| w.0).as_deref(),
+                    Some("ErrImagePull" | "ImagePullBackOff")
+                )
+            },
+        )
+        .await
+        .unwrap();
+    create_secret("latecred");
+    cluster
+        .wait_pod(
+            "secret-later",
+            "Running with the secret made later",
+            MINUTE,
+            |p| running(p, "app"),
+        )
+        .await
         .unwrap();
     // `Always`: with `IfNotPresent`, a node that already pulled the image for the pod with
     // the secret would run it for this one too (as the kubelet does), and which pod pulls
@@ -702,6 +793,31 @@ async fn bad_pods_fail_clearly_while_their_neighbour_keeps_running() {
             failed.starts_with(&format!("Failed to pull image \"{image}\": ")),
             "{name}: {failed}"
         );
+        if *name == "missing-image" {
+            // A new image set on a pod waiting for its old one is pulled at once: its
+            // back-off (10 s after the first failure, then longer) is the old image's.
+            let set = Instant::now();
+            cluster
+                .kubectl
+                .run(&[
+                    "set",
+                    "image",
+                    &format!("pod/{name}"),
+                    &format!("app={ticker}"),
+                ])
+                .unwrap();
+            let pod = cluster
+                .wait_pod(name, "Running its new image", 5 * SECOND, |p| {
+                    running(p, "app")
+                })
+                .await
+                .unwrap();
+            eprintln!(
+                "{name} ran its new image {:?} after it was set",
+                set.elapsed()
+            );
+            assert_eq!(container(&pod, "app").unwrap().image, ticker);
+        }
         let deleting = Instant::now();
         cluster
             .kubectl

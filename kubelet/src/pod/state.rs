@@ -249,6 +249,13 @@ impl ContainerRecord {
         matches!(self.state, ContainerState::Running { .. })
     }
 
+    /// Whether an instance of it has run (and ended).
+    pub fn has_run(&self) -> bool {
+        self.restart_count > 0
+            || self.last_terminated.is_some()
+            || matches!(self.state, ContainerState::Terminated { .. })
+    }
+
     fn to_status(&self, pod_uid: &str) -> ContainerStatus {
         let running = self.is_running();
         ContainerStatus {

@@ -42,7 +42,13 @@ impl Inbox {
     /// Resolves once the pod is being deleted or is gone; keeps `pod` current meanwhile.
     /// Cancel-safe, so it can sit in every `select!`.
     pub(crate) async fn deletion(&mut self) {
-        while !self.deleting() {
+        self.deletion_or(|_| false).await;
+    }
+
+    /// Resolves once the pod is being deleted or is gone, or `changed` holds for the newest
+    /// object; keeps `pod` current meanwhile. Cancel-safe.
+    pub(crate) async fn deletion_or(&mut self, changed: impl Fn(&Pod) -> bool) {
+        while !self.deleting() && !changed(&self.pod) {
             self.receive().await;
         }
     }

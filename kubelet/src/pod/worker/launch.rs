@@ -10,8 +10,52 @@ impl<P: Provider> Worker<P> {
         pod: &Pod,
         kind: Kind,
         index: usize,
-    ) -> Result<ExitFuture, ContainerError> {
+    ) -> Result<ExitFuture, NotStarted> {
         let launching = Instant::now();
+        let Created {
+            container,
+            start,
+            sink,
+            kept,
+        } = self
+            .create(pod, kind, index)
+            .await
+            .map_err(NotStarted::NotCreated)?;
+        let image = self
+            .images
+            .get(&container.name)
+            .ok_or_else(|| ContainerError {
+                reason: "CreateContainerError".into(),
+                message: format!("image of container {} was not pulled", container.name),
+                fatal: false,
+            })
+            .map_err(NotStarted::NotCreated)?;
+        let task = self.ctx.provider.start(image, start).await;
+        let task = match task {
+            Ok(task) => {
+                self.ctx
+                    .metrics
+                    .observe_container_start(launching.elapsed());
+                task
+            }
+            Err(err) => {
+                sink.note(Stream::Stderr, &format!("wasmlet: {}", err.message))
+                    .await;
+                return Err(NotStarted::Refused(err));
+            }
+        };
+        drop(sink);
+        Ok(self.started_instance(pod, kind, index, &container, task, kept))
+    }
+
+    /// What the runtime needs to start container `index` of `kind`: its environment,
+    /// mounts, fresh writable root and log. Nothing is running yet if this fails.
+    async fn create(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+    ) -> Result<Created, ContainerError> {
         let container = Self::containers(pod, kind)
             .into_iter()
             .nth(index)
@@ -93,29 +137,32 @@ impl<P: Provider> Worker<P> {
             devices: admission::Requests::devices_of(&container),
             stop: stop.clone(),
         };
-        let image = self
-            .images
-            .get(&container.name)
-            .ok_or_else(|| ContainerError {
-                reason: "CreateContainerError".into(),
-                message: format!("image of container {} was not pulled", container.name),
-                fatal: false,
-            })?;
-        let task = self.ctx.provider.start(image, start).await;
-        let task = match task {
-            Ok(task) => {
-                self.ctx
-                    .metrics
-                    .observe_container_start(launching.elapsed());
-                task
-            }
-            Err(err) => {
-                sink.note(Stream::Stderr, &format!("wasmlet: {}", err.message))
-                    .await;
-                return Err(err);
-            }
-        };
-        drop(sink);
+        Ok(Created {
+            container,
+            start,
+            sink,
+            kept: Kept {
+                stop,
+                usage,
+                writer,
+            },
+        })
+    }
+
+    /// Records the instance the runtime started as `task` and returns a future of its exit.
+    fn started_instance(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+        container: &Container,
+        task: tokio::task::JoinHandle<ContainerExit>,
+        Kept {
+            stop,
+            usage,
+            writer,
+        }: Kept,
+    ) -> ExitFuture {
         self.event(
             pod,
             Some(&container.name),
@@ -149,7 +196,7 @@ impl<P: Provider> Worker<P> {
             .table
             .container_started(&self.key.uid, &container.name, usage);
         let name = container.name.clone();
-        Ok(Box::pin(async move {
+        Box::pin(async move {
             let exit = match task.await {
                 Ok(exit) => exit,
                 Err(err) if err.is_cancelled() => ContainerExit {
@@ -166,7 +213,7 @@ impl<P: Provider> Worker<P> {
             // The guest's streams are gone with its task; wait for the last line to land.
             let _ = tokio::time::timeout(LOG_FLUSH_TIMEOUT, writer).await;
             (kind, index, exit)
-        }))
+        })
     }
 
     /// Records that container `index` of `kind` ended.
@@ -256,7 +303,22 @@ impl<P: Provider> Worker<P> {
         };
     }
 
-    /// A container could not be started: its state says why, and it counts as a failed run.
+    /// A container instance could not be created: it waits saying why, with a Warning
+    /// event, and is not a run (no restart counted, no restart policy consulted).
+    pub(super) async fn not_created(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+        err: ContainerError,
+    ) {
+        let name = self.record(kind, index).name.clone();
+        warn!(pod = %self.key.name, container = %name, reason = %err.reason, message = %err.message, "cannot create the container; trying again");
+        self.show_start_error(pod, kind, index, &err).await;
+    }
+
+    /// The runtime refused to start a container: its state says why, and it counts as a
+    /// failed run.
     pub(super) async fn start_failed(
         &mut self,
         pod: &Pod,
@@ -264,6 +326,23 @@ impl<P: Provider> Worker<P> {
         index: usize,
         err: ContainerError,
     ) -> ContainerExit {
+        self.show_start_error(pod, kind, index, &err).await;
+        ContainerExit {
+            exit_code: 128,
+            reason: err.reason,
+            message: Some(err.message),
+        }
+    }
+
+    /// The kubelet's `Failed` Warning event and waiting state for a container that did not
+    /// start, published.
+    async fn show_start_error(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+        err: &ContainerError,
+    ) {
         let name = self.record(kind, index).name.clone();
         self.event(
             pod,
@@ -275,11 +354,6 @@ impl<P: Provider> Worker<P> {
         self.record(kind, index).state =
             ContainerState::waiting(&err.reason, Some(err.message.clone()));
         self.publish().await;
-        ContainerExit {
-            exit_code: 128,
-            reason: err.reason,
-            message: Some(err.message),
-        }
     }
 
     /// A start failure that no retry can mend (a malformed annotation, say) fails the pod
@@ -299,4 +373,45 @@ impl<P: Provider> Worker<P> {
             .finish(Phase::Failed, Some(&reason), Some(message));
         Next::Stage(Stage::Finished)
     }
+}
+
+/// Why a container instance did not start.
+pub(super) enum NotStarted {
+    /// Its environment, mounts, root or log could not be made: nothing was created. It
+    /// waits with the reason and is tried again without counting as a run, as the kubelet's
+    /// CreateContainerConfigError and CreateContainerError do.
+    NotCreated(ContainerError),
+    /// The runtime refused to start it: a run that failed at once (exit 128), which counts
+    /// as the kubelet counts a StartError.
+    Refused(ContainerError),
+}
+
+impl NotStarted {
+    pub(super) fn error(&self) -> &ContainerError {
+        match self {
+            Self::NotCreated(err) | Self::Refused(err) => err,
+        }
+    }
+
+    pub(super) fn into_error(self) -> ContainerError {
+        match self {
+            Self::NotCreated(err) | Self::Refused(err) => err,
+        }
+    }
+}
+
+/// A container instance made ready to start: what the runtime is handed, its log, and what
+/// the worker keeps of it once it runs.
+struct Created {
+    container: Container,
+    start: ContainerStart,
+    sink: LogSink,
+    kept: Kept,
+}
+
+/// What the worker keeps of a running instance.
+struct Kept {
+    stop: CancellationToken,
+    usage: Arc<ContainerUsage>,
+    writer: tokio::task::JoinHandle<()>,
 }

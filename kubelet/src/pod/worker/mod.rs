@@ -61,6 +61,7 @@ use crate::provider::{
 use crate::store::{LocalStore, PodSource};
 use crate::usage::ContainerUsage;
 use crate::volumes::{PodVolumes, VolumeContext};
+use launch::NotStarted;
 
 pub(crate) use inbox::{Desired, Inbox};
 
@@ -145,6 +146,11 @@ enum Next {
 }
 
 /// A pull that failed and will be retried after this long.
+/// A container instance that could not be created (a ConfigMap key it needs is missing,
+/// say) is tried again after this, doubling to [`CREATE_BACKOFF_MAX`], or at once when an
+/// object it reads changes.
+const CREATE_BACKOFF_INITIAL: Duration = Duration::from_secs(2);
+const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 const PULL_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A volume that cannot be set up is tried again after this long, doubling, as the kubelet's

@@ -5,24 +5,31 @@ use super::*;
 impl<P: Provider> Worker<P> {
     pub(super) async fn pull_all(&mut self, inbox: &mut Inbox) -> Next {
         let pod = inbox.pod.clone();
-        let secrets = env::pull_secrets(self.ctx.reads(), &pod).await;
         let mut delay = PULL_BACKOFF_INITIAL;
-        for (kind, container) in Self::containers(&pod, Kind::Init)
+        for (kind, name) in Self::containers(&pod, Kind::Init)
             .into_iter()
-            .map(|c| (Kind::Init, c))
+            .map(|c| (Kind::Init, c.name))
             .chain(
                 Self::containers(&pod, Kind::App)
                     .into_iter()
-                    .map(|c| (Kind::App, c)),
+                    .map(|c| (Kind::App, c.name)),
             )
         {
-            if self.images.contains_key(&container.name) {
+            if self.images.contains_key(&name) {
                 // Pulled beside the volumes' set-up.
                 continue;
             }
-            let index = self.index_of(kind, &container.name);
-            let image = container.image.clone().unwrap_or_default();
+            let index = self.index_of(kind, &name);
             loop {
+                // Each attempt reads the newest object and its pull secrets, as the
+                // kubelet's syncs do: a Secret created or fixed after a refusal, or a new
+                // image set on a pod waiting for its old one, is what the next attempt uses.
+                let pod = inbox.pod.clone();
+                let Some(container) = container_named(&pod, kind, &name) else {
+                    break;
+                };
+                let image = container.image.clone().unwrap_or_default();
+                let secrets = env::pull_secrets(self.ctx.reads(), &pod).await;
                 let request = ImageRequest {
                     pod: &self.key,
                     image: &image,
@@ -41,10 +48,10 @@ impl<P: Provider> Worker<P> {
                         break;
                     }
                     Err(err) => {
-                        self.pulling(&pod, &container.name, &image);
+                        self.pulling(&pod, &name, &image);
                         self.event(
                             &pod,
-                            Some(&container.name),
+                            Some(&name),
                             EventType::Warning,
                             "Failed",
                             &format!("Failed to pull image \"{image}\": {}", err.message),
@@ -66,15 +73,27 @@ impl<P: Provider> Worker<P> {
                         );
                         self.event(
                             &pod,
-                            Some(&container.name),
+                            Some(&name),
                             EventType::Normal,
                             "BackOff",
                             &format!("Back-off pulling image \"{image}\""),
                         );
                         self.publish().await;
+                        let image_changed = |pod: &Pod| {
+                            container_named(pod, kind, &name)
+                                .is_none_or(|c| c.image.as_deref() != Some(image.as_str()))
+                        };
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
-                            _ = inbox.deletion() => return Next::Terminate,
+                            // A new image has a back-off of its own, as in the kubelet,
+                            // whose back-off is kept per image.
+                            _ = inbox.deletion_or(image_changed) => {
+                                if inbox.deleting() {
+                                    return Next::Terminate;
+                                }
+                                delay = PULL_BACKOFF_INITIAL;
+                                continue;
+                            }
                         }
                         delay = (delay * 2).min(PULL_BACKOFF_MAX);
                     }
@@ -140,7 +159,20 @@ impl<P: Provider> Worker<P> {
             &message,
         );
         let index = self.index_of(kind, &container.name);
-        self.record(kind, index).image_id = Some(image.image_id());
+        let record = self.record(kind, index);
+        // The image the pod names now: one set while it waited for its old one.
+        record.image = reference;
+        record.image_id = Some(image.image_id());
         self.images.insert(container.name.clone(), image);
     }
+}
+
+/// The container of `kind` called `name` in `pod`'s spec.
+fn container_named(pod: &Pod, kind: Kind, name: &str) -> Option<Container> {
+    let spec = pod.spec.as_ref()?;
+    let containers = match kind {
+        Kind::Init => spec.init_containers.as_deref().unwrap_or_default(),
+        Kind::App => &spec.containers,
+    };
+    containers.iter().find(|c| c.name == name).cloned()
 }

@@ -13,6 +13,8 @@ impl<P: Provider> Worker<P> {
     ) -> Next {
         let pod = inbox.pod.clone();
         let policy = Self::restart_policy(&pod);
+        let mut changes = self.changes.clone();
+        let mut create_delay = CREATE_BACKOFF_INITIAL;
         loop {
             let exit = match self.launch(&pod, Kind::Init, index).await {
                 Ok(mut exit) => {
@@ -26,12 +28,25 @@ impl<P: Provider> Worker<P> {
                         }
                     }
                 }
-                Err(err) if err.fatal => {
+                Err(err) if err.error().fatal => {
                     return self
-                        .fail_to_start(&pod, Kind::Init, index, err, exits)
+                        .fail_to_start(&pod, Kind::Init, index, err.into_error(), exits)
                         .await;
                 }
-                Err(err) => self.start_failed(&pod, Kind::Init, index, err).await,
+                Err(NotStarted::NotCreated(err)) => {
+                    self.not_created(&pod, Kind::Init, index, err).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(create_delay) => {}
+                        // A ConfigMap or Secret it reads came or changed: try at once.
+                        () = sources_changed(&mut changes) => {}
+                        _ = inbox.deletion() => return Next::Terminate,
+                    }
+                    create_delay = (create_delay * 2).min(CREATE_BACKOFF_MAX);
+                    continue;
+                }
+                Err(NotStarted::Refused(err)) => {
+                    self.start_failed(&pod, Kind::Init, index, err).await
+                }
             };
             let delay = self.record_exit(Kind::Init, index, &exit);
             self.report_failure(&pod, Kind::Init, index);
@@ -91,6 +106,8 @@ impl<P: Provider> Worker<P> {
         let policy = Self::restart_policy(&pod);
         let count = self.state.app.len();
         let mut due: Vec<Option<Instant>> = vec![Some(Instant::now()); count];
+        // The next wait of each container whose instance could not be created.
+        let mut create_delay: Vec<Option<Duration>> = vec![None; count];
         let period = self.ctx.sync_frequency;
         // A clone sees every change since the worker subscribed, before its volumes were set
         // up: none is missed.
@@ -106,18 +123,34 @@ impl<P: Provider> Worker<P> {
             for index in starting {
                 due[index] = None;
                 match self.launch(&pod, Kind::App, index).await {
-                    Ok(exit) => exits.push(exit),
-                    Err(err) if err.fatal => {
-                        return self.fail_to_start(&pod, Kind::App, index, err, exits).await;
+                    Ok(exit) => {
+                        create_delay[index] = None;
+                        exits.push(exit);
                     }
-                    Err(err) => {
+                    Err(err) if err.error().fatal => {
+                        return self
+                            .fail_to_start(&pod, Kind::App, index, err.into_error(), exits)
+                            .await;
+                    }
+                    Err(NotStarted::NotCreated(err)) => {
+                        self.not_created(&pod, Kind::App, index, err).await;
+                        let delay = create_delay[index].unwrap_or(CREATE_BACKOFF_INITIAL);
+                        due[index] = Some(Instant::now() + delay);
+                        create_delay[index] = Some((delay * 2).min(CREATE_BACKOFF_MAX));
+                    }
+                    Err(NotStarted::Refused(err)) => {
                         let exit = self.start_failed(&pod, Kind::App, index, err).await;
                         exits.push(Box::pin(async move { (Kind::App, index, exit) }));
                     }
                 }
             }
+            // A pod runs once a container has run, and goes on running while one restarts;
+            // one whose containers have yet to be created is still Pending.
+            let has_run = |(i, at): (usize, &Option<Instant>)| {
+                at.is_some() && self.state.app.get(i).is_some_and(ContainerRecord::has_run)
+            };
             if self.state.app.iter().any(ContainerRecord::is_running)
-                || due.iter().any(Option::is_some)
+                || due.iter().enumerate().any(has_run)
             {
                 self.state.phase = Phase::Running;
             }
@@ -177,8 +210,14 @@ impl<P: Provider> Worker<P> {
                     self.started(&pod_name);
                 }
                 () = sources_changed(&mut changes) => {
-                    // A ConfigMap or Secret it reads changed: its volumes follow at once.
+                    // A ConfigMap or Secret it reads changed: its volumes follow at once, and
+                    // a container that could not be created for want of one is tried again.
                     self.refresh_volumes(&inbox.pod.clone()).await;
+                    for (at, waiting) in due.iter_mut().zip(&create_delay) {
+                        if at.is_some() && waiting.is_some() {
+                            *at = Some(Instant::now());
+                        }
+                    }
                 }
                 _ = sync.tick() => {
                     // The latest object: a label change shows in downwardAPI volumes.
