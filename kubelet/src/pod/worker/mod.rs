@@ -145,12 +145,12 @@ enum Next {
     Terminate,
 }
 
-/// A pull that failed and will be retried after this long.
 /// A container instance that could not be created (a ConfigMap key it needs is missing,
-/// say) is tried again after this, doubling to [`CREATE_BACKOFF_MAX`], or at once when an
-/// object it reads changes.
+/// say) is tried again after this, doubling to [`CREATE_BACKOFF_MAX`], or sooner when an
+/// object it reads changes (but never sooner than this after the failure).
 const CREATE_BACKOFF_INITIAL: Duration = Duration::from_secs(2);
 const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A pull that failed and will be retried after this long.
 const PULL_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A volume that cannot be set up is tried again after this long, doubling, as the kubelet's

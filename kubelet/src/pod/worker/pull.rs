@@ -4,13 +4,13 @@ use super::*;
 
 impl<P: Provider> Worker<P> {
     pub(super) async fn pull_all(&mut self, inbox: &mut Inbox) -> Next {
-        let pod = inbox.pod.clone();
+        let first = inbox.pod.clone();
         let mut delay = PULL_BACKOFF_INITIAL;
-        for (kind, name) in Self::containers(&pod, Kind::Init)
+        for (kind, name) in Self::containers(&first, Kind::Init)
             .into_iter()
             .map(|c| (Kind::Init, c.name))
             .chain(
-                Self::containers(&pod, Kind::App)
+                Self::containers(&first, Kind::App)
                     .into_iter()
                     .map(|c| (Kind::App, c.name)),
             )
@@ -25,7 +25,11 @@ impl<P: Provider> Worker<P> {
                 // kubelet's syncs do: a Secret created or fixed after a refusal, or a new
                 // image set on a pod waiting for its old one, is what the next attempt uses.
                 let pod = inbox.pod.clone();
-                let Some(container) = container_named(&pod, kind, &name) else {
+                // A container's name cannot change; the stage's own copy stands in for an
+                // object that somehow lacks it.
+                let Some(container) = container_named(&pod, kind, &name)
+                    .or_else(|| container_named(&first, kind, &name))
+                else {
                     break;
                 };
                 let image = container.image.clone().unwrap_or_default();
@@ -79,10 +83,7 @@ impl<P: Provider> Worker<P> {
                             &format!("Back-off pulling image \"{image}\""),
                         );
                         self.publish().await;
-                        let image_changed = |pod: &Pod| {
-                            container_named(pod, kind, &name)
-                                .is_none_or(|c| c.image.as_deref() != Some(image.as_str()))
-                        };
+                        let image_changed = |pod: &Pod| image_changed(pod, kind, &name, &image);
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
                             // A new image has a back-off of its own, as in the kubelet,
@@ -175,4 +176,62 @@ fn container_named(pod: &Pod, kind: Kind, name: &str) -> Option<Container> {
         Kind::App => &spec.containers,
     };
     containers.iter().find(|c| c.name == name).cloned()
+}
+
+/// Whether container `name` of `kind` in `pod` names another image than `attempted`, read as
+/// an attempt reads it: a missing image is "", not a change (a static pod may have none).
+fn image_changed(pod: &Pod, kind: Kind, name: &str, attempted: &str) -> bool {
+    container_named(pod, kind, name)
+        .is_some_and(|c| c.image.as_deref().unwrap_or_default() != attempted)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    use super::*;
+
+    fn pod(init: Option<&str>, app: Option<&str>) -> Pod {
+        let container = |name: &str, image: Option<&str>| Container {
+            name: name.into(),
+            image: image.map(Into::into),
+            ..Default::default()
+        };
+        Pod {
+            spec: Some(PodSpec {
+                init_containers: Some(vec![container("setup", init)]),
+                containers: vec![container("app", app)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_another_image_for_the_same_container_is_a_change() {
+        let before = pod(Some("r/setup:1"), Some("r/app:1"));
+        assert!(!image_changed(&before, Kind::App, "app", "r/app:1"));
+        assert!(image_changed(
+            &pod(Some("r/setup:1"), Some("r/app:2")),
+            Kind::App,
+            "app",
+            "r/app:1"
+        ));
+        // An init container is another container.
+        assert!(!image_changed(
+            &pod(Some("r/setup:2"), Some("r/app:1")),
+            Kind::App,
+            "app",
+            "r/app:1"
+        ));
+        assert!(image_changed(
+            &pod(Some("r/setup:2"), Some("r/app:1")),
+            Kind::Init,
+            "setup",
+            "r/setup:1"
+        ));
+        // No image is what an attempt asked for as "": waiting goes on, it does not spin.
+        assert!(!image_changed(&pod(None, None), Kind::App, "app", ""));
+        assert!(!image_changed(&before, Kind::App, "gone", "r/app:1"));
+    }
 }

@@ -18,6 +18,7 @@ impl<P: Provider> Worker<P> {
         loop {
             let exit = match self.launch(&pod, Kind::Init, index).await {
                 Ok(mut exit) => {
+                    create_delay = CREATE_BACKOFF_INITIAL;
                     self.publish().await;
                     tokio::select! {
                         (_, _, exit) = &mut exit => exit,
@@ -34,17 +35,26 @@ impl<P: Provider> Worker<P> {
                         .await;
                 }
                 Err(NotStarted::NotCreated(err)) => {
+                    let failed_at = Instant::now();
                     self.not_created(&pod, Kind::Init, index, err).await;
                     tokio::select! {
                         _ = tokio::time::sleep(create_delay) => {}
-                        // A ConfigMap or Secret it reads came or changed: try at once.
-                        () = sources_changed(&mut changes) => {}
+                        // A ConfigMap or Secret it reads came or changed: try again now, or
+                        // once the shortest wait is over, however often it changes.
+                        () = sources_changed(&mut changes) => {
+                            let gap = (failed_at + CREATE_BACKOFF_INITIAL).saturating_duration_since(Instant::now());
+                            tokio::select! {
+                                _ = tokio::time::sleep(gap) => {}
+                                _ = inbox.deletion() => return Next::Terminate,
+                            }
+                        }
                         _ = inbox.deletion() => return Next::Terminate,
                     }
                     create_delay = (create_delay * 2).min(CREATE_BACKOFF_MAX);
                     continue;
                 }
                 Err(NotStarted::Refused(err)) => {
+                    create_delay = CREATE_BACKOFF_INITIAL;
                     self.start_failed(&pod, Kind::Init, index, err).await
                 }
             };
@@ -106,8 +116,8 @@ impl<P: Provider> Worker<P> {
         let policy = Self::restart_policy(&pod);
         let count = self.state.app.len();
         let mut due: Vec<Option<Instant>> = vec![Some(Instant::now()); count];
-        // The next wait of each container whose instance could not be created.
-        let mut create_delay: Vec<Option<Duration>> = vec![None; count];
+        // Each container whose last instance could not be created: when, and the next wait.
+        let mut not_created: Vec<Option<CreateRetry>> = vec![None; count];
         let period = self.ctx.sync_frequency;
         // A clone sees every change since the worker subscribed, before its volumes were set
         // up: none is missed.
@@ -124,7 +134,7 @@ impl<P: Provider> Worker<P> {
                 due[index] = None;
                 match self.launch(&pod, Kind::App, index).await {
                     Ok(exit) => {
-                        create_delay[index] = None;
+                        not_created[index] = None;
                         exits.push(exit);
                     }
                     Err(err) if err.error().fatal => {
@@ -134,23 +144,35 @@ impl<P: Provider> Worker<P> {
                     }
                     Err(NotStarted::NotCreated(err)) => {
                         self.not_created(&pod, Kind::App, index, err).await;
-                        let delay = create_delay[index].unwrap_or(CREATE_BACKOFF_INITIAL);
-                        due[index] = Some(Instant::now() + delay);
-                        create_delay[index] = Some((delay * 2).min(CREATE_BACKOFF_MAX));
+                        let delay =
+                            not_created[index].map_or(CREATE_BACKOFF_INITIAL, |r| r.next_delay);
+                        let failed_at = Instant::now();
+                        due[index] = Some(failed_at + delay);
+                        not_created[index] = Some(CreateRetry {
+                            failed_at,
+                            next_delay: (delay * 2).min(CREATE_BACKOFF_MAX),
+                        });
                     }
                     Err(NotStarted::Refused(err)) => {
+                        not_created[index] = None;
                         let exit = self.start_failed(&pod, Kind::App, index, err).await;
                         exits.push(Box::pin(async move { (Kind::App, index, exit) }));
                     }
                 }
             }
-            // A pod runs once a container has run, and goes on running while one restarts;
-            // one whose containers have yet to be created is still Pending.
+            // As the kubelet's phase: Pending while a container has yet to run (its instance
+            // could not be created); then Running while one runs or will restart.
             let has_run = |(i, at): (usize, &Option<Instant>)| {
                 at.is_some() && self.state.app.get(i).is_some_and(ContainerRecord::has_run)
             };
-            if self.state.app.iter().any(ContainerRecord::is_running)
-                || due.iter().enumerate().any(has_run)
+            let yet_to_run = self
+                .state
+                .app
+                .iter()
+                .any(|c| !c.is_running() && !c.has_run());
+            if !yet_to_run
+                && (self.state.app.iter().any(ContainerRecord::is_running)
+                    || due.iter().enumerate().any(has_run))
             {
                 self.state.phase = Phase::Running;
             }
@@ -213,9 +235,10 @@ impl<P: Provider> Worker<P> {
                     // A ConfigMap or Secret it reads changed: its volumes follow at once, and
                     // a container that could not be created for want of one is tried again.
                     self.refresh_volumes(&inbox.pod.clone()).await;
-                    for (at, waiting) in due.iter_mut().zip(&create_delay) {
-                        if at.is_some() && waiting.is_some() {
-                            *at = Some(Instant::now());
+                    for (at, retry) in due.iter_mut().zip(&not_created) {
+                        if let (Some(due_at), Some(retry)) = (at.as_mut(), retry) {
+                            // Now, or once the shortest wait is over, however often it changes.
+                            *due_at = (*due_at).min((retry.failed_at + CREATE_BACKOFF_INITIAL).max(Instant::now()));
                         }
                     }
                 }
@@ -311,4 +334,12 @@ async fn sources_changed(changes: &mut Option<watch::Receiver<u64>>) {
     if rx.changed().await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// A container whose last instance could not be created.
+#[derive(Clone, Copy)]
+struct CreateRetry {
+    failed_at: Instant,
+    /// The wait after its next failure.
+    next_delay: Duration,
 }
