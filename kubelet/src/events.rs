@@ -163,7 +163,7 @@ impl EventRecorder {
             },
             involved_object: involved,
             reason: Some(reason.to_string()),
-            message: Some(message.to_string()),
+            message: Some(crate::message::capped(message)),
             type_: Some(
                 match kind {
                     EventType::Normal => "Normal",
@@ -457,6 +457,36 @@ mod tests {
         );
         let second = tokio::time::timeout(soon, answer(&mut handle)).await;
         assert_eq!(second.unwrap(), "Created");
+    }
+
+    /// A guest chooses part of some messages (a trap's backtrace): however long, the
+    /// event written holds its start, within the cap.
+    #[tokio::test]
+    async fn a_message_of_any_length_is_written_capped() {
+        let (service, mut handle): (_, Handle) = tower_test::mock::pair();
+        let recorder = EventRecorder::new(
+            Some(kube::Client::new(service, "default")),
+            "n",
+            default_limit(),
+        );
+        let long = format!("Error: wasm trap\n{}", "  0: f\n".repeat(100_000));
+        recorder.record(
+            &test_pod(),
+            Some("app"),
+            EventType::Warning,
+            "Failed",
+            &long,
+        );
+        let (request, _respond) =
+            tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+                .await
+                .unwrap()
+                .expect("the event's POST");
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let event: Event = serde_json::from_slice(&bytes).unwrap();
+        let message = event.message.unwrap();
+        assert!(message.len() <= crate::message::MAX_MESSAGE_BYTES);
+        assert!(message.starts_with("Error: wasm trap"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod link;
 pub mod logs;
+mod message;
 pub mod metrics;
 pub mod names;
 pub mod node;

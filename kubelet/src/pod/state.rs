@@ -12,6 +12,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::message::capped;
+
 /// The pod's phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -96,7 +98,7 @@ impl ContainerState {
             Self::Waiting { reason, message } => K8sState {
                 waiting: Some(ContainerStateWaiting {
                     reason: Some(reason.clone()),
-                    message: message.clone(),
+                    message: message.as_deref().map(capped),
                 }),
                 ..Default::default()
             },
@@ -116,7 +118,7 @@ impl ContainerState {
                 terminated: Some(ContainerStateTerminated {
                     exit_code: *exit_code,
                     reason: Some(reason.clone()),
-                    message: message.clone(),
+                    message: message.as_deref().map(capped),
                     started_at: started_at.as_ref().and_then(time),
                     finished_at: time(finished_at),
                     container_id: None,
@@ -423,7 +425,7 @@ impl PodState {
         PodStatus {
             phase: Some(self.phase.as_str().into()),
             reason: self.reason.clone(),
-            message: self.message.clone(),
+            message: self.message.as_deref().map(capped),
             conditions: Some(conditions),
             host_ip: Some(self.host_ip.clone()),
             // Wasm pods share the node's network: their address is the node's.
@@ -594,6 +596,35 @@ mod tests {
                 .as_deref(),
             Some("PodInitializing")
         );
+    }
+
+    #[test]
+    fn a_guest_chosen_message_of_any_length_is_written_capped() {
+        let mut state = PodState::new(&pod(&[], &["app"]), "10.0.0.5");
+        let backtrace = format!(
+            "wasm trap: call stack exhausted\n{}",
+            "  0: f\n".repeat(100_000)
+        );
+        state.app[0].state = ContainerState::Terminated {
+            exit_code: 1,
+            reason: "Error".into(),
+            message: Some(backtrace.clone()),
+            started_at: None,
+            finished_at: Timestamp::now(),
+        };
+        state.finish(Phase::Failed, Some("Error"), Some(backtrace));
+        let status = state.to_status();
+        let pod_message = status.message.unwrap();
+        let terminated = status.container_statuses.unwrap()[0]
+            .state
+            .clone()
+            .unwrap()
+            .terminated
+            .unwrap();
+        for message in [pod_message, terminated.message.unwrap()] {
+            assert!(message.len() <= crate::message::MAX_MESSAGE_BYTES);
+            assert!(message.starts_with("wasm trap: call stack exhausted"));
+        }
     }
 
     #[test]
