@@ -8,6 +8,7 @@
 //! ([`CodeCache::prefetch`]), and pods that ask for the same digest together share one
 //! compile.
 
+mod background;
 mod disk;
 mod tier;
 
@@ -277,10 +278,17 @@ impl Inner {
         };
         let this = self.clone();
         let work = artifact.clone();
+        // Nobody waits for it: it gives the CPU way to pods and the node.
         let compiled =
-            tokio::task::spawn_blocking(move || this.optimised.compile(&work, &read_wasm(&work)?))
+            background::at_low_priority(move || this.optimised.compile(&work, &read_wasm(&work)?))
                 .await
-                .unwrap_or_else(|err| Err(compiler_failed(err)));
+                .unwrap_or_else(|message| {
+                    Err(ContainerError {
+                        reason: "CreateContainerError".into(),
+                        message,
+                        fatal: false,
+                    })
+                });
         if let Err(err) = &compiled {
             tracing::warn!(digest = %artifact.wasm_digest, reason = %err.message, "cranelift cannot compile what winch did; pods keep the baseline code");
         }
