@@ -509,6 +509,14 @@ async fn only_the_pod_with_the_secret_pulls(cluster: &WasmCluster, registry: &st
         )
         .await
         .unwrap();
+    // As the kubelet says it: the pull went on without the secret it could not read.
+    assert_eq!(
+        cluster
+            .wait_event("secret-later", "FailedToRetrieveImagePullSecret", MINUTE)
+            .await
+            .unwrap(),
+        "Unable to retrieve some image pull secrets (latecred); attempting to pull the image may not succeed."
+    );
     create_secret("latecred");
     cluster
         .wait_pod(
@@ -667,6 +675,115 @@ async fn deleted_pods_stop_within_their_grace_period_and_disappear() {
         .into_iter()
         .any(|e| e.reason.as_deref() == Some("Killing"));
     assert!(killing, "a Killing event is recorded");
+}
+
+/// `activeDeadlineSeconds` as the kubelet enforces it: counted from the pod's start time,
+/// on a running pod, on one still waiting for its image, and when set on a running pod
+/// later; each fails with the kubelet's reason, message and event, and a pod without one
+/// keeps running.
+#[tokio::test]
+async fn pods_past_their_active_deadline_fail_as_the_kubelets_do() {
+    let cluster = WasmCluster::start("deadline", 10).await.unwrap();
+    let host = cluster.registry.host();
+    let ticker = push_demo(&host, "ticker").unwrap();
+    let ticking = |name: &str, image: &str, extra: &str| {
+        wasm_pod(
+            name,
+            &format!(
+                "  automountServiceAccountToken: false\n{extra}  containers:\n  - {{name: app, image: {image}}}\n"
+            ),
+        )
+    };
+    for (name, image, extra) in [
+        ("overdue", ticker.as_str(), "  activeDeadlineSeconds: 3\n"),
+        (
+            "never-pulled",
+            &format!("{host}/no/such:v1"),
+            "  activeDeadlineSeconds: 3\n",
+        ),
+        ("given-one-later", ticker.as_str(), ""),
+    ] {
+        cluster.kubectl.apply(&ticking(name, image, extra)).unwrap();
+    }
+    cluster
+        .wait_pod("given-one-later", "Running", MINUTE, |p| running(p, "app"))
+        .await
+        .unwrap();
+    // Running before its deadline: the deadline is not counted from the API's view alone.
+    cluster
+        .wait_pod("overdue", "Running", MINUTE, |p| running(p, "app"))
+        .await
+        .unwrap();
+
+    let past_deadline = |p: &Pod| {
+        phase(p) == "Failed"
+            && p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("DeadlineExceeded")
+    };
+    for name in ["overdue", "never-pulled"] {
+        let pod = cluster
+            .wait_pod(name, "Failed past its deadline", MINUTE, past_deadline)
+            .await
+            .unwrap();
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(
+            status.message.as_deref(),
+            Some("Pod was active on the node longer than the specified deadline")
+        );
+        assert!(!running(&pod, "app"), "{name}: its container was stopped");
+        let event = cluster
+            .wait_event(name, "DeadlineExceeded", MINUTE)
+            .await
+            .unwrap();
+        assert_eq!(
+            event,
+            "Pod was active on the node longer than the specified deadline"
+        );
+    }
+    // Not before the deadline: the container ran its three seconds from the pod's start.
+    let overdue = cluster.pod("overdue").unwrap();
+    let (_, finished) = run_times(&overdue, "app");
+    let start = overdue
+        .status
+        .as_ref()
+        .unwrap()
+        .start_time
+        .as_ref()
+        .unwrap()
+        .0;
+    let ran = finished.duration_since(start);
+    assert!(
+        ran >= jiff::SignedDuration::from_secs(2) && ran < jiff::SignedDuration::from_secs(20),
+        "stopped {ran} after the pod's start"
+    );
+
+    // The API server lets a running pod be given a deadline (or a shorter one); the node
+    // acts on the change, and this pod has been active longer than one second already.
+    assert!(running(&cluster.pod("given-one-later").unwrap(), "app"));
+    cluster
+        .kubectl
+        .run(&[
+            "patch",
+            "pod",
+            "given-one-later",
+            "-p",
+            r#"{"spec":{"activeDeadlineSeconds":1}}"#,
+        ])
+        .unwrap();
+    let patched = Instant::now();
+    cluster
+        .wait_pod(
+            "given-one-later",
+            "Failed once given a deadline",
+            MINUTE,
+            past_deadline,
+        )
+        .await
+        .unwrap();
+    assert!(
+        patched.elapsed() < 5 * SECOND,
+        "failed {:?} after the patch",
+        patched.elapsed()
+    );
 }
 
 #[tokio::test]

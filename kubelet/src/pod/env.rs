@@ -389,11 +389,11 @@ pub fn resource_field_value(
 
 /// The pod's `imagePullSecrets` that exist. A missing one is skipped, as the kubelet does,
 /// and the pull then says whether credentials were needed.
-pub async fn pull_secrets(reads: ObjectReads<'_>, pod: &Pod) -> Vec<PullSecret> {
+pub async fn pull_secrets(reads: ObjectReads<'_>, pod: &Pod) -> PullSecrets {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     let mut sources = Sources::new(reads, uid, namespace);
-    let mut secrets = Vec::new();
+    let mut secrets = PullSecrets::default();
     let names = pod
         .spec
         .as_ref()
@@ -401,7 +401,7 @@ pub async fn pull_secrets(reads: ObjectReads<'_>, pod: &Pod) -> Vec<PullSecret> 
         .unwrap_or_default();
     for reference in names {
         match sources.secret(&reference.name).await {
-            Ok(Some(secret)) => secrets.push(PullSecret {
+            Ok(Some(secret)) => secrets.found.push(PullSecret {
                 type_: secret.type_.clone().unwrap_or_default(),
                 data: secret
                     .data
@@ -411,14 +411,37 @@ pub async fn pull_secrets(reads: ObjectReads<'_>, pod: &Pod) -> Vec<PullSecret> 
                     .collect(),
             }),
             Ok(None) => {
-                tracing::warn!(secret = %reference.name, "image pull secret not found; pulling without it")
+                tracing::warn!(secret = %reference.name, "image pull secret not found; pulling without it");
+                secrets.unavailable.push(reference.name);
             }
             Err(err) => {
-                tracing::warn!(secret = %reference.name, err = %err.0, "cannot read image pull secret")
+                tracing::warn!(secret = %reference.name, err = %err.0, "cannot read image pull secret");
+                secrets.unavailable.push(reference.name);
             }
         }
     }
     secrets
+}
+
+/// A pod's `imagePullSecrets` as read for one pull attempt.
+#[derive(Debug, Default)]
+pub struct PullSecrets {
+    /// Those read.
+    pub found: Vec<PullSecret>,
+    /// The names of those missing or unreadable: the pull goes on without them.
+    pub unavailable: Vec<String>,
+}
+
+impl PullSecrets {
+    /// The kubelet's `FailedToRetrieveImagePullSecret` warning, when some are unavailable.
+    pub fn unavailable_warning(&self) -> Option<String> {
+        (!self.unavailable.is_empty()).then(|| {
+            format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                self.unavailable.join(", ")
+            )
+        })
+    }
 }
 
 #[cfg(test)]

@@ -391,6 +391,11 @@ impl PodState {
         }
     }
 
+    /// When the node first took the pod on (its `status.startTime`).
+    pub fn start_time(&self) -> Timestamp {
+        self.start_time
+    }
+
     /// Ends the pod with `phase` and a pod-level reason and message.
     pub fn finish(&mut self, phase: Phase, reason: Option<&str>, message: Option<String>) {
         self.phase = phase;

@@ -56,14 +56,15 @@ impl<P: Provider> Worker<P> {
         kind: Kind,
         index: usize,
     ) -> Result<Created, ContainerError> {
-        let container = Self::containers(pod, kind)
-            .into_iter()
-            .nth(index)
-            .ok_or_else(|| ContainerError {
-                reason: "CreateContainerError".into(),
-                message: format!("container {index} is not in the pod spec"),
-                fatal: true,
-            })?;
+        let container =
+            containers(pod, kind)
+                .get(index)
+                .cloned()
+                .ok_or_else(|| ContainerError {
+                    reason: "CreateContainerError".into(),
+                    message: format!("container {index} is not in the pod spec"),
+                    fatal: true,
+                })?;
         let env = env::resolve(
             self.ctx.reads(),
             pod,

@@ -56,7 +56,7 @@ impl<P: Provider> Worker<P> {
     pub(super) fn layout_plans(&self, pod: &Pod) -> Vec<Plan> {
         let mut plans = Vec::new();
         for kind in [Kind::Init, Kind::App] {
-            for (index, container) in Self::containers(pod, kind).iter().enumerate() {
+            for (index, container) in containers(pod, kind).iter().enumerate() {
                 let Some(record) = self.records(kind).get(index) else {
                     continue;
                 };

@@ -261,7 +261,10 @@ pub(crate) async fn run<P: Provider>(
         start_sent: None,
         laid_out: Default::default(),
     };
-    let mut inbox = Inbox::new(rx, pod);
+    // The active deadline counts from the pod's start time, which survives the agent's
+    // restarts, as the kubelet's does.
+    let active_since = Some(worker.state.start_time());
+    let mut inbox = Inbox::new(rx, pod, active_since);
     worker.drive(&mut inbox, stage).await;
     if inbox.agent_stopping {
         Outcome::AgentStopping
@@ -317,11 +320,13 @@ impl<P: Provider> Worker<P> {
             }
             let next = match stage {
                 Stage::Rejected(rejection) => {
+                    inbox.finished();
                     self.reject(&inbox.pod, rejection).await;
                     self.ctx.release(&self.key).await;
                     self.idle_until_deleted(inbox).await
                 }
                 Stage::Finished => {
+                    inbox.finished();
                     self.ctx.release(&self.key).await;
                     self.idle_until_deleted(inbox).await
                 }
@@ -332,19 +337,16 @@ impl<P: Provider> Worker<P> {
             };
             match next {
                 Next::Stage(s) => stage = s,
+                // Wound down for its deadline, not a deletion: it fails, as the kubelet's.
+                Next::Terminate if !inbox.deleting() && inbox.past_deadline() => {
+                    let pod = inbox.pod.clone();
+                    stage = self.deadline_exceeded(&pod, &mut exits).await;
+                }
                 Next::Terminate => break,
             }
         }
         self.terminate(inbox, &mut exits).await;
         self.ctx.release(&self.key).await;
-    }
-
-    pub(super) fn containers(pod: &Pod, kind: Kind) -> Vec<Container> {
-        let spec = pod.spec.clone().unwrap_or_default();
-        match kind {
-            Kind::Init => spec.init_containers.unwrap_or_default(),
-            Kind::App => spec.containers,
-        }
     }
 
     /// The records of the containers of `kind`, in spec order.
@@ -393,6 +395,22 @@ impl<P: Provider> Worker<P> {
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into())
     }
+}
+
+/// The containers of `kind` in `pod`'s spec, in order.
+fn containers(pod: &Pod, kind: Kind) -> &[Container] {
+    let Some(spec) = pod.spec.as_ref() else {
+        return &[];
+    };
+    match kind {
+        Kind::Init => spec.init_containers.as_deref().unwrap_or_default(),
+        Kind::App => &spec.containers,
+    }
+}
+
+/// The container of `kind` called `name` in `pod`'s spec.
+fn container_named<'a>(pod: &'a Pod, kind: Kind, name: &str) -> Option<&'a Container> {
+    containers(pod, kind).iter().find(|c| c.name == name)
 }
 
 #[cfg(test)]

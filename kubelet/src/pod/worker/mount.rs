@@ -7,6 +7,13 @@ use super::*;
 /// What pulling one container's image gave, and how long it took.
 type Prefetched<I> = (String, Result<I, ContainerError>, Duration);
 
+/// What the first pulls of a pod's images gave.
+struct Prefetch<I> {
+    pulled: Vec<Prefetched<I>>,
+    /// The warning that some pull secrets could not be read, when they could not.
+    secrets_warning: Option<String>,
+}
+
 impl<P: Provider> Worker<P> {
     /// Sets up the pod's volumes, as the kubelet does before it pulls: a volume that cannot
     /// be set up (a Secret that does not exist yet, say) holds the pod in ContainerCreating
@@ -22,7 +29,10 @@ impl<P: Provider> Worker<P> {
         ));
         // Kept until the volumes are set up: only then are the pulls reported, in the
         // kubelet's order (a pod whose volumes fail shows no Pulling or Pulled).
-        let mut fetched = Vec::new();
+        let mut fetched = Prefetch {
+            pulled: Vec::new(),
+            secrets_warning: None,
+        };
         let mut pulls_done = None;
         let mut layout = Some(layout::lay_out(self.layout_plans(&inbox.pod)));
         loop {
@@ -58,7 +68,7 @@ impl<P: Provider> Worker<P> {
                         done = &mut pulls, if pulls_done_now.is_none() && !deleted => {
                             pulls_done_now = Some(done);
                         }
-                        () = inbox.deletion(), if !deleted => deleted = true,
+                        () = inbox.wind_down(), if !deleted => deleted = true,
                     }
                     match local_done.take() {
                         Some(_) if deleted => return Next::Terminate,
@@ -94,7 +104,7 @@ impl<P: Provider> Worker<P> {
             self.publish().await;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = inbox.deletion() => return Next::Terminate,
+                _ = inbox.wind_down() => return Next::Terminate,
             }
             delay = (delay * 2).min(MOUNT_BACKOFF_MAX);
         }
@@ -102,22 +112,19 @@ impl<P: Provider> Worker<P> {
 
     /// Keeps the images the prefetch pulled, with their events; a failure is left for the
     /// Pull stage, which retries and reports it with the kubelet's back-off.
-    fn keep_prefetched(&mut self, pod: &Pod, pulled: Vec<Prefetched<P::Image>>) {
-        for (name, result, took) in pulled {
+    fn keep_prefetched(&mut self, pod: &Pod, prefetch: Prefetch<P::Image>) {
+        if let Some(warning) = prefetch.secrets_warning {
+            self.unavailable_secrets(pod, &warning);
+        }
+        for (name, result, took) in prefetch.pulled {
             let Ok(image) = result else { continue };
-            let spec = Self::containers(pod, Kind::Init)
+            let found = [Kind::Init, Kind::App]
                 .into_iter()
-                .map(|c| (Kind::Init, c))
-                .chain(
-                    Self::containers(pod, Kind::App)
-                        .into_iter()
-                        .map(|c| (Kind::App, c)),
-                )
-                .find(|(_, c)| c.name == name);
-            let Some((kind, container)) = spec else {
+                .find_map(|kind| container_named(pod, kind, &name).map(|c| (kind, c)));
+            let Some((kind, container)) = found else {
                 continue;
             };
-            self.pulled(pod, kind, &container, image, took);
+            self.pulled(pod, kind, container, image, took);
         }
     }
 }
@@ -128,7 +135,7 @@ async fn prefetch<P: Provider>(
     ctx: Arc<WorkerContext<P>>,
     key: PodKey,
     pod: Pod,
-) -> (Vec<Prefetched<P::Image>>, Instant) {
+) -> (Prefetch<P::Image>, Instant) {
     let secrets = env::pull_secrets(ctx.reads(), &pod).await;
     let spec = pod.spec.clone().unwrap_or_default();
     let containers: Vec<Container> = spec
@@ -148,7 +155,7 @@ async fn prefetch<P: Provider>(
                     pod: key,
                     image: &image,
                     pull_policy: container.image_pull_policy.as_deref(),
-                    pull_secrets: secrets,
+                    pull_secrets: &secrets.found,
                     command: container.command.as_deref().unwrap_or_default(),
                 })
                 .await;
@@ -156,5 +163,9 @@ async fn prefetch<P: Provider>(
         }
     });
     let pulled = futures::future::join_all(pulls).await;
-    (pulled, Instant::now())
+    let prefetch = Prefetch {
+        pulled,
+        secrets_warning: secrets.unavailable_warning(),
+    };
+    (prefetch, Instant::now())
 }

@@ -6,13 +6,13 @@ impl<P: Provider> Worker<P> {
     pub(super) async fn pull_all(&mut self, inbox: &mut Inbox) -> Next {
         let first = inbox.pod.clone();
         let mut delay = PULL_BACKOFF_INITIAL;
-        for (kind, name) in Self::containers(&first, Kind::Init)
-            .into_iter()
-            .map(|c| (Kind::Init, c.name))
+        for (kind, name) in containers(&first, Kind::Init)
+            .iter()
+            .map(|c| (Kind::Init, c.name.clone()))
             .chain(
-                Self::containers(&first, Kind::App)
-                    .into_iter()
-                    .map(|c| (Kind::App, c.name)),
+                containers(&first, Kind::App)
+                    .iter()
+                    .map(|c| (Kind::App, c.name.clone())),
             )
         {
             if self.images.contains_key(&name) {
@@ -34,21 +34,24 @@ impl<P: Provider> Worker<P> {
                 };
                 let image = container.image.clone().unwrap_or_default();
                 let secrets = env::pull_secrets(self.ctx.reads(), &pod).await;
+                if let Some(warning) = secrets.unavailable_warning() {
+                    self.unavailable_secrets(&pod, &warning);
+                }
                 let request = ImageRequest {
                     pod: &self.key,
                     image: &image,
                     pull_policy: container.image_pull_policy.as_deref(),
-                    pull_secrets: &secrets,
+                    pull_secrets: &secrets.found,
                     command: container.command.as_deref().unwrap_or_default(),
                 };
                 let started = Instant::now();
                 let pulled = tokio::select! {
                     result = self.ctx.provider.pull(request) => result,
-                    _ = inbox.deletion() => return Next::Terminate,
+                    _ = inbox.wind_down() => return Next::Terminate,
                 };
                 match pulled {
                     Ok(pulled) => {
-                        self.pulled(&pod, kind, &container, pulled, started.elapsed());
+                        self.pulled(&pod, kind, container, pulled, started.elapsed());
                         break;
                     }
                     Err(err) => {
@@ -88,7 +91,7 @@ impl<P: Provider> Worker<P> {
                             _ = tokio::time::sleep(delay) => {}
                             // A new image has a back-off of its own, as in the kubelet,
                             // whose back-off is kept per image.
-                            _ = inbox.deletion_or(image_changed) => {
+                            _ = inbox.wind_down_or(image_changed) => {
                                 if inbox.deleting() {
                                     return Next::Terminate;
                                 }
@@ -107,6 +110,17 @@ impl<P: Provider> Worker<P> {
         } else {
             Stage::Init(0)
         })
+    }
+
+    /// The kubelet's warning that the pull goes on without some of the pod's pull secrets.
+    pub(super) fn unavailable_secrets(&self, pod: &Pod, warning: &str) {
+        self.event(
+            pod,
+            None,
+            EventType::Warning,
+            "FailedToRetrieveImagePullSecret",
+            warning,
+        );
     }
 
     /// The record index of container `name` of `kind`.
@@ -166,16 +180,6 @@ impl<P: Provider> Worker<P> {
         record.image_id = Some(image.image_id());
         self.images.insert(container.name.clone(), image);
     }
-}
-
-/// The container of `kind` called `name` in `pod`'s spec.
-fn container_named(pod: &Pod, kind: Kind, name: &str) -> Option<Container> {
-    let spec = pod.spec.as_ref()?;
-    let containers = match kind {
-        Kind::Init => spec.init_containers.as_deref().unwrap_or_default(),
-        Kind::App => &spec.containers,
-    };
-    containers.iter().find(|c| c.name == name).cloned()
 }
 
 /// Whether container `name` of `kind` in `pod` names another image than `attempted`, read as

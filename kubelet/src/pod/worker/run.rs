@@ -14,15 +14,15 @@ impl<P: Provider> Worker<P> {
         let pod = inbox.pod.clone();
         let policy = Self::restart_policy(&pod);
         let mut changes = self.changes.clone();
-        let mut create_delay = CREATE_BACKOFF_INITIAL;
+        let mut retry: Option<CreateRetry> = None;
         loop {
             let exit = match self.launch(&pod, Kind::Init, index).await {
                 Ok(mut exit) => {
-                    create_delay = CREATE_BACKOFF_INITIAL;
+                    retry = None;
                     self.publish().await;
                     tokio::select! {
                         (_, _, exit) = &mut exit => exit,
-                        _ = inbox.deletion() => {
+                        _ = inbox.wind_down() => {
                             // Termination stops it and waits for this exit with the others.
                             exits.push(exit);
                             return Next::Terminate;
@@ -35,26 +35,25 @@ impl<P: Provider> Worker<P> {
                         .await;
                 }
                 Err(NotStarted::NotCreated(err)) => {
-                    let failed_at = Instant::now();
+                    let failed = CreateRetry::after_failure(retry);
+                    retry = Some(failed);
                     self.not_created(&pod, Kind::Init, index, err).await;
                     tokio::select! {
-                        _ = tokio::time::sleep(create_delay) => {}
+                        _ = tokio::time::sleep_until(failed.due().into()) => {}
                         // A ConfigMap or Secret it reads came or changed: try again now, or
                         // once the shortest wait is over, however often it changes.
                         () = sources_changed(&mut changes) => {
-                            let gap = (failed_at + CREATE_BACKOFF_INITIAL).saturating_duration_since(Instant::now());
                             tokio::select! {
-                                _ = tokio::time::sleep(gap) => {}
-                                _ = inbox.deletion() => return Next::Terminate,
+                                _ = tokio::time::sleep_until(failed.soonest().into()) => {}
+                                _ = inbox.wind_down() => return Next::Terminate,
                             }
                         }
-                        _ = inbox.deletion() => return Next::Terminate,
+                        _ = inbox.wind_down() => return Next::Terminate,
                     }
-                    create_delay = (create_delay * 2).min(CREATE_BACKOFF_MAX);
                     continue;
                 }
                 Err(NotStarted::Refused(err)) => {
-                    create_delay = CREATE_BACKOFF_INITIAL;
+                    retry = None;
                     self.start_failed(&pod, Kind::Init, index, err).await
                 }
             };
@@ -101,7 +100,7 @@ impl<P: Provider> Worker<P> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = inbox.deletion() => return Next::Terminate,
+                _ = inbox.wind_down() => return Next::Terminate,
             }
         }
     }
@@ -143,15 +142,10 @@ impl<P: Provider> Worker<P> {
                             .await;
                     }
                     Err(NotStarted::NotCreated(err)) => {
+                        let failed = CreateRetry::after_failure(not_created[index]);
+                        due[index] = Some(failed.due());
+                        not_created[index] = Some(failed);
                         self.not_created(&pod, Kind::App, index, err).await;
-                        let delay =
-                            not_created[index].map_or(CREATE_BACKOFF_INITIAL, |r| r.next_delay);
-                        let failed_at = Instant::now();
-                        due[index] = Some(failed_at + delay);
-                        not_created[index] = Some(CreateRetry {
-                            failed_at,
-                            next_delay: (delay * 2).min(CREATE_BACKOFF_MAX),
-                        });
                     }
                     Err(NotStarted::Refused(err)) => {
                         not_created[index] = None;
@@ -238,7 +232,7 @@ impl<P: Provider> Worker<P> {
                     for (at, retry) in due.iter_mut().zip(&not_created) {
                         if let (Some(due_at), Some(retry)) = (at.as_mut(), retry) {
                             // Now, or once the shortest wait is over, however often it changes.
-                            *due_at = (*due_at).min((retry.failed_at + CREATE_BACKOFF_INITIAL).max(Instant::now()));
+                            *due_at = (*due_at).min(retry.soonest());
                         }
                     }
                 }
@@ -257,7 +251,7 @@ impl<P: Provider> Worker<P> {
                         return self.evict(&current, exits, message).await;
                     }
                 }
-                _ = inbox.deletion() => return Next::Terminate,
+                _ = inbox.wind_down() => return Next::Terminate,
             }
         }
     }
@@ -336,10 +330,64 @@ async fn sources_changed(changes: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
-/// A container whose last instance could not be created.
+/// A container whose last instance could not be created: it is tried again after 2 s,
+/// doubling to a minute, as the kubelet's back-off; sooner when an object it reads changes,
+/// but never within 2 s of the failure, however often that object changes.
 #[derive(Clone, Copy)]
 struct CreateRetry {
     failed_at: Instant,
-    /// The wait after its next failure.
-    next_delay: Duration,
+    delay: Duration,
+}
+
+impl CreateRetry {
+    /// A failure now, the first or the one after `previous`.
+    fn after_failure(previous: Option<CreateRetry>) -> Self {
+        Self {
+            failed_at: Instant::now(),
+            delay: previous.map_or(CREATE_BACKOFF_INITIAL, |p| {
+                (p.delay * 2).min(CREATE_BACKOFF_MAX)
+            }),
+        }
+    }
+
+    /// When it is tried again if nothing changes.
+    fn due(&self) -> Instant {
+        self.failed_at + self.delay
+    }
+
+    /// The soonest it may be tried again once something it reads changed.
+    fn soonest(&self) -> Instant {
+        (self.failed_at + CREATE_BACKOFF_INITIAL).max(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_retries_double_from_two_seconds_to_a_minute() {
+        let mut retry = None;
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            let failed = CreateRetry::after_failure(retry);
+            assert_eq!(failed.due(), failed.failed_at + failed.delay);
+            delays.push(failed.delay.as_secs());
+            retry = Some(failed);
+        }
+        assert_eq!(delays, [2, 4, 8, 16, 32, 60, 60]);
+    }
+
+    #[test]
+    fn a_change_brings_a_retry_sooner_but_never_within_two_seconds_of_the_failure() {
+        let first = CreateRetry::after_failure(None);
+        let third = CreateRetry::after_failure(Some(CreateRetry::after_failure(Some(first))));
+        assert_eq!(third.soonest(), third.failed_at + CREATE_BACKOFF_INITIAL);
+        assert!(third.soonest() < third.due());
+        let long_ago = CreateRetry {
+            failed_at: Instant::now() - Duration::from_secs(5),
+            delay: CREATE_BACKOFF_MAX,
+        };
+        assert!(long_ago.soonest() >= Instant::now() - Duration::from_millis(1));
+    }
 }

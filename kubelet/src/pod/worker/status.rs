@@ -53,7 +53,7 @@ impl<P: Provider> Worker<P> {
 
     pub(super) async fn idle_until_deleted(&mut self, inbox: &mut Inbox) -> Next {
         self.publish().await;
-        inbox.deletion().await;
+        inbox.wind_down().await;
         Next::Terminate
     }
 }

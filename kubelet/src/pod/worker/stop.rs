@@ -1,5 +1,5 @@
-//! Stopping: every container within the grace period, eviction, and removing the pod
-//! object and its files when it is gone.
+//! Stopping: every container within the grace period, eviction, the active deadline, and
+//! removing the pod object and its files when it is gone.
 
 use super::*;
 use crate::backoff::Backoff;
@@ -72,10 +72,35 @@ impl<P: Provider> Worker<P> {
     ) -> Next {
         warn!(pod = %self.key.name, %message, "evicting pod");
         self.event(pod, None, EventType::Warning, "Evicted", &message);
+        Next::Stage(self.stop_as_failed(pod, exits, "Evicted", message).await)
+    }
+
+    /// The pod has been active longer than its `activeDeadlineSeconds`: its containers are
+    /// stopped and it fails with the kubelet's reason, message and (Normal) event.
+    pub(super) async fn deadline_exceeded(
+        &mut self,
+        pod: &Pod,
+        exits: &mut FuturesUnordered<ExitFuture>,
+    ) -> Stage {
+        const MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
+        info!(pod = %self.key.name, "active deadline exceeded; stopping the pod");
+        self.event(pod, None, EventType::Normal, "DeadlineExceeded", MESSAGE);
+        self.stop_as_failed(pod, exits, "DeadlineExceeded", MESSAGE.into())
+            .await
+    }
+
+    /// Stops whatever runs, within the grace period, and ends the pod Failed for `reason`.
+    async fn stop_as_failed(
+        &mut self,
+        pod: &Pod,
+        exits: &mut FuturesUnordered<ExitFuture>,
+        reason: &str,
+        message: String,
+    ) -> Stage {
         self.stop_containers(pod, exits).await;
         self.state
-            .finish(Phase::Failed, Some("Evicted"), Some(message));
-        Next::Stage(Stage::Finished)
+            .finish(Phase::Failed, Some(reason), Some(message));
+        Stage::Finished
     }
 
     /// Stops whatever runs, within the grace period, then deletes the pod object and the
