@@ -157,9 +157,21 @@ async fn main() -> anyhow::Result<()> {
     // The ticker's own first pull and compile, so the cached figures below are cached: its
     // image, and its Cranelift code, which the node makes in the background after the first
     // start (about 0.2 s of a core here), before the first pods of a series are timed.
+    let handed_over = || {
+        let log = cluster.node.log_tail(usize::MAX);
+        log.matches("new instances get the optimised code").count()
+    };
+    let before = handed_over();
     time_to_running(&pods, &mut watch, vec![idle("warm-up")?]).await?;
-    let ticker_bytes = usize::try_from(std::fs::metadata(demo_wasm("ticker")?)?.len())?;
-    optimised_code(&cluster, ticker_bytes).await?;
+    wait_for(
+        "the ticker's Cranelift code in use",
+        Duration::from_secs(60),
+        || {
+            let done = handed_over() > before;
+            async move { Ok(done.then_some(())) }
+        },
+    )
+    .await?;
 
     // What the config series reads: one ConfigMap volume and one Secret env var per pod.
     let configs: kube::Api<ConfigMap> = kube::Api::default_namespaced(client.clone());

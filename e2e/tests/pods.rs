@@ -694,26 +694,24 @@ async fn pods_past_their_active_deadline_fail_as_the_kubelets_do() {
             ),
         )
     };
-    for (name, image, extra) in [
-        ("overdue", ticker.as_str(), "  activeDeadlineSeconds: 3\n"),
-        (
-            "never-pulled",
-            &format!("{host}/no/such:v1"),
-            "  activeDeadlineSeconds: 3\n",
-        ),
-        ("given-one-later", ticker.as_str(), ""),
-    ] {
-        cluster.kubectl.apply(&ticking(name, image, extra)).unwrap();
-    }
+    // First the pod without a deadline, so the ticker's image and code are on the node and
+    // the next one runs well within its three seconds.
+    cluster
+        .kubectl
+        .apply(&ticking("given-one-later", &ticker, ""))
+        .unwrap();
     cluster
         .wait_pod("given-one-later", "Running", MINUTE, |p| running(p, "app"))
         .await
         .unwrap();
-    // Running before its deadline: the deadline is not counted from the API's view alone.
-    cluster
-        .wait_pod("overdue", "Running", MINUTE, |p| running(p, "app"))
-        .await
-        .unwrap();
+    let deadline = "  activeDeadlineSeconds: 3\n";
+    let missing = format!("{host}/no/such:v1");
+    for (name, image) in [("overdue", ticker.as_str()), ("never-pulled", &missing)] {
+        cluster
+            .kubectl
+            .apply(&ticking(name, image, deadline))
+            .unwrap();
+    }
 
     let past_deadline = |p: &Pod| {
         phase(p) == "Failed"
@@ -739,7 +737,8 @@ async fn pods_past_their_active_deadline_fail_as_the_kubelets_do() {
             "Pod was active on the node longer than the specified deadline"
         );
     }
-    // Not before the deadline: the container ran its three seconds from the pod's start.
+    // It ran, and not past the deadline: its three seconds from the pod's start (times in
+    // the API are whole seconds).
     let overdue = cluster.pod("overdue").unwrap();
     let (_, finished) = run_times(&overdue, "app");
     let start = overdue
@@ -780,7 +779,7 @@ async fn pods_past_their_active_deadline_fail_as_the_kubelets_do() {
         .await
         .unwrap();
     assert!(
-        patched.elapsed() < 5 * SECOND,
+        patched.elapsed() < 10 * SECOND,
         "failed {:?} after the patch",
         patched.elapsed()
     );

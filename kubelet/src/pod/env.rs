@@ -387,8 +387,9 @@ pub fn resource_field_value(
         .ok_or_else(|| format!("resourceFieldRef {:?} is out of range", selector.resource))
 }
 
-/// The pod's `imagePullSecrets` that exist. A missing one is skipped, as the kubelet does,
-/// and the pull then says whether credentials were needed.
+/// The pod's `imagePullSecrets`: those that could be read, and the names of the rest. A
+/// missing one is skipped, as the kubelet does, and the pull then says whether credentials
+/// were needed.
 pub async fn pull_secrets(reads: ObjectReads<'_>, pod: &Pod) -> PullSecrets {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();

@@ -3,6 +3,8 @@
 //! ```text
 //!   Rejected ──────────────────────────────────────────────────────┐
 //!   Mount ──▶ Pull ──▶ Init(0) ──▶ … ──▶ Init(n) ──▶ Run ──▶ Finished ──┤ deletion
+//!     │                                                          ▲     │
+//!     ├── any stage, past activeDeadlineSeconds: stop, Failed ───┘     │
 //!     └── any stage, on deletion ────────────────────────────────────┴──▶ terminate, delete object
 //! ```
 //!
@@ -317,6 +319,13 @@ impl<P: Provider> Worker<P> {
         loop {
             if inbox.deleting() {
                 break;
+            }
+            // Checked before each stage too: a pod taken on again after the agent's restart
+            // may be past its deadline already, and is not set up again first.
+            let active = !matches!(stage, Stage::Finished | Stage::Rejected(_));
+            if active && inbox.past_deadline() {
+                let pod = inbox.pod.clone();
+                stage = self.deadline_exceeded(&pod, &mut exits).await;
             }
             let next = match stage {
                 Stage::Rejected(rejection) => {

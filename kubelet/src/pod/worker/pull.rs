@@ -92,7 +92,7 @@ impl<P: Provider> Worker<P> {
                             // A new image has a back-off of its own, as in the kubelet,
                             // whose back-off is kept per image.
                             _ = inbox.wind_down_or(image_changed) => {
-                                if inbox.deleting() {
+                                if inbox.deleting() || inbox.past_deadline() {
                                     return Next::Terminate;
                                 }
                                 delay = PULL_BACKOFF_INITIAL;

@@ -299,6 +299,7 @@ impl Inner {
             slot.optimising = false;
             if let Ok(code) = compiled {
                 slot.best = Some(code);
+                tracing::info!(digest = %artifact.wasm_digest, "new instances get the optimised code");
             }
         }
     }
