@@ -324,8 +324,7 @@ impl<P: Provider> Worker<P> {
             // may be past its deadline already, and is not set up again first.
             let active = !matches!(stage, Stage::Finished | Stage::Rejected(_));
             if active && inbox.past_deadline() {
-                let pod = inbox.pod.clone();
-                stage = self.deadline_exceeded(&pod, &mut exits).await;
+                stage = self.deadline_exceeded(&inbox.pod, &mut exits).await;
             }
             let next = match stage {
                 Stage::Rejected(rejection) => {
@@ -348,8 +347,7 @@ impl<P: Provider> Worker<P> {
                 Next::Stage(s) => stage = s,
                 // Wound down for its deadline, not a deletion: it fails, as the kubelet's.
                 Next::Terminate if !inbox.deleting() && inbox.past_deadline() => {
-                    let pod = inbox.pod.clone();
-                    stage = self.deadline_exceeded(&pod, &mut exits).await;
+                    stage = self.deadline_exceeded(&inbox.pod, &mut exits).await;
                 }
                 Next::Terminate => break,
             }

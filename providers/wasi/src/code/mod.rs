@@ -282,13 +282,7 @@ impl Inner {
         let compiled =
             background::at_low_priority(move || this.optimised.compile(&work, &read_wasm(&work)?))
                 .await
-                .unwrap_or_else(|message| {
-                    Err(ContainerError {
-                        reason: "CreateContainerError".into(),
-                        message,
-                        fatal: false,
-                    })
-                });
+                .unwrap_or_else(|err| Err(compiler_failed(err)));
         if let Err(err) = &compiled {
             tracing::warn!(digest = %artifact.wasm_digest, reason = %err.message, "cranelift cannot compile what winch did; pods keep the baseline code");
         }
@@ -313,7 +307,7 @@ fn read_wasm(artifact: &oci::WasmArtifact) -> Result<Vec<u8>, ContainerError> {
     })
 }
 
-fn compiler_failed(err: tokio::task::JoinError) -> ContainerError {
+fn compiler_failed(err: impl std::fmt::Display) -> ContainerError {
     ContainerError {
         reason: "CreateContainerError".into(),
         message: format!("the compiler task failed: {err}"),
