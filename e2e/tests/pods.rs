@@ -117,18 +117,16 @@ spec:
     ] {
         assert!(log.contains(expected), "{expected:?} not in log:\n{log}");
     }
-    let reasons: Vec<String> = cluster
-        .events("ce-wasi-example")
-        .unwrap()
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
-    for reason in ["Scheduled", "Pulling", "Pulled", "Created", "Started"] {
-        assert!(
-            reasons.iter().any(|r| r == reason),
-            "{reason} not in {reasons:?}"
-        );
-    }
+    // Events are written in the background, after the status that reports the same.
+    cluster
+        .wait_events("ce-wasi-example", "the start's events", MINUTE, |events| {
+            ["Scheduled", "Pulling", "Pulled", "Created", "Started"]
+                .iter()
+                .all(|reason| events.iter().any(|e| e.reason.as_deref() == Some(reason)))
+                .then_some(())
+        })
+        .await
+        .unwrap();
     // `kubectl describe pod` reads as for any kubelet: the pull in the kubelet's words.
     let described = cluster
         .kubectl

@@ -12,8 +12,11 @@
 //! Events are written no faster than their own budget (`--event-qps`, `--event-burst`, the
 //! kubelet's `eventRecordQPS` and `eventBurst`), apart from the node's API budget. Each
 //! costs the API server and etcd about as much as a status patch, and a start makes three:
-//! when many pods start at once, the API server's time goes first to the requests that move
-//! pods forward, and the events follow at their own pace, keeping their recorded times.
+//! so the API server's time goes first to the requests that move pods forward. Events give
+//! way to pod starts in progress ([`give_way`]) and follow at their own pace, keeping their
+//! recorded times.
+
+mod give_way;
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -27,7 +30,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, warn};
+
+pub(crate) use self::give_way::StartInProgress;
+use self::give_way::Starts;
 
 use crate::backoff::Backoff;
 use crate::unread_reply;
@@ -70,6 +77,8 @@ pub enum EventType {
 pub struct EventRecorder {
     /// None on a standalone node: there is no API server to record to.
     queue: Option<mpsc::Sender<Event>>,
+    /// The pod starts in progress, which the writer gives way to.
+    starts: Starts,
     node_name: String,
 }
 
@@ -78,14 +87,31 @@ impl EventRecorder {
     /// task that writes the events; it ends when the last recorder is dropped. Without a
     /// client, events are only logged (at debug).
     pub fn new(client: Option<kube::Client>, node_name: &str, limit: ApiRateLimit) -> Self {
+        let starts = Starts::default();
         let queue = client.map(|client| {
             let (queue, pending) = mpsc::channel(QUEUE);
-            tokio::spawn(write_events(client, pending, limit.bucket()));
+            tokio::spawn(write_events(
+                client,
+                pending,
+                limit.bucket(),
+                starts.clone(),
+            ));
             queue
         });
         Self {
             queue,
+            starts,
             node_name: node_name.to_string(),
+        }
+    }
+
+    /// A pod start beginning now: events wait while it is in progress (for a second at
+    /// most) and a moment after, so that the API server answers its token request and
+    /// status patch first.
+    pub(crate) fn start_in_progress(&self) -> StartInProgress {
+        match self.queue {
+            Some(_) => self.starts.begin(),
+            None => StartInProgress::untracked(),
         }
     }
 
@@ -203,16 +229,23 @@ fn is_transient(err: &kube::Error) -> bool {
     }
 }
 
+/// An event waiting to be written, and since when.
+#[derive(Debug)]
+struct Queued {
+    event: Event,
+    at: Instant,
+}
+
 /// Adds `event` to `pending`, or counts it into an event already waiting there for the same
 /// object, reason and message, as the kubelet's event correlator aggregates repeats.
-fn queue_or_aggregate(pending: &mut VecDeque<Event>, event: Event) -> bool {
+fn queue_or_aggregate(pending: &mut VecDeque<Queued>, event: Event) -> bool {
     let same = |e: &Event| {
         e.involved_object == event.involved_object
             && e.reason == event.reason
             && e.message == event.message
             && e.type_ == event.type_
     };
-    if let Some(waiting) = pending.iter_mut().find(|e| same(e)) {
+    if let Some(Queued { event: waiting, .. }) = pending.iter_mut().find(|q| same(&q.event)) {
         waiting.count = Some(
             waiting
                 .count
@@ -225,20 +258,30 @@ fn queue_or_aggregate(pending: &mut VecDeque<Event>, event: Event) -> bool {
     if pending.len() >= QUEUE {
         return false;
     }
-    pending.push_back(event);
+    pending.push_back(Queued {
+        event,
+        at: Instant::now(),
+    });
     true
 }
 
-/// Writes queued events, one at a time and each with a token from `budget`. While the API
-/// server cannot be reached, events wait in order (aggregated, at most [`QUEUE`]) and are
-/// written with their original times when it answers again; the first failure pauses
-/// writing, retried with backoff up to 10 s.
-async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>, budget: Bucket) {
-    let mut pending: VecDeque<Event> = VecDeque::new();
+/// Writes queued events, one at a time and each with a token from `budget`, giving way to
+/// `starts`. While the API server cannot be reached, events wait in order (aggregated, at
+/// most [`QUEUE`]) and are written with their original times when it answers again; the
+/// first failure pauses writing, retried with backoff up to 10 s.
+async fn write_events(
+    client: kube::Client,
+    mut queue: mpsc::Receiver<Event>,
+    budget: Bucket,
+    starts: Starts,
+) {
+    let mut pending: VecDeque<Queued> = VecDeque::new();
     let mut in_flight = FuturesUnordered::new();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut paused_until: Option<tokio::time::Instant> = None;
-    let mut token_at: Option<tokio::time::Instant> = None;
+    let mut paused_until: Option<Instant> = None;
+    let mut token_at: Option<Instant> = None;
+    let mut held_until: Option<Instant> = None;
+    let mut endings = starts.endings();
     let mut dropped = 0u64;
     // Every recorder is gone: what is pending is written, then the task ends. (`recv` would
     // answer at once from then on, and the loop spin while a write waits out a pause.)
@@ -249,14 +292,21 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>, bu
         }
         while paused_until.is_none()
             && token_at.is_none()
+            && held_until.is_none()
             && in_flight.len() < IN_FLIGHT
-            && !pending.is_empty()
+            && let Some(next) = pending.front()
         {
-            if let Err(wait) = certs::rate_limit::take(&budget) {
-                token_at = Some(tokio::time::Instant::now() + wait);
+            // A start that ends from here on wakes the loop.
+            endings.mark_unchanged();
+            held_until = starts.hold(next.at, Instant::now());
+            if held_until.is_some() {
                 break;
             }
-            let Some(event) = pending.pop_front() else {
+            if let Err(wait) = certs::rate_limit::take(&budget) {
+                token_at = Some(Instant::now() + wait);
+                break;
+            }
+            let Some(Queued { event, at }) = pending.pop_front() else {
                 break;
             };
             let client = client.clone();
@@ -264,7 +314,7 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>, bu
                 let namespace = event.metadata.namespace.clone().unwrap_or_default();
                 let api: Api<Event> = Api::namespaced(client, &namespace);
                 let result = unread_reply::create(&api, &PostParams::default(), &event).await;
-                (event, result)
+                (Queued { event, at }, result)
             });
         }
         tokio::select! {
@@ -278,7 +328,8 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>, bu
                 }
                 None => closed = true,
             },
-            Some((event, result)) = in_flight.next() => {
+            Some((queued, result)) = in_flight.next() => {
+                let event = &queued.event;
                 let object = event.involved_object.name.clone().unwrap_or_default();
                 let reason = event.reason.clone().unwrap_or_default();
                 match result {
@@ -290,21 +341,23 @@ async fn write_events(client: kube::Client, mut queue: mpsc::Receiver<Event>, bu
                         if paused_until.is_none() {
                             let delay = backoff.next_delay();
                             debug!(%err, retry_in = ?delay, "cannot write events now; keeping them");
-                            paused_until = Some(tokio::time::Instant::now() + delay);
+                            paused_until = Some(Instant::now() + delay);
                         }
                         // Back at the front, so events keep their order.
-                        pending.push_front(event);
+                        pending.push_front(queued);
                     }
                     Err(err) => warn!(%object, %reason, %err, "could not record event"),
                 }
             }
             () = sleep_until(paused_until) => paused_until = None,
             () = sleep_until(token_at) => token_at = None,
+            () = sleep_until(held_until) => held_until = None,
+            Ok(()) = endings.changed(), if held_until.is_some() => held_until = None,
         }
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -340,7 +393,7 @@ mod tests {
         assert!(queue_or_aggregate(&mut pending, event("Started", 11)));
         assert!(queue_or_aggregate(&mut pending, event("BackOff", 20)));
         assert_eq!(pending.len(), 2);
-        let backoff = &pending[0];
+        let backoff = &pending[0].event;
         assert_eq!(backoff.count, Some(2));
         assert_eq!(backoff.first_timestamp.as_ref().unwrap().0.as_second(), 10);
         assert_eq!(backoff.last_timestamp.as_ref().unwrap().0.as_second(), 20);
@@ -364,7 +417,7 @@ mod tests {
             queue_or_aggregate(&mut pending, repeat),
             "a repeat still counts when full"
         );
-        assert_eq!(pending[0].count, Some(2));
+        assert_eq!(pending[0].event.count, Some(2));
     }
 
     type Handle = tower_test::mock::Handle<http::Request<Body>, http::Response<Body>>;
@@ -379,6 +432,13 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    /// A recorder for node `n` writing within `limit` to the API server `Handle` answers for.
+    fn recorder(limit: ApiRateLimit) -> (EventRecorder, Handle) {
+        let (service, handle) = tower_test::mock::pair();
+        let recorder = EventRecorder::new(Some(kube::Client::new(service, "default")), "n", limit);
+        (recorder, handle)
     }
 
     /// Answers the next event POST with the event it carried; returns its reason.
@@ -398,12 +458,10 @@ mod tests {
     /// Events past the budget's burst wait for its refill, in order, and none is lost.
     #[tokio::test]
     async fn events_past_the_burst_wait_for_the_budget() {
-        let (service, mut handle) = tower_test::mock::pair();
-        let limit = ApiRateLimit {
+        let (recorder, mut handle) = recorder(ApiRateLimit {
             qps: NonZeroU32::MIN,
             burst: NonZeroU32::new(2).unwrap(),
-        };
-        let recorder = EventRecorder::new(Some(kube::Client::new(service, "default")), "n", limit);
+        });
         let pod = test_pod();
         for reason in ["Pulled", "Created", "Started"] {
             recorder.record(&pod, Some("app"), EventType::Normal, reason, "m");
@@ -427,12 +485,7 @@ mod tests {
     /// broadcaster sends them: a burst of starts leaves the API server one event at a time.
     #[tokio::test]
     async fn one_event_is_written_at_a_time() {
-        let (service, mut handle) = tower_test::mock::pair();
-        let recorder = EventRecorder::new(
-            Some(kube::Client::new(service, "default")),
-            "n",
-            default_limit(),
-        );
+        let (recorder, mut handle) = recorder(default_limit());
         let pod = test_pod();
         for reason in ["Pulled", "Created"] {
             recorder.record(&pod, Some("app"), EventType::Normal, reason, "m");
@@ -459,16 +512,48 @@ mod tests {
         assert_eq!(second.unwrap(), "Created");
     }
 
+    /// An event recorded while a pod starts waits for the start to end, and a moment more
+    /// for the next start to arrive.
+    #[tokio::test(start_paused = true)]
+    async fn events_wait_for_a_start_in_progress() {
+        let (recorder, mut handle) = recorder(default_limit());
+        let start = recorder.start_in_progress();
+        recorder.record(&test_pod(), Some("app"), EventType::Normal, "Pulled", "m");
+        let early = tokio::time::timeout(Duration::from_millis(500), handle.next_request()).await;
+        assert!(early.is_err(), "the event was written during the start");
+        drop(start);
+        let ended = Instant::now();
+        let reason = tokio::time::timeout(Duration::from_secs(5), answer(&mut handle)).await;
+        assert_eq!(reason.unwrap(), "Pulled");
+        let waited = ended.elapsed();
+        assert!(
+            (Duration::from_millis(50)..Duration::from_millis(60)).contains(&waited),
+            "the event waited {waited:?} after the start ended"
+        );
+    }
+
+    /// A start that goes on (a large pull, a back-off) holds events back for a second, no
+    /// more.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_start_holds_events_back_for_a_second() {
+        let (recorder, mut handle) = recorder(default_limit());
+        let _stalled = recorder.start_in_progress();
+        let recorded = Instant::now();
+        recorder.record(&test_pod(), Some("app"), EventType::Normal, "Pulling", "m");
+        let reason = tokio::time::timeout(Duration::from_secs(5), answer(&mut handle)).await;
+        assert_eq!(reason.unwrap(), "Pulling");
+        let waited = recorded.elapsed();
+        assert!(
+            (Duration::from_secs(1)..Duration::from_millis(1100)).contains(&waited),
+            "waited {waited:?}"
+        );
+    }
+
     /// A guest chooses part of some messages (a trap's backtrace): however long, the
     /// event written holds its start, within the cap.
     #[tokio::test]
     async fn a_message_of_any_length_is_written_capped() {
-        let (service, mut handle): (_, Handle) = tower_test::mock::pair();
-        let recorder = EventRecorder::new(
-            Some(kube::Client::new(service, "default")),
-            "n",
-            default_limit(),
-        );
+        let (recorder, mut handle) = recorder(default_limit());
         let long = format!("Error: wasm trap\n{}", "  0: f\n".repeat(100_000));
         recorder.record(
             &test_pod(),

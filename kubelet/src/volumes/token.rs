@@ -113,13 +113,20 @@ async fn request_when_caught_up(
     audience: Option<&str>,
     expiration_seconds: Option<i64>,
 ) -> Result<IssuedToken, kube::Error> {
-    let deadline = std::time::Instant::now() + CATCH_UP_BUDGET;
+    let first = std::time::Instant::now();
+    let deadline = first + CATCH_UP_BUDGET;
     let mut delay = CATCH_UP_FIRST;
     loop {
         let answer = request(client, pod, audience, expiration_seconds).await;
         match answer {
             Err(err) if not_caught_up(&err) && std::time::Instant::now() + delay < deadline => {
                 ctx.metrics.count_token_retry();
+                tracing::debug!(
+                    pod = pod.metadata.name.as_deref().unwrap_or_default(),
+                    error = %err,
+                    since_first_ms = first.elapsed().as_secs_f64() * 1e3,
+                    "the API server has not caught up with the pod's binding; asking again"
+                );
                 let jitter = Duration::from_micros(fastrand::u64(0..=delay.as_micros() as u64 / 2));
                 tokio::time::sleep(delay + jitter).await;
                 delay = (delay * 2).min(CATCH_UP_MAX);

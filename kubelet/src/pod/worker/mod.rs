@@ -53,7 +53,7 @@ use super::table::PodTable;
 use super::trace::StartTrace;
 use super::watched::WatchedObjects;
 use super::{admission, env, quantity};
-use crate::events::{EventRecorder, EventType};
+use crate::events::{EventRecorder, EventType, StartInProgress};
 use crate::link::Link;
 use crate::logs::{LogHub, LogLimits, LogSink, Stream, reader};
 use crate::metrics::AgentMetrics;
@@ -236,6 +236,7 @@ pub(crate) async fn run<P: Provider>(
         };
         ctx.status.register(&key.uid, target)
     });
+    let giving_way = ctx.recorder.start_in_progress();
     let mut worker = Worker {
         api,
         status,
@@ -260,6 +261,7 @@ pub(crate) async fn run<P: Provider>(
         crash_app: vec![CrashLoop::default(); containers],
         last_stored: None,
         trace: Some(StartTrace::new(seen)),
+        giving_way: Some(giving_way),
         start_sent: None,
         laid_out: Default::default(),
     };
@@ -303,6 +305,9 @@ struct Worker<P: Provider> {
     /// The pod's first start, from its watch event until its containers first all ran and
     /// the API server had that status.
     trace: Option<StartTrace>,
+    /// Events wait while the start is in progress: until the trace ends, or the pod is
+    /// refused or has finished.
+    giving_way: Option<StartInProgress>,
     /// The version of the status that first showed the containers all running, once it is
     /// handed over: the start trace ends when the API server answers its request.
     start_sent: Option<u64>,
@@ -325,6 +330,10 @@ impl<P: Provider> Worker<P> {
             let active = !matches!(stage, Stage::Finished | Stage::Rejected(_));
             if active && inbox.past_deadline() {
                 stage = self.deadline_exceeded(&inbox.pod, &mut exits).await;
+            }
+            if !active {
+                // Its start is over: events about it need not wait.
+                self.giving_way = None;
             }
             let next = match stage {
                 Stage::Rejected(rejection) => {

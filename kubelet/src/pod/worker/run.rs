@@ -260,6 +260,7 @@ impl<P: Provider> Worker<P> {
     /// showed the containers all running. (A pod whose containers all end before that answer
     /// leaves no trace: it never ran as far as the API server knew.)
     fn started(&mut self, pod_name: &str) {
+        self.giving_way = None;
         if let Some(mut trace) = self.trace.take() {
             trace.mark("status_patch");
             self.ctx.metrics.observe_pod_start(trace.total());
