@@ -667,12 +667,10 @@ async fn deleted_pods_stop_within_their_grace_period_and_disappear() {
         let gone = cluster.kubectl.run(&["get", "pods", "-o", "name"]).unwrap();
         assert!(!gone.contains(&format!("pod/{name}")), "{gone}");
     }
-    let killing = cluster
-        .events("spinner")
-        .unwrap()
-        .into_iter()
-        .any(|e| e.reason.as_deref() == Some("Killing"));
-    assert!(killing, "a Killing event is recorded");
+    cluster
+        .wait_event("spinner", "Killing", MINUTE)
+        .await
+        .unwrap();
 }
 
 /// `activeDeadlineSeconds` as the kubelet enforces it: counted from the pod's start time,

@@ -109,7 +109,8 @@ fn uid(cluster: &WasmCluster, pod: &str) -> String {
 }
 
 /// Waits until at least `count` events with `reason` have been recorded about `pod`, and
-/// returns their messages, oldest first.
+/// returns their messages, oldest first. Repeats the node wrote as one event (it aggregates
+/// those that wait together) count each time.
 async fn wait_events(
     cluster: &WasmCluster,
     pod: &str,
@@ -120,12 +121,17 @@ async fn wait_events(
     let what = format!("{count} {reason} events");
     cluster
         .wait_events(pod, &what, timeout, |events| {
-            let messages: Vec<String> = events
+            let matching = events
                 .iter()
-                .filter(|e| e.reason.as_deref() == Some(reason))
+                .filter(|e| e.reason.as_deref() == Some(reason));
+            let recorded: usize = matching
+                .clone()
+                .map(|e| usize::try_from(e.count.unwrap_or(1)).unwrap_or(1))
+                .sum();
+            let messages: Vec<String> = matching
                 .map(|e| e.message.clone().unwrap_or_default())
                 .collect();
-            (messages.len() >= count).then_some(messages)
+            (recorded >= count).then_some(messages)
         })
         .await
         .unwrap()

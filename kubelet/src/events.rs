@@ -549,6 +549,23 @@ mod tests {
         );
     }
 
+    /// The recorders gone (the agent stopping), an event held back is still written once
+    /// its hold is over, and then the writer ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_event_is_written_after_the_recorders_are_gone() {
+        let (recorder, mut handle) = recorder(default_limit());
+        let _stalled = recorder.start_in_progress();
+        recorder.record(&test_pod(), Some("app"), EventType::Normal, "Killing", "m");
+        drop(recorder);
+        let reason = tokio::time::timeout(Duration::from_secs(5), answer(&mut handle)).await;
+        assert_eq!(reason.unwrap(), "Killing");
+        let after = tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await;
+        assert!(
+            after.expect("the writer ended").is_none(),
+            "a request after the last event"
+        );
+    }
+
     /// A guest chooses part of some messages (a trap's backtrace): however long, the
     /// event written holds its start, within the cap.
     #[tokio::test]

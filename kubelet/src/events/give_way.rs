@@ -3,13 +3,15 @@
 //! A cached start takes a few milliseconds, most of them the API server's: the pod's token
 //! request and its status patch. An event written at the same moment costs the API server and
 //! etcd about as much as either, and on a small node shares their cores. `bench-pods` measured
-//! it: with events written alongside, a default pod's start took p50 7.3 to 9.1 ms and p99 13
-//! to 18 ms; with them out of the way, 6.3 and 11 ms, against 5.5 ms for an agent that
-//! writes no events at all. So an event waits while a pod start that began less than
-//! [`START_HOLD`] ago is in progress, and for [`LULL`] after one ends (the next of a
-//! rollout is usually on its way), for at most [`EVENT_HOLD`]. It keeps the time it was
-//! recorded, and a start that is waiting for something (a large pull, a back-off) holds
-//! nothing back.
+//! it on two cores shared with the control plane: with events written alongside, three runs
+//! gave a default pod's start a p99 of 13.3 to 17.9 ms and a token-less pod's 13.1 to 15.1
+//! ms; with events giving way, six runs gave 10.7 to 13.4 ms and 6.2 to 10.4 ms.
+//!
+//! So an event waits while a pod start that began less than [`START_HOLD`] ago is in
+//! progress, and for [`LULL`] after one ends (the next of a rollout is usually on its way),
+//! for at most [`EVENT_HOLD`]. It keeps the time it was recorded, and a start that is
+//! waiting for something (a large pull, a back-off) holds nothing back. Under starts that
+//! never pause, events are only delayed: each goes after its 5 s.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,10 +76,12 @@ impl Drop for StartInProgress {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
             let mut state = lock(shared);
-            state.began.remove(&self.id);
-            state.last_end = Some(Instant::now());
-            drop(state);
-            shared.ended.send_replace(());
+            // One already forgotten (past its hold) was not holding anything back.
+            if state.began.remove(&self.id).is_some() {
+                state.last_end = Some(Instant::now());
+                drop(state);
+                shared.ended.send_replace(());
+            }
         }
     }
 }
@@ -102,7 +106,10 @@ impl Starts {
     /// start in progress is [`START_HOLD`] old and the last start ended [`LULL`] ago, or the
     /// event has waited [`EVENT_HOLD`], whichever is first. None once that time is past.
     pub(super) fn hold(&self, queued: Instant, now: Instant) -> Option<Instant> {
-        let state = lock(&self.shared);
+        let mut state = lock(&self.shared);
+        // A start past its hold (a pod waiting for an image, or whose containers never all
+        // run) is forgotten here rather than scanned at every event until its worker ends.
+        state.began.retain(|_, began| *began + START_HOLD > now);
         let youngest = state.began.values().max().map(|began| *began + START_HOLD);
         let lull = state.last_end.map(|end| end + LULL);
         let until = youngest.max(lull)?.min(queued + EVENT_HOLD);

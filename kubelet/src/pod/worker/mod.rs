@@ -305,8 +305,8 @@ struct Worker<P: Provider> {
     /// The pod's first start, from its watch event until its containers first all ran and
     /// the API server had that status.
     trace: Option<StartTrace>,
-    /// Events wait while the start is in progress: until the trace ends, or the pod is
-    /// refused or has finished.
+    /// Events wait while the start is in progress (its first second at most): until the
+    /// trace ends, the pod is refused or has finished, or the worker ends.
     giving_way: Option<StartInProgress>,
     /// The version of the status that first showed the containers all running, once it is
     /// handed over: the start trace ends when the API server answers its request.
@@ -331,7 +331,7 @@ impl<P: Provider> Worker<P> {
             if active && inbox.past_deadline() {
                 stage = self.deadline_exceeded(&inbox.pod, &mut exits).await;
             }
-            if !active {
+            if matches!(stage, Stage::Finished | Stage::Rejected(_)) {
                 // Its start is over: events about it need not wait.
                 self.giving_way = None;
             }
