@@ -13,7 +13,7 @@
 //! kubelet's `eventRecordQPS` and `eventBurst`), apart from the node's API budget. Each
 //! costs the API server and etcd about as much as a status patch, and a start makes three:
 //! so the API server's time goes first to the requests that move pods forward. Events give
-//! way to pod starts in progress ([`give_way`]) and follow at their own pace, keeping their
+//! way to pod starts in progress (`give_way`) and follow at their own pace, keeping their
 //! recorded times.
 
 mod give_way;
