@@ -41,7 +41,7 @@ pub fn ps(data_dir: &Path, args: &PsArgs) -> anyhow::Result<()> {
         [
             "NAMESPACE",
             "POD",
-            "PHASE",
+            "STATUS",
             "CONTAINER",
             "STATE",
             "RESTARTS",
@@ -100,6 +100,16 @@ fn phase(stored: &StoredPod) -> &str {
         .unwrap_or("Pending")
 }
 
+/// The pod's reason when it has one (why it was refused or failed: `OutOfcpu`,
+/// `DeadlineExceeded`), else its phase, as kubectl's STATUS column shows it.
+fn pod_status(stored: &StoredPod) -> &str {
+    stored
+        .status
+        .as_ref()
+        .and_then(|s| s.reason.as_deref())
+        .unwrap_or_else(|| phase(stored))
+}
+
 fn rows_of(stored: &StoredPod, now: Timestamp) -> Vec<[String; 8]> {
     let meta = &stored.pod.metadata;
     let statuses: Vec<&ContainerStatus> = stored
@@ -122,7 +132,7 @@ fn rows_of(stored: &StoredPod, now: Timestamp) -> Vec<[String; 8]> {
             [
                 meta.namespace.clone().unwrap_or_else(|| "default".into()),
                 meta.name.clone().unwrap_or_default(),
-                phase(stored).to_string(),
+                pod_status(stored).to_string(),
                 name,
                 state,
                 status.map_or(0, |s| s.restart_count).to_string(),
@@ -421,6 +431,43 @@ impl Followed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    use kubelet::store::PodSource;
+
+    #[test]
+    fn a_pods_reason_stands_in_its_status_column_as_kubectl_shows_it() {
+        let stored = |phase: &str, reason: Option<&str>| StoredPod {
+            uid: "u".into(),
+            source: PodSource::File,
+            pod: Pod {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("p".into()),
+                    ..Default::default()
+                },
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "app".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                reason: reason.map(str::to_string),
+                ..Default::default()
+            }),
+        };
+        let now = Timestamp::now();
+        let refused = stored("Failed", Some("InvalidResourceQuantity"));
+        assert_eq!(rows_of(&refused, now)[0][2], "InvalidResourceQuantity");
+        assert!(
+            finished(&refused),
+            "a refused pod is listed with --all only"
+        );
+        assert_eq!(rows_of(&stored("Running", None), now)[0][2], "Running");
+    }
 
     #[test]
     fn ages_read_as_kubectl_prints_them() {

@@ -24,6 +24,14 @@ async fn a_standalone_node_runs_its_static_pods_and_follows_its_manifest_directo
     .unwrap();
     // A bad manifest beside it is reported and harms nothing.
     std::fs::write(node.manifests().join("broken.yaml"), "kind: Pod\nspec: [\n").unwrap();
+    // Nor does a pod whose limit no API server has checked: it is refused, saying why.
+    std::fs::write(
+        node.manifests().join("limited.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: limited\nspec:\n  containers:\n  - name: app\n    image: {image}\n    resources: {{limits: {{memory: lots}}}}\n"
+        ),
+    )
+    .unwrap();
 
     wait_for(
         "the static pod to run, named after the node",
@@ -53,6 +61,26 @@ async fn a_standalone_node_runs_its_static_pods_and_follows_its_manifest_directo
     assert!(
         node.log_tail(200).contains("broken.yaml"),
         "the bad manifest is named in the log"
+    );
+    wait_for(
+        "the pod with a malformed limit to be refused, saying why",
+        Duration::from_secs(10),
+        || {
+            let ps = node.tool(&["ps", "--all"]);
+            async move {
+                let ps = ps.map_err(|e| format!("{e:#}"))?;
+                Ok(ps_row(&ps, "limited-edge-alone")
+                    .filter(|cols| cols[2] == "InvalidResourceQuantity")
+                    .map(|_| ()))
+            }
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", node.log_tail(30)))
+    .unwrap();
+    assert!(
+        ps_row(&node.tool(&["ps"]).unwrap(), "limited-edge-alone").is_none(),
+        "a refused pod is listed with --all only"
     );
 
     std::fs::remove_file(&manifest).unwrap();

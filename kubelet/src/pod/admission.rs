@@ -100,17 +100,21 @@ impl Requests {
         let resources = container.resources.as_ref();
         let requests = resources.and_then(|r| r.requests.as_ref());
         let limits = resources.and_then(|r| r.limits.as_ref());
+        let checked =
+            |kind: &str, name: &str, q: &Quantity, counted: Result<u64, QuantityError>| {
+                counted.map_err(|err| match err {
+                    QuantityError::Malformed => Rejection {
+                        reason: "InvalidResourceQuantity".into(),
+                        message: format!(
+                            "container {:?}: {kind}.{name} {:?} {err}",
+                            container.name, q.0
+                        ),
+                    },
+                    QuantityError::OutOfRange => too_much(name, &q.0),
+                })
+            };
         let read = |kind: &str, name: &str, q: &Quantity, as_count: Count| {
-            as_count(q).map_err(|err| match err {
-                QuantityError::Malformed => Rejection {
-                    reason: "InvalidResourceQuantity".into(),
-                    message: format!(
-                        "container {:?}: {kind}.{name} {:?} {err}",
-                        container.name, q.0
-                    ),
-                },
-                QuantityError::OutOfRange => too_much(name, &q.0),
-            })
+            checked(kind, name, q, as_count(q))
         };
         // An extended resource may be given as a limit only; its request is then the
         // limit, as the API server defaults it (they must be equal).
@@ -122,10 +126,31 @@ impl Requests {
                 }
             }
         }
-        let request = |name: &str, as_count: Count| {
-            requests
-                .and_then(|r| r.get(name))
-                .map_or(Ok(0), |q| read("requests", name, q, as_count))
+        // A limit must parse (a manifest on the node's disk has had no API server check it),
+        // but one too large to count is no limit. A request left out is the limit, as the
+        // API server defaults it; one above its limit is refused, as the API server refuses.
+        let request = |name: &str, as_count: Count| -> Result<u64, Rejection> {
+            let limit = match limits.and_then(|l| l.get(name)) {
+                Some(q) => match as_count(q) {
+                    Err(QuantityError::OutOfRange) => None,
+                    counted => Some((checked("limits", name, q, counted)?, q)),
+                },
+                None => None,
+            };
+            let Some(q) = requests.and_then(|r| r.get(name)) else {
+                return Ok(limit.map_or(0, |(count, _)| count));
+            };
+            let count = read("requests", name, q, as_count)?;
+            match limit {
+                Some((most, limit)) if count > most => Err(Rejection {
+                    reason: "InvalidResourceRequirements".into(),
+                    message: format!(
+                        "container {:?}: requests.{name} {:?} must be less than or equal to limits.{name} {:?}",
+                        container.name, q.0, limit.0
+                    ),
+                }),
+                _ => Ok(count),
+            }
         };
         Ok(Self {
             cpu_millis: request("cpu", quantity::cpu_millis)?,
@@ -499,6 +524,56 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn limits_are_checked_and_stand_for_requests_left_out_as_the_api_server_defaults() {
+        let limited = |limits: &[(&str, &str)], requests: &[(&str, &str)]| {
+            let quantities = |set: &[(&str, &str)]| {
+                let map: BTreeMap<String, Quantity> = set
+                    .iter()
+                    .map(|(name, q)| (name.to_string(), Quantity(q.to_string())))
+                    .collect();
+                Some(map)
+            };
+            let mut pod = pod_requesting("0", "0");
+            pod.spec.as_mut().unwrap().containers[0].resources = Some(ResourceRequirements {
+                limits: quantities(limits),
+                requests: quantities(requests),
+                ..Default::default()
+            });
+            admit(&pod, &[], ROOMY, &NONE)
+        };
+        // A static pod's manifest has had no API server check its limits.
+        let err = limited(&[("memory", "lots")], &[]).unwrap_err();
+        assert_eq!(err.reason, "InvalidResourceQuantity");
+        assert!(
+            err.message
+                .contains(r#"limits.memory "lots" is not a quantity"#),
+            "{}",
+            err.message
+        );
+        let err = limited(&[("cpu", "1")], &[("cpu", "2")]).unwrap_err();
+        assert_eq!(err.reason, "InvalidResourceRequirements");
+        assert!(
+            err.message
+                .contains(r#"requests.cpu "2" must be less than or equal to limits.cpu "1""#),
+            "{}",
+            err.message
+        );
+        // A limit alone is the request: it is counted against what the node has.
+        let counted = limited(&[("cpu", "500m"), ("ephemeral-storage", "1Gi")], &[]).unwrap();
+        assert_eq!(counted.cpu_millis, 500);
+        assert_eq!(counted.ephemeral_storage_bytes, 1 << 30);
+        assert_eq!(
+            limited(&[("memory", "2Gi")], &[]).unwrap_err().reason,
+            "OutOfmemory"
+        );
+        // A request under its limit counts as itself; a limit too large to count is none.
+        let under = limited(&[("memory", "512Mi")], &[("memory", "1Mi")]).unwrap();
+        assert_eq!(under.memory_bytes, 1 << 20);
+        let unbounded = limited(&[("memory", "1e30")], &[("memory", "1Mi")]).unwrap();
+        assert_eq!(unbounded.memory_bytes, 1 << 20);
     }
 
     #[test]

@@ -130,7 +130,7 @@ impl<P: Provider> Worker<P> {
             root_dir: dirs.root,
             mounts,
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
-            // Admission read every request; a limit too large to count is no limit.
+            // Admission read every request and limit; a limit too large to count is no limit.
             memory_limit_bytes: limits.get("memory").and_then(|q| quantity::bytes(q).ok()),
             cpu_limit_millis: limits.get("cpu").and_then(|q| quantity::cpu_millis(q).ok()),
             usage: usage.clone(),
