@@ -17,6 +17,7 @@ pub mod env;
 pub mod mirror;
 pub(crate) mod probe;
 pub mod quantity;
+mod retake;
 pub mod state;
 mod status_sender;
 pub mod storage;
@@ -50,6 +51,7 @@ use crate::store::{LocalStore, PodSource, StoredPod};
 use admission::{Capacity, Requests};
 use ended::Ended;
 use mirror::MirrorBoard;
+use retake::Retakes;
 use status_sender::StatusSender;
 use table::PodTable;
 use watched::WatchedObjects;
@@ -119,6 +121,8 @@ pub struct PodManager<P> {
     /// Which pod each worker task owns, for a task that ends without saying (it panicked).
     task_uids: HashMap<tokio::task::Id, String>,
     ended: Ended,
+    /// Pods whose worker failed, to be taken on again after a back-off.
+    retakes: Retakes,
     mirrors: MirrorBoard,
 }
 
@@ -160,6 +164,7 @@ impl<P: Provider> PodManager<P> {
             tasks: JoinSet::new(),
             task_uids: HashMap::new(),
             ended: Ended::default(),
+            retakes: Retakes::new(retake::INITIAL),
             mirrors: MirrorBoard::default(),
         }
     }
@@ -205,6 +210,14 @@ impl<P: Provider> PodManager<P> {
                         }
                     }
                 },
+                () = sleep_until(self.retakes.next_due()) => {
+                    for (uid, source, pod) in self.retakes.due(Instant::now()) {
+                        if !self.workers.contains_key(&uid) {
+                            info!(%uid, "taking on again a pod whose worker failed");
+                            self.take_on(source, pod, Instant::now());
+                        }
+                    }
+                }
                 changed = changed(&mut self.static_pods) => {
                     if changed {
                         let current = self.static_pods.as_mut().map(|m| m.borrow_and_update().clone()).unwrap_or_default();
@@ -304,23 +317,37 @@ impl<P: Provider> PodManager<P> {
             self.mirrors.gone(pod);
             return;
         }
-        if let Some(handle) = pod
-            .metadata
-            .uid
-            .as_ref()
-            .and_then(|uid| self.workers.get(uid))
+        if let Some(uid) = &pod.metadata.uid {
+            self.gone(uid);
+        }
+    }
+
+    /// Tells pod `uid`'s worker that the pod is gone from its source. A pod waiting to be
+    /// taken on after its worker failed is taken on now, only to be removed as any other.
+    fn gone(&mut self, uid: &str) {
+        if !self.workers.contains_key(uid)
+            && let Some((source, pod)) = self.retakes.remove(uid)
         {
+            self.take_on(source, pod, Instant::now());
+        }
+        if let Some(handle) = self.workers.get(uid) {
             handle.desired.send_replace(Desired::Gone);
         }
     }
 
     /// Tells every API pod's worker whose pod the API no longer lists that it is gone.
     fn forget_unlisted(&mut self, listed: &HashSet<String>) {
-        for (uid, handle) in &self.workers {
-            if handle.source == PodSource::Api && !listed.contains(uid) {
-                info!(%uid, "the pod is no longer bound to this node; stopping it");
-                handle.desired.send_replace(Desired::Gone);
-            }
+        let unlisted: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, handle)| handle.source == PodSource::Api)
+            .map(|(uid, _)| uid.clone())
+            .chain(self.retakes.waiting(&PodSource::Api))
+            .filter(|uid| !listed.contains(uid))
+            .collect();
+        for uid in unlisted {
+            info!(%uid, "the pod is no longer bound to this node; stopping it");
+            self.gone(&uid);
         }
     }
 
@@ -334,6 +361,12 @@ impl<P: Provider> PodManager<P> {
             .iter()
             .filter_map(|m| m.pod.metadata.uid.as_deref())
             .collect();
+        for uid in self.retakes.waiting(&PodSource::File) {
+            if !wanted.contains(uid.as_str()) {
+                // Its worker failed: it is taken on only to be removed, below.
+                self.gone(&uid);
+            }
+        }
         let mut stopping = HashSet::new();
         for (uid, handle) in &self.workers {
             if handle.source == PodSource::File && !wanted.contains(uid.as_str()) {
@@ -375,6 +408,7 @@ impl<P: Provider> PodManager<P> {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
+        self.retakes.taken_on(&uid);
         self.ctx.table.put(&uid, pod.clone());
         let stage = self.first_stage(&pod, &uid);
         info!(
@@ -413,6 +447,7 @@ impl<P: Provider> PodManager<P> {
         if outcome == Outcome::AgentStopping {
             return;
         }
+        self.retakes.remove(uid);
         self.ctx.store.remove_pod(uid).await;
         match handle.map(|h| h.source) {
             Some(PodSource::Api) => self.ended.insert(uid),
@@ -430,28 +465,42 @@ impl<P: Provider> PodManager<P> {
 
     /// A worker that panicked (a bug): its containers were aborted with it (a `Live` aborts
     /// its instance when dropped). What it held is freed as its own end would have freed
-    /// it, and the pod is forgotten as when the agent stops, its record kept: the next
-    /// change the API server or its manifest reports takes it on afresh. Not at once, so a
-    /// pod that makes its worker fail every time cannot spin.
+    /// it, and the pod is forgotten as when the agent stops, its record kept; it is taken on
+    /// afresh after a back-off ([`retake`]), or at once if it changes first.
     async fn worker_failed(&mut self, uid: &str, err: &tokio::task::JoinError) {
-        let Some((key, source)) = self
-            .workers
-            .get(uid)
-            .map(|handle| (handle.key.clone(), handle.source.clone()))
-        else {
+        let Some(handle) = self.workers.get(uid) else {
             return;
         };
-        error!(pod = %key.name, namespace = %key.namespace, %uid, %err, "the pod's worker failed; its containers were stopped, and the pod is taken on again at its next change");
+        let (key, source) = (handle.key.clone(), handle.source.clone());
+        let gone = matches!(*handle.desired.borrow(), Desired::Gone);
+        // The latest object, with the node's own last status: restart counts and last states
+        // carry on from it, as after a restart of the agent.
+        let retake = self.ctx.table.pod(uid).and_then(|pod| {
+            self.retakes
+                .failed(uid, source.clone(), Pod::clone(&pod), Instant::now())
+        });
+        let then = match retake {
+            Some(_) if gone => "the pod, gone from its source, is removed".into(),
+            Some(wait) => format!("it is taken on again in {}s", wait.as_secs()),
+            None => "it is taken on again at its next change".into(),
+        };
+        error!(pod = %key.name, namespace = %key.namespace, %uid, %err, "the pod's worker failed; its containers were stopped, and {then}");
         self.ctx.recorder.record_for(
             &key,
             EventType::Warning,
             "Failed",
-            &format!("wasmlet's worker for this pod failed ({err}); its containers were stopped"),
+            &format!("wasmlet's worker for this pod failed ({err}); its containers were stopped, and {then}"),
         );
         self.ctx.release(&key).await;
         self.worker_ended(uid, Outcome::AgentStopping).await;
+        if gone {
+            // Deleted while its worker ran: a new one removes it (files, record, and the API
+            // object a graceful deletion leaves for the node to delete).
+            self.gone(uid);
+            return;
+        }
         // A static pod's new version may have been waiting for this one to stop. The failed
-        // pod itself, if its manifest still wants it, waits for the manifest's next change.
+        // pod itself, if its manifest still wants it, is taken on again as above.
         if source == PodSource::File
             && let Some(manifests) = &self.static_pods
         {
@@ -776,15 +825,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_pod_being_removed_when_the_agent_stops_is_not_kept_for_the_next_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path()).unwrap();
-        let shared = SharedPodState {
-            pods_dir: dir.path().join("pods"),
-            ..SharedPodState::default()
-        };
-        let static_pod = StaticPod {
+    /// Static pod `web` on node `edge-1`, its manifest in `dir`.
+    fn static_web(dir: &std::path::Path) -> StaticPod {
+        StaticPod {
             pod: Pod {
                 metadata: ObjectMeta {
                     name: Some("web-edge-1".into()),
@@ -804,9 +847,19 @@ mod tests {
                 }),
                 ..Default::default()
             },
-            file: dir.path().join("web.yaml"),
+            file: dir.join("web.yaml"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_being_removed_when_the_agent_stops_is_not_kept_for_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let shared = SharedPodState {
+            pods_dir: dir.path().join("pods"),
+            ..SharedPodState::default()
         };
-        let (manifests, watched) = watch::channel(vec![static_pod]);
+        let (manifests, watched) = watch::channel(vec![static_web(dir.path())]);
         let provider = SlowToStop {
             started: Arc::default(),
             stopping: Arc::default(),
@@ -859,5 +912,102 @@ mod tests {
             store.pods().await.unwrap().is_empty(),
             "the removed pod would start again on the next run"
         );
+    }
+
+    /// A runtime with a bug: its first start panics, taking the pod's worker with it.
+    #[derive(Default)]
+    struct PanicsFirst {
+        starts: std::sync::atomic::AtomicU32,
+        started: Arc<tokio::sync::Notify>,
+    }
+
+    impl Provider for PanicsFirst {
+        type Image = NoImage;
+
+        fn node_contribution(&self) -> NodeContribution {
+            NodeContribution::default()
+        }
+
+        async fn pull(&self, _: ImageRequest<'_>) -> Result<NoImage, ContainerError> {
+            Ok(NoImage)
+        }
+
+        async fn start(
+            &self,
+            _: &NoImage,
+            start: ContainerStart,
+        ) -> Result<JoinHandle<ContainerExit>, ContainerError> {
+            let before = self
+                .starts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            assert!(before > 0, "a bug in the runtime");
+            self.started.notify_one();
+            Ok(tokio::spawn(async move {
+                start.stop.cancelled().await;
+                ContainerExit {
+                    exit_code: 0,
+                    reason: "Completed".into(),
+                    message: None,
+                }
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_whose_worker_failed_is_taken_on_again_after_a_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let shared = SharedPodState {
+            pods_dir: dir.path().join("pods"),
+            ..SharedPodState::default()
+        };
+        // The manifest does not change: nothing but the back-off takes the pod on again.
+        let (_manifests, watched) = watch::channel(vec![static_web(dir.path())]);
+        let provider = Arc::new(PanicsFirst::default());
+        let mut manager = PodManager::new(
+            PodSources {
+                client: None,
+                static_pods: Some(watched),
+                events: EventRecorder::new(None, "edge-1", crate::events::default_limit()),
+            },
+            provider.clone(),
+            settings(),
+            &shared,
+            store.clone(),
+            Link::default(),
+        );
+        let backoff = Duration::from_millis(200);
+        manager.retakes = Retakes::new(backoff);
+        let cancel = CancellationToken::new();
+        let failed_at = Instant::now();
+        let running = tokio::spawn(manager.run(cancel.clone()));
+        tokio::time::timeout(Duration::from_secs(10), provider.started.notified())
+            .await
+            .expect("the pod is taken on again, and starts");
+        assert_eq!(
+            provider.starts.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "one start failed with its worker, the next ran"
+        );
+        assert!(failed_at.elapsed() >= backoff, "not before its back-off");
+        let running_app = |status: Option<k8s_openapi::api::core::v1::PodStatus>| {
+            status
+                .into_iter()
+                .flat_map(|s| s.container_statuses.unwrap_or_default())
+                .any(|c| c.state.is_some_and(|s| s.running.is_some()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !running_app(shared.table.status("web-hash")) {
+            assert!(
+                Instant::now() < deadline,
+                "its status shows the container running again"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the agent stops")
+            .unwrap();
     }
 }

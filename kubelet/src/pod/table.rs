@@ -105,6 +105,11 @@ impl PodTable {
         }
     }
 
+    /// Pod `uid`'s object as last seen, with the status this node computed.
+    pub fn pod(&self, uid: &str) -> Option<Arc<Pod>> {
+        self.read().get(uid).map(|e| e.pod.clone())
+    }
+
     /// Forgets `uid`.
     pub fn remove(&self, uid: &str) {
         self.write().remove(uid);

@@ -142,6 +142,13 @@ pub(crate) enum Stage {
     Finished,
 }
 
+impl Stage {
+    /// Whether the pod has nothing left to run: refused, or all its containers done for good.
+    fn is_over(&self) -> bool {
+        matches!(self, Stage::Finished | Stage::Rejected(_))
+    }
+}
+
 enum Next {
     Stage(Stage),
     Terminate,
@@ -327,11 +334,10 @@ impl<P: Provider> Worker<P> {
             }
             // Checked before each stage too: a pod taken on again after the agent's restart
             // may be past its deadline already, and is not set up again first.
-            let active = !matches!(stage, Stage::Finished | Stage::Rejected(_));
-            if active && inbox.past_deadline() {
+            if !stage.is_over() && inbox.past_deadline() {
                 stage = self.deadline_exceeded(&inbox.pod, &mut exits).await;
             }
-            if matches!(stage, Stage::Finished | Stage::Rejected(_)) {
+            if stage.is_over() {
                 // Its start is over: events about it need not wait.
                 self.giving_way = None;
             }
