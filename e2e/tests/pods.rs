@@ -1169,6 +1169,98 @@ async fn a_restarted_agent_takes_its_pods_back_counting_the_lost_instance_as_a_r
     .unwrap();
 }
 
+/// `kubectl set image` on a running pod: the kubelet stops the container whose spec changed
+/// and starts it again with the new image, whatever the restart policy; an image that cannot
+/// be pulled leaves it waiting in ImagePullBackOff until the next is set.
+#[tokio::test]
+async fn a_new_image_set_on_a_running_pod_restarts_its_container_with_it() {
+    let cluster = WasmCluster::start("edge-set-image", 110).await.unwrap();
+    let registry = cluster.registry.host();
+    let first = push_demo(&registry, "ticker").unwrap();
+    let second = format!("{registry}/demos/ticker:v2");
+    push_file(&e2e::demos::demo_wasm("ticker").unwrap(), &second, &[]).unwrap();
+    let spec = format!(
+        "  restartPolicy: Never\n  automountServiceAccountToken: false\n  containers:\n  - {{name: app, image: {first}, env: [{{name: INTERVAL_MS, value: \"100\"}}]}}\n"
+    );
+    cluster.kubectl.apply(&wasm_pod("renewed", &spec)).unwrap();
+    cluster
+        .wait_pod("renewed", "Running", MINUTE, |p| running(p, "app"))
+        .await
+        .unwrap();
+
+    let missing = format!("{registry}/demos/missing:v1");
+    let set_image = |image: &str| {
+        cluster
+            .kubectl
+            .run(&["set", "image", "pod/renewed", &format!("app={image}")])
+            .unwrap();
+    };
+    set_image(&missing);
+    let message = cluster
+        .wait_events(
+            "renewed",
+            "a Killing event for the changed spec",
+            MINUTE,
+            |events| {
+                events
+                    .iter()
+                    .find(|e| e.reason.as_deref() == Some("Killing"))
+                    .and_then(|e| e.message.clone())
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        message,
+        "Container app definition changed, will be restarted"
+    );
+    let pod = cluster
+        .wait_pod(
+            "renewed",
+            "waiting for an image that cannot be pulled",
+            MINUTE,
+            |p| {
+                waiting(p, "app").is_some_and(|(reason, _)| {
+                    reason == "ErrImagePull" || reason == "ImagePullBackOff"
+                })
+            },
+        )
+        .await
+        .unwrap();
+    let app = container(&pod, "app").unwrap();
+    assert_eq!(app.restart_count, 1, "the stopped instance counts as a run");
+    assert_eq!(app.image, missing);
+    wait_warning(&cluster, "renewed", "Failed", "Failed to pull image").await;
+
+    // The next image is tried at once, not after the failed one's 10 s back-off: a new image
+    // has a back-off of its own.
+    set_image(&second);
+    let pod = cluster
+        .wait_pod("renewed", "running the second image", 5 * SECOND, |p| {
+            running(p, "app") && container(p, "app").is_some_and(|c| c.image == second)
+        })
+        .await
+        .unwrap();
+    assert_eq!(container(&pod, "app").unwrap().restart_count, 1);
+    assert_eq!(phase(&pod), "Running");
+    let previous = cluster
+        .kubectl
+        .run(&["logs", "renewed", "--previous"])
+        .unwrap();
+    assert!(previous.contains("tick 0 from ticker"), "{previous}");
+    e2e::wait_for("the new instance to log", MINUTE, || {
+        let log = cluster.kubectl.run(&["logs", "renewed"]);
+        async move {
+            Ok(log
+                .map_err(|e| e.to_string())?
+                .starts_with("tick 0 ")
+                .then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

@@ -19,6 +19,16 @@ pub(super) struct CheckResult {
 /// The pod's grace period, the default a kill for a probe gets.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
+/// Why the node stopped a running instance itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Killed {
+    /// A liveness or startup probe gave up: it restarts unless the policy is Never.
+    Probe,
+    /// Its image changed: it restarts with the new one whatever the policy, at once, as
+    /// the kubelet restarts a container whose spec changed.
+    Changed,
+}
+
 /// The probes of one running app container instance.
 pub(super) struct Probing {
     /// The instance's restart count: results for an earlier instance are dropped.
@@ -26,8 +36,8 @@ pub(super) struct Probing {
     startup: Option<Tracker>,
     liveness: Option<Tracker>,
     readiness: Option<Tracker>,
-    /// A probe had the instance killed.
-    killed: bool,
+    /// The node had the instance killed, and why.
+    killed: Option<Killed>,
     /// When the killed instance is aborted if it is still running; cleared once it is.
     abort_at: Option<Instant>,
 }
@@ -41,7 +51,7 @@ impl Probing {
             startup: tracker(&probes.startup),
             liveness: tracker(&probes.liveness),
             readiness: tracker(&probes.readiness),
-            killed: false,
+            killed: None,
             abort_at: None,
         }
     }
@@ -64,7 +74,7 @@ impl Probing {
 
     /// The probes that run now: the startup probe alone until it passes, then the others.
     fn active(&self, awaiting_startup: bool) -> &'static [ProbeKind] {
-        if self.killed {
+        if self.killed.is_some() {
             &[]
         } else if awaiting_startup {
             &[ProbeKind::Startup]
@@ -73,8 +83,8 @@ impl Probing {
         }
     }
 
-    /// Whether a probe had the instance killed (it restarts unless the policy is Never).
-    pub(super) fn killed(&self) -> bool {
+    /// Why the node had the instance killed, if it did.
+    pub(super) fn killed(&self) -> Option<Killed> {
         self.killed
     }
 }
@@ -122,7 +132,7 @@ impl<P: Provider> Worker<P> {
             let Some(probing) = self.probing[index].as_mut() else {
                 continue;
             };
-            if probing.killed {
+            if probing.killed.is_some() {
                 if probing.abort_at.is_some_and(|at| at <= now) {
                     probing.abort_at = None;
                     if let Some(live) = &self.live_app[index] {
@@ -172,7 +182,7 @@ impl<P: Provider> Worker<P> {
         let Some(probing) = self.probing.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
-        if probing.restart != restart || probing.killed() {
+        if probing.restart != restart || probing.killed.is_some() {
             return;
         }
         let Some(tracker) = probing.tracker(kind) else {
@@ -211,7 +221,27 @@ impl<P: Provider> Worker<P> {
         kind: ProbeKind,
         probe_grace: Option<Duration>,
     ) {
-        let grace = probe_grace.unwrap_or_else(|| {
+        let name = self.state.app[index].name.clone();
+        info!(pod = %self.key.name, container = %name, probe = kind.label(), "probe failed past its threshold; killing the container");
+        let message = format!(
+            "Container {name} failed {} probe, will be restarted",
+            kind.label().to_lowercase()
+        );
+        self.kill(pod, index, Killed::Probe, probe_grace, &message);
+    }
+
+    /// Stops running container `index` for `why`, with a `Killing` event saying `message`;
+    /// it is aborted if it is still running after `grace` (the pod's grace period without
+    /// one). Its exit decides the restart.
+    pub(super) fn kill(
+        &mut self,
+        pod: &Pod,
+        index: usize,
+        why: Killed,
+        grace: Option<Duration>,
+        message: &str,
+    ) {
+        let grace = grace.unwrap_or_else(|| {
             pod.spec
                 .as_ref()
                 .and_then(|s| s.termination_grace_period_seconds)
@@ -219,19 +249,9 @@ impl<P: Provider> Worker<P> {
                 .map_or(DEFAULT_GRACE, Duration::from_secs)
         });
         let name = self.state.app[index].name.clone();
-        info!(pod = %self.key.name, container = %name, probe = kind.label(), "probe failed past its threshold; killing the container");
-        self.event(
-            pod,
-            Some(&name),
-            EventType::Normal,
-            "Killing",
-            &format!(
-                "Container {name} failed {} probe, will be restarted",
-                kind.label().to_lowercase()
-            ),
-        );
+        self.event(pod, Some(&name), EventType::Normal, "Killing", message);
         if let Some(probing) = self.probing[index].as_mut() {
-            probing.killed = true;
+            probing.killed = Some(why);
             // A grace period past what a clock can hold (the API allows any int64 of
             // seconds) is one that never ends.
             probing.abort_at = Instant::now().checked_add(grace);

@@ -33,75 +33,33 @@ impl<P: Provider> Worker<P> {
                     break;
                 };
                 let image = container.image.clone().unwrap_or_default();
-                let secrets = env::pull_secrets(self.ctx.reads(), &pod).await;
-                if let Some(warning) = secrets.unavailable_warning() {
-                    self.unavailable_secrets(&pod, &warning);
+                let Some(pulled) = self.pull_once(inbox, &pod, kind, container).await else {
+                    return Next::Terminate;
+                };
+                let Err(err) = pulled else {
+                    break;
+                };
+                self.pull_refused(&pod, kind, index, &image, &err);
+                if err.fatal {
+                    self.state
+                        .finish(Phase::Failed, Some(&err.reason), Some(err.message));
+                    return Next::Stage(Stage::Finished);
                 }
-                let request = ImageRequest {
-                    pod: &self.key,
-                    image: &image,
-                    pull_policy: container.image_pull_policy.as_deref(),
-                    pull_secrets: &secrets.found,
-                    command: container.command.as_deref().unwrap_or_default(),
-                };
-                let started = Instant::now();
-                let pulled = tokio::select! {
-                    result = self.ctx.provider.pull(request) => result,
-                    _ = inbox.wind_down() => return Next::Terminate,
-                };
-                match pulled {
-                    Ok(pulled) => {
-                        self.pulled(&pod, kind, container, pulled, started.elapsed());
-                        break;
-                    }
-                    Err(err) => {
-                        self.pulling(&pod, &name, &image);
-                        self.event(
-                            &pod,
-                            Some(&name),
-                            EventType::Warning,
-                            "Failed",
-                            &format!("Failed to pull image \"{image}\": {}", err.message),
-                        );
-                        self.record(kind, index).state =
-                            ContainerState::waiting(&err.reason, Some(err.message.clone()));
-                        if err.fatal {
-                            self.state
-                                .finish(Phase::Failed, Some(&err.reason), Some(err.message));
-                            return Next::Stage(Stage::Finished);
+                self.pull_backing_off(&pod, kind, index, &image, &err).await;
+                let image_changed = |pod: &Pod| image_changed(pod, kind, &name, &image);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    // A new image has a back-off of its own, as in the kubelet, whose
+                    // back-off is kept per image.
+                    _ = inbox.wind_down_or(image_changed) => {
+                        if inbox.deleting() || inbox.past_deadline() {
+                            return Next::Terminate;
                         }
-                        self.publish().await;
-                        self.record(kind, index).state = ContainerState::waiting(
-                            "ImagePullBackOff",
-                            Some(format!(
-                                "Back-off pulling image \"{image}\": {}",
-                                err.message
-                            )),
-                        );
-                        self.event(
-                            &pod,
-                            Some(&name),
-                            EventType::Normal,
-                            "BackOff",
-                            &format!("Back-off pulling image \"{image}\""),
-                        );
-                        self.publish().await;
-                        let image_changed = |pod: &Pod| image_changed(pod, kind, &name, &image);
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            // A new image has a back-off of its own, as in the kubelet,
-                            // whose back-off is kept per image.
-                            _ = inbox.wind_down_or(image_changed) => {
-                                if inbox.deleting() || inbox.past_deadline() {
-                                    return Next::Terminate;
-                                }
-                                delay = PULL_BACKOFF_INITIAL;
-                                continue;
-                            }
-                        }
-                        delay = (delay * 2).min(PULL_BACKOFF_MAX);
+                        delay = PULL_BACKOFF_INITIAL;
+                        continue;
                     }
                 }
+                delay = (delay * 2).min(PULL_BACKOFF_MAX);
             }
         }
         self.mark("pull");
@@ -110,6 +68,118 @@ impl<P: Provider> Worker<P> {
         } else {
             Stage::Init(0)
         })
+    }
+
+    /// Pulls app container `index`'s image if the pod now names another than the one it
+    /// has: a container whose image changed while the pod ran starts again with the new
+    /// one. A pull that fails is reported as the Pull stage reports it; the container waits
+    /// for its next attempt. None: the pod is winding down.
+    pub(super) async fn pull_changed(
+        &mut self,
+        inbox: &mut Inbox,
+        pod: &Pod,
+        index: usize,
+    ) -> Option<Result<(), ContainerError>> {
+        let Some(container) = containers(pod, Kind::App).get(index) else {
+            return Some(Ok(()));
+        };
+        let image = container.image.clone().unwrap_or_default();
+        if self.state.app[index].image == image && self.images.contains_key(&container.name) {
+            return Some(Ok(()));
+        }
+        let pulled = self.pull_once(inbox, pod, Kind::App, container).await?;
+        if let Err(err) = &pulled {
+            self.pull_refused(pod, Kind::App, index, &image, err);
+            self.pull_backing_off(pod, Kind::App, index, &image, err)
+                .await;
+        }
+        Some(pulled)
+    }
+
+    /// One attempt to pull `container`'s image, with the pod's pull secrets as they are now;
+    /// the image is kept when it is pulled. None: the pod is winding down.
+    async fn pull_once(
+        &mut self,
+        inbox: &mut Inbox,
+        pod: &Pod,
+        kind: Kind,
+        container: &Container,
+    ) -> Option<Result<(), ContainerError>> {
+        let image = container.image.clone().unwrap_or_default();
+        let secrets = env::pull_secrets(self.ctx.reads(), pod).await;
+        if let Some(warning) = secrets.unavailable_warning() {
+            self.unavailable_secrets(pod, &warning);
+        }
+        let request = ImageRequest {
+            pod: &self.key,
+            image: &image,
+            pull_policy: container.image_pull_policy.as_deref(),
+            pull_secrets: &secrets.found,
+            command: container.command.as_deref().unwrap_or_default(),
+        };
+        let started = Instant::now();
+        let pulled = tokio::select! {
+            result = self.ctx.provider.pull(request) => result,
+            _ = inbox.wind_down() => return None,
+        };
+        Some(pulled.map(|pulled| self.pulled(pod, kind, container, pulled, started.elapsed())))
+    }
+
+    /// A pull of `image` for container `index` of `kind` failed: the kubelet's `Failed`
+    /// event, and the container waits with the error's reason (`ErrImagePull`), showing the
+    /// image it waits for.
+    fn pull_refused(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+        image: &str,
+        err: &ContainerError,
+    ) {
+        let name = self.record(kind, index).name.clone();
+        self.pulling(pod, &name, image);
+        self.event(
+            pod,
+            Some(&name),
+            EventType::Warning,
+            "Failed",
+            &format!("Failed to pull image \"{image}\": {}", err.message),
+        );
+        let record = self.record(kind, index);
+        record.state = ContainerState::waiting(&err.reason, Some(err.message.clone()));
+        // The container's image is the one the pod names now; any it had before is not what
+        // it starts with.
+        record.image = image.to_string();
+        self.images.remove(&name);
+    }
+
+    /// After [`Worker::pull_refused`]: that state is published, then the container waits in
+    /// `ImagePullBackOff`, with its event, until the next attempt.
+    async fn pull_backing_off(
+        &mut self,
+        pod: &Pod,
+        kind: Kind,
+        index: usize,
+        image: &str,
+        err: &ContainerError,
+    ) {
+        self.publish().await;
+        let name = self.record(kind, index).name.clone();
+        self.record(kind, index).state = ContainerState::waiting(
+            "ImagePullBackOff",
+            Some(format!(
+                "Back-off pulling image \"{image}\": {}",
+                err.message
+            )),
+        );
+        self.event(
+            pod,
+            Some(&name),
+            EventType::Normal,
+            "BackOff",
+            &format!("Back-off pulling image \"{image}\""),
+        );
+        self.publish().await;
     }
 
     /// The kubelet's warning that the pull goes on without some of the pod's pull secrets.

@@ -1,6 +1,7 @@
 //! The Init and Run stages: init containers one at a time, then the app containers with
 //! their restarts under the pod's `restartPolicy`, the sync tick and eviction.
 
+use super::probing::Killed;
 use super::*;
 use crate::pod::storage::{self, StorageLimits, StorageUsage};
 
@@ -110,10 +111,19 @@ impl<P: Provider> Worker<P> {
         inbox: &mut Inbox,
         exits: &mut FuturesUnordered<ExitFuture>,
     ) -> Next {
-        let pod = inbox.pod.clone();
+        let mut pod = inbox.pod.clone();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let policy = Self::restart_policy(&pod);
         let count = self.state.app.len();
+        // The image each container last acted on: another in the pod's newest object (`kubectl
+        // set image`) restarts the container with it, as the kubelet restarts a container
+        // whose spec changed. (One set before this stage is pulled before the first start.)
+        let mut acted_on: Vec<String> = containers(&pod, Kind::App)
+            .iter()
+            .map(|c| c.image.clone().unwrap_or_default())
+            .collect();
+        // Each container's pull back-off while its new image cannot be pulled.
+        let mut pull_delay = vec![PULL_BACKOFF_INITIAL; count];
         let mut due: Vec<Option<Instant>> = vec![Some(Instant::now()); count];
         // Each container whose last instance could not be created: when, and the next wait.
         let mut not_created: Vec<Option<CreateRetry>> = vec![None; count];
@@ -131,6 +141,15 @@ impl<P: Provider> Worker<P> {
                 .collect();
             for index in starting {
                 due[index] = None;
+                match self.pull_changed(inbox, &pod, index).await {
+                    None => return Next::Terminate,
+                    Some(Ok(())) => pull_delay[index] = PULL_BACKOFF_INITIAL,
+                    Some(Err(_)) => {
+                        due[index] = Some(Instant::now() + pull_delay[index]);
+                        pull_delay[index] = (pull_delay[index] * 2).min(PULL_BACKOFF_MAX);
+                        continue;
+                    }
+                }
                 match self.launch(&pod, Kind::App, index).await {
                     Ok(exit) => {
                         not_created[index] = None;
@@ -200,13 +219,21 @@ impl<P: Provider> Worker<P> {
             let next_check = self.next_probe_due();
             tokio::select! {
                 Some((_, index, exit)) = exits.next() => {
-                    // A container a probe killed restarts whatever its exit, as the kubelet's do.
-                    let killed = self.probing[index].take().is_some_and(|p| p.killed());
-                    let delay = self.record_exit(Kind::App, index, &exit);
-                    self.report_failure(&pod, Kind::App, index);
-                    let restart = match policy.as_str() {
+                    // A container a probe killed restarts whatever its exit, as the kubelet's
+                    // do; one stopped for a new image restarts at once whatever the policy,
+                    // its back-off starting afresh (the kubelet's is kept per image).
+                    let killed = self.probing[index].take().and_then(|p| p.killed());
+                    let mut delay = self.record_exit(Kind::App, index, &exit);
+                    let changed = killed == Some(Killed::Changed);
+                    if changed {
+                        delay = Duration::ZERO;
+                        self.crash_app[index] = CrashLoop::default();
+                    } else {
+                        self.report_failure(&pod, Kind::App, index);
+                    }
+                    let restart = changed || match policy.as_str() {
                         "Never" => false,
-                        "OnFailure" => killed || exit.exit_code != 0,
+                        "OnFailure" => killed.is_some() || exit.exit_code != 0,
                         _ => true,
                     };
                     info!(pod = %pod_name, container = %self.state.app[index].name, exit = exit.exit_code, restart, "container exited");
@@ -251,7 +278,42 @@ impl<P: Provider> Worker<P> {
                         return self.evict(&current, exits, message).await;
                     }
                 }
-                _ = inbox.wind_down() => return Next::Terminate,
+                () = inbox.wind_down_or(|newest| names_another_image(newest, &acted_on)) => {
+                    if inbox.deleting() || inbox.past_deadline() {
+                        return Next::Terminate;
+                    }
+                    pod = inbox.pod.clone();
+                    self.restart_for_new_images(&pod, &mut acted_on, &mut due, &mut pull_delay);
+                }
+            }
+        }
+    }
+
+    /// Acts on app containers whose image in `pod` is not the one in `acted_on`: a running
+    /// one is stopped (its exit restarts it with the new image), and one waiting to restart
+    /// tries the new image now. One that ended for good under the pod's policy stays ended.
+    fn restart_for_new_images(
+        &mut self,
+        pod: &Pod,
+        acted_on: &mut [String],
+        due: &mut [Option<Instant>],
+        pull_delay: &mut [Duration],
+    ) {
+        for (index, container) in containers(pod, Kind::App).iter().enumerate() {
+            let image = container.image.clone().unwrap_or_default();
+            let Some(old) = acted_on.get_mut(index).filter(|old| **old != image) else {
+                continue;
+            };
+            *old = image;
+            let name = &container.name;
+            info!(pod = %self.key.name, container = %name, image = %old, "the container's image changed; restarting it with the new one");
+            if self.live_app.get(index).is_some_and(Option::is_some) {
+                let message = format!("Container {name} definition changed, will be restarted");
+                self.kill(pod, index, Killed::Changed, None, &message);
+            } else if let Some(at) = due.get_mut(index).and_then(Option::as_mut) {
+                *at = Instant::now();
+                self.crash_app[index] = CrashLoop::default();
+                pull_delay[index] = PULL_BACKOFF_INITIAL;
             }
         }
     }
@@ -360,6 +422,15 @@ impl CreateRetry {
     fn soonest(&self) -> Instant {
         (self.failed_at + CREATE_BACKOFF_INITIAL).max(Instant::now())
     }
+}
+
+/// Whether an app container of `pod` names another image than the one `acted_on` holds for
+/// it (a missing image reads as "", as a pull reads it).
+fn names_another_image(pod: &Pod, acted_on: &[String]) -> bool {
+    containers(pod, Kind::App)
+        .iter()
+        .zip(acted_on)
+        .any(|(c, old)| c.image.as_deref().unwrap_or_default() != old)
 }
 
 #[cfg(test)]
