@@ -100,16 +100,29 @@ impl Requests {
         let resources = container.resources.as_ref();
         let requests = resources.and_then(|r| r.requests.as_ref());
         let limits = resources.and_then(|r| r.limits.as_ref());
+        let invalid =
+            |kind: &str, name: &str, q: &Quantity, why: &dyn std::fmt::Display| Rejection {
+                reason: "InvalidResourceQuantity".into(),
+                message: format!(
+                    "container {:?}: {kind}.{name} {:?} {why}",
+                    container.name, q.0
+                ),
+            };
+        // A manifest on the node's disk has had no API server refuse a negative amount.
+        let negative =
+            |q: &Quantity| quantity::parse(q).is_ok_and(|v| v.is_sign_negative() && !v.is_zero());
         let checked =
             |kind: &str, name: &str, q: &Quantity, counted: Result<u64, QuantityError>| {
+                if negative(q) {
+                    return Err(invalid(
+                        kind,
+                        name,
+                        q,
+                        &"must be greater than or equal to 0",
+                    ));
+                }
                 counted.map_err(|err| match err {
-                    QuantityError::Malformed => Rejection {
-                        reason: "InvalidResourceQuantity".into(),
-                        message: format!(
-                            "container {:?}: {kind}.{name} {:?} {err}",
-                            container.name, q.0
-                        ),
-                    },
+                    QuantityError::Malformed => invalid(kind, name, q, &err),
                     QuantityError::OutOfRange => too_much(name, &q.0),
                 })
             };
@@ -126,18 +139,20 @@ impl Requests {
                 }
             }
         }
-        // A limit must parse (a manifest on the node's disk has had no API server check it),
-        // but one too large to count is no limit. A request left out is the limit, as the
-        // API server defaults it; one above its limit is refused, as the API server refuses.
+        // A limit must parse and not be negative (a manifest on the node's disk has had no
+        // API server check it), but one too large to count is no limit. A request left out
+        // is the limit, as the API server defaults it (so one too large to count is refused
+        // as the request would be); one above its limit is refused, as the API server does.
         let request = |name: &str, as_count: Count| -> Result<u64, Rejection> {
+            let requested = requests.and_then(|r| r.get(name));
             let limit = match limits.and_then(|l| l.get(name)) {
                 Some(q) => match as_count(q) {
-                    Err(QuantityError::OutOfRange) => None,
+                    Err(QuantityError::OutOfRange) if requested.is_some() && !negative(q) => None,
                     counted => Some((checked("limits", name, q, counted)?, q)),
                 },
                 None => None,
             };
-            let Some(q) = requests.and_then(|r| r.get(name)) else {
+            let Some(q) = requested else {
                 return Ok(limit.map_or(0, |(count, _)| count));
             };
             let count = read("requests", name, q, as_count)?;
@@ -569,11 +584,34 @@ mod tests {
             limited(&[("memory", "2Gi")], &[]).unwrap_err().reason,
             "OutOfmemory"
         );
-        // A request under its limit counts as itself; a limit too large to count is none.
+        // A request under its limit counts as itself; a limit too large to count is none,
+        // unless it stands for the request.
         let under = limited(&[("memory", "512Mi")], &[("memory", "1Mi")]).unwrap();
         assert_eq!(under.memory_bytes, 1 << 20);
         let unbounded = limited(&[("memory", "1e30")], &[("memory", "1Mi")]).unwrap();
         assert_eq!(unbounded.memory_bytes, 1 << 20);
+        assert_eq!(
+            limited(&[("memory", "1e30")], &[]).unwrap_err().reason,
+            "OutOfmemory"
+        );
+        // Nor may an amount be negative, limit or request.
+        for (limits, requests, field) in [
+            (
+                &[("memory", "-1Gi")][..],
+                &[("memory", "1Mi")][..],
+                "limits.memory",
+            ),
+            (&[][..], &[("cpu", "-1")][..], "requests.cpu"),
+        ] {
+            let err = limited(limits, requests).unwrap_err();
+            assert_eq!(err.reason, "InvalidResourceQuantity", "{field}");
+            assert!(
+                err.message.contains(field)
+                    && err.message.contains("must be greater than or equal to 0"),
+                "{}",
+                err.message
+            );
+        }
     }
 
     #[test]

@@ -211,11 +211,8 @@ impl<P: Provider> PodManager<P> {
                     }
                 },
                 () = sleep_until(self.retakes.next_due()) => {
-                    for (uid, source, pod) in self.retakes.due(Instant::now()) {
-                        if !self.workers.contains_key(&uid) {
-                            info!(%uid, "taking on again a pod whose worker failed");
-                            self.take_on(source, pod, Instant::now());
-                        }
+                    for retake in self.retakes.due(Instant::now()) {
+                        self.retake(retake);
                     }
                 }
                 changed = changed(&mut self.static_pods) => {
@@ -323,15 +320,29 @@ impl<P: Provider> PodManager<P> {
     }
 
     /// Tells pod `uid`'s worker that the pod is gone from its source. A pod waiting to be
-    /// taken on after its worker failed is taken on now, only to be removed as any other.
+    /// taken on after its worker failed is, once its back-off is over, only to be removed
+    /// as any other.
     fn gone(&mut self, uid: &str) {
-        if !self.workers.contains_key(uid)
-            && let Some((source, pod)) = self.retakes.remove(uid)
-        {
-            self.take_on(source, pod, Instant::now());
+        match self.workers.get(uid) {
+            Some(handle) => {
+                handle.desired.send_replace(Desired::Gone);
+            }
+            None => {
+                self.retakes.gone(uid);
+            }
         }
-        if let Some(handle) = self.workers.get(uid) {
-            handle.desired.send_replace(Desired::Gone);
+    }
+
+    /// Takes on again a pod whose worker failed, now that its back-off is over; one gone
+    /// from its source meanwhile is told so at once, and its new worker removes it.
+    fn retake(&mut self, retake: retake::Retake) {
+        if self.workers.contains_key(&retake.uid) {
+            return;
+        }
+        info!(uid = %retake.uid, gone = retake.gone, "taking on again a pod whose worker failed");
+        self.take_on(retake.source, retake.pod, Instant::now());
+        if retake.gone {
+            self.gone(&retake.uid);
         }
     }
 
@@ -363,7 +374,6 @@ impl<P: Provider> PodManager<P> {
             .collect();
         for uid in self.retakes.waiting(&PodSource::File) {
             if !wanted.contains(uid.as_str()) {
-                // Its worker failed: it is taken on only to be removed, below.
                 self.gone(&uid);
             }
         }
@@ -380,7 +390,8 @@ impl<P: Provider> PodManager<P> {
                 continue;
             };
             let waiting = stopping.contains(&full_name(&worker::pod_key(&manifest.pod)));
-            if !waiting && !self.workers.contains_key(&uid) {
+            // A pod whose worker failed waits out its back-off.
+            if !waiting && !self.workers.contains_key(&uid) && !self.retakes.is_waiting(&uid) {
                 self.ctx.store.put_pod(PodSource::File, &manifest.pod).await;
                 self.apply(PodSource::File, manifest.pod.clone(), Instant::now());
             }
@@ -398,8 +409,14 @@ impl<P: Provider> PodManager<P> {
                 self.ctx.table.put(&uid, pod.clone());
                 handle.desired.send_replace(Desired::Present(Arc::new(pod)));
             }
-            // It puts the pod in the table itself.
-            None => self.take_on(source, pod, seen),
+            // A pod whose worker failed waits out its back-off, whatever events come for it
+            // meanwhile (its own last status patch, a re-list). Otherwise it puts the pod in
+            // the table itself.
+            None => {
+                if let Some(pod) = self.retakes.hold(&uid, pod) {
+                    self.take_on(source, pod, seen);
+                }
+            }
         }
     }
 
@@ -408,7 +425,6 @@ impl<P: Provider> PodManager<P> {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
-        self.retakes.taken_on(&uid);
         self.ctx.table.put(&uid, pod.clone());
         let stage = self.first_stage(&pod, &uid);
         info!(
@@ -447,7 +463,7 @@ impl<P: Provider> PodManager<P> {
         if outcome == Outcome::AgentStopping {
             return;
         }
-        self.retakes.remove(uid);
+        self.retakes.forget(uid);
         self.ctx.store.remove_pod(uid).await;
         match handle.map(|h| h.source) {
             Some(PodSource::Api) => self.ended.insert(uid),
@@ -466,7 +482,7 @@ impl<P: Provider> PodManager<P> {
     /// A worker that panicked (a bug): its containers were aborted with it (a `Live` aborts
     /// its instance when dropped). What it held is freed as its own end would have freed
     /// it, and the pod is forgotten as when the agent stops, its record kept; it is taken on
-    /// afresh after a back-off ([`retake`]), or at once if it changes first.
+    /// afresh after a back-off ([`retake`]), only to be removed if it is gone by then.
     async fn worker_failed(&mut self, uid: &str, err: &tokio::task::JoinError) {
         let Some(handle) = self.workers.get(uid) else {
             return;
@@ -477,10 +493,10 @@ impl<P: Provider> PodManager<P> {
         // carry on from it, as after a restart of the agent.
         let retake = self.ctx.table.pod(uid).and_then(|pod| {
             self.retakes
-                .failed(uid, source.clone(), Pod::clone(&pod), Instant::now())
+                .failed(uid, source.clone(), Pod::clone(&pod), gone, Instant::now())
         });
         let then = match retake {
-            Some(_) if gone => "the pod, gone from its source, is removed".into(),
+            Some(wait) if gone => format!("the pod, gone, is removed in {}s", wait.as_secs()),
             Some(wait) => format!("it is taken on again in {}s", wait.as_secs()),
             None => "it is taken on again at its next change".into(),
         };
@@ -493,14 +509,7 @@ impl<P: Provider> PodManager<P> {
         );
         self.ctx.release(&key).await;
         self.worker_ended(uid, Outcome::AgentStopping).await;
-        if gone {
-            // Deleted while its worker ran: a new one removes it (files, record, and the API
-            // object a graceful deletion leaves for the node to delete).
-            self.gone(uid);
-            return;
-        }
-        // A static pod's new version may have been waiting for this one to stop. The failed
-        // pod itself, if its manifest still wants it, is taken on again as above.
+        // A static pod's new version may have been waiting for this one to stop.
         if source == PodSource::File
             && let Some(manifests) = &self.static_pods
         {

@@ -251,10 +251,14 @@ impl<P: Provider> Worker<P> {
         let name = self.state.app[index].name.clone();
         self.event(pod, Some(&name), EventType::Normal, "Killing", message);
         if let Some(probing) = self.probing[index].as_mut() {
+            // Stopped again (another new image within the grace period): the first grace
+            // period stands.
+            if probing.killed.is_none() {
+                // A grace period past what a clock can hold (the API allows any int64 of
+                // seconds) is one that never ends.
+                probing.abort_at = Instant::now().checked_add(grace);
+            }
             probing.killed = Some(why);
-            // A grace period past what a clock can hold (the API allows any int64 of
-            // seconds) is one that never ends.
-            probing.abort_at = Instant::now().checked_add(grace);
         }
         if let Some(live) = &self.live_app[index] {
             live.stop.cancel();

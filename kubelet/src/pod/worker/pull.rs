@@ -72,8 +72,10 @@ impl<P: Provider> Worker<P> {
 
     /// Pulls app container `index`'s image if the pod now names another than the one it
     /// has: a container whose image changed while the pod ran starts again with the new
-    /// one. A pull that fails is reported as the Pull stage reports it; the container waits
-    /// for its next attempt. None: the pod is winding down.
+    /// one. A pull that fails is reported as the Pull stage reports it, and the container
+    /// waits for its next attempt; one refused for good (not Wasm) does not fail the pod, as
+    /// it does in the Pull stage, since the pod's other containers run. None: the pod is
+    /// winding down.
     pub(super) async fn pull_changed(
         &mut self,
         inbox: &mut Inbox,
@@ -90,8 +92,14 @@ impl<P: Provider> Worker<P> {
         let pulled = self.pull_once(inbox, pod, Kind::App, container).await?;
         if let Err(err) = &pulled {
             self.pull_refused(pod, Kind::App, index, &image, err);
-            self.pull_backing_off(pod, Kind::App, index, &image, err)
-                .await;
+            if err.fatal {
+                // Not an image this node can run (`NotWasm`): it waits saying so, and the
+                // other containers run on.
+                self.publish().await;
+            } else {
+                self.pull_backing_off(pod, Kind::App, index, &image, err)
+                    .await;
+            }
         }
         Some(pulled)
     }

@@ -144,8 +144,15 @@ impl<P: Provider> Worker<P> {
                 match self.pull_changed(inbox, &pod, index).await {
                     None => return Next::Terminate,
                     Some(Ok(())) => pull_delay[index] = PULL_BACKOFF_INITIAL,
-                    Some(Err(_)) => {
-                        due[index] = Some(Instant::now() + pull_delay[index]);
+                    // An image refused for good is tried again only at the longest back-off
+                    // (it is on the node: no download), or when another is set.
+                    Some(Err(err)) => {
+                        let wait = if err.fatal {
+                            PULL_BACKOFF_MAX
+                        } else {
+                            pull_delay[index]
+                        };
+                        due[index] = Some(Instant::now() + wait);
                         pull_delay[index] = (pull_delay[index] * 2).min(PULL_BACKOFF_MAX);
                         continue;
                     }
@@ -307,7 +314,10 @@ impl<P: Provider> Worker<P> {
             *old = image;
             let name = &container.name;
             info!(pod = %self.key.name, container = %name, image = %old, "the container's image changed; restarting it with the new one");
-            if self.live_app.get(index).is_some_and(Option::is_some) {
+            // An instance that has ended, its exit not yet handled, is not stopped: its exit
+            // and the restart policy decide, as for any ended container.
+            let running = self.live_app.get(index).and_then(Option::as_ref);
+            if running.is_some_and(|live| !live.abort.is_finished()) {
                 let message = format!("Container {name} definition changed, will be restarted");
                 self.kill(pod, index, Killed::Changed, None, &message);
             } else if let Some(at) = due.get_mut(index).and_then(Option::as_mut) {
