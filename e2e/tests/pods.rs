@@ -1151,22 +1151,7 @@ async fn a_restarted_agent_takes_its_pods_back_counting_the_lost_instance_as_a_r
     );
     // The lost instance's log is still there for `kubectl logs --previous`, and the new one
     // starts afresh.
-    let previous = cluster
-        .kubectl
-        .run(&["logs", "survivor", "--previous"])
-        .unwrap_or_else(|e| panic!("{e:#}\nwasmlet log:\n{}", cluster.node.log_tail(60)));
-    assert!(previous.contains("tick 3 from ticker"), "{previous}");
-    e2e::wait_for("the new instance to log", MINUTE, || {
-        let log = cluster.kubectl.run(&["logs", "survivor"]);
-        async move {
-            Ok(log
-                .map_err(|e| e.to_string())?
-                .starts_with("tick 0 ")
-                .then_some(()))
-        }
-    })
-    .await
-    .unwrap();
+    previous_and_new_ticker_logs(&cluster, "survivor", "tick 3 from ticker").await;
 }
 
 /// `kubectl set image` on a running pod: the kubelet stops the container whose spec changed
@@ -1243,13 +1228,19 @@ async fn a_new_image_set_on_a_running_pod_restarts_its_container_with_it() {
         .unwrap();
     assert_eq!(container(&pod, "app").unwrap().restart_count, 1);
     assert_eq!(phase(&pod), "Running");
+    previous_and_new_ticker_logs(&cluster, "renewed", "tick 0 from ticker").await;
+}
+
+/// Checks that `kubectl logs --previous` reads the ticker pod's earlier instance (it holds
+/// `previous_line`) and that the running instance's log starts afresh at tick 0.
+async fn previous_and_new_ticker_logs(cluster: &WasmCluster, pod: &str, previous_line: &str) {
     let previous = cluster
         .kubectl
-        .run(&["logs", "renewed", "--previous"])
-        .unwrap();
-    assert!(previous.contains("tick 0 from ticker"), "{previous}");
+        .run(&["logs", pod, "--previous"])
+        .unwrap_or_else(|e| panic!("{e:#}\nwasmlet log:\n{}", cluster.node.log_tail(60)));
+    assert!(previous.contains(previous_line), "{previous}");
     e2e::wait_for("the new instance to log", MINUTE, || {
-        let log = cluster.kubectl.run(&["logs", "renewed"]);
+        let log = cluster.kubectl.run(&["logs", pod]);
         async move {
             Ok(log
                 .map_err(|e| e.to_string())?

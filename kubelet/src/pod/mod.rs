@@ -860,14 +860,36 @@ mod tests {
         }
     }
 
+    /// The pod manager of a standalone node whose data dir is `dir`, running the static
+    /// pods `manifests` holds on `provider`; with its store and what it shares.
+    fn standalone<P: Provider>(
+        dir: &std::path::Path,
+        provider: Arc<P>,
+        manifests: watch::Receiver<Vec<StaticPod>>,
+    ) -> (PodManager<P>, LocalStore, SharedPodState) {
+        let store = LocalStore::open(dir).unwrap();
+        let shared = SharedPodState {
+            pods_dir: dir.join("pods"),
+            ..SharedPodState::default()
+        };
+        let manager = PodManager::new(
+            PodSources {
+                client: None,
+                static_pods: Some(manifests),
+                events: EventRecorder::new(None, "edge-1", crate::events::default_limit()),
+            },
+            provider,
+            settings(),
+            &shared,
+            store.clone(),
+            Link::default(),
+        );
+        (manager, store, shared)
+    }
+
     #[tokio::test]
     async fn a_pod_being_removed_when_the_agent_stops_is_not_kept_for_the_next_run() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path()).unwrap();
-        let shared = SharedPodState {
-            pods_dir: dir.path().join("pods"),
-            ..SharedPodState::default()
-        };
         let (manifests, watched) = watch::channel(vec![static_web(dir.path())]);
         let provider = SlowToStop {
             started: Arc::default(),
@@ -879,18 +901,7 @@ mod tests {
             provider.stopping.clone(),
             provider.release.clone(),
         );
-        let manager = PodManager::new(
-            PodSources {
-                client: None,
-                static_pods: Some(watched),
-                events: EventRecorder::new(None, "edge-1", crate::events::default_limit()),
-            },
-            Arc::new(provider),
-            settings(),
-            &shared,
-            store.clone(),
-            Link::default(),
-        );
+        let (manager, store, _) = standalone(dir.path(), Arc::new(provider), watched);
         let cancel = CancellationToken::new();
         let running = tokio::spawn(manager.run(cancel.clone()));
         let soon = Duration::from_secs(10);
@@ -965,26 +976,10 @@ mod tests {
     #[tokio::test]
     async fn a_pod_whose_worker_failed_is_taken_on_again_after_a_back_off() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path()).unwrap();
-        let shared = SharedPodState {
-            pods_dir: dir.path().join("pods"),
-            ..SharedPodState::default()
-        };
         // The manifest does not change: nothing but the back-off takes the pod on again.
         let (_manifests, watched) = watch::channel(vec![static_web(dir.path())]);
         let provider = Arc::new(PanicsFirst::default());
-        let mut manager = PodManager::new(
-            PodSources {
-                client: None,
-                static_pods: Some(watched),
-                events: EventRecorder::new(None, "edge-1", crate::events::default_limit()),
-            },
-            provider.clone(),
-            settings(),
-            &shared,
-            store.clone(),
-            Link::default(),
-        );
+        let (mut manager, _, shared) = standalone(dir.path(), provider.clone(), watched);
         let backoff = Duration::from_millis(200);
         manager.retakes = Retakes::new(backoff);
         let cancel = CancellationToken::new();
